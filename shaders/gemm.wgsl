@@ -1,0 +1,169 @@
+// Batched f32 GEMM:  C[b] = alpha · op(A[b]) · op(B[b]) + beta · C[b]
+//
+// Row-major storage. op(A) is M×K: A is stored M×K, or K×M when trans_a.
+// op(B) is K×N: B is stored K×N, or N×K when trans_b. C is M×N.
+// stride_* is the element distance between batch items (0 broadcasts one matrix
+// over the batch); offset_* is where item 0 starts, so a caller can address a
+// slice of a larger buffer without copying it.
+//
+// Two entry points share the bindings and params:
+//   gemm_blocked — barrier-free, 4×4 outputs per invocation held in registers.
+//                  For CPU-type adapters (lavapipe), where barriers are costly.
+//   gemm_tiled   — workgroup-memory tiles of TILE_M×TILE_N with a TILE_K-deep
+//                  k-slab, 4×4 outputs per invocation. For real GPUs.
+// Grid: x over column blocks, y over row blocks, z over the batch.
+// beta == 0 never reads C (pooled buffers hold stale data, possibly NaN).
+
+struct GemmParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    batch: u32,
+    trans_a: u32,
+    trans_b: u32,
+    alpha: f32,
+    beta: f32,
+    stride_a: u32,
+    stride_b: u32,
+    stride_c: u32,
+    offset_a: u32,
+    offset_b: u32,
+    offset_c: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read_write> c: array<f32>;
+@group(0) @binding(3) var<uniform> params: GemmParams;
+
+// Invocations per workgroup along x (columns) and y (rows).
+override WG_X: u32 = 8u;
+override WG_Y: u32 = 8u;
+// Depth of the k-slab staged in workgroup memory (gemm_tiled only).
+override TILE_K: u32 = 16u;
+// Each invocation owns a 4×4 block, so a workgroup covers (4·WG_Y)×(4·WG_X).
+override TILE_M: u32 = WG_Y * 4u;
+override TILE_N: u32 = WG_X * 4u;
+
+// Element strides of op(A)[i][p] and op(B)[p][j] in their buffers.
+struct Strides {
+    a_i: u32,
+    a_p: u32,
+    b_p: u32,
+    b_j: u32,
+}
+
+fn strides() -> Strides {
+    var s: Strides;
+    if (params.trans_a != 0u) { s.a_i = 1u; s.a_p = params.m; } else { s.a_i = params.k; s.a_p = 1u; }
+    if (params.trans_b != 0u) { s.b_p = 1u; s.b_j = params.k; } else { s.b_p = params.n; s.b_j = 1u; }
+    return s;
+}
+
+// Writes a 4×4 register block whose top-left is (i0, j0); rows step by di, columns by dj.
+fn store_block(batch: u32, i0: u32, j0: u32, di: u32, dj: u32, acc: array<vec4<f32>, 4>) {
+    let base = params.offset_c + batch * params.stride_c;
+    for (var r = 0u; r < 4u; r++) {
+        let i = i0 + r * di;
+        if (i >= params.m) { break; }
+        for (var col = 0u; col < 4u; col++) {
+            let j = j0 + col * dj;
+            if (j >= params.n) { break; }
+            let idx = base + i * params.n + j;
+            var v = params.alpha * acc[r][col];
+            if (params.beta != 0.0) { v += params.beta * c[idx]; }
+            c[idx] = v;
+        }
+    }
+}
+
+@compute @workgroup_size(WG_X, WG_Y, 1)
+fn gemm_blocked(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i0 = gid.y * 4u;
+    let j0 = gid.x * 4u;
+    let batch = gid.z;
+    if (i0 >= params.m || j0 >= params.n || batch >= params.batch) { return; }
+    let s = strides();
+    let base_a = params.offset_a + batch * params.stride_a;
+    let base_b = params.offset_b + batch * params.stride_b;
+    // Clamp edge rows/columns onto the last valid one: the loads stay in bounds
+    // without branches, and store_block drops the duplicates.
+    let last_i = params.m - 1u;
+    let last_j = params.n - 1u;
+    let ra = vec4<u32>(min(i0, last_i), min(i0 + 1u, last_i), min(i0 + 2u, last_i), min(i0 + 3u, last_i)) * s.a_i + base_a;
+    let cb = vec4<u32>(min(j0, last_j), min(j0 + 1u, last_j), min(j0 + 2u, last_j), min(j0 + 3u, last_j)) * s.b_j + base_b;
+    var acc: array<vec4<f32>, 4>;
+    for (var p = 0u; p < params.k; p++) {
+        let pa = p * s.a_p;
+        let pb = p * s.b_p;
+        let av = vec4<f32>(a[ra.x + pa], a[ra.y + pa], a[ra.z + pa], a[ra.w + pa]);
+        let bv = vec4<f32>(b[cb.x + pb], b[cb.y + pb], b[cb.z + pb], b[cb.w + pb]);
+        acc[0] += av.x * bv;
+        acc[1] += av.y * bv;
+        acc[2] += av.z * bv;
+        acc[3] += av.w * bv;
+    }
+    store_block(batch, i0, j0, 1u, 1u, acc);
+}
+
+// Slabs of op(A) and op(B), stored k-major: as_[p·TILE_M + i], bs[p·TILE_N + j].
+var<workgroup> as_: array<f32, TILE_K * TILE_M>;
+var<workgroup> bs: array<f32, TILE_K * TILE_N>;
+
+@compute @workgroup_size(WG_X, WG_Y, 1)
+fn gemm_tiled(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    // No early return: every invocation must reach the barriers.
+    let batch = wid.z;
+    let row0 = wid.y * TILE_M;
+    let col0 = wid.x * TILE_N;
+    let s = strides();
+    let base_a = params.offset_a + batch * params.stride_a;
+    let base_b = params.offset_b + batch * params.stride_b;
+    let threads = WG_X * WG_Y;
+    var acc: array<vec4<f32>, 4>;
+    for (var p0 = 0u; p0 < params.k; p0 += TILE_K) {
+        // Stage the slabs; the fastest-moving index follows memory order so that
+        // neighbouring invocations read neighbouring addresses. Out of range → 0.
+        for (var e = tid; e < TILE_K * TILE_M; e += threads) {
+            var i: u32; var p: u32;
+            if (params.trans_a != 0u) { p = e / TILE_M; i = e % TILE_M; } else { i = e / TILE_K; p = e % TILE_K; }
+            let gi = row0 + i;
+            let gp = p0 + p;
+            var v = 0.0;
+            if (gi < params.m && gp < params.k) { v = a[base_a + gi * s.a_i + gp * s.a_p]; }
+            as_[p * TILE_M + i] = v;
+        }
+        for (var e = tid; e < TILE_K * TILE_N; e += threads) {
+            var j: u32; var p: u32;
+            if (params.trans_b != 0u) { j = e / TILE_K; p = e % TILE_K; } else { p = e / TILE_N; j = e % TILE_N; }
+            let gj = col0 + j;
+            let gp = p0 + p;
+            var v = 0.0;
+            if (gj < params.n && gp < params.k) { v = b[base_b + gp * s.b_p + gj * s.b_j]; }
+            bs[p * TILE_N + j] = v;
+        }
+        workgroupBarrier();
+        // Rows ly + WG_Y·r and columns lx + WG_X·c: neighbouring invocations hit
+        // neighbouring banks.
+        for (var p = 0u; p < TILE_K; p++) {
+            let ao = p * TILE_M + lid.y;
+            let bo = p * TILE_N + lid.x;
+            let av = vec4<f32>(as_[ao], as_[ao + WG_Y], as_[ao + 2u * WG_Y], as_[ao + 3u * WG_Y]);
+            let bv = vec4<f32>(bs[bo], bs[bo + WG_X], bs[bo + 2u * WG_X], bs[bo + 3u * WG_X]);
+            acc[0] += av.x * bv;
+            acc[1] += av.y * bv;
+            acc[2] += av.z * bv;
+            acc[3] += av.w * bv;
+        }
+        workgroupBarrier();
+    }
+    if (batch < params.batch) {
+        store_block(batch, row0 + lid.y, col0 + lid.x, WG_Y, WG_X, acc);
+    }
+}

@@ -1,0 +1,212 @@
+//! Where tensors live: the CPU reference path or a GPU context, and how the
+//! GPU adapter is chosen.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gpu::GpuContext;
+
+/// Set to any value to let GPU tests pass without an adapter (they print that
+/// they were skipped). CI never sets it.
+pub const SKIP_GPU_ENV: &str = "WGPU_CNN_SKIP_GPU_TESTS";
+
+/// How to get an adapter on a machine without a GPU; quoted by errors and tests.
+pub const NO_ADAPTER_HELP: &str = "no Vulkan, Metal or DX12 adapter was found. On Linux without a GPU, install Mesa's \
+     software Vulkan driver (lavapipe): `sudo apt-get install -y mesa-vulkan-drivers libvulkan1`. \
+     To run only the CPU tests, set WGPU_CNN_SKIP_GPU_TESTS=1.";
+
+/// A device that owns tensors and runs ops: the CPU reference path or a GPU.
+/// Cloning is cheap (the GPU context is shared).
+#[derive(Clone)]
+pub enum Device {
+    /// The ndarray reference path: the spec every GPU kernel is checked against.
+    Cpu,
+    /// A wgpu device and queue.
+    Gpu(Arc<GpuContext>),
+}
+
+/// What to ask for when opening a GPU.
+#[derive(Clone, Debug)]
+pub struct GpuOptions {
+    /// Accept a CPU-type adapter (lavapipe, WARP, SwiftShader).
+    pub allow_software: bool,
+    /// Preference between discrete and integrated GPUs; `WGPU_POWER_PREF`
+    /// (`high`/`low`) overrides it.
+    pub power_preference: wgpu::PowerPreference,
+    /// Case-insensitive substring of the adapter name; `WGPU_ADAPTER_NAME` overrides it.
+    pub adapter_name: Option<String>,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions {
+            allow_software: true,
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            adapter_name: None,
+        }
+    }
+}
+
+impl Device {
+    /// The CPU reference path.
+    pub fn cpu() -> Device {
+        Device::Cpu
+    }
+
+    /// The best GPU adapter, software adapters included. Honours
+    /// `WGPU_BACKEND`, `WGPU_ADAPTER_NAME` and `WGPU_POWER_PREF`.
+    pub fn gpu() -> Result<Device> {
+        Device::gpu_with(&GpuOptions::default())
+    }
+
+    /// A GPU chosen by `opts`.
+    pub fn gpu_with(opts: &GpuOptions) -> Result<Device> {
+        Ok(Device::Gpu(Arc::new(GpuContext::new(opts)?)))
+    }
+
+    /// A hardware GPU when there is one, otherwise the CPU path. Logs the choice.
+    pub fn best() -> Device {
+        let opts = GpuOptions { allow_software: false, ..GpuOptions::default() };
+        match Device::gpu_with(&opts) {
+            Ok(dev) => {
+                log::info!("using {dev}");
+                dev
+            }
+            Err(e) => {
+                log::info!("using the CPU path ({e})");
+                Device::Cpu
+            }
+        }
+    }
+
+    pub fn is_gpu(&self) -> bool {
+        matches!(self, Device::Gpu(_))
+    }
+
+    /// The GPU context, if this is a GPU device.
+    pub fn gpu_context(&self) -> Option<&Arc<GpuContext>> {
+        match self {
+            Device::Gpu(ctx) => Some(ctx),
+            Device::Cpu => None,
+        }
+    }
+
+    /// Submits recorded GPU work and waits for it; reports any wgpu error
+    /// raised meanwhile. A no-op on the CPU path.
+    pub fn synchronize(&self) -> Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            Device::Gpu(ctx) => ctx.synchronize(),
+        }
+    }
+
+    pub(crate) fn same(&self, other: &Device) -> bool {
+        match (self, other) {
+            (Device::Cpu, Device::Cpu) => true,
+            (Device::Gpu(a), Device::Gpu(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "CPU (ndarray reference path)"),
+            Device::Gpu(ctx) => write!(f, "{}", ctx.adapter()),
+        }
+    }
+}
+
+impl fmt::Debug for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// What was chosen, in words: name, backend, type, driver.
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub backend: wgpu::Backend,
+    pub device_type: wgpu::DeviceType,
+    pub driver: String,
+    pub driver_info: String,
+}
+
+impl AdapterSummary {
+    pub(crate) fn from_info(info: &wgpu::AdapterInfo) -> Self {
+        AdapterSummary {
+            name: info.name.clone(),
+            backend: info.backend,
+            device_type: info.device_type,
+            driver: info.driver.clone(),
+            driver_info: info.driver_info.clone(),
+        }
+    }
+
+    /// A CPU implementation of the API (lavapipe and friends).
+    pub fn is_software(&self) -> bool {
+        self.device_type == wgpu::DeviceType::Cpu
+    }
+}
+
+impl fmt::Display for AdapterSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.device_type {
+            wgpu::DeviceType::DiscreteGpu => "discrete GPU",
+            wgpu::DeviceType::IntegratedGpu => "integrated GPU",
+            wgpu::DeviceType::VirtualGpu => "virtual GPU",
+            wgpu::DeviceType::Cpu => "SOFTWARE adapter (runs on the CPU; correct but slow)",
+            wgpu::DeviceType::Other => "other",
+        };
+        write!(f, "{} [{:?}, {kind}, driver {} {}]", self.name, self.backend, self.driver, self.driver_info)
+    }
+}
+
+/// Orders adapters: the best first for the given preference.
+fn rank(device_type: wgpu::DeviceType, pref: wgpu::PowerPreference) -> u8 {
+    use wgpu::DeviceType as T;
+    let low_power = pref == wgpu::PowerPreference::LowPower;
+    match device_type {
+        T::DiscreteGpu if low_power => 1,
+        T::DiscreteGpu => 0,
+        T::IntegratedGpu if low_power => 0,
+        T::IntegratedGpu => 1,
+        T::VirtualGpu => 2,
+        T::Other => 3,
+        T::Cpu => 4,
+    }
+}
+
+/// Picks an adapter following wgpu's conventions; errors list what was seen.
+pub(crate) fn choose_adapter(instance: &wgpu::Instance, opts: &GpuOptions) -> Result<wgpu::Adapter> {
+    let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+    let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+    if adapters.is_empty() {
+        return Err(Error::NoAdapter(NO_ADAPTER_HELP.to_string()));
+    }
+    let seen: Vec<String> = adapters.iter().map(|a| AdapterSummary::from_info(&a.get_info()).to_string()).collect();
+    let name = std::env::var("WGPU_ADAPTER_NAME").ok().or_else(|| opts.adapter_name.clone()).map(|n| n.to_lowercase());
+    let pref = wgpu::PowerPreference::from_env().unwrap_or(opts.power_preference);
+    let mut candidates: Vec<wgpu::Adapter> = adapters
+        .into_iter()
+        .filter(|a| {
+            let info = a.get_info();
+            let name_ok = name.as_ref().is_none_or(|n| info.name.to_lowercase().contains(n));
+            let type_ok = opts.allow_software || info.device_type != wgpu::DeviceType::Cpu;
+            // Compute shaders are what we need; GL-only adapters are not built in.
+            name_ok && type_ok && a.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+        })
+        .collect();
+    candidates.sort_by_key(|a| rank(a.get_info().device_type, pref));
+    candidates.into_iter().next().ok_or_else(|| {
+        let why = match (&name, opts.allow_software) {
+            (Some(n), _) => format!("no adapter name contains `{n}`"),
+            (None, false) => "only software adapters were found and they were not allowed".to_string(),
+            (None, true) => "no adapter supports compute shaders".to_string(),
+        };
+        Error::NoAdapter(format!("{why}; adapters seen: {}", seen.join("; ")))
+    })
+}

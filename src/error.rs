@@ -1,0 +1,52 @@
+//! The one error type: every message names the op (or kernel) and the shapes involved.
+
+/// Everything that can go wrong in wgpu-cnn.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Operands whose shapes do not fit the op.
+    #[error("{op}: {msg}")]
+    Shape { op: &'static str, msg: String },
+
+    /// A setting outside its valid range (stride 0, a NaN learning rate, ...).
+    #[error("{op}: invalid argument: {msg}")]
+    InvalidArgument { op: &'static str, msg: String },
+
+    /// Host data whose length does not match the shape it was given.
+    #[error("{op}: shape {shape:?} holds {expected} elements but {got} were given")]
+    DataLength { op: &'static str, shape: Vec<usize>, expected: usize, got: usize },
+
+    /// Operands that live on different devices.
+    #[error("{op}: operands live on different devices ({a} and {b}); move one with Tensor::to_device")]
+    DeviceMismatch { op: &'static str, a: String, b: String },
+
+    /// A buffer larger than the device can bind in one storage binding.
+    #[error("{op}: {what} needs {bytes} bytes but the device binds at most {limit} bytes per storage buffer; split the work into smaller batches")]
+    TooLarge { op: &'static str, what: String, bytes: u64, limit: u64 },
+
+    /// No adapter was found (or none matched the request).
+    #[error("no GPU adapter: {0}")]
+    NoAdapter(String),
+
+    /// The adapter refused to create a device.
+    #[error("could not open a device on adapter `{adapter}`: {msg}")]
+    RequestDevice { adapter: String, msg: String },
+
+    /// A shader or pipeline failed to compile or validate.
+    #[error("kernel `{kernel}`: {msg}")]
+    Kernel { kernel: &'static str, msg: String },
+
+    /// A wgpu validation or out-of-memory error raised while running work.
+    #[error("wgpu reported an error: {0}")]
+    Wgpu(String),
+
+    /// Reading a buffer back to the host failed.
+    #[error("reading back a GPU buffer failed: {0}")]
+    Readback(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Shorthand for a shape error.
+pub(crate) fn shape_err<T>(op: &'static str, msg: impl Into<String>) -> Result<T> {
+    Err(Error::Shape { op, msg: msg.into() })
+}

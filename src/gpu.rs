@@ -1,0 +1,296 @@
+//! The GPU context: device and queue, the buffer pool, the kernel cache, and
+//! the recorder that batches every dispatch into one command encoder until
+//! the next flush (one submit per training step).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytemuck::Pod;
+
+use crate::device::{choose_adapter, AdapterSummary, GpuOptions};
+use crate::error::{Error, Result};
+use crate::kernel::{Access, KernelCache, KernelId};
+use crate::pool::{BufferKind, BufferPool, PoolStats};
+
+/// Which GEMM kernel the adapter gets (see `shaders/gemm.wgsl`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GemmVariant {
+    /// Barrier-free, register-blocked: for CPU-type adapters.
+    Blocked,
+    /// Workgroup-memory tiles with register blocking: for real GPUs.
+    Tiled,
+}
+
+/// An open GPU: create it once (through [`crate::Device::gpu`]) and share it.
+pub struct GpuContext {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    adapter: AdapterSummary,
+    limits: wgpu::Limits,
+    pub(crate) pool: BufferPool,
+    kernels: KernelCache,
+    gemm_variant: GemmVariant,
+    /// Commands recorded since the last submit.
+    encoder: Mutex<Option<wgpu::CommandEncoder>>,
+    /// True while `encoder` holds unsubmitted work; written only under its lock.
+    recording: AtomicBool,
+    /// wgpu errors raised outside an error scope, reported at the next flush.
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl GpuContext {
+    pub(crate) fn new(opts: &GpuOptions) -> Result<GpuContext> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = choose_adapter(&instance, opts)?;
+        let summary = AdapterSummary::from_info(&adapter.get_info());
+        // Ask for everything the adapter offers, not the WebGPU defaults:
+        // storage bindings of 2 GiB rather than 128 MiB, for one.
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("wgpu-cnn"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::default(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::RequestDevice { adapter: summary.to_string(), msg: e.to_string() })?;
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = errors.clone();
+        // wgpu's default handler panics; keep the message and return it as an Error.
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| sink.lock().unwrap().push(e.to_string())));
+        let gemm_variant = if summary.is_software() { GemmVariant::Blocked } else { GemmVariant::Tiled };
+        log::info!("opened {summary}; GEMM kernel {gemm_variant:?}");
+        Ok(GpuContext {
+            device,
+            queue,
+            adapter: summary,
+            limits,
+            pool: BufferPool::default(),
+            kernels: KernelCache::default(),
+            gemm_variant,
+            encoder: Mutex::new(None),
+            recording: AtomicBool::new(false),
+            errors,
+        })
+    }
+
+    /// The adapter this context runs on.
+    pub fn adapter(&self) -> &AdapterSummary {
+        &self.adapter
+    }
+
+    /// The limits the device was opened with (the adapter's own).
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// The GEMM kernel chosen for this adapter.
+    pub fn gemm_variant(&self) -> GemmVariant {
+        self.gemm_variant
+    }
+
+    /// Buffer-pool counters.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    /// The largest buffer one storage binding may cover.
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
+    }
+
+    /// Compiles the given kernels now rather than at their first dispatch.
+    pub fn prepare(&self, ids: &[KernelId]) -> Result<()> {
+        for &id in ids {
+            self.kernels.get(&self.device, id)?;
+        }
+        Ok(())
+    }
+
+    /// A pooled storage buffer for `len` f32 values.
+    pub(crate) fn alloc(self: &Arc<Self>, op: &'static str, len: usize) -> Result<GpuBuffer> {
+        let bytes = (len as u64) * 4;
+        let limit = self.max_binding_bytes();
+        if bytes > limit {
+            return Err(Error::TooLarge { op, what: format!("a tensor of {len} f32"), bytes, limit });
+        }
+        let (buffer, class) = self.pool.take(&self.device, BufferKind::Storage, bytes);
+        Ok(GpuBuffer { buffer: Some(buffer), class, len, ctx: self.clone() })
+    }
+
+    /// Runs `f` on the pending command encoder, creating it if needed.
+    pub(crate) fn record<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
+        let mut guard = self.encoder.lock().unwrap();
+        let enc = guard.get_or_insert_with(|| {
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-cnn step") })
+        });
+        self.recording.store(true, Ordering::SeqCst);
+        f(enc)
+    }
+
+    /// Records one dispatch of kernel `id`. `buffers` fill the kernel's storage
+    /// bindings in declaration order; `params` fills its uniform.
+    pub(crate) fn dispatch<P: Pod>(&self, id: KernelId, params: &P, buffers: &[&wgpu::Buffer], groups: [u32; 3]) -> Result<()> {
+        let kernel = self.kernels.get(&self.device, id)?;
+        let spec = &kernel.spec;
+        let storage = spec.bindings.iter().filter(|a| **a != Access::Uniform).count();
+        assert_eq!(buffers.len(), storage, "kernel `{}`: {} storage buffers bound, {} declared", spec.name, buffers.len(), storage);
+        assert_eq!(size_of::<P>(), spec.params_size, "kernel `{}`: params struct size", spec.name);
+        let max = self.limits.max_compute_workgroups_per_dimension;
+        if groups.iter().any(|&g| g > max) {
+            return Err(Error::TooLarge {
+                op: spec.name,
+                what: format!("a grid of {groups:?} workgroups (at most {max} per dimension)"),
+                bytes: 0,
+                limit: 0,
+            });
+        }
+        if groups.contains(&0) {
+            return Ok(());
+        }
+        let (ubuf, uclass) = self.pool.take(&self.device, BufferKind::Uniform, size_of::<P>() as u64);
+        self.queue.write_buffer(&ubuf, 0, bytemuck::bytes_of(params));
+        let mut next = buffers.iter();
+        let entries: Vec<wgpu::BindGroupEntry> = spec
+            .bindings
+            .iter()
+            .enumerate()
+            .map(|(i, access)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: match access {
+                    Access::Uniform => ubuf.as_entire_binding(),
+                    _ => next.next().unwrap().as_entire_binding(),
+                },
+            })
+            .collect();
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(spec.name),
+            layout: &kernel.layout,
+            entries: &entries,
+        });
+        self.record(|enc| {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(spec.name), timestamp_writes: None });
+            pass.set_pipeline(&kernel.pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        });
+        // The queued write above lands before this submission runs; the buffer
+        // must not be rewritten until then, so it is parked.
+        self.pool.give(BufferKind::Uniform, uclass, ubuf, true);
+        Ok(())
+    }
+
+    /// Submits everything recorded so far (one submit), without waiting.
+    pub fn flush(&self) -> Result<()> {
+        let mut guard = self.encoder.lock().unwrap();
+        if let Some(enc) = guard.take() {
+            self.queue.submit(Some(enc.finish()));
+        }
+        // Under the lock, so no new recording can claim a buffer parked here.
+        self.pool.unpark();
+        self.recording.store(false, Ordering::SeqCst);
+        drop(guard);
+        self.take_error()
+    }
+
+    /// Flushes and waits until the GPU is idle.
+    pub fn synchronize(&self) -> Result<()> {
+        self.flush()?;
+        self.device
+            .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
+            .map_err(|e| Error::Wgpu(e.to_string()))?;
+        self.take_error()
+    }
+
+    fn take_error(&self) -> Result<()> {
+        let mut errors = self.errors.lock().unwrap();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            let msg = errors.join("\n");
+            errors.clear();
+            Err(Error::Wgpu(msg))
+        }
+    }
+
+    /// Copies the first `len` f32 of `src` to the host: one submit, one map.
+    pub(crate) fn read(&self, src: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+        let bytes = (len * 4) as u64;
+        let (staging, class) = self.pool.take(&self.device, BufferKind::Staging, bytes);
+        self.record(|enc| enc.copy_buffer_to_buffer(src, 0, &staging, 0, bytes));
+        self.flush()?;
+        let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
+        staging.map_async(wgpu::MapMode::Read, 0..bytes, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        let mapped = pollster::block_on(rx.receive());
+        self.take_error()?;
+        match mapped {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(Error::Readback(e.to_string())),
+            None => return Err(Error::Readback("the map callback never ran".into())),
+        }
+        let out = {
+            let view = staging.get_mapped_range(0..bytes).map_err(|e| Error::Readback(e.to_string()))?;
+            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+        };
+        staging.unmap();
+        self.pool.give(BufferKind::Staging, class, staging, false);
+        Ok(out)
+    }
+
+    /// Writes host data into a buffer fresh from the pool (no recorded command
+    /// can refer to it yet, so no flush is needed).
+    pub(crate) fn upload(&self, dst: &GpuBuffer, data: &[f32]) {
+        self.queue.write_buffer(dst.buffer(), 0, bytemuck::cast_slice(data));
+    }
+
+    /// Overwrites the start of a buffer that recorded commands may use: queued
+    /// writes land before unsubmitted commands, so those are submitted first.
+    pub(crate) fn overwrite(&self, dst: &wgpu::Buffer, data: &[f32]) -> Result<()> {
+        if self.recording.load(Ordering::SeqCst) {
+            self.flush()?;
+        }
+        self.queue.write_buffer(dst, 0, bytemuck::cast_slice(data));
+        Ok(())
+    }
+}
+
+/// A pooled storage buffer holding `len` f32; returns to the pool when dropped.
+pub struct GpuBuffer {
+    buffer: Option<wgpu::Buffer>,
+    class: u64,
+    len: usize,
+    ctx: Arc<GpuContext>,
+}
+
+impl GpuBuffer {
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        self.buffer.as_ref().expect("buffer present until drop")
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn context(&self) -> &Arc<GpuContext> {
+        &self.ctx
+    }
+}
+
+impl Drop for GpuBuffer {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buffer.take() {
+            let recording = self.ctx.recording.load(Ordering::SeqCst);
+            self.ctx.pool.give(BufferKind::Storage, self.class, buf, recording);
+        }
+    }
+}

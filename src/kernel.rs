@@ -1,0 +1,191 @@
+//! Kernel plumbing: the registry of shaders and kernels, and the one place
+//! that turns WGSL into pipelines with explicit bind-group layouts.
+//!
+//! Adding a kernel: write `shaders/<op>.wgsl`, add a [`Shader`] variant, add a
+//! [`KernelId`] variant with its [`KernelSpec`]. The exhaustive matches make
+//! the compiler check that every kernel has a spec and every shader a source.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::ops::gemm::GemmParams;
+
+/// How a kernel binds a buffer; mirrors the WGSL declaration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// `var<storage, read>`
+    Read,
+    /// `var<storage, read_write>`
+    ReadWrite,
+    /// `var<uniform>`: the kernel's params struct.
+    Uniform,
+}
+
+/// One WGSL file under `shaders/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Shader {
+    Gemm,
+}
+
+impl Shader {
+    pub const ALL: &'static [Shader] = &[Shader::Gemm];
+
+    /// The file stem: `shaders/<stem>.wgsl`, `src/ops/<stem>.rs`.
+    pub fn stem(self) -> &'static str {
+        match self {
+            Shader::Gemm => "gemm",
+        }
+    }
+
+    pub fn source(self) -> &'static str {
+        match self {
+            Shader::Gemm => include_str!("../shaders/gemm.wgsl"),
+        }
+    }
+}
+
+/// Every pipeline the library can create.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelId {
+    GemmBlocked,
+    GemmTiled,
+}
+
+/// What a pipeline is made of.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelSpec {
+    /// Label for every wgpu object of this kernel.
+    pub name: &'static str,
+    pub shader: Shader,
+    pub entry: &'static str,
+    /// One entry per `@binding(i)`, in order.
+    pub bindings: &'static [Access],
+    /// `size_of` the Rust params struct; `tests/shaders.rs` checks it against WGSL.
+    pub params_size: usize,
+    /// Values for the shader's `override` constants.
+    pub constants: &'static [(&'static str, f64)],
+}
+
+impl KernelId {
+    pub const ALL: &'static [KernelId] = &[KernelId::GemmBlocked, KernelId::GemmTiled];
+
+    pub fn spec(self) -> KernelSpec {
+        use Access::*;
+        const GEMM_BINDINGS: &[Access] = &[Read, Read, ReadWrite, Uniform];
+        match self {
+            KernelId::GemmBlocked => KernelSpec {
+                name: "gemm_blocked",
+                shader: Shader::Gemm,
+                entry: "gemm_blocked",
+                bindings: GEMM_BINDINGS,
+                params_size: size_of::<GemmParams>(),
+                constants: &[("WG_X", 8.0), ("WG_Y", 8.0)],
+            },
+            KernelId::GemmTiled => KernelSpec {
+                name: "gemm_tiled",
+                shader: Shader::Gemm,
+                entry: "gemm_tiled",
+                bindings: GEMM_BINDINGS,
+                params_size: size_of::<GemmParams>(),
+                constants: &[("WG_X", 16.0), ("WG_Y", 16.0), ("TILE_K", 16.0)],
+            },
+        }
+    }
+
+    /// The value of one of the spec's override constants, or the WGSL default.
+    pub fn constant(self, name: &str, default: u32) -> u32 {
+        self.spec().constants.iter().find(|(n, _)| *n == name).map_or(default, |(_, v)| *v as u32)
+    }
+}
+
+/// A compiled kernel.
+pub(crate) struct Kernel {
+    pub spec: KernelSpec,
+    pub layout: wgpu::BindGroupLayout,
+    pub pipeline: wgpu::ComputePipeline,
+}
+
+/// Pipelines are created on first use (or by `GpuContext::prepare`) and kept.
+#[derive(Default)]
+pub(crate) struct KernelCache {
+    modules: Mutex<HashMap<Shader, wgpu::ShaderModule>>,
+    kernels: Mutex<HashMap<KernelId, Arc<Kernel>>>,
+}
+
+/// Runs `f` inside a validation error scope; a captured error names the kernel.
+fn scoped<R>(device: &wgpu::Device, kernel: &'static str, f: impl FnOnce() -> R) -> Result<R> {
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let out = f();
+    match pollster::block_on(scope.pop()) {
+        None => Ok(out),
+        Some(e) => Err(Error::Kernel { kernel, msg: e.to_string() }),
+    }
+}
+
+impl KernelCache {
+    pub(crate) fn get(&self, device: &wgpu::Device, id: KernelId) -> Result<Arc<Kernel>> {
+        if let Some(k) = self.kernels.lock().unwrap().get(&id) {
+            return Ok(k.clone());
+        }
+        let spec = id.spec();
+        let module = self.module(device, spec)?;
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = spec
+            .bindings
+            .iter()
+            .enumerate()
+            .map(|(i, access)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: match access {
+                        Access::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                        Access::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                        Access::Uniform => wgpu::BufferBindingType::Uniform,
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        let kernel = scoped(device, spec.name, || {
+            let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(spec.name), entries: &entries });
+            let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(spec.name),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(spec.name),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some(spec.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: spec.constants,
+                    // Kernels initialise the workgroup memory they read; zeroing it
+                    // costs a barrier-heavy prologue on CPU adapters.
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+            Arc::new(Kernel { spec, layout, pipeline })
+        })?;
+        self.kernels.lock().unwrap().insert(id, kernel.clone());
+        Ok(kernel)
+    }
+
+    fn module(&self, device: &wgpu::Device, spec: KernelSpec) -> Result<wgpu::ShaderModule> {
+        if let Some(m) = self.modules.lock().unwrap().get(&spec.shader) {
+            return Ok(m.clone());
+        }
+        let module = scoped(device, spec.name, || {
+            device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(spec.shader.stem()),
+                source: wgpu::ShaderSource::Wgsl(spec.shader.source().into()),
+            })
+        })?;
+        self.modules.lock().unwrap().insert(spec.shader, module.clone());
+        Ok(module)
+    }
+}

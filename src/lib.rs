@@ -1,0 +1,29 @@
+//! wgpu-cnn: train convolutional networks on any GPU wgpu reaches (Vulkan,
+//! Metal, DX12), with a CPU reference twin for every kernel.
+//!
+//! ```no_run
+//! use wgpu_cnn::{ops::gemm::{gemm, GemmConfig}, Device, Tensor};
+//! # fn main() -> wgpu_cnn::Result<()> {
+//! let dev = Device::best(); // a hardware GPU if there is one, else the CPU path
+//! let a = Tensor::from_vec(&dev, &[2, 3], vec![1., 2., 3., 4., 5., 6.])?;
+//! let b = Tensor::from_vec(&dev, &[3, 1], vec![1., 1., 1.])?;
+//! let c = gemm(&a, &b, GemmConfig::default())?;
+//! assert_eq!(c.to_vec()?, vec![6., 15.]);
+//! # Ok(()) }
+//! ```
+
+pub mod device;
+pub mod error;
+pub mod gpu;
+pub mod kernel;
+pub mod ops;
+pub mod pool;
+pub mod shape;
+pub mod tensor;
+pub mod tolerance;
+
+pub use device::{AdapterSummary, Device, GpuOptions};
+pub use error::{Error, Result};
+pub use gpu::{GemmVariant, GpuContext};
+pub use tensor::Tensor;
+pub use tolerance::Tolerance;

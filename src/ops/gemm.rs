@@ -1,0 +1,220 @@
+//! GEMM: `C = alpha·op(A)·op(B) + beta·C`, batched over a leading dimension.
+//! Conv forward, weight-gradient and input-gradient are all this op with
+//! different transposes.
+
+use bytemuck::{Pod, Zeroable};
+use ndarray::{linalg::general_mat_mul, ArrayD, ArrayView2, ArrayView3, Axis};
+
+use crate::error::{shape_err, Error, Result};
+use crate::gpu::{GemmVariant, GpuContext};
+use crate::kernel::KernelId;
+use crate::shape::check_nonempty;
+use crate::tensor::{same_device, Data, Tensor};
+
+/// How to combine the operands.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GemmConfig {
+    /// Use Aᵀ: A is stored `[K, M]` (or `[B, K, M]`).
+    pub trans_a: bool,
+    /// Use Bᵀ: B is stored `[N, K]` (or `[B, N, K]`).
+    pub trans_b: bool,
+    pub alpha: f32,
+    /// Weight of the existing C in [`gemm_into`]; 0 ignores C entirely (NaN included).
+    pub beta: f32,
+    /// Force a GPU kernel; `None` uses the adapter's choice. Ignored on the CPU.
+    pub variant: Option<GemmVariant>,
+}
+
+impl Default for GemmConfig {
+    fn default() -> Self {
+        GemmConfig { trans_a: false, trans_b: false, alpha: 1.0, beta: 0.0, variant: None }
+    }
+}
+
+/// Matches `GemmParams` in `shaders/gemm.wgsl`, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct GemmParams {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub batch: u32,
+    pub trans_a: u32,
+    pub trans_b: u32,
+    pub alpha: f32,
+    pub beta: f32,
+    pub stride_a: u32,
+    pub stride_b: u32,
+    pub stride_c: u32,
+    pub offset_a: u32,
+    pub offset_b: u32,
+    pub offset_c: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+}
+
+/// The validated geometry of one GEMM call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmShape {
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// A has its own matrix per batch item (3-D); otherwise it is broadcast.
+    pub a_batched: bool,
+    pub b_batched: bool,
+}
+
+impl GemmShape {
+    /// Infers M, N, K and the batch from stored shapes (2-D or 3-D each).
+    pub fn infer(a: &[usize], b: &[usize], trans_a: bool, trans_b: bool) -> Result<GemmShape> {
+        const OP: &str = "gemm";
+        check_nonempty(OP, "A", a)?;
+        check_nonempty(OP, "B", b)?;
+        let split = |s: &[usize], name: &str| -> Result<(Option<usize>, usize, usize)> {
+            match *s {
+                [r, c] => Ok((None, r, c)),
+                [bt, r, c] => Ok((Some(bt), r, c)),
+                _ => shape_err(OP, format!("{name} must be 2-D or 3-D (batched), got shape {s:?}")),
+            }
+        };
+        let (ba, ar, ac) = split(a, "A")?;
+        let (bb, br, bc) = split(b, "B")?;
+        let (m, ka) = if trans_a { (ac, ar) } else { (ar, ac) };
+        let (kb, n) = if trans_b { (bc, br) } else { (br, bc) };
+        if ka != kb {
+            return shape_err(
+                OP,
+                format!("inner dimensions differ: op(A) is {m}×{ka} (A {a:?}, trans_a={trans_a}) but op(B) is {kb}×{n} (B {b:?}, trans_b={trans_b})"),
+            );
+        }
+        let batch = match (ba, bb) {
+            (Some(x), Some(y)) if x != y => return shape_err(OP, format!("batch sizes differ: A {a:?}, B {b:?}")),
+            (Some(x), _) | (None, Some(x)) => x,
+            (None, None) => 1,
+        };
+        Ok(GemmShape { batch, m, n, k: ka, a_batched: ba.is_some(), b_batched: bb.is_some() })
+    }
+
+    /// The shape of C: `[M, N]`, or `[B, M, N]` when either operand is batched.
+    pub fn out_shape(&self) -> Vec<usize> {
+        if self.a_batched || self.b_batched {
+            vec![self.batch, self.m, self.n]
+        } else {
+            vec![self.m, self.n]
+        }
+    }
+
+    /// Floating-point operations: one multiply and one add per term.
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.batch * self.m * self.n * self.k) as f64
+    }
+}
+
+/// `alpha·op(A)·op(B)` as a new tensor. `cfg.beta` must be 0 (there is no C).
+pub fn gemm(a: &Tensor, b: &Tensor, cfg: GemmConfig) -> Result<Tensor> {
+    if cfg.beta != 0.0 {
+        return Err(Error::InvalidArgument { op: "gemm", msg: format!("beta = {} needs an existing C; use gemm_into", cfg.beta) });
+    }
+    let dev = same_device("gemm", &[a, b])?;
+    let s = GemmShape::infer(a.shape(), b.shape(), cfg.trans_a, cfg.trans_b)?;
+    let mut c = Tensor::uninit(&dev, "gemm", &s.out_shape())?;
+    run(a, b, &mut c, s, cfg)?;
+    Ok(c)
+}
+
+/// `C = alpha·op(A)·op(B) + beta·C` in place.
+pub fn gemm_into(a: &Tensor, b: &Tensor, c: &mut Tensor, cfg: GemmConfig) -> Result<()> {
+    same_device("gemm", &[a, b, c])?;
+    let s = GemmShape::infer(a.shape(), b.shape(), cfg.trans_a, cfg.trans_b)?;
+    let want = s.out_shape();
+    let ok = c.shape() == want.as_slice() || (c.shape() == [s.m, s.n] && s.batch == 1);
+    if !ok {
+        return shape_err("gemm", format!("C has shape {:?} but A {:?} · B {:?} gives {want:?}", c.shape(), a.shape(), b.shape()));
+    }
+    run(a, b, c, s, cfg)
+}
+
+fn run(a: &Tensor, b: &Tensor, c: &mut Tensor, s: GemmShape, cfg: GemmConfig) -> Result<()> {
+    match (&a.data, &b.data, &mut c.data) {
+        (Data::Cpu(a), Data::Cpu(b), Data::Cpu(c)) => {
+            gemm_cpu(a, b, c, s, cfg);
+            Ok(())
+        }
+        (Data::Gpu(ab), Data::Gpu(bb), Data::Gpu(cb)) => {
+            let ctx = ab.context();
+            gemm_gpu(ctx, ab.buffer(), bb.buffer(), cb.buffer(), s, cfg)
+        }
+        _ => unreachable!("same_device checked"),
+    }
+}
+
+// ---------------------------------------------------------------- CPU reference
+
+/// The reference: ndarray's GEMM (matrixmultiply) per batch item.
+/// a: (Ba, rows, cols) with Ba ∈ {1, B}; likewise b; c: (B, M, N).
+pub fn gemm_cpu(a: &ArrayD<f32>, b: &ArrayD<f32>, c: &mut ArrayD<f32>, s: GemmShape, cfg: GemmConfig) {
+    let (a3, b3) = (as3(a), as3(b));
+    let mut c3 = c.view_mut().into_shape_with_order((s.batch, s.m, s.n)).expect("contiguous");
+    if cfg.beta == 0.0 {
+        c3.fill(0.0); // BLAS convention: beta = 0 ignores C, even NaN.
+    }
+    for i in 0..s.batch {
+        let ai: ArrayView2<f32> = a3.index_axis(Axis(0), if s.a_batched { i } else { 0 });
+        let bi: ArrayView2<f32> = b3.index_axis(Axis(0), if s.b_batched { i } else { 0 });
+        let ai = if cfg.trans_a { ai.reversed_axes() } else { ai };
+        let bi = if cfg.trans_b { bi.reversed_axes() } else { bi };
+        let mut ci = c3.index_axis_mut(Axis(0), i);
+        general_mat_mul(cfg.alpha, &ai, &bi, cfg.beta, &mut ci);
+    }
+}
+
+/// A 2-D or 3-D array viewed as (batch, rows, cols).
+fn as3(x: &ArrayD<f32>) -> ArrayView3<'_, f32> {
+    let sh = x.shape();
+    let (r, c) = (sh[sh.len() - 2], sh[sh.len() - 1]);
+    x.view().into_shape_with_order((x.len() / (r * c), r, c)).expect("tensors are contiguous")
+}
+
+// ---------------------------------------------------------------- GPU wrapper
+
+/// Records the GEMM dispatches; batches beyond the grid limit are split.
+pub(crate) fn gemm_gpu(ctx: &GpuContext, a: &wgpu::Buffer, b: &wgpu::Buffer, c: &wgpu::Buffer, s: GemmShape, cfg: GemmConfig) -> Result<()> {
+    let variant = cfg.variant.unwrap_or(ctx.gemm_variant());
+    let id = match variant {
+        GemmVariant::Blocked => KernelId::GemmBlocked,
+        GemmVariant::Tiled => KernelId::GemmTiled,
+    };
+    // Each workgroup covers (4·WG_Y) rows × (4·WG_X) columns.
+    let tile_n = 4 * id.constant("WG_X", 8) as usize;
+    let tile_m = 4 * id.constant("WG_Y", 8) as usize;
+    let (m, n, k) = (s.m, s.n, s.k);
+    let max_z = ctx.limits().max_compute_workgroups_per_dimension as usize;
+    let mut start = 0;
+    while start < s.batch {
+        let chunk = (s.batch - start).min(max_z);
+        let stride_a = if s.a_batched { m * k } else { 0 };
+        let stride_b = if s.b_batched { k * n } else { 0 };
+        let params = GemmParams {
+            m: m as u32,
+            n: n as u32,
+            k: k as u32,
+            batch: chunk as u32,
+            trans_a: cfg.trans_a as u32,
+            trans_b: cfg.trans_b as u32,
+            alpha: cfg.alpha,
+            beta: cfg.beta,
+            stride_a: stride_a as u32,
+            stride_b: stride_b as u32,
+            stride_c: (m * n) as u32,
+            offset_a: (start * stride_a) as u32,
+            offset_b: (start * stride_b) as u32,
+            offset_c: (start * m * n) as u32,
+            ..GemmParams::default()
+        };
+        let groups = [n.div_ceil(tile_n) as u32, m.div_ceil(tile_m) as u32, chunk as u32];
+        ctx.dispatch(id, &params, &[a, b, c], groups)?;
+        start += chunk;
+    }
+    Ok(())
+}

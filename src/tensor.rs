@@ -1,0 +1,187 @@
+//! The f32 tensor: a shape and its data, on the CPU (ndarray) or a GPU (a pooled buffer).
+
+use ndarray::{ArrayBase, ArrayD, Dimension, IxDyn};
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::gpu::GpuBuffer;
+use crate::shape::check_nonempty;
+
+/// An f32 tensor in row-major (NCHW for images) order, living on one device.
+/// `clone` copies the data (on the device it lives on).
+pub struct Tensor {
+    shape: Vec<usize>,
+    pub(crate) data: Data,
+}
+
+pub(crate) enum Data {
+    Cpu(ArrayD<f32>),
+    Gpu(GpuBuffer),
+}
+
+impl Tensor {
+    /// A tensor holding `data` (row-major) with the given shape.
+    pub fn from_vec(device: &Device, shape: &[usize], data: Vec<f32>) -> Result<Tensor> {
+        let n = check_nonempty("Tensor::from_vec", "the tensor", shape)?;
+        if data.len() != n {
+            return Err(Error::DataLength { op: "Tensor::from_vec", shape: shape.to_vec(), expected: n, got: data.len() });
+        }
+        Ok(match device {
+            Device::Cpu => {
+                let array = ArrayD::from_shape_vec(IxDyn(shape), data).expect("length checked above");
+                Tensor { shape: shape.to_vec(), data: Data::Cpu(array) }
+            }
+            Device::Gpu(ctx) => {
+                let buf = ctx.alloc("Tensor::from_vec", n)?;
+                ctx.upload(&buf, &data);
+                Tensor { shape: shape.to_vec(), data: Data::Gpu(buf) }
+            }
+        })
+    }
+
+    /// A tensor holding a copy of `data` (row-major).
+    pub fn from_slice(device: &Device, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        Tensor::from_vec(device, shape, data.to_vec())
+    }
+
+    /// A tensor holding a copy of an ndarray array of any dimension and layout.
+    pub fn from_array<S, D>(device: &Device, array: &ArrayBase<S, D>) -> Result<Tensor>
+    where
+        S: ndarray::Data<Elem = f32>,
+        D: Dimension,
+    {
+        let shape = array.shape().to_vec();
+        let data: Vec<f32> = array.iter().copied().collect();
+        Tensor::from_vec(device, &shape, data)
+    }
+
+    /// A tensor of zeros.
+    pub fn zeros(device: &Device, shape: &[usize]) -> Result<Tensor> {
+        Tensor::full(device, shape, 0.0)
+    }
+
+    /// A tensor with every element `value`.
+    pub fn full(device: &Device, shape: &[usize], value: f32) -> Result<Tensor> {
+        let n = check_nonempty("Tensor::full", "the tensor", shape)?;
+        Tensor::from_vec(device, shape, vec![value; n])
+    }
+
+    /// A tensor whose contents are unspecified until written (GPU: a pooled
+    /// buffer as found; CPU: zeros). For op outputs that are fully overwritten.
+    pub(crate) fn uninit(device: &Device, op: &'static str, shape: &[usize]) -> Result<Tensor> {
+        let n = check_nonempty(op, "the output", shape)?;
+        Ok(match device {
+            Device::Cpu => Tensor { shape: shape.to_vec(), data: Data::Cpu(ArrayD::zeros(IxDyn(shape))) },
+            Device::Gpu(ctx) => Tensor { shape: shape.to_vec(), data: Data::Gpu(ctx.alloc(op, n)?) },
+        })
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn ndim(&self) -> usize {
+        self.shape.len()
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The device this tensor lives on.
+    pub fn device(&self) -> Device {
+        match &self.data {
+            Data::Cpu(_) => Device::Cpu,
+            Data::Gpu(buf) => Device::Gpu(buf.context().clone()),
+        }
+    }
+
+    /// The same data under another shape with the same element count.
+    pub fn reshape(mut self, shape: &[usize]) -> Result<Tensor> {
+        let n = check_nonempty("Tensor::reshape", "the new shape", shape)?;
+        if n != self.numel() {
+            return Err(Error::Shape {
+                op: "Tensor::reshape",
+                msg: format!("cannot view {:?} ({} elements) as {shape:?} ({n} elements)", self.shape, self.numel()),
+            });
+        }
+        if let Data::Cpu(a) = self.data {
+            let a = a.into_shape_with_order(IxDyn(shape)).expect("element count checked above");
+            self.data = Data::Cpu(a);
+        }
+        self.shape = shape.to_vec();
+        Ok(self)
+    }
+
+    /// Copies the data to the host, row-major. On the GPU this submits pending
+    /// work and waits: call it when you need the numbers, not per op.
+    pub fn to_vec(&self) -> Result<Vec<f32>> {
+        match &self.data {
+            Data::Cpu(a) => Ok(a.iter().copied().collect()),
+            Data::Gpu(buf) => buf.context().read(buf.buffer(), self.numel()),
+        }
+    }
+
+    /// Copies the data to the host as an ndarray array.
+    pub fn to_array(&self) -> Result<ArrayD<f32>> {
+        let v = self.to_vec()?;
+        Ok(ArrayD::from_shape_vec(IxDyn(&self.shape), v).expect("numel matches shape"))
+    }
+
+    /// A copy of this tensor on `device`.
+    pub fn to_device(&self, device: &Device) -> Result<Tensor> {
+        Tensor::from_vec(device, &self.shape, self.to_vec()?)
+    }
+
+    /// Replaces the contents with host data of the same length.
+    pub fn write(&mut self, data: &[f32]) -> Result<()> {
+        if data.len() != self.numel() {
+            return Err(Error::DataLength { op: "Tensor::write", shape: self.shape.clone(), expected: self.numel(), got: data.len() });
+        }
+        match &mut self.data {
+            Data::Cpu(a) => a.iter_mut().zip(data).for_each(|(d, s)| *d = *s),
+            Data::Gpu(buf) => buf.context().overwrite(buf.buffer(), data)?,
+        }
+        Ok(())
+    }
+
+    pub(crate) fn gpu(&self) -> Option<&GpuBuffer> {
+        match &self.data {
+            Data::Gpu(b) => Some(b),
+            Data::Cpu(_) => None,
+        }
+    }
+}
+
+impl Clone for Tensor {
+    fn clone(&self) -> Tensor {
+        match &self.data {
+            Data::Cpu(a) => Tensor { shape: self.shape.clone(), data: Data::Cpu(a.clone()) },
+            Data::Gpu(src) => {
+                let ctx = src.context();
+                // Same byte size as `src`, which already passed the binding-size check.
+                let dst = ctx.alloc("Tensor::clone", src.len()).expect("a copy fits wherever the original does");
+                ctx.record(|enc| enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, (src.len() * 4) as u64));
+                Tensor { shape: self.shape.clone(), data: Data::Gpu(dst) }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({:?} on {})", self.shape, if self.gpu().is_some() { "GPU" } else { "CPU" })
+    }
+}
+
+/// Checks that every operand of `op` lives on the first operand's device.
+pub(crate) fn same_device(op: &'static str, tensors: &[&Tensor]) -> Result<Device> {
+    let dev = tensors[0].device();
+    for t in &tensors[1..] {
+        let other = t.device();
+        if !dev.same(&other) {
+            return Err(Error::DeviceMismatch { op, a: dev.to_string(), b: other.to_string() });
+        }
+    }
+    Ok(dev)
+}

@@ -1,0 +1,143 @@
+//! GEMM on every device and both GPU kernels, against an f64 triple loop.
+
+use wgpu_cnn::ops::gemm::{gemm, gemm_into, GemmConfig, GemmShape};
+use wgpu_cnn::{Device, GemmVariant, Tensor, Tolerance};
+
+use crate::harness::{random, with_gpu};
+
+/// op(A)[b][i][p] for A stored 2-D (broadcast) or 3-D.
+#[allow(clippy::too_many_arguments)]
+fn at(x: &[f32], batched: bool, rows: usize, cols: usize, b: usize, r: usize, c: usize) -> f64 {
+    let base = if batched { b * rows * cols } else { 0 };
+    x[base + r * cols + c] as f64
+}
+
+/// The oracle: C = alpha·op(A)·op(B) + beta·C0 in f64, plain loops.
+fn oracle(a: &[f32], b: &[f32], c0: Option<&[f32]>, s: &GemmShape, cfg: &GemmConfig) -> Vec<f32> {
+    let (m, n, k) = (s.m, s.n, s.k);
+    let mut out = vec![0f32; s.batch * m * n];
+    for bt in 0..s.batch {
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0f64;
+                for p in 0..k {
+                    let av = if cfg.trans_a { at(a, s.a_batched, k, m, bt, p, i) } else { at(a, s.a_batched, m, k, bt, i, p) };
+                    let bv = if cfg.trans_b { at(b, s.b_batched, n, k, bt, j, p) } else { at(b, s.b_batched, k, n, bt, p, j) };
+                    acc += av * bv;
+                }
+                let idx = bt * m * n + i * n + j;
+                let prev = c0.map_or(0.0, |c| if cfg.beta == 0.0 { 0.0 } else { cfg.beta as f64 * c[idx] as f64 });
+                out[idx] = (cfg.alpha as f64 * acc + prev) as f32;
+            }
+        }
+    }
+    out
+}
+
+/// f32 accumulation error grows with K; values are in [-1, 1).
+fn tol(k: usize) -> Tolerance {
+    Tolerance::new(2e-6 * k as f32, 1e-5)
+}
+
+/// Stored shape of A (or B) for the given op-shape and transpose.
+fn stored(batch: Option<usize>, rows: usize, cols: usize, trans: bool) -> Vec<usize> {
+    let (r, c) = if trans { (cols, rows) } else { (rows, cols) };
+    match batch {
+        Some(b) => vec![b, r, c],
+        None => vec![r, c],
+    }
+}
+
+/// (batch of A, batch of B, M, N, K)
+const CASES: &[(Option<usize>, Option<usize>, usize, usize, usize)] = &[
+    (None, None, 1, 1, 1),
+    (None, None, 3, 5, 7),
+    (None, None, 17, 33, 65),
+    (None, None, 64, 64, 64),
+    (None, None, 127, 129, 131),
+    (None, None, 1000, 3, 17),  // tall-skinny
+    (None, None, 3, 1000, 19),  // short-wide
+    (None, None, 2, 2, 1000),   // long inner dimension
+    (Some(3), Some(3), 9, 11, 13),
+    (Some(4), None, 33, 31, 5), // B broadcast over the batch (conv weights)
+    (None, Some(2), 7, 66, 65), // A broadcast
+];
+
+fn check_all(dev: &Device, variant: Option<GemmVariant>) {
+    for (ci, &(ba, bb, m, n, k)) in CASES.iter().enumerate() {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let cfg = GemmConfig { trans_a: ta, trans_b: tb, alpha: 1.0, beta: 0.0, variant };
+            let (sa, sb) = (stored(ba, m, k, ta), stored(bb, k, n, tb));
+            let (av, bv) = (random(ci as u64 * 8 + 1, sa.iter().product()), random(ci as u64 * 8 + 2, sb.iter().product()));
+            let a = Tensor::from_vec(dev, &sa, av.clone()).unwrap();
+            let b = Tensor::from_vec(dev, &sb, bv.clone()).unwrap();
+            let c = gemm(&a, &b, cfg).unwrap();
+            let s = GemmShape::infer(&sa, &sb, ta, tb).unwrap();
+            assert_eq!(c.shape(), s.out_shape().as_slice());
+            let want = oracle(&av, &bv, None, &s, &cfg);
+            tol(k).assert(&format!("gemm {m}x{n}x{k} batch {ba:?}/{bb:?} ta={ta} tb={tb} on {dev}"), &c.to_vec().unwrap(), &want);
+        }
+    }
+}
+
+fn check_alpha_beta(dev: &Device, variant: Option<GemmVariant>) {
+    let (m, n, k, batch) = (19, 23, 29, 2);
+    for (ta, tb) in [(false, false), (true, true)] {
+        let cfg = GemmConfig { trans_a: ta, trans_b: tb, alpha: 0.5, beta: -1.5, variant };
+        let (sa, sb) = (stored(Some(batch), m, k, ta), stored(Some(batch), k, n, tb));
+        let (av, bv, cv) = (random(11, batch * m * k), random(12, batch * k * n), random(13, batch * m * n));
+        let a = Tensor::from_vec(dev, &sa, av.clone()).unwrap();
+        let b = Tensor::from_vec(dev, &sb, bv.clone()).unwrap();
+        let mut c = Tensor::from_vec(dev, &[batch, m, n], cv.clone()).unwrap();
+        gemm_into(&a, &b, &mut c, cfg).unwrap();
+        let s = GemmShape::infer(&sa, &sb, ta, tb).unwrap();
+        tol(k).assert(&format!("gemm alpha/beta on {dev}"), &c.to_vec().unwrap(), &oracle(&av, &bv, Some(&cv), &s, &cfg));
+    }
+}
+
+/// beta = 0 must not read C: NaN there stays out of the result.
+fn check_beta_zero_ignores_c(dev: &Device, variant: Option<GemmVariant>) {
+    let a = Tensor::from_vec(dev, &[5, 3], random(21, 15)).unwrap();
+    let b = Tensor::from_vec(dev, &[3, 6], random(22, 18)).unwrap();
+    let mut c = Tensor::full(dev, &[5, 6], f32::NAN).unwrap();
+    gemm_into(&a, &b, &mut c, GemmConfig { variant, ..GemmConfig::default() }).unwrap();
+    let want = gemm(&a, &b, GemmConfig { variant, ..GemmConfig::default() }).unwrap().to_vec().unwrap();
+    let got = c.to_vec().unwrap();
+    assert!(got.iter().all(|v| v.is_finite()), "beta = 0 read C on {dev}: {got:?}");
+    tol(3).assert("gemm beta=0", &got, &want);
+}
+
+fn all(dev: &Device, variant: Option<GemmVariant>) {
+    check_all(dev, variant);
+    check_alpha_beta(dev, variant);
+    check_beta_zero_ignores_c(dev, variant);
+}
+
+#[test]
+fn cpu() {
+    all(&Device::Cpu, None);
+}
+
+#[test]
+fn gpu_blocked() {
+    with_gpu("gemm::gpu_blocked", |dev| all(dev, Some(GemmVariant::Blocked)));
+}
+
+#[test]
+fn gpu_tiled() {
+    with_gpu("gemm::gpu_tiled", |dev| all(dev, Some(GemmVariant::Tiled)));
+}
+
+/// More batch items than one dispatch's z-dimension allows is split, not refused.
+#[test]
+fn gpu_batch_beyond_grid_limit() {
+    with_gpu("gemm::gpu_batch_beyond_grid_limit", |dev| {
+        let max_z = dev.gpu_context().unwrap().limits().max_compute_workgroups_per_dimension as usize;
+        let batch = max_z + 3;
+        let a = Tensor::from_vec(dev, &[batch, 1, 2], (0..batch * 2).map(|i| (i % 7) as f32).collect()).unwrap();
+        let b = Tensor::from_vec(dev, &[2, 1], vec![1.0, 2.0]).unwrap();
+        let c = gemm(&a, &b, GemmConfig::default()).unwrap().to_vec().unwrap();
+        let want: Vec<f32> = (0..batch).map(|i| ((2 * i) % 7) as f32 + 2.0 * ((2 * i + 1) % 7) as f32).collect();
+        assert_eq!(c, want);
+    });
+}

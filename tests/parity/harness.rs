@@ -1,0 +1,57 @@
+//! What every parity test shares: the GPU device, seeded data, the oracle helpers.
+
+use std::sync::OnceLock;
+
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use wgpu_cnn::device::{NO_ADAPTER_HELP, SKIP_GPU_ENV};
+use wgpu_cnn::Device;
+
+/// The shared GPU for this test binary. `None` only when the user opted out
+/// with WGPU_CNN_SKIP_GPU_TESTS; without an adapter otherwise, the test fails.
+pub fn gpu() -> Option<Device> {
+    static GPU: OnceLock<Option<Device>> = OnceLock::new();
+    GPU.get_or_init(|| {
+        if std::env::var_os(SKIP_GPU_ENV).is_some() {
+            return None;
+        }
+        match Device::gpu() {
+            Ok(dev) => {
+                eprintln!("GPU tests run on: {dev}");
+                Some(dev)
+            }
+            Err(e) => panic!("GPU test without an adapter: {e}\n{NO_ADAPTER_HELP}"),
+        }
+    })
+    .clone()
+}
+
+/// Runs a GPU test body, or says loudly that it was skipped on request.
+pub fn with_gpu(name: &str, body: impl FnOnce(&Device)) {
+    match gpu() {
+        Some(dev) => body(&dev),
+        None => eprintln!("SKIPPED {name}: {SKIP_GPU_ENV} is set"),
+    }
+}
+
+/// Uniform values in [-1, 1), reproducible from `seed`.
+pub fn random(seed: u64, n: usize) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// One test body per device: `$name::cpu`, and `$name::gpu` on the shared GPU.
+#[macro_export]
+macro_rules! test_device {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[test]
+            fn cpu() {
+                super::$body(&wgpu_cnn::Device::Cpu);
+            }
+            #[test]
+            fn gpu() {
+                $crate::harness::with_gpu(concat!(stringify!($name), "::gpu"), |dev| super::$body(dev));
+            }
+        }
+    };
+}

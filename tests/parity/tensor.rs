@@ -1,0 +1,68 @@
+//! Tensors, the device recorder and the buffer pool.
+
+use wgpu_cnn::ops::gemm::{gemm, GemmConfig};
+use wgpu_cnn::{Device, Tensor};
+
+use crate::harness::with_gpu;
+use crate::test_device;
+
+fn round_trip(dev: &Device) {
+    let data: Vec<f32> = (0..30).map(|i| i as f32 * 0.5 - 3.0).collect();
+    let t = Tensor::from_vec(dev, &[2, 3, 5], data.clone()).unwrap();
+    assert_eq!(t.shape(), &[2, 3, 5]);
+    assert_eq!(t.to_vec().unwrap(), data);
+    let arr = t.to_array().unwrap();
+    assert_eq!(arr[[1, 2, 4]], data[29]);
+    let back = Tensor::from_array(dev, &arr).unwrap();
+    assert_eq!(back.to_vec().unwrap(), data);
+    let copy = t.clone();
+    let r = t.reshape(&[6, 5]).unwrap();
+    assert_eq!(r.shape(), &[6, 5]);
+    assert_eq!(copy.to_vec().unwrap(), data);
+    let mut w = Tensor::zeros(dev, &[3]).unwrap();
+    assert_eq!(w.to_vec().unwrap(), vec![0.0; 3]);
+    w.write(&[1.0, 2.0, 3.0]).unwrap();
+    assert_eq!(w.to_vec().unwrap(), vec![1.0, 2.0, 3.0]);
+    assert_eq!(Tensor::full(dev, &[2], 7.5).unwrap().to_vec().unwrap(), vec![7.5, 7.5]);
+}
+test_device!(tensor_round_trip, round_trip);
+
+/// A value written into a tensor after an op was recorded must not leak into that op.
+#[test]
+fn gpu_write_after_recorded_use_keeps_order() {
+    with_gpu("tensor::gpu_write_after_recorded_use_keeps_order", |dev| {
+        let mut a = Tensor::from_vec(dev, &[1, 1], vec![2.0]).unwrap();
+        let b = Tensor::from_vec(dev, &[1, 1], vec![3.0]).unwrap();
+        let c = gemm(&a, &b, GemmConfig::default()).unwrap();
+        a.write(&[100.0]).unwrap();
+        assert_eq!(c.to_vec().unwrap(), vec![6.0]);
+        assert_eq!(a.to_vec().unwrap(), vec![100.0]);
+    });
+}
+
+/// After the first step, the same step allocates nothing: the pool serves it.
+#[test]
+fn gpu_pool_reuses_buffers() {
+    with_gpu("tensor::gpu_pool_reuses_buffers", |_| {
+        // A private context: the shared one is busy with parallel tests.
+        let dev = Device::gpu().unwrap();
+        let ctx = dev.gpu_context().unwrap().clone();
+        let step = || {
+            let a = Tensor::from_vec(&dev, &[33, 17], vec![1.0; 33 * 17]).unwrap();
+            let b = Tensor::from_vec(&dev, &[17, 9], vec![1.0; 17 * 9]).unwrap();
+            let c = gemm(&a, &b, GemmConfig::default()).unwrap();
+            let d = gemm(&c, &b, GemmConfig { trans_b: true, ..GemmConfig::default() }).unwrap();
+            assert_eq!(d.to_vec().unwrap()[0], 17.0 * 9.0);
+        };
+        step();
+        let after_first = ctx.pool_stats();
+        for _ in 0..3 {
+            step();
+        }
+        let after = ctx.pool_stats();
+        assert!(after_first.allocations > 0);
+        assert_eq!(after.allocations, after_first.allocations, "steps 2..4 allocated: {after_first:?} -> {after:?}");
+        assert_eq!(after.allocated_bytes, after_first.allocated_bytes);
+        assert!(after.reuses > after_first.reuses);
+    });
+}
