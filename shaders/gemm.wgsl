@@ -80,10 +80,16 @@ fn store_block(batch: u32, i0: u32, j0: u32, di: u32, dj: u32, acc: array<vec4<f
 }
 
 @compute @workgroup_size(WG_X, WG_Y, 1)
-fn gemm_blocked(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i0 = gid.y * 4u;
-    let j0 = gid.x * 4u;
-    let batch = gid.z;
+fn gemm_blocked(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+    // Rows i0..i0+3 are adjacent; columns j0 + WG_X·c are interleaved across the
+    // workgroup, so invocations that run as neighbouring SIMD lanes read
+    // neighbouring addresses of B.
+    let i0 = wid.y * TILE_M + lid.y * 4u;
+    let j0 = wid.x * TILE_N + lid.x;
+    let batch = wid.z;
     if (i0 >= params.m || j0 >= params.n || batch >= params.batch) { return; }
     let s = strides();
     let base_a = params.offset_a + batch * params.stride_a;
@@ -93,7 +99,7 @@ fn gemm_blocked(@builtin(global_invocation_id) gid: vec3<u32>) {
     let last_i = params.m - 1u;
     let last_j = params.n - 1u;
     let ra = vec4<u32>(min(i0, last_i), min(i0 + 1u, last_i), min(i0 + 2u, last_i), min(i0 + 3u, last_i)) * s.a_i + base_a;
-    let cb = vec4<u32>(min(j0, last_j), min(j0 + 1u, last_j), min(j0 + 2u, last_j), min(j0 + 3u, last_j)) * s.b_j + base_b;
+    let cb = vec4<u32>(j0, min(j0 + WG_X, last_j), min(j0 + 2u * WG_X, last_j), min(j0 + 3u * WG_X, last_j)) * s.b_j + base_b;
     var acc: array<vec4<f32>, 4>;
     for (var p = 0u; p < params.k; p++) {
         let pa = p * s.a_p;
@@ -105,7 +111,7 @@ fn gemm_blocked(@builtin(global_invocation_id) gid: vec3<u32>) {
         acc[2] += av.z * bv;
         acc[3] += av.w * bv;
     }
-    store_block(batch, i0, j0, 1u, 1u, acc);
+    store_block(batch, i0, j0, 1u, WG_X, acc);
 }
 
 // Slabs of op(A) and op(B), stored k-major: as_[p·TILE_M + i], bs[p·TILE_N + j].
