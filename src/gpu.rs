@@ -181,6 +181,15 @@ impl GpuContext {
         Ok(())
     }
 
+    /// A grid of `total` invocations in workgroups of `wg`, folded into y when x
+    /// would pass the per-dimension limit. Kernels index `gid.x + gid.y·nwg.x·wg`.
+    pub(crate) fn grid_1d(&self, total: usize, wg: usize) -> [u32; 3] {
+        let groups = total.div_ceil(wg).max(1);
+        let max = self.limits.max_compute_workgroups_per_dimension as usize;
+        let x = groups.min(max);
+        [x as u32, groups.div_ceil(x) as u32, 1]
+    }
+
     /// Submits everything recorded so far (one submit), without waiting.
     pub fn flush(&self) -> Result<()> {
         let mut guard = self.encoder.lock().unwrap();

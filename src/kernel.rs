@@ -10,6 +10,10 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::ops::gemm::GemmParams;
+use crate::ops::im2col::Im2colParams;
+use crate::ops::maxpool::PoolParams;
+use crate::ops::permute::PermuteParams;
+use crate::ops::reduce::ReduceParams;
 
 /// How a kernel binds a buffer; mirrors the WGSL declaration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,21 +30,40 @@ pub enum Access {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Shader {
     Gemm,
+    Im2col,
+    Col2im,
+    Permute,
+    Reduce,
+    Maxpool,
+    Avgpool,
 }
 
 impl Shader {
-    pub const ALL: &'static [Shader] = &[Shader::Gemm];
+    pub const ALL: &'static [Shader] =
+        &[Shader::Gemm, Shader::Im2col, Shader::Col2im, Shader::Permute, Shader::Reduce, Shader::Maxpool, Shader::Avgpool];
 
     /// The file stem: `shaders/<stem>.wgsl`, `src/ops/<stem>.rs`.
     pub fn stem(self) -> &'static str {
         match self {
             Shader::Gemm => "gemm",
+            Shader::Im2col => "im2col",
+            Shader::Col2im => "col2im",
+            Shader::Permute => "permute",
+            Shader::Reduce => "reduce",
+            Shader::Maxpool => "maxpool",
+            Shader::Avgpool => "avgpool",
         }
     }
 
     pub fn source(self) -> &'static str {
         match self {
             Shader::Gemm => include_str!("../shaders/gemm.wgsl"),
+            Shader::Im2col => include_str!("../shaders/im2col.wgsl"),
+            Shader::Col2im => include_str!("../shaders/col2im.wgsl"),
+            Shader::Permute => include_str!("../shaders/permute.wgsl"),
+            Shader::Reduce => include_str!("../shaders/reduce.wgsl"),
+            Shader::Maxpool => include_str!("../shaders/maxpool.wgsl"),
+            Shader::Avgpool => include_str!("../shaders/avgpool.wgsl"),
         }
     }
 }
@@ -50,6 +73,14 @@ impl Shader {
 pub enum KernelId {
     GemmBlocked,
     GemmTiled,
+    Im2col,
+    Col2im,
+    PermuteSwap,
+    ReduceRows,
+    MaxpoolForward,
+    MaxpoolBackward,
+    AvgpoolForward,
+    AvgpoolBackward,
 }
 
 /// What a pipeline is made of.
@@ -68,11 +99,32 @@ pub struct KernelSpec {
 }
 
 impl KernelId {
-    pub const ALL: &'static [KernelId] = &[KernelId::GemmBlocked, KernelId::GemmTiled];
+    pub const ALL: &'static [KernelId] = &[
+        KernelId::GemmBlocked,
+        KernelId::GemmTiled,
+        KernelId::Im2col,
+        KernelId::Col2im,
+        KernelId::PermuteSwap,
+        KernelId::ReduceRows,
+        KernelId::MaxpoolForward,
+        KernelId::MaxpoolBackward,
+        KernelId::AvgpoolForward,
+        KernelId::AvgpoolBackward,
+    ];
 
     pub fn spec(self) -> KernelSpec {
         use Access::*;
         const GEMM_BINDINGS: &[Access] = &[Read, Read, ReadWrite, Uniform];
+        const UNARY: &[Access] = &[Read, ReadWrite, Uniform];
+        // One invocation per element: 256 wide, the WGSL default.
+        let elementwise = |name: &'static str, shader: Shader, bindings: &'static [Access], params_size: usize| KernelSpec {
+            name,
+            shader,
+            entry: name,
+            bindings,
+            params_size,
+            constants: &[],
+        };
         match self {
             KernelId::GemmBlocked => KernelSpec {
                 name: "gemm_blocked",
@@ -90,6 +142,14 @@ impl KernelId {
                 params_size: size_of::<GemmParams>(),
                 constants: &[("WG_X", 16.0), ("WG_Y", 16.0), ("TILE_K", 16.0)],
             },
+            KernelId::Im2col => elementwise("im2col", Shader::Im2col, UNARY, size_of::<Im2colParams>()),
+            KernelId::Col2im => elementwise("col2im", Shader::Col2im, UNARY, size_of::<Im2colParams>()),
+            KernelId::PermuteSwap => elementwise("permute_swap", Shader::Permute, &[Read, Read, ReadWrite, Uniform], size_of::<PermuteParams>()),
+            KernelId::ReduceRows => elementwise("reduce_rows", Shader::Reduce, UNARY, size_of::<ReduceParams>()),
+            KernelId::MaxpoolForward => elementwise("maxpool_forward", Shader::Maxpool, &[Read, ReadWrite, ReadWrite, Uniform], size_of::<PoolParams>()),
+            KernelId::MaxpoolBackward => elementwise("maxpool_backward", Shader::Maxpool, &[Read, ReadWrite, ReadWrite, Uniform], size_of::<PoolParams>()),
+            KernelId::AvgpoolForward => elementwise("avgpool_forward", Shader::Avgpool, UNARY, size_of::<PoolParams>()),
+            KernelId::AvgpoolBackward => elementwise("avgpool_backward", Shader::Avgpool, UNARY, size_of::<PoolParams>()),
         }
     }
 

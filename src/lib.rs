@@ -24,6 +24,7 @@ pub mod tolerance;
 
 pub use device::{AdapterSummary, Device, GpuOptions};
 pub use error::{Error, Result};
+pub use shape::{Conv2dConfig, Conv2dGeometry, Pool2dConfig, Pool2dGeometry};
 pub use gpu::{GemmVariant, GpuContext};
-pub use tensor::Tensor;
+pub use tensor::{Indices, Tensor};
 pub use tolerance::Tolerance;

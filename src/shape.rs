@@ -22,3 +22,241 @@ pub fn check_nonempty(op: &'static str, what: &str, shape: &[usize]) -> Result<u
         None => shape_err(op, format!("{what} has shape {shape:?}, more than 2^32-1 elements")),
     }
 }
+
+/// `floor((len + 2·pad − dil·(k−1) − 1) / stride) + 1`, or `None` when the
+/// (dilated) kernel does not fit the padded input.
+fn conv_out_len(len: usize, k: usize, stride: usize, pad: usize, dil: usize) -> Option<usize> {
+    let span = dil * (k - 1) + 1;
+    let padded = len + 2 * pad;
+    (padded >= span).then(|| (padded - span) / stride + 1)
+}
+
+/// Settings of a 2-d convolution (PyTorch's `Conv2d` arguments), per axis `[h, w]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dConfig {
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+    pub dilation: [usize; 2],
+    pub groups: usize,
+}
+
+impl Default for Conv2dConfig {
+    fn default() -> Self {
+        Conv2dConfig { stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: 1 }
+    }
+}
+
+impl Conv2dConfig {
+    pub fn stride(mut self, s: usize) -> Self {
+        self.stride = [s, s];
+        self
+    }
+    pub fn padding(mut self, p: usize) -> Self {
+        self.padding = [p, p];
+        self
+    }
+    pub fn dilation(mut self, d: usize) -> Self {
+        self.dilation = [d, d];
+        self
+    }
+    pub fn groups(mut self, g: usize) -> Self {
+        self.groups = g;
+        self
+    }
+}
+
+/// The validated geometry of one convolution: input `[n, c_in, h, w]`,
+/// weight `[c_out, c_in/groups, kh, kw]`, output `[n, c_out, oh, ow]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dGeometry {
+    pub n: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub cfg: Conv2dConfig,
+}
+
+impl Conv2dGeometry {
+    pub fn new(input: &[usize], weight: &[usize], cfg: Conv2dConfig) -> Result<Conv2dGeometry> {
+        const OP: &str = "conv2d";
+        let &[n, c_in, h, w] = input else {
+            return shape_err(OP, format!("input must be NCHW (4-D), got {input:?}"));
+        };
+        let &[c_out, c_per_group, kh, kw] = weight else {
+            return shape_err(OP, format!("weight must be [C_out, C_in/groups, kH, kW], got {weight:?}"));
+        };
+        check_nonempty(OP, "input", input)?;
+        check_nonempty(OP, "weight", weight)?;
+        let bad = |msg: String| Err(crate::Error::InvalidArgument { op: OP, msg });
+        if cfg.stride.contains(&0) {
+            return bad(format!("stride {:?} must be positive", cfg.stride));
+        }
+        if cfg.dilation.contains(&0) {
+            return bad(format!("dilation {:?} must be positive", cfg.dilation));
+        }
+        let g = cfg.groups;
+        if g == 0 || c_in % g != 0 || c_out % g != 0 {
+            return bad(format!("groups = {g} must divide both C_in = {c_in} and C_out = {c_out}"));
+        }
+        if c_per_group * g != c_in {
+            return shape_err(OP, format!("input {input:?} has {c_in} channels but weight {weight:?} × groups {g} expects {}", c_per_group * g));
+        }
+        let oh = conv_out_len(h, kh, cfg.stride[0], cfg.padding[0], cfg.dilation[0]);
+        let ow = conv_out_len(w, kw, cfg.stride[1], cfg.padding[1], cfg.dilation[1]);
+        let (Some(oh), Some(ow)) = (oh, ow) else {
+            return shape_err(
+                OP,
+                format!(
+                    "kernel {kh}×{kw} (dilation {:?}) is larger than the padded input {}×{} (input {input:?}, padding {:?})",
+                    cfg.dilation,
+                    h + 2 * cfg.padding[0],
+                    w + 2 * cfg.padding[1],
+                    cfg.padding
+                ),
+            );
+        };
+        let geo = Conv2dGeometry { n, c_in, h, w, c_out, kh, kw, oh, ow, cfg };
+        check_nonempty(OP, "output", &geo.output_shape())?;
+        Ok(geo)
+    }
+
+    pub fn input_shape(&self) -> [usize; 4] {
+        [self.n, self.c_in, self.h, self.w]
+    }
+    pub fn weight_shape(&self) -> [usize; 4] {
+        [self.c_out, self.c_in / self.cfg.groups, self.kh, self.kw]
+    }
+    pub fn output_shape(&self) -> [usize; 4] {
+        [self.n, self.c_out, self.oh, self.ow]
+    }
+    /// Rows of one group's column matrix: `C_in/groups · kH · kW`.
+    pub fn col_rows(&self) -> usize {
+        self.c_in / self.cfg.groups * self.kh * self.kw
+    }
+    /// Output pixels per image.
+    pub fn out_pixels(&self) -> usize {
+        self.oh * self.ow
+    }
+    /// A 1×1 convolution that is a plain GEMM per image (no im2col needed).
+    pub fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.cfg.stride == [1, 1] && self.cfg.padding == [0, 0] && self.cfg.groups == 1
+    }
+    /// Multiply-adds × 2 of the forward pass.
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.n * self.c_out * self.out_pixels() * self.col_rows()) as f64
+    }
+    /// Images per chunk so that the column matrix `[C_in·kH·kW, nb·OH·OW]`
+    /// (and the permuted output) stays within `max_bytes`.
+    pub fn images_per_chunk(&self, max_bytes: u64) -> usize {
+        let per_image = (self.c_in * self.kh * self.kw).max(self.c_out) * self.out_pixels() * 4;
+        ((max_bytes / per_image.max(1) as u64) as usize).clamp(1, self.n)
+    }
+    /// The same geometry for `n` images.
+    pub fn with_batch(&self, n: usize) -> Conv2dGeometry {
+        Conv2dGeometry { n, ..*self }
+    }
+}
+
+/// Settings of a 2-d pooling window, per axis `[h, w]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pool2dConfig {
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+    /// Round the output size up (a last, partial window may start in the input or left padding).
+    pub ceil_mode: bool,
+    /// Average pooling: divide by the window size including padding (PyTorch's default).
+    pub count_include_pad: bool,
+}
+
+impl Pool2dConfig {
+    /// A k×k window with stride k (PyTorch's default stride), no padding.
+    pub fn new(k: usize) -> Pool2dConfig {
+        Pool2dConfig { kernel: [k, k], stride: [k, k], padding: [0, 0], ceil_mode: false, count_include_pad: true }
+    }
+    pub fn stride(mut self, s: usize) -> Self {
+        self.stride = [s, s];
+        self
+    }
+    pub fn padding(mut self, p: usize) -> Self {
+        self.padding = [p, p];
+        self
+    }
+    pub fn ceil_mode(mut self, on: bool) -> Self {
+        self.ceil_mode = on;
+        self
+    }
+    pub fn count_include_pad(mut self, on: bool) -> Self {
+        self.count_include_pad = on;
+        self
+    }
+}
+
+/// PyTorch's pooling output length, ceil mode included: a window that would
+/// start in the right padding is dropped.
+fn pool_out_len(len: usize, k: usize, stride: usize, pad: usize, ceil: bool) -> Option<usize> {
+    let padded = len + 2 * pad;
+    if padded < k {
+        return None;
+    }
+    let span = padded - k;
+    let mut out = if ceil { span.div_ceil(stride) } else { span / stride } + 1;
+    if ceil && (out - 1) * stride >= len + pad {
+        out -= 1;
+    }
+    Some(out)
+}
+
+/// The validated geometry of a pooling op over `[n, c, h, w]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pool2dGeometry {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub cfg: Pool2dConfig,
+}
+
+impl Pool2dGeometry {
+    pub fn new(op: &'static str, input: &[usize], cfg: Pool2dConfig) -> Result<Pool2dGeometry> {
+        let &[n, c, h, w] = input else {
+            return shape_err(op, format!("input must be NCHW (4-D), got {input:?}"));
+        };
+        check_nonempty(op, "input", input)?;
+        let bad = |msg: String| Err(crate::Error::InvalidArgument { op, msg });
+        if cfg.kernel.contains(&0) || cfg.stride.contains(&0) {
+            return bad(format!("kernel {:?} and stride {:?} must be positive", cfg.kernel, cfg.stride));
+        }
+        if cfg.padding[0] * 2 > cfg.kernel[0] || cfg.padding[1] * 2 > cfg.kernel[1] {
+            return bad(format!("padding {:?} must be at most half the kernel {:?}", cfg.padding, cfg.kernel));
+        }
+        let oh = pool_out_len(h, cfg.kernel[0], cfg.stride[0], cfg.padding[0], cfg.ceil_mode);
+        let ow = pool_out_len(w, cfg.kernel[1], cfg.stride[1], cfg.padding[1], cfg.ceil_mode);
+        let (Some(oh), Some(ow)) = (oh, ow) else {
+            return shape_err(op, format!("window {:?} is larger than the padded input {input:?} (padding {:?})", cfg.kernel, cfg.padding));
+        };
+        let geo = Pool2dGeometry { n, c, h, w, oh, ow, cfg };
+        check_nonempty(op, "output", &geo.output_shape())?;
+        Ok(geo)
+    }
+
+    /// Global average pooling: one window covering the whole plane.
+    pub fn global(input: &[usize]) -> Result<Pool2dGeometry> {
+        let &[_, _, h, w] = input else {
+            return shape_err("global_avg_pool", format!("input must be NCHW (4-D), got {input:?}"));
+        };
+        let cfg = Pool2dConfig { kernel: [h, w], stride: [1, 1], padding: [0, 0], ceil_mode: false, count_include_pad: true };
+        Pool2dGeometry::new("global_avg_pool", input, cfg)
+    }
+
+    pub fn output_shape(&self) -> [usize; 4] {
+        [self.n, self.c, self.oh, self.ow]
+    }
+}

@@ -185,3 +185,35 @@ pub(crate) fn same_device(op: &'static str, tensors: &[&Tensor]) -> Result<Devic
     }
     Ok(dev)
 }
+
+/// A u32 tensor of flat indices (max-pooling argmax masks), on one device.
+pub struct Indices {
+    shape: Vec<usize>,
+    pub(crate) data: IndexData,
+}
+
+pub(crate) enum IndexData {
+    Cpu(Vec<u32>),
+    Gpu(GpuBuffer),
+}
+
+impl Indices {
+    pub(crate) fn new(shape: &[usize], data: IndexData) -> Indices {
+        Indices { shape: shape.to_vec(), data }
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Copies the indices to the host (on the GPU: a submit and a wait).
+    pub fn to_vec(&self) -> Result<Vec<u32>> {
+        match &self.data {
+            IndexData::Cpu(v) => Ok(v.clone()),
+            IndexData::Gpu(buf) => {
+                let raw = buf.context().read(buf.buffer(), buf.len())?;
+                Ok(bytemuck::cast_slice::<f32, u32>(&raw).to_vec())
+            }
+        }
+    }
+}

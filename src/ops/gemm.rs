@@ -178,8 +178,45 @@ fn as3(x: &ArrayD<f32>) -> ArrayView3<'_, f32> {
 
 // ---------------------------------------------------------------- GPU wrapper
 
+/// Where each operand's batch items sit in its buffer, in elements.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct GemmLayout {
+    pub offset_a: usize,
+    pub stride_a: usize,
+    pub offset_b: usize,
+    pub stride_b: usize,
+    pub offset_c: usize,
+    pub stride_c: usize,
+}
+
+impl GemmLayout {
+    /// Packed operands: each batched one holds its items back to back.
+    pub fn packed(s: &GemmShape) -> GemmLayout {
+        GemmLayout {
+            stride_a: if s.a_batched { s.m * s.k } else { 0 },
+            stride_b: if s.b_batched { s.k * s.n } else { 0 },
+            stride_c: s.m * s.n,
+            ..GemmLayout::default()
+        }
+    }
+}
+
 /// Records the GEMM dispatches; batches beyond the grid limit are split.
 pub(crate) fn gemm_gpu(ctx: &GpuContext, a: &wgpu::Buffer, b: &wgpu::Buffer, c: &wgpu::Buffer, s: GemmShape, cfg: GemmConfig) -> Result<()> {
+    gemm_gpu_strided(ctx, a, b, c, s, GemmLayout::packed(&s), cfg)
+}
+
+/// [`gemm_gpu`] with explicit offsets and batch strides (conv uses these to
+/// address groups and image chunks inside larger buffers).
+pub(crate) fn gemm_gpu_strided(
+    ctx: &GpuContext,
+    a: &wgpu::Buffer,
+    b: &wgpu::Buffer,
+    c: &wgpu::Buffer,
+    s: GemmShape,
+    l: GemmLayout,
+    cfg: GemmConfig,
+) -> Result<()> {
     let variant = cfg.variant.unwrap_or(ctx.gemm_variant());
     let id = match variant {
         GemmVariant::Blocked => KernelId::GemmBlocked,
@@ -193,8 +230,6 @@ pub(crate) fn gemm_gpu(ctx: &GpuContext, a: &wgpu::Buffer, b: &wgpu::Buffer, c: 
     let mut start = 0;
     while start < s.batch {
         let chunk = (s.batch - start).min(max_z);
-        let stride_a = if s.a_batched { m * k } else { 0 };
-        let stride_b = if s.b_batched { k * n } else { 0 };
         let params = GemmParams {
             m: m as u32,
             n: n as u32,
@@ -204,12 +239,12 @@ pub(crate) fn gemm_gpu(ctx: &GpuContext, a: &wgpu::Buffer, b: &wgpu::Buffer, c: 
             trans_b: cfg.trans_b as u32,
             alpha: cfg.alpha,
             beta: cfg.beta,
-            stride_a: stride_a as u32,
-            stride_b: stride_b as u32,
-            stride_c: (m * n) as u32,
-            offset_a: (start * stride_a) as u32,
-            offset_b: (start * stride_b) as u32,
-            offset_c: (start * m * n) as u32,
+            stride_a: l.stride_a as u32,
+            stride_b: l.stride_b as u32,
+            stride_c: l.stride_c as u32,
+            offset_a: (l.offset_a + start * l.stride_a) as u32,
+            offset_b: (l.offset_b + start * l.stride_b) as u32,
+            offset_c: (l.offset_c + start * l.stride_c) as u32,
             ..GemmParams::default()
         };
         let groups = [n.div_ceil(tile_n) as u32, m.div_ceil(tile_m) as u32, chunk as u32];

@@ -55,3 +55,16 @@ macro_rules! test_device {
         }
     };
 }
+
+/// ⟨a, b⟩ in f64.
+pub fn dot(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
+}
+
+/// Asserts ⟨f(x), y⟩ = ⟨x, fᵀ(y)⟩: a backward pass of a linear op is its adjoint.
+#[track_caller]
+pub fn assert_adjoint(op: &str, fx: &[f32], y: &[f32], x: &[f32], fty: &[f32]) {
+    let (lhs, rhs) = (dot(fx, y), dot(x, fty));
+    assert!((lhs - rhs).abs() <= 1e-4 * (1.0 + lhs.abs()), "{op}: ⟨f(x), y⟩ = {lhs} but ⟨x, fᵀ(y)⟩ = {rhs}");
+}

@@ -4,6 +4,13 @@
 
 mod harness;
 
+mod avgpool;
+mod col2im;
+mod conv2d;
 mod errors;
 mod gemm;
+mod im2col;
+mod maxpool;
+mod permute;
+mod reduce;
 mod tensor;

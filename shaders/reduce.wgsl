@@ -1,0 +1,42 @@
+// Row sums: out[r] = beta·out[r] + Σ_j in[r·len + j] for a [rows, len] matrix.
+//
+// One workgroup per row: each invocation sums a strided slice, then a tree in
+// workgroup memory (log2(WG) barriers per row, not per element). Bias gradients
+// use it on channel-major gradients; beta = 1 accumulates across chunks.
+
+struct ReduceParams {
+    rows: u32,
+    len: u32,
+    beta: f32,
+    _pad0: u32,
+}
+
+@group(0) @binding(0) var<storage, read> src: array<f32>;
+@group(0) @binding(1) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(2) var<uniform> params: ReduceParams;
+
+override WG: u32 = 64u;
+
+var<workgroup> partial: array<f32, WG>;
+
+@compute @workgroup_size(WG)
+fn reduce_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    // Uniform per workgroup, so the early exit cannot split a barrier.
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= params.rows) { return; }
+    var acc = 0.0;
+    for (var j = lid.x; j < params.len; j += WG) {
+        acc += src[row * params.len + j];
+    }
+    partial[lid.x] = acc;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid.x < s) { partial[lid.x] += partial[lid.x + s]; }
+        workgroupBarrier();
+    }
+    if (lid.x == 0u) {
+        var v = partial[0];
+        if (params.beta != 0.0) { v += params.beta * dst[row]; }
+        dst[row] = v;
+    }
+}

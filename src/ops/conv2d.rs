@@ -1,0 +1,278 @@
+//! 2-d convolution (PyTorch's cross-correlation), forward and backward, as
+//! im2col + GEMM with images folded into the GEMM columns:
+//!
+//! ```text
+//! cols  = im2col(x)                      [G·Kc, nb·P]    Kc = C_in/G·kH·kW, P = OH·OW
+//! Yc_g  = W_g · cols_g                   [C_out/G, nb·P] one batched GEMM over groups
+//! y     = swap(Yc) + b                   [nb, C_out, P]
+//! dYc   = swap(dy)                       [C_out, nb·P]
+//! db    = Σ_cols dYc;  dW_g += dYc_g · cols_gᵀ  (one GEMM with K = nb·P)
+//! dx    = col2im(W_gᵀ · dYc_g)
+//! ```
+//! Batches are processed in chunks of nb images so the column matrix stays
+//! under the device's storage-binding limit. A 1×1, stride-1, unpadded,
+//! ungrouped convolution skips im2col: it is a GEMM per image.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ndarray::linalg::general_mat_mul;
+use ndarray::{ArrayView2, ArrayViewMut2};
+
+use crate::error::{shape_err, Result};
+use crate::gpu::GpuContext;
+use crate::ops::col2im::{col2im_cpu, col2im_gpu};
+use crate::ops::gemm::{gemm_gpu_strided, GemmConfig, GemmLayout, GemmShape};
+use crate::ops::im2col::{im2col_cpu, im2col_gpu};
+use crate::ops::permute::{swap_leading_cpu, swap_leading_gpu};
+use crate::ops::reduce::{sum_rows_cpu, sum_rows_gpu};
+use crate::shape::{Conv2dConfig, Conv2dGeometry};
+use crate::tensor::{same_device, Data, Tensor};
+
+/// Column-matrix budget on the CPU path.
+const CPU_CHUNK_BYTES: u64 = 256 << 20;
+/// Column-matrix budget on the GPU (also capped by the binding limit).
+const GPU_CHUNK_BYTES: u64 = 512 << 20;
+
+static CHUNK_BYTES_OVERRIDE: AtomicU64 = AtomicU64::new(0);
+
+/// Caps the column-matrix budget (bytes) on both paths; `None` restores the
+/// defaults. Results do not depend on it beyond rounding; tests use it to run
+/// the multi-chunk path on small inputs.
+pub fn set_max_chunk_bytes(bytes: Option<u64>) {
+    CHUNK_BYTES_OVERRIDE.store(bytes.unwrap_or(0), Ordering::Relaxed);
+}
+
+fn chunk_budget(default: u64) -> u64 {
+    match CHUNK_BYTES_OVERRIDE.load(Ordering::Relaxed) {
+        0 => default,
+        cap => cap.min(default),
+    }
+}
+
+/// Gradients of a convolution.
+pub struct Conv2dGrads {
+    /// `[n, c_in, h, w]`
+    pub dx: Tensor,
+    /// `[c_out, c_in/groups, kh, kw]`
+    pub dw: Tensor,
+    /// `[c_out]`, when the convolution has a bias.
+    pub db: Option<Tensor>,
+}
+
+/// `y = conv2d(x, w) + b`: x `[n, c_in, h, w]`, w `[c_out, c_in/groups, kh, kw]`, b `[c_out]`.
+pub fn conv2d_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: Conv2dConfig) -> Result<Tensor> {
+    let geo = Conv2dGeometry::new(x.shape(), w.shape(), cfg)?;
+    same_device("conv2d", &[x, w])?;
+    if let Some(b) = bias {
+        same_device("conv2d", &[x, b])?;
+        if b.shape() != [geo.c_out] {
+            return shape_err("conv2d", format!("bias has shape {:?} but the weight {:?} has {} output channels", b.shape(), w.shape(), geo.c_out));
+        }
+    }
+    let mut y = Tensor::uninit(&x.device(), "conv2d", &geo.output_shape())?;
+    match (&x.data, &w.data, &mut y.data) {
+        (Data::Cpu(xs), Data::Cpu(ws), Data::Cpu(ys)) => {
+            let b = bias.map(|b| b.to_vec()).transpose()?;
+            let v = forward_cpu(xs.as_slice().unwrap(), ws.as_slice().unwrap(), b.as_deref(), &geo);
+            ys.as_slice_mut().unwrap().copy_from_slice(&v);
+        }
+        (Data::Gpu(xb), Data::Gpu(wb), Data::Gpu(yb)) => {
+            let b = bias.map(|b| b.gpu().unwrap().buffer());
+            forward_gpu(xb.context(), xb.buffer(), wb.buffer(), b, yb.buffer(), &geo)?;
+        }
+        _ => unreachable!("same_device checked"),
+    }
+    Ok(y)
+}
+
+/// Gradients of the loss with respect to x, w and (when `with_bias`) b, given dL/dy.
+pub fn conv2d_backward(x: &Tensor, w: &Tensor, dy: &Tensor, cfg: Conv2dConfig, with_bias: bool) -> Result<Conv2dGrads> {
+    let geo = Conv2dGeometry::new(x.shape(), w.shape(), cfg)?;
+    same_device("conv2d", &[x, w, dy])?;
+    crate::ops::check_shape("conv2d", "dy", dy.shape(), &geo.output_shape())?;
+    let dev = x.device();
+    let mut dx = Tensor::uninit(&dev, "conv2d", x.shape())?;
+    let mut dw = Tensor::uninit(&dev, "conv2d", w.shape())?;
+    let mut db = if with_bias { Some(Tensor::uninit(&dev, "conv2d", &[geo.c_out])?) } else { None };
+    match (&x.data, &w.data, &dy.data) {
+        (Data::Cpu(xs), Data::Cpu(ws), Data::Cpu(ds)) => {
+            let (gx, gw, gb) = backward_cpu(xs.as_slice().unwrap(), ws.as_slice().unwrap(), ds.as_slice().unwrap(), &geo);
+            dx.write(&gx)?;
+            dw.write(&gw)?;
+            if let Some(db) = &mut db {
+                db.write(&gb)?;
+            }
+        }
+        (Data::Gpu(xb), Data::Gpu(wb), Data::Gpu(db_)) => {
+            let ctx = xb.context();
+            let bias_buf = db.as_ref().map(|t| t.gpu().unwrap().buffer());
+            let (dxb, dwb) = (dx.gpu().unwrap().buffer(), dw.gpu().unwrap().buffer());
+            backward_gpu(ctx, xb.buffer(), wb.buffer(), db_.buffer(), dxb, dwb, bias_buf, &geo)?;
+        }
+        _ => unreachable!("same_device checked"),
+    }
+    Ok(Conv2dGrads { dx, dw, db })
+}
+
+/// The batched-over-groups GEMM shape and layout of one step (see the module docs).
+fn group_gemm(batch: usize, m: usize, n: usize, k: usize, strides: [usize; 3]) -> (GemmShape, GemmLayout) {
+    let shape = GemmShape { batch, m, n, k, a_batched: true, b_batched: true };
+    let [stride_a, stride_b, stride_c] = strides;
+    (shape, GemmLayout { stride_a, stride_b, stride_c, ..GemmLayout::default() })
+}
+
+// ---------------------------------------------------------------- CPU reference
+
+/// `C_g = op(A_g)·op(B_g) + beta·C_g` for each group, on plain slices.
+#[allow(clippy::too_many_arguments)]
+fn gemm_groups_cpu(a: &[f32], b: &[f32], c: &mut [f32], s: GemmShape, l: GemmLayout, ta: bool, tb: bool, beta: f32) {
+    for gi in 0..s.batch {
+        let (ar, ac) = if ta { (s.k, s.m) } else { (s.m, s.k) };
+        let (br, bc) = if tb { (s.n, s.k) } else { (s.k, s.n) };
+        let av = ArrayView2::from_shape((ar, ac), &a[gi * l.stride_a..gi * l.stride_a + ar * ac]).unwrap();
+        let bv = ArrayView2::from_shape((br, bc), &b[gi * l.stride_b..gi * l.stride_b + br * bc]).unwrap();
+        let mut cv = ArrayViewMut2::from_shape((s.m, s.n), &mut c[gi * l.stride_c..gi * l.stride_c + s.m * s.n]).unwrap();
+        let av = if ta { av.reversed_axes() } else { av };
+        let bv = if tb { bv.reversed_axes() } else { bv };
+        general_mat_mul(1.0, &av, &bv, beta, &mut cv);
+    }
+}
+
+/// x: (n, c_in, h, w), w: (c_out, c_in/g, kh, kw), b: (c_out) → y: (n, c_out, oh, ow).
+pub fn forward_cpu(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo: &Conv2dGeometry) -> Vec<f32> {
+    let (groups, kc, p) = (geo.cfg.groups, geo.col_rows(), geo.out_pixels());
+    let cog = geo.c_out / groups;
+    let (in_img, out_img) = (geo.c_in * geo.h * geo.w, geo.c_out * p);
+    let mut y = vec![0f32; geo.n * out_img];
+    let chunk = geo.images_per_chunk(chunk_budget(CPU_CHUNK_BYTES));
+    for img0 in (0..geo.n).step_by(chunk) {
+        let nb = chunk.min(geo.n - img0);
+        let sub = geo.with_batch(nb);
+        let cols = im2col_cpu(&x[img0 * in_img..(img0 + nb) * in_img], &sub); // (g·kc, nb·p)
+        let mut yc = vec![0f32; geo.c_out * nb * p]; // (c_out, nb·p)
+        let (s, l) = group_gemm(groups, cog, nb * p, kc, [cog * kc, kc * nb * p, cog * nb * p]);
+        gemm_groups_cpu(w, &cols, &mut yc, s, l, false, false, 0.0);
+        let out = swap_leading_cpu(&yc, geo.c_out, nb, p, bias); // (nb, c_out, p)
+        y[img0 * out_img..(img0 + nb) * out_img].copy_from_slice(&out);
+    }
+    y
+}
+
+/// Returns (dx, dw, db) for x, w and dy as in [`forward_cpu`].
+pub fn backward_cpu(x: &[f32], w: &[f32], dy: &[f32], geo: &Conv2dGeometry) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (groups, kc, p) = (geo.cfg.groups, geo.col_rows(), geo.out_pixels());
+    let cog = geo.c_out / groups;
+    let (in_img, out_img) = (geo.c_in * geo.h * geo.w, geo.c_out * p);
+    let mut dx = vec![0f32; geo.n * in_img];
+    let mut dw = vec![0f32; geo.c_out * kc];
+    let mut db = vec![0f32; geo.c_out];
+    let chunk = geo.images_per_chunk(chunk_budget(CPU_CHUNK_BYTES));
+    for img0 in (0..geo.n).step_by(chunk) {
+        let nb = chunk.min(geo.n - img0);
+        let sub = geo.with_batch(nb);
+        let dyc = swap_leading_cpu(&dy[img0 * out_img..(img0 + nb) * out_img], nb, geo.c_out, p, None); // (c_out, nb·p)
+        for (acc, v) in db.iter_mut().zip(sum_rows_cpu(&dyc, geo.c_out, nb * p)) {
+            *acc += v;
+        }
+        let cols = im2col_cpu(&x[img0 * in_img..(img0 + nb) * in_img], &sub);
+        let beta = if img0 == 0 { 0.0 } else { 1.0 };
+        // dW_g (cog, kc) += dYc_g (cog, nb·p) · cols_gᵀ (nb·p, kc)
+        let (s, l) = group_gemm(groups, cog, kc, nb * p, [cog * nb * p, kc * nb * p, cog * kc]);
+        gemm_groups_cpu(&dyc, &cols, &mut dw, s, l, false, true, beta);
+        // dcols_g (kc, nb·p) = W_gᵀ (kc, cog) · dYc_g (cog, nb·p)
+        let mut dcols = vec![0f32; cols.len()];
+        let (s, l) = group_gemm(groups, kc, nb * p, cog, [cog * kc, cog * nb * p, kc * nb * p]);
+        gemm_groups_cpu(w, &dyc, &mut dcols, s, l, true, false, 0.0);
+        dx[img0 * in_img..(img0 + nb) * in_img].copy_from_slice(&col2im_cpu(&dcols, &sub));
+    }
+    (dx, dw, db)
+}
+
+// ---------------------------------------------------------------- GPU wrapper
+
+fn gpu_chunk(ctx: &GpuContext, geo: &Conv2dGeometry) -> usize {
+    geo.images_per_chunk(chunk_budget(ctx.max_binding_bytes().min(GPU_CHUNK_BYTES)))
+}
+
+pub(crate) fn forward_gpu(
+    ctx: &std::sync::Arc<GpuContext>,
+    x: &wgpu::Buffer,
+    w: &wgpu::Buffer,
+    bias: Option<&wgpu::Buffer>,
+    y: &wgpu::Buffer,
+    geo: &Conv2dGeometry,
+) -> Result<()> {
+    let (groups, kc, p) = (geo.cfg.groups, geo.col_rows(), geo.out_pixels());
+    let cog = geo.c_out / groups;
+    let bias = bias.map(|b| (b, geo.c_out));
+    let plain = GemmConfig::default();
+    if geo.is_pointwise() {
+        // Y[img] (c_out, p) = W (c_out, c_in) · X[img] (c_in, p), W shared by every image.
+        let s = GemmShape { batch: geo.n, m: geo.c_out, n: p, k: geo.c_in, a_batched: false, b_batched: true };
+        let l = GemmLayout::packed(&s);
+        if bias.is_none() {
+            return gemm_gpu_strided(ctx, w, x, y, s, l, plain);
+        }
+        let tmp = ctx.alloc("conv2d", geo.n * geo.c_out * p)?;
+        gemm_gpu_strided(ctx, w, x, tmp.buffer(), s, l, plain)?;
+        // A copy (a = 1) that adds the bias of each channel.
+        return swap_leading_gpu(ctx, tmp.buffer(), 0, y, 0, [1, geo.n * geo.c_out, p], bias);
+    }
+    let chunk = gpu_chunk(ctx, geo);
+    let cols = ctx.alloc("conv2d", groups * kc * chunk * p)?;
+    let yc = ctx.alloc("conv2d", geo.c_out * chunk * p)?;
+    for img0 in (0..geo.n).step_by(chunk) {
+        let nb = chunk.min(geo.n - img0);
+        let sub = geo.with_batch(nb);
+        im2col_gpu(ctx, x, img0 * geo.c_in * geo.h * geo.w, cols.buffer(), &sub)?;
+        let (s, l) = group_gemm(groups, cog, nb * p, kc, [cog * kc, kc * nb * p, cog * nb * p]);
+        gemm_gpu_strided(ctx, w, cols.buffer(), yc.buffer(), s, l, plain)?;
+        swap_leading_gpu(ctx, yc.buffer(), 0, y, img0 * geo.c_out * p, [geo.c_out, nb, p], bias)?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward_gpu(
+    ctx: &std::sync::Arc<GpuContext>,
+    x: &wgpu::Buffer,
+    w: &wgpu::Buffer,
+    dy: &wgpu::Buffer,
+    dx: &wgpu::Buffer,
+    dw: &wgpu::Buffer,
+    db: Option<&wgpu::Buffer>,
+    geo: &Conv2dGeometry,
+) -> Result<()> {
+    let (groups, kc, p) = (geo.cfg.groups, geo.col_rows(), geo.out_pixels());
+    let cog = geo.c_out / groups;
+    let (in_img, out_img) = (geo.c_in * geo.h * geo.w, geo.c_out * p);
+    let chunk = gpu_chunk(ctx, geo);
+    let dyc = ctx.alloc("conv2d", geo.c_out * chunk * p)?;
+    let cols = ctx.alloc("conv2d", groups * kc * chunk * p)?;
+    let dcols = ctx.alloc("conv2d", groups * kc * chunk * p)?;
+    for img0 in (0..geo.n).step_by(chunk) {
+        let nb = chunk.min(geo.n - img0);
+        let sub = geo.with_batch(nb);
+        let beta = if img0 == 0 { 0.0 } else { 1.0 };
+        swap_leading_gpu(ctx, dy, img0 * out_img, dyc.buffer(), 0, [nb, geo.c_out, p], None)?;
+        if let Some(db) = db {
+            sum_rows_gpu(ctx, dyc.buffer(), db, geo.c_out, nb * p, beta)?;
+        }
+        if geo.is_pointwise() {
+            // For a 1×1 stride-1 convolution im2col is exactly this swap.
+            swap_leading_gpu(ctx, x, img0 * in_img, cols.buffer(), 0, [nb, geo.c_in, p], None)?;
+        } else {
+            im2col_gpu(ctx, x, img0 * in_img, cols.buffer(), &sub)?;
+        }
+        let (s, l) = group_gemm(groups, cog, kc, nb * p, [cog * nb * p, kc * nb * p, cog * kc]);
+        gemm_gpu_strided(ctx, dyc.buffer(), cols.buffer(), dw, s, l, GemmConfig { trans_b: true, beta, ..GemmConfig::default() })?;
+        let (s, l) = group_gemm(groups, kc, nb * p, cog, [cog * kc, cog * nb * p, kc * nb * p]);
+        gemm_gpu_strided(ctx, w, dyc.buffer(), dcols.buffer(), s, l, GemmConfig { trans_a: true, ..GemmConfig::default() })?;
+        if geo.is_pointwise() {
+            swap_leading_gpu(ctx, dcols.buffer(), 0, dx, img0 * in_img, [geo.c_in, nb, p], None)?;
+        } else {
+            col2im_gpu(ctx, dcols.buffer(), dx, img0 * in_img, &sub)?;
+        }
+    }
+    Ok(())
+}

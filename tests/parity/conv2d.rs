@@ -1,0 +1,224 @@
+//! Convolution: forward, dX, dW, db on every device against an f64 direct
+//! convolution; the CPU backward against finite differences; hand-worked
+//! examples from the course notes; bad input.
+
+use wgpu_cnn::ops::conv2d::{backward_cpu, conv2d_backward, conv2d_forward, forward_cpu, set_max_chunk_bytes};
+use wgpu_cnn::{Conv2dConfig, Conv2dGeometry, Device, Error, Tensor, Tolerance};
+
+use crate::harness::random;
+use crate::test_device;
+
+/// The oracle: plain seven-deep loops in f64, written from the definition.
+/// Returns (y, dx, dw, db) for the given dy.
+fn oracle(x: &[f32], w: &[f32], b: Option<&[f32]>, dy: &[f32], g: &Conv2dGeometry) -> [Vec<f32>; 4] {
+    let cpg = g.c_in / g.cfg.groups;
+    let opg = g.c_out / g.cfg.groups;
+    let (mut y, mut dx, mut dw, mut db) =
+        (vec![0f64; g.n * g.c_out * g.oh * g.ow], vec![0f64; x.len()], vec![0f64; w.len()], vec![0f64; g.c_out]);
+    for n in 0..g.n {
+        for co in 0..g.c_out {
+            let grp = co / opg;
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    let o = ((n * g.c_out + co) * g.oh + oy) * g.ow + ox;
+                    let mut acc = b.map_or(0.0, |b| b[co] as f64);
+                    db[co] += dy[o] as f64;
+                    for ci in 0..cpg {
+                        let c = grp * cpg + ci;
+                        for ki in 0..g.kh {
+                            for kj in 0..g.kw {
+                                let iy = (oy * g.cfg.stride[0] + ki * g.cfg.dilation[0]) as isize - g.cfg.padding[0] as isize;
+                                let ix = (ox * g.cfg.stride[1] + kj * g.cfg.dilation[1]) as isize - g.cfg.padding[1] as isize;
+                                if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                    continue;
+                                }
+                                let xi = ((n * g.c_in + c) * g.h + iy as usize) * g.w + ix as usize;
+                                let wi = ((co * cpg + ci) * g.kh + ki) * g.kw + kj;
+                                acc += x[xi] as f64 * w[wi] as f64;
+                                dw[wi] += dy[o] as f64 * x[xi] as f64;
+                                dx[xi] += dy[o] as f64 * w[wi] as f64;
+                            }
+                        }
+                    }
+                    y[o] = acc;
+                }
+            }
+        }
+    }
+    [y, dx, dw, db].map(|v| v.into_iter().map(|x| x as f32).collect())
+}
+
+struct Case {
+    x: [usize; 4],
+    c_out: usize,
+    k: [usize; 2],
+    cfg: Conv2dConfig,
+    bias: bool,
+}
+
+fn case(x: [usize; 4], c_out: usize, k: [usize; 2], cfg: Conv2dConfig, bias: bool) -> Case {
+    Case { x, c_out, k, cfg, bias }
+}
+
+fn cases() -> Vec<Case> {
+    let d = Conv2dConfig::default;
+    vec![
+        case([2, 3, 5, 6], 4, [1, 1], d(), true),                   // 1×1: the direct GEMM path
+        case([1, 3, 5, 6], 4, [1, 1], d(), false),                  // 1×1 without bias, batch 1
+        case([2, 3, 7, 7], 4, [1, 1], d().stride(2), true),         // 1×1 strided: im2col path
+        case([2, 3, 8, 7], 5, [3, 3], d().padding(1), true),        // 3×3 same
+        case([1, 2, 11, 9], 3, [5, 5], d().stride(2).padding(2), false),
+        case([2, 3, 13, 12], 4, [7, 7], d().stride(3).padding(3), true),
+        case([2, 2, 10, 11], 3, [3, 5], Conv2dConfig { stride: [1, 2], padding: [2, 1], dilation: [2, 1], groups: 1 }, true),
+        case([1, 3, 9, 9], 2, [3, 3], d().dilation(2).padding(2), true),
+        case([2, 2, 9, 8], 3, [3, 3], d().stride(2), true),         // stride 2, no padding
+        case([2, 4, 6, 6], 6, [3, 3], d().padding(1).groups(2), true),
+        case([2, 4, 7, 7], 4, [3, 3], d().padding(1).groups(4), true), // depthwise
+        case([3, 2, 5, 5], 3, [5, 5], d(), true),                   // kernel = input: 1×1 output
+        case([2, 1, 28, 28], 6, [5, 5], d().padding(2), true),      // MNIST conv1 (LeNet-5)
+    ]
+}
+
+/// f32 sums of `terms` products of values in [-1, 1).
+fn tol(terms: usize) -> Tolerance {
+    Tolerance::new(2e-6 * terms as f32 + 1e-6, 1e-4)
+}
+
+fn check_case(dev: &Device, (i, c): (usize, &Case)) {
+    let [n, c_in, h, w] = c.x;
+    let wshape = [c.c_out, c_in / c.cfg.groups, c.k[0], c.k[1]];
+    let geo = Conv2dGeometry::new(&c.x, &wshape, c.cfg).unwrap();
+    let seed = 100 * i as u64;
+    let (xv, wv) = (random(seed, n * c_in * h * w), random(seed + 1, wshape.iter().product()));
+    let bv = random(seed + 2, c.c_out);
+    let dyv = random(seed + 3, geo.output_shape().iter().product());
+    let bias = c.bias.then_some(bv.as_slice());
+    let [y_ref, dx_ref, dw_ref, db_ref] = oracle(&xv, &wv, bias, &dyv, &geo);
+
+    let xt = Tensor::from_vec(dev, &c.x, xv.clone()).unwrap();
+    let wt = Tensor::from_vec(dev, &wshape, wv.clone()).unwrap();
+    let bt = Tensor::from_vec(dev, &[c.c_out], bv.clone()).unwrap();
+    let dyt = Tensor::from_vec(dev, &geo.output_shape(), dyv.clone()).unwrap();
+    let what = format!("conv2d case {i} x {:?} w {wshape:?} {:?} on {dev}", c.x, c.cfg);
+
+    let y = conv2d_forward(&xt, &wt, c.bias.then_some(&bt), c.cfg).unwrap();
+    assert_eq!(y.shape(), geo.output_shape());
+    tol(geo.col_rows()).assert(&format!("{what}: forward"), &y.to_vec().unwrap(), &y_ref);
+
+    let grads = conv2d_backward(&xt, &wt, &dyt, c.cfg, c.bias).unwrap();
+    let per_dw = n * geo.out_pixels();
+    tol(c.k[0] * c.k[1] * c.c_out).assert(&format!("{what}: dx"), &grads.dx.to_vec().unwrap(), &dx_ref);
+    tol(per_dw).assert(&format!("{what}: dw"), &grads.dw.to_vec().unwrap(), &dw_ref);
+    assert_eq!(grads.db.is_some(), c.bias);
+    if let Some(db) = grads.db {
+        tol(per_dw).assert(&format!("{what}: db"), &db.to_vec().unwrap(), &db_ref);
+    }
+}
+
+fn grid(dev: &Device) {
+    cases().iter().enumerate().for_each(|c| check_case(dev, c));
+}
+test_device!(conv2d_grid, grid);
+
+/// A batch split into several chunks gives the same results (dW and db
+/// accumulate across chunks; dX and y land at the right offsets).
+fn chunked(dev: &Device) {
+    // 3×3 pad 1 on [5, 2, 6, 6]: one image's columns are 18·36·4 bytes, so a
+    // 3000-byte budget gives chunks of one image.
+    set_max_chunk_bytes(Some(3000));
+    let c = case([5, 2, 6, 6], 3, [3, 3], Conv2dConfig::default().padding(1), true);
+    check_case(dev, (77, &c));
+    let c = case([5, 3, 4, 5], 2, [1, 1], Conv2dConfig::default(), true); // pointwise backward chunks too
+    check_case(dev, (78, &c));
+    set_max_chunk_bytes(None);
+}
+test_device!(conv2d_chunked_batch, chunked);
+
+/// Worked examples from the course notes, exact.
+fn course_notes(dev: &Device) {
+    let conv = |x: &[f32], xs: [usize; 4], w: &[f32], ws: [usize; 4], cfg: Conv2dConfig| {
+        let xt = Tensor::from_slice(dev, &xs, x).unwrap();
+        let wt = Tensor::from_slice(dev, &ws, w).unwrap();
+        let y = conv2d_forward(&xt, &wt, None, cfg).unwrap();
+        (y.shape().to_vec(), y.to_vec().unwrap())
+    };
+    let img = [1., 3., -2., 4., 0., 8., 6., 5., 2., 1., -9., 0., 4., -1., 3., 7.];
+    let filt = [1., 2., -2., -1.];
+    let (shape, y) = conv(&img, [1, 1, 4, 4], &filt, [1, 1, 2, 2], Conv2dConfig::default());
+    assert_eq!(shape, [1, 1, 3, 3]);
+    assert_eq!(y[8], -22.0, "bottom-right of the 3×3 output");
+    let (shape, y) = conv(&img, [1, 1, 4, 4], &filt, [1, 1, 2, 2], Conv2dConfig::default().padding(1));
+    assert_eq!(shape, [1, 1, 5, 5]);
+    assert_eq!(y[24], 7.0, "bottom-right of the padded 5×5 output");
+
+    let (shape, y) = conv(&[1., 0., 2., 2., 3., 1.], [1, 1, 1, 6], &[3., 2., 2.], [1, 1, 1, 3], Conv2dConfig::default());
+    assert_eq!((shape, y), (vec![1, 1, 1, 4], vec![7., 8., 16., 14.]));
+
+    let x = [1., 2., 3., 2., 2., 3., 2., 5., 1., 2., 2., 1., 0., 2., 1., 2.];
+    let (_, y) = conv(&x, [1, 1, 4, 4], &[-1., 1., -1., 1.], [1, 1, 2, 2], Conv2dConfig::default());
+    assert_eq!(y, vec![2., 0., 2., 2., -1., 2., 3., -1., 0.]);
+}
+test_device!(conv2d_course_notes, course_notes);
+
+/// The CPU backward against central differences of L = Σ y·r.
+/// f32 forward, eps 1e-2: the truncation error is O(eps²) and the rounding
+/// error ~1e-6·|L|/eps, so 2e-3 abs + 1e-2 rel is ample.
+#[test]
+fn cpu_backward_matches_finite_differences() {
+    let tol = Tolerance::new(2e-3, 1e-2);
+    for c in [
+        case([2, 2, 5, 6], 3, [3, 3], Conv2dConfig::default().padding(1).stride(2), true),
+        case([1, 4, 5, 5], 4, [3, 2], Conv2dConfig { stride: [1, 2], padding: [1, 1], dilation: [2, 1], groups: 2 }, true),
+    ] {
+        let [n, c_in, h, w] = c.x;
+        let ws = [c.c_out, c_in / c.cfg.groups, c.k[0], c.k[1]];
+        let geo = Conv2dGeometry::new(&c.x, &ws, c.cfg).unwrap();
+        let (x, wv) = (random(1, n * c_in * h * w), random(2, ws.iter().product()));
+        let b = random(3, c.c_out);
+        let r = random(4, geo.output_shape().iter().product());
+        let loss = |x: &[f32], w: &[f32], b: &[f32]| -> f64 {
+            forward_cpu(x, w, Some(b), &geo).iter().zip(&r).map(|(y, r)| *y as f64 * *r as f64).sum()
+        };
+        let (dx, dw, db) = backward_cpu(&x, &wv, &r, &geo);
+        let eps = 1e-2f32;
+        let numeric = |v: &[f32], f: &dyn Fn(&[f32]) -> f64| -> Vec<f32> {
+            (0..v.len())
+                .map(|i| {
+                    let (mut p, mut m) = (v.to_vec(), v.to_vec());
+                    p[i] += eps;
+                    m[i] -= eps;
+                    ((f(&p) - f(&m)) / (2.0 * eps as f64)) as f32
+                })
+                .collect()
+        };
+        tol.assert("conv2d dx vs finite differences", &dx, &numeric(&x, &|x| loss(x, &wv, &b)));
+        tol.assert("conv2d dw vs finite differences", &dw, &numeric(&wv, &|w| loss(&x, w, &b)));
+        tol.assert("conv2d db vs finite differences", &db, &numeric(&b, &|b| loss(&x, &wv, b)));
+    }
+}
+
+fn bad_input(dev: &Device) {
+    let t = |shape: &[usize]| Tensor::zeros(dev, shape).unwrap();
+    let x = t(&[2, 4, 5, 5]);
+    let d = Conv2dConfig::default;
+    let msg = |r: wgpu_cnn::Result<Tensor>| r.expect_err("expected an error").to_string();
+
+    let m = msg(conv2d_forward(&x, &t(&[3, 4, 7, 7]), None, d()));
+    assert!(m.contains("conv2d") && m.contains("larger than the padded input") && m.contains("[2, 4, 5, 5]"), "{m}");
+    assert!(conv2d_forward(&x, &t(&[3, 4, 7, 7]), None, d().padding(1)).is_ok(), "7×7 fits 5×5 padded by 1");
+    let e = conv2d_forward(&x, &t(&[3, 4, 3, 3]), None, d().stride(0)).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { op: "conv2d", .. }) && e.to_string().contains("stride"), "{e}");
+    assert!(msg(conv2d_forward(&x, &t(&[3, 4, 3, 3]), None, d().dilation(0))).contains("dilation"));
+    let m = msg(conv2d_forward(&x, &t(&[3, 3, 3, 3]), None, d()));
+    assert!(m.contains("4 channels") && m.contains("[3, 3, 3, 3]"), "{m}");
+    assert!(msg(conv2d_forward(&x, &t(&[3, 2, 3, 3]), None, d().groups(3))).contains("groups = 3 must divide"));
+    assert!(msg(conv2d_forward(&x, &t(&[3, 1, 3, 3]), None, d().groups(4))).contains("must divide both"), "c_out 3 % 4");
+    let m = msg(conv2d_forward(&x, &t(&[3, 4, 3, 3]), Some(&t(&[4])), d()));
+    assert!(m.contains("bias has shape [4]") && m.contains("3 output channels"), "{m}");
+    assert!(msg(conv2d_forward(&t(&[4, 5, 5]), &t(&[3, 4, 3, 3]), None, d())).contains("NCHW"));
+    assert!(Tensor::zeros(dev, &[0, 4, 5, 5]).is_err(), "a batch of 0 is rejected before any buffer exists");
+    let dy = t(&[2, 3, 2, 2]);
+    let e = conv2d_backward(&x, &t(&[3, 4, 3, 3]), &dy, d(), true).err().expect("dy of the wrong shape");
+    assert!(e.to_string().contains("dy has shape [2, 3, 2, 2], expected [2, 3, 3, 3]"), "{e}");
+}
+test_device!(conv2d_bad_input, bad_input);
