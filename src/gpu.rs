@@ -36,6 +36,9 @@ pub struct GpuContext {
     recording: AtomicBool,
     /// wgpu errors raised outside an error scope, reported at the next flush.
     errors: Arc<Mutex<Vec<String>>>,
+    /// Two small storage buffers bound where a kernel has an unused read-write
+    /// slot (binding one buffer twice as read-write is a usage conflict).
+    scratch: [wgpu::Buffer; 2],
 }
 
 impl GpuContext {
@@ -59,6 +62,14 @@ impl GpuContext {
         let sink = errors.clone();
         // wgpu's default handler panics; keep the message and return it as an Error.
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| sink.lock().unwrap().push(e.to_string())));
+        let scratch = [0, 1].map(|_| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgpu-cnn scratch"),
+                size: 256,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        });
         let gemm_variant = if summary.is_software() { GemmVariant::Blocked } else { GemmVariant::Tiled };
         log::info!("opened {summary}; GEMM kernel {gemm_variant:?}");
         Ok(GpuContext {
@@ -72,6 +83,7 @@ impl GpuContext {
             encoder: Mutex::new(None),
             recording: AtomicBool::new(false),
             errors,
+            scratch,
         })
     }
 
@@ -179,6 +191,16 @@ impl GpuContext {
         // must not be rewritten until then, so it is parked.
         self.pool.give(BufferKind::Uniform, uclass, ubuf, true);
         Ok(())
+    }
+
+    /// A placeholder for an unused read-write binding (`i` is 0 or 1).
+    pub(crate) fn scratch(&self, i: usize) -> &wgpu::Buffer {
+        &self.scratch[i]
+    }
+
+    /// Uploads raw bytes into a buffer fresh from the pool (see [`Self::upload`]).
+    pub(crate) fn upload_bytes(&self, dst: &GpuBuffer, bytes: &[u8]) {
+        self.queue.write_buffer(dst.buffer(), 0, bytes);
     }
 
     /// A grid of `total` invocations in workgroups of `wg`, folded into y when x

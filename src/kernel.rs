@@ -9,7 +9,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
+use crate::ops::activation::ActParams;
+use crate::ops::batchnorm::BnParams;
+use crate::ops::dropout::DropoutParams;
+use crate::ops::elementwise::EwParams;
 use crate::ops::gemm::GemmParams;
+use crate::ops::optim::OptimParams;
+use crate::ops::softmax_xent::XentParams;
 use crate::ops::im2col::Im2colParams;
 use crate::ops::maxpool::PoolParams;
 use crate::ops::permute::PermuteParams;
@@ -36,11 +42,30 @@ pub enum Shader {
     Reduce,
     Maxpool,
     Avgpool,
+    Batchnorm,
+    SoftmaxXent,
+    Activation,
+    Elementwise,
+    Dropout,
+    Optim,
 }
 
 impl Shader {
-    pub const ALL: &'static [Shader] =
-        &[Shader::Gemm, Shader::Im2col, Shader::Col2im, Shader::Permute, Shader::Reduce, Shader::Maxpool, Shader::Avgpool];
+    pub const ALL: &'static [Shader] = &[
+        Shader::Gemm,
+        Shader::Im2col,
+        Shader::Col2im,
+        Shader::Permute,
+        Shader::Reduce,
+        Shader::Maxpool,
+        Shader::Avgpool,
+        Shader::Batchnorm,
+        Shader::SoftmaxXent,
+        Shader::Activation,
+        Shader::Elementwise,
+        Shader::Dropout,
+        Shader::Optim,
+    ];
 
     /// The file stem: `shaders/<stem>.wgsl`, `src/ops/<stem>.rs`.
     pub fn stem(self) -> &'static str {
@@ -52,6 +77,12 @@ impl Shader {
             Shader::Reduce => "reduce",
             Shader::Maxpool => "maxpool",
             Shader::Avgpool => "avgpool",
+            Shader::Batchnorm => "batchnorm",
+            Shader::SoftmaxXent => "softmax_xent",
+            Shader::Activation => "activation",
+            Shader::Elementwise => "elementwise",
+            Shader::Dropout => "dropout",
+            Shader::Optim => "optim",
         }
     }
 
@@ -64,6 +95,12 @@ impl Shader {
             Shader::Reduce => include_str!("../shaders/reduce.wgsl"),
             Shader::Maxpool => include_str!("../shaders/maxpool.wgsl"),
             Shader::Avgpool => include_str!("../shaders/avgpool.wgsl"),
+            Shader::Batchnorm => include_str!("../shaders/batchnorm.wgsl"),
+            Shader::SoftmaxXent => include_str!("../shaders/softmax_xent.wgsl"),
+            Shader::Activation => include_str!("../shaders/activation.wgsl"),
+            Shader::Elementwise => include_str!("../shaders/elementwise.wgsl"),
+            Shader::Dropout => include_str!("../shaders/dropout.wgsl"),
+            Shader::Optim => include_str!("../shaders/optim.wgsl"),
         }
     }
 }
@@ -81,6 +118,22 @@ pub enum KernelId {
     MaxpoolBackward,
     AvgpoolForward,
     AvgpoolBackward,
+    BatchnormStats,
+    BatchnormForward,
+    BatchnormBackwardReduce,
+    BatchnormBackwardDx,
+    SoftmaxXentForward,
+    SoftmaxForward,
+    ActivationForward,
+    ActivationBackward,
+    ElementwiseAdd,
+    ElementwiseCombine,
+    ElementwiseFill,
+    BiasAdd,
+    BiasGrad,
+    DropoutApply,
+    SgdStep,
+    AdamStep,
 }
 
 /// What a pipeline is made of.
@@ -110,12 +163,32 @@ impl KernelId {
         KernelId::MaxpoolBackward,
         KernelId::AvgpoolForward,
         KernelId::AvgpoolBackward,
+        KernelId::BatchnormStats,
+        KernelId::BatchnormForward,
+        KernelId::BatchnormBackwardReduce,
+        KernelId::BatchnormBackwardDx,
+        KernelId::SoftmaxXentForward,
+        KernelId::SoftmaxForward,
+        KernelId::ActivationForward,
+        KernelId::ActivationBackward,
+        KernelId::ElementwiseAdd,
+        KernelId::ElementwiseCombine,
+        KernelId::ElementwiseFill,
+        KernelId::BiasAdd,
+        KernelId::BiasGrad,
+        KernelId::DropoutApply,
+        KernelId::SgdStep,
+        KernelId::AdamStep,
     ];
 
     pub fn spec(self) -> KernelSpec {
         use Access::*;
         const GEMM_BINDINGS: &[Access] = &[Read, Read, ReadWrite, Uniform];
         const UNARY: &[Access] = &[Read, ReadWrite, Uniform];
+        const BINARY: &[Access] = &[Read, Read, ReadWrite, Uniform];
+        const BN: &[Access] = &[Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite, Uniform];
+        const XENT: &[Access] = &[Read, Read, ReadWrite, ReadWrite, Uniform];
+        const OPTIM: &[Access] = &[ReadWrite, Read, ReadWrite, ReadWrite, Uniform];
         // One invocation per element: 256 wide, the WGSL default.
         let elementwise = |name: &'static str, shader: Shader, bindings: &'static [Access], params_size: usize| KernelSpec {
             name,
@@ -150,6 +223,22 @@ impl KernelId {
             KernelId::MaxpoolBackward => elementwise("maxpool_backward", Shader::Maxpool, &[Read, ReadWrite, ReadWrite, Uniform], size_of::<PoolParams>()),
             KernelId::AvgpoolForward => elementwise("avgpool_forward", Shader::Avgpool, UNARY, size_of::<PoolParams>()),
             KernelId::AvgpoolBackward => elementwise("avgpool_backward", Shader::Avgpool, UNARY, size_of::<PoolParams>()),
+            KernelId::BatchnormStats => elementwise("batchnorm_stats", Shader::Batchnorm, BN, size_of::<BnParams>()),
+            KernelId::BatchnormForward => elementwise("batchnorm_forward", Shader::Batchnorm, BN, size_of::<BnParams>()),
+            KernelId::BatchnormBackwardReduce => elementwise("batchnorm_backward_reduce", Shader::Batchnorm, BN, size_of::<BnParams>()),
+            KernelId::BatchnormBackwardDx => elementwise("batchnorm_backward_dx", Shader::Batchnorm, BN, size_of::<BnParams>()),
+            KernelId::SoftmaxXentForward => elementwise("softmax_xent_forward", Shader::SoftmaxXent, XENT, size_of::<XentParams>()),
+            KernelId::SoftmaxForward => elementwise("softmax_forward", Shader::SoftmaxXent, XENT, size_of::<XentParams>()),
+            KernelId::ActivationForward => elementwise("activation_forward", Shader::Activation, BINARY, size_of::<ActParams>()),
+            KernelId::ActivationBackward => elementwise("activation_backward", Shader::Activation, BINARY, size_of::<ActParams>()),
+            KernelId::ElementwiseAdd => elementwise("elementwise_add", Shader::Elementwise, BINARY, size_of::<EwParams>()),
+            KernelId::ElementwiseCombine => elementwise("elementwise_combine", Shader::Elementwise, BINARY, size_of::<EwParams>()),
+            KernelId::ElementwiseFill => elementwise("elementwise_fill", Shader::Elementwise, BINARY, size_of::<EwParams>()),
+            KernelId::BiasAdd => elementwise("bias_add", Shader::Elementwise, BINARY, size_of::<EwParams>()),
+            KernelId::BiasGrad => elementwise("bias_grad", Shader::Elementwise, BINARY, size_of::<EwParams>()),
+            KernelId::DropoutApply => elementwise("dropout_apply", Shader::Dropout, UNARY, size_of::<DropoutParams>()),
+            KernelId::SgdStep => elementwise("sgd_step", Shader::Optim, OPTIM, size_of::<OptimParams>()),
+            KernelId::AdamStep => elementwise("adam_step", Shader::Optim, OPTIM, size_of::<OptimParams>()),
         }
     }
 

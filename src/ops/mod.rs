@@ -3,14 +3,20 @@
 //! `tests/parity/<stem>.rs`. `conv2d` composes im2col, GEMM, permute, reduce
 //! and col2im.
 
+pub mod activation;
 pub mod avgpool;
+pub mod batchnorm;
 pub mod col2im;
 pub mod conv2d;
+pub mod dropout;
+pub mod elementwise;
 pub mod gemm;
 pub mod im2col;
 pub mod maxpool;
+pub mod optim;
 pub mod permute;
 pub mod reduce;
+pub mod softmax_xent;
 
 use crate::error::{shape_err, Result};
 

@@ -68,3 +68,15 @@ pub fn assert_adjoint(op: &str, fx: &[f32], y: &[f32], x: &[f32], fty: &[f32]) {
     let (lhs, rhs) = (dot(fx, y), dot(x, fty));
     assert!((lhs - rhs).abs() <= 1e-4 * (1.0 + lhs.abs()), "{op}: ⟨f(x), y⟩ = {lhs} but ⟨x, fᵀ(y)⟩ = {rhs}");
 }
+
+/// Central differences of a scalar function at every coordinate of `v` (f64 accumulation).
+pub fn numeric_grad(v: &[f32], eps: f32, f: &dyn Fn(&[f32]) -> f64) -> Vec<f32> {
+    (0..v.len())
+        .map(|i| {
+            let (mut p, mut m) = (v.to_vec(), v.to_vec());
+            p[i] += eps;
+            m[i] -= eps;
+            ((f(&p) - f(&m)) / (2.0 * eps as f64)) as f32
+        })
+        .collect()
+}

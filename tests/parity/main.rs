@@ -4,13 +4,19 @@
 
 mod harness;
 
+mod activation;
 mod avgpool;
+mod batchnorm;
 mod col2im;
 mod conv2d;
+mod dropout;
+mod elementwise;
 mod errors;
 mod gemm;
 mod im2col;
 mod maxpool;
+mod optim;
 mod permute;
 mod reduce;
+mod softmax_xent;
 mod tensor;

@@ -1,0 +1,148 @@
+// Batch normalisation over [n, c, inner] (inner = H·W for 2-d, 1 for 1-d),
+// per channel c, PyTorch's semantics.
+//
+// Statistics: a shifted two-pass with a fixed reduction tree (deterministic).
+// The shift is one sample of the channel, so x − shift is exact for data far
+// from zero (mean 1e4, std 1e-2 keeps its precision); the mean is carried as
+// shift + mean_lo and never rounded to one f32 before x̂ is formed.
+//   stats   = [shift c | mean_lo c | invstd c]     invstd = 1/sqrt(var_biased + eps)
+//   running = [running_mean c | running_var c]     updated with the unbiased variance
+//   grads   = [dγ c | dβ c]                         (backward_reduce writes them)
+// Entry points:
+//   batchnorm_stats            one workgroup per channel
+//   batchnorm_forward          one invocation per element (training: batch stats; eval: running)
+//   batchnorm_backward_reduce  one workgroup per channel: Σdy, Σdy·x̂
+//   batchnorm_backward_dx      one invocation per element
+
+struct BnParams {
+    n: u32,
+    c: u32,
+    inner: u32,
+    training: u32,
+    eps: f32,
+    momentum: f32,
+    affine: u32,
+    update_running: u32,
+}
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> dy: array<f32>;
+@group(0) @binding(2) var<storage, read> gamma: array<f32>;
+@group(0) @binding(3) var<storage, read> beta: array<f32>;
+@group(0) @binding(4) var<storage, read_write> stats: array<f32>;
+@group(0) @binding(5) var<storage, read_write> running: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+@group(0) @binding(7) var<storage, read_write> grads: array<f32>;
+@group(0) @binding(8) var<uniform> params: BnParams;
+
+override WG: u32 = 256u;
+
+var<workgroup> red: array<f32, WG>;
+
+// Sum of v over the workgroup (WG a power of two); every invocation gets it.
+fn tree_sum(lid: u32, v: f32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) { red[lid] += red[lid + s]; }
+        workgroupBarrier();
+    }
+    let total = red[0];
+    workgroupBarrier();
+    return total;
+}
+
+// Flat index of the k-th element of channel ch, k over n·inner.
+fn at(ch: u32, k: u32) -> u32 {
+    let p = params;
+    return ((k / p.inner) * p.c + ch) * p.inner + k % p.inner;
+}
+
+// x̂ of element i: from the batch statistics in training, the running ones in eval.
+fn x_hat(ch: u32, i: u32) -> f32 {
+    let c = params.c;
+    if (params.training == 0u) {
+        return (x[i] - running[ch]) * inverseSqrt(running[c + ch] + params.eps);
+    }
+    return ((x[i] - stats[ch]) - stats[c + ch]) * stats[2u * c + ch];
+}
+
+@compute @workgroup_size(WG)
+fn batchnorm_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let p = params;
+    let ch = wid.x;
+    if (ch >= p.c) { return; } // uniform per workgroup
+    let count = p.n * p.inner;
+    let shift = x[at(ch, 0u)];
+    var s = 0.0;
+    for (var k = lid.x; k < count; k += WG) { s += x[at(ch, k)] - shift; }
+    let mean_lo = tree_sum(lid.x, s) / f32(count);
+    var q = 0.0;
+    for (var k = lid.x; k < count; k += WG) {
+        let d = (x[at(ch, k)] - shift) - mean_lo;
+        q += d * d;
+    }
+    let var_biased = tree_sum(lid.x, q) / f32(count);
+    if (lid.x == 0u) {
+        stats[ch] = shift;
+        stats[p.c + ch] = mean_lo;
+        stats[2u * p.c + ch] = inverseSqrt(var_biased + p.eps);
+        if (p.update_running != 0u) {
+            let m = p.momentum;
+            running[ch] = (1.0 - m) * running[ch] + m * (shift + mean_lo);
+            let unbiased = var_biased * f32(count) / f32(count - 1u);
+            running[p.c + ch] = (1.0 - m) * running[p.c + ch] + m * unbiased;
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn batchnorm_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let p = params;
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i >= p.n * p.c * p.inner) { return; }
+    let ch = (i / p.inner) % p.c;
+    var h = x_hat(ch, i);
+    if (p.affine != 0u) { h = gamma[ch] * h + beta[ch]; }
+    out[i] = h;
+}
+
+@compute @workgroup_size(WG)
+fn batchnorm_backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let p = params;
+    let ch = wid.x;
+    if (ch >= p.c) { return; }
+    let count = p.n * p.inner;
+    var sd = 0.0;
+    var sdh = 0.0;
+    for (var k = lid.x; k < count; k += WG) {
+        let i = at(ch, k);
+        sd += dy[i];
+        sdh += dy[i] * x_hat(ch, i);
+    }
+    let sum_dy = tree_sum(lid.x, sd);
+    let sum_dy_xhat = tree_sum(lid.x, sdh);
+    if (lid.x == 0u) {
+        grads[ch] = sum_dy_xhat; // dγ
+        grads[p.c + ch] = sum_dy; // dβ
+    }
+}
+
+@compute @workgroup_size(WG)
+fn batchnorm_backward_dx(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let p = params;
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i >= p.n * p.c * p.inner) { return; }
+    let ch = (i / p.inner) % p.c;
+    var g = 1.0;
+    if (p.affine != 0u) { g = gamma[ch]; }
+    if (p.training == 0u) {
+        // Eval mode: the statistics are constants.
+        out[i] = dy[i] * g * inverseSqrt(running[p.c + ch] + p.eps);
+        return;
+    }
+    let count = f32(p.n * p.inner);
+    let invstd = stats[2u * p.c + ch];
+    // dx = γ·invstd/m · (m·dy − Σdy − x̂·Σ(dy·x̂))
+    out[i] = g * invstd / count * (count * dy[i] - grads[p.c + ch] - x_hat(ch, i) * grads[ch]);
+}

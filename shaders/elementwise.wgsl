@@ -1,0 +1,72 @@
+// Elementwise helpers training needs. One invocation per output element
+// (bias_grad: one per channel).
+//   elementwise_add      out = alpha·a + beta·b
+//   elementwise_combine  out = alpha·a + beta·out   (in place; beta = 0 never reads out)
+//   elementwise_fill     out = alpha
+//   bias_add             out = a + b[(i / inner) mod channels]
+//   bias_grad            out[ch] = beta·out[ch] + Σ_{n,t} a[(n·channels + ch)·inner + t]
+
+struct EwParams {
+    len: u32,
+    inner: u32,
+    channels: u32,
+    outer: u32,
+    alpha: f32,
+    beta: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<uniform> params: EwParams;
+
+override WG: u32 = 256u;
+
+fn index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.x + gid.y * nwg.x * WG;
+}
+
+@compute @workgroup_size(WG)
+fn elementwise_add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if (i >= params.len) { return; }
+    out[i] = params.alpha * a[i] + params.beta * b[i];
+}
+
+@compute @workgroup_size(WG)
+fn elementwise_combine(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if (i >= params.len) { return; }
+    var v = params.alpha * a[i];
+    if (params.beta != 0.0) { v += params.beta * out[i]; }
+    out[i] = v;
+}
+
+@compute @workgroup_size(WG)
+fn elementwise_fill(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if (i >= params.len) { return; }
+    out[i] = params.alpha;
+}
+
+@compute @workgroup_size(WG)
+fn bias_add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if (i >= params.len) { return; }
+    out[i] = a[i] + b[(i / params.inner) % params.channels];
+}
+
+@compute @workgroup_size(WG)
+fn bias_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let ch = index(gid, nwg);
+    if (ch >= params.channels) { return; }
+    var s = 0.0;
+    for (var n = 0u; n < params.outer; n++) {
+        let base = (n * params.channels + ch) * params.inner;
+        for (var t = 0u; t < params.inner; t++) { s += a[base + t]; }
+    }
+    if (params.beta != 0.0) { s += params.beta * out[ch]; }
+    out[ch] = s;
+}

@@ -1,0 +1,153 @@
+//! Activations: ReLU, LeakyReLU, sigmoid, tanh, GELU (erf and tanh forms),
+//! forward and backward (from the saved input).
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::Result;
+use crate::kernel::KernelId;
+use crate::ops::check_shape;
+use crate::tensor::{same_device, Data, Tensor};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Activation {
+    Relu,
+    /// Slope for x ≤ 0 (PyTorch's default is 0.01).
+    LeakyRelu(f32),
+    Sigmoid,
+    Tanh,
+    /// Exact GELU, x·Φ(x).
+    Gelu,
+    /// GELU's tanh approximation.
+    GeluTanh,
+}
+
+impl Activation {
+    fn kind(self) -> (u32, f32) {
+        match self {
+            Activation::Relu => (0, 0.0),
+            Activation::LeakyRelu(s) => (1, s),
+            Activation::Sigmoid => (2, 0.0),
+            Activation::Tanh => (3, 0.0),
+            Activation::Gelu => (4, 0.0),
+            Activation::GeluTanh => (5, 0.0),
+        }
+    }
+
+    pub const ALL: [Activation; 6] =
+        [Activation::Relu, Activation::LeakyRelu(0.01), Activation::Sigmoid, Activation::Tanh, Activation::Gelu, Activation::GeluTanh];
+}
+
+/// Matches `ActParams` in `shaders/activation.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct ActParams {
+    pub len: u32,
+    pub kind: u32,
+    pub slope: f32,
+    pub _pad0: u32,
+}
+
+/// `y = f(x)`.
+pub fn activation_forward(x: &Tensor, act: Activation) -> Result<Tensor> {
+    run(x, None, act)
+}
+
+/// `dx = dy · f'(x)`, from the input x the forward saw.
+pub fn activation_backward(x: &Tensor, dy: &Tensor, act: Activation) -> Result<Tensor> {
+    check_shape("activation", "dy", dy.shape(), x.shape())?;
+    same_device("activation", &[x, dy])?;
+    run(x, Some(dy), act)
+}
+
+fn run(x: &Tensor, dy: Option<&Tensor>, act: Activation) -> Result<Tensor> {
+    let mut out = Tensor::uninit(&x.device(), "activation", x.shape())?;
+    let len = x.numel();
+    match (&x.data, dy.map(|d| &d.data)) {
+        (Data::Cpu(xs), None) => out.write(&xs.iter().map(|&v| forward_cpu(act, v)).collect::<Vec<_>>())?,
+        (Data::Cpu(xs), Some(Data::Cpu(ds))) => out.write(&xs.iter().zip(ds.iter()).map(|(&v, &d)| d * derivative_cpu(act, v)).collect::<Vec<_>>())?,
+        (Data::Gpu(xb), dy) => {
+            let ctx = xb.context();
+            let (kind, slope) = act.kind();
+            let p = ActParams { len: len as u32, kind, slope, _pad0: 0 };
+            let (id, dyb) = match dy {
+                Some(Data::Gpu(d)) => (KernelId::ActivationBackward, d.buffer()),
+                _ => (KernelId::ActivationForward, xb.buffer()),
+            };
+            ctx.dispatch(id, &p, &[xb.buffer(), dyb, out.gpu().unwrap().buffer()], ctx.grid_1d(len, 256))?;
+        }
+        _ => unreachable!("same_device checked"),
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------- CPU reference
+
+fn sigmoid(v: f32) -> f32 {
+    if v >= 0.0 {
+        1.0 / (1.0 + (-v).exp())
+    } else {
+        let e = v.exp();
+        e / (1.0 + e)
+    }
+}
+
+fn tanh_stable(v: f32) -> f32 {
+    let e = (-2.0 * v.abs()).exp();
+    v.signum() * (1.0 - e) / (1.0 + e)
+}
+
+/// Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), as in the shader.
+pub fn erf_approx(v: f32) -> f32 {
+    let a = v.abs();
+    let t = 1.0 / (1.0 + 0.3275911 * a);
+    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+    v.signum() * (1.0 - poly * (-a * a).exp())
+}
+
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+
+pub fn forward_cpu(act: Activation, v: f32) -> f32 {
+    match act {
+        Activation::Relu => v.max(0.0),
+        Activation::LeakyRelu(s) => {
+            if v > 0.0 {
+                v
+            } else {
+                s * v
+            }
+        }
+        Activation::Sigmoid => sigmoid(v),
+        Activation::Tanh => tanh_stable(v),
+        Activation::Gelu => 0.5 * v * (1.0 + erf_approx(v * std::f32::consts::FRAC_1_SQRT_2)),
+        Activation::GeluTanh => 0.5 * v * (1.0 + tanh_stable(SQRT_2_OVER_PI * (v + 0.044715 * v * v * v))),
+    }
+}
+
+pub fn derivative_cpu(act: Activation, v: f32) -> f32 {
+    match act {
+        Activation::Relu => (v > 0.0) as u8 as f32,
+        Activation::LeakyRelu(s) => {
+            if v > 0.0 {
+                1.0
+            } else {
+                s
+            }
+        }
+        Activation::Sigmoid => {
+            let s = sigmoid(v);
+            s * (1.0 - s)
+        }
+        Activation::Tanh => {
+            let t = tanh_stable(v);
+            1.0 - t * t
+        }
+        Activation::Gelu => {
+            let pdf = (-0.5 * v * v).exp() / (2.0 * std::f32::consts::PI).sqrt();
+            0.5 * (1.0 + erf_approx(v * std::f32::consts::FRAC_1_SQRT_2)) + v * pdf
+        }
+        Activation::GeluTanh => {
+            let t = tanh_stable(SQRT_2_OVER_PI * (v + 0.044715 * v * v * v));
+            0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * v * v)
+        }
+    }
+}

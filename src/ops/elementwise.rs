@@ -1,0 +1,125 @@
+//! Elementwise helpers: add, scale/accumulate in place, fill, bias add and the
+//! bias gradient (a per-channel reduction).
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{shape_err, Result};
+use crate::kernel::KernelId;
+use crate::ops::check_shape;
+use crate::tensor::{same_device, Data, Tensor};
+
+/// Matches `EwParams` in `shaders/elementwise.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct EwParams {
+    pub len: u32,
+    pub inner: u32,
+    pub channels: u32,
+    pub outer: u32,
+    pub alpha: f32,
+    pub beta: f32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+}
+
+/// `alpha·a + beta·b` as a new tensor.
+pub fn add(a: &Tensor, b: &Tensor, alpha: f32, beta: f32) -> Result<Tensor> {
+    check_shape("add", "b", b.shape(), a.shape())?;
+    same_device("add", &[a, b])?;
+    let mut out = Tensor::uninit(&a.device(), "add", a.shape())?;
+    match (&a.data, &b.data) {
+        (Data::Cpu(x), Data::Cpu(y)) => out.write(&x.iter().zip(y.iter()).map(|(x, y)| alpha * x + beta * y).collect::<Vec<_>>())?,
+        (Data::Gpu(x), Data::Gpu(y)) => {
+            let ctx = x.context();
+            let p = EwParams { len: a.numel() as u32, alpha, beta, ..Default::default() };
+            ctx.dispatch(KernelId::ElementwiseAdd, &p, &[x.buffer(), y.buffer(), out.gpu().unwrap().buffer()], ctx.grid_1d(a.numel(), 256))?;
+        }
+        _ => unreachable!("same_device checked"),
+    }
+    Ok(out)
+}
+
+/// In place: `out = alpha·a + beta·out` (beta = 0 overwrites, even NaN).
+/// Scaling, copying and gradient accumulation are all this.
+pub fn combine_into(out: &mut Tensor, a: &Tensor, alpha: f32, beta: f32) -> Result<()> {
+    if a.numel() != out.numel() {
+        return shape_err("combine", format!("a has shape {:?} but out has {:?}", a.shape(), out.shape()));
+    }
+    same_device("combine", &[a, out])?;
+    let len = a.numel();
+    match (&a.data, &mut out.data) {
+        (Data::Cpu(x), Data::Cpu(o)) => o.iter_mut().zip(x.iter()).for_each(|(o, x)| *o = alpha * x + if beta == 0.0 { 0.0 } else { beta * *o }),
+        (Data::Gpu(x), Data::Gpu(o)) => {
+            let ctx = x.context();
+            let p = EwParams { len: len as u32, alpha, beta, ..Default::default() };
+            ctx.dispatch(KernelId::ElementwiseCombine, &p, &[x.buffer(), x.buffer(), o.buffer()], ctx.grid_1d(len, 256))?;
+        }
+        _ => unreachable!("same_device checked"),
+    }
+    Ok(())
+}
+
+/// In place: every element becomes `value`.
+pub fn fill(out: &mut Tensor, value: f32) -> Result<()> {
+    let len = out.numel();
+    match &mut out.data {
+        Data::Cpu(o) => o.fill(value),
+        Data::Gpu(o) => {
+            let ctx = o.context();
+            let p = EwParams { len: len as u32, alpha: value, ..Default::default() };
+            ctx.dispatch(KernelId::ElementwiseFill, &p, &[ctx.scratch(0), ctx.scratch(0), o.buffer()], ctx.grid_1d(len, 256))?;
+        }
+    }
+    Ok(())
+}
+
+/// `x + bias` with bias `[c]` broadcast over axis 1 of `x` `[n, c, …]`.
+pub fn bias_add(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let (outer, c, inner) = channel_dims("bias_add", x)?;
+    check_shape("bias_add", "bias", bias.shape(), &[c])?;
+    same_device("bias_add", &[x, bias])?;
+    let mut out = Tensor::uninit(&x.device(), "bias_add", x.shape())?;
+    match (&x.data, &bias.data) {
+        (Data::Cpu(xs), Data::Cpu(bs)) => {
+            let bs = bs.as_slice().unwrap();
+            out.write(&xs.iter().enumerate().map(|(i, v)| v + bs[(i / inner) % c]).collect::<Vec<_>>())?;
+        }
+        (Data::Gpu(xb), Data::Gpu(bb)) => {
+            let ctx = xb.context();
+            let p = EwParams { len: (outer * c * inner) as u32, inner: inner as u32, channels: c as u32, outer: outer as u32, ..Default::default() };
+            ctx.dispatch(KernelId::BiasAdd, &p, &[xb.buffer(), bb.buffer(), out.gpu().unwrap().buffer()], ctx.grid_1d(x.numel(), 256))?;
+        }
+        _ => unreachable!("same_device checked"),
+    }
+    Ok(out)
+}
+
+/// The bias gradient: `dy` `[n, c, …]` summed over every axis but 1 → `[c]`.
+pub fn bias_grad(dy: &Tensor) -> Result<Tensor> {
+    let (outer, c, inner) = channel_dims("bias_grad", dy)?;
+    let mut out = Tensor::uninit(&dy.device(), "bias_grad", &[c])?;
+    match &dy.data {
+        Data::Cpu(d) => out.write(&bias_grad_cpu(d.as_slice().unwrap(), outer, c, inner))?,
+        Data::Gpu(db) => {
+            let ctx = db.context();
+            let p = EwParams { len: c as u32, inner: inner as u32, channels: c as u32, outer: outer as u32, ..Default::default() };
+            ctx.dispatch(KernelId::BiasGrad, &p, &[db.buffer(), db.buffer(), out.gpu().unwrap().buffer()], ctx.grid_1d(c, 256))?;
+        }
+    }
+    Ok(out)
+}
+
+fn channel_dims(op: &'static str, x: &Tensor) -> Result<(usize, usize, usize)> {
+    let s = x.shape();
+    if s.len() < 2 {
+        return shape_err(op, format!("input must be [n, c, …], got {s:?}"));
+    }
+    Ok((s[0], s[1], s[2..].iter().product()))
+}
+
+// ---------------------------------------------------------------- CPU reference
+
+/// dy: (outer, c, inner) → (c): the sum over outer and inner.
+pub fn bias_grad_cpu(dy: &[f32], outer: usize, c: usize, inner: usize) -> Vec<f32> {
+    (0..c).map(|ch| (0..outer).flat_map(|n| (0..inner).map(move |t| (n * c + ch) * inner + t)).map(|i| dy[i]).sum()).collect()
+}
