@@ -1,5 +1,7 @@
 //! The f32 tensor: a shape and its data, on the CPU (ndarray) or a GPU (a pooled buffer).
 
+use std::sync::Arc;
+
 use ndarray::{ArrayBase, ArrayD, Dimension, IxDyn};
 
 use crate::device::Device;
@@ -8,7 +10,10 @@ use crate::gpu::GpuBuffer;
 use crate::shape::check_nonempty;
 
 /// An f32 tensor in row-major (NCHW for images) order, living on one device.
-/// `clone` copies the data (on the device it lives on).
+///
+/// Tensors are values. On the GPU, `clone` shares the buffer and the first
+/// in-place write to a shared buffer copies it first (copy-on-write), so a
+/// layer can keep its input for backward without a copy per step.
 pub struct Tensor {
     shape: Vec<usize>,
     pub(crate) data: Data,
@@ -16,7 +21,7 @@ pub struct Tensor {
 
 pub(crate) enum Data {
     Cpu(ArrayD<f32>),
-    Gpu(GpuBuffer),
+    Gpu(Arc<GpuBuffer>),
 }
 
 impl Tensor {
@@ -34,7 +39,7 @@ impl Tensor {
             Device::Gpu(ctx) => {
                 let buf = ctx.alloc("Tensor::from_vec", n)?;
                 ctx.upload(&buf, &data);
-                Tensor { shape: shape.to_vec(), data: Data::Gpu(buf) }
+                Tensor { shape: shape.to_vec(), data: Data::Gpu(Arc::new(buf)) }
             }
         })
     }
@@ -72,7 +77,7 @@ impl Tensor {
         let n = check_nonempty(op, "the output", shape)?;
         Ok(match device {
             Device::Cpu => Tensor { shape: shape.to_vec(), data: Data::Cpu(ArrayD::zeros(IxDyn(shape))) },
-            Device::Gpu(ctx) => Tensor { shape: shape.to_vec(), data: Data::Gpu(ctx.alloc(op, n)?) },
+            Device::Gpu(ctx) => Tensor { shape: shape.to_vec(), data: Data::Gpu(Arc::new(ctx.alloc(op, n)?)) },
         })
     }
 
@@ -140,31 +145,48 @@ impl Tensor {
         }
         match &mut self.data {
             Data::Cpu(a) => a.iter_mut().zip(data).for_each(|(d, s)| *d = *s),
+            // Shared: the whole content is replaced, so a fresh buffer needs no copy.
+            Data::Gpu(buf) if Arc::strong_count(buf) > 1 => {
+                let ctx = buf.context().clone();
+                let fresh = ctx.alloc("Tensor::write", data.len())?;
+                ctx.upload(&fresh, data);
+                *buf = Arc::new(fresh);
+            }
             Data::Gpu(buf) => buf.context().overwrite(buf.buffer(), data)?,
+        }
+        Ok(())
+    }
+
+    /// Before an in-place write: a GPU buffer shared with another tensor is
+    /// copied so the write is not seen through the other one.
+    pub(crate) fn make_unique(&mut self) -> Result<()> {
+        if let Data::Gpu(buf) = &mut self.data {
+            if Arc::strong_count(buf) > 1 {
+                let ctx = buf.context().clone();
+                let dst = ctx.alloc("Tensor::make_unique", buf.len())?;
+                ctx.record(|enc| enc.copy_buffer_to_buffer(buf.buffer(), 0, dst.buffer(), 0, (buf.len() * 4) as u64));
+                *buf = Arc::new(dst);
+            }
         }
         Ok(())
     }
 
     pub(crate) fn gpu(&self) -> Option<&GpuBuffer> {
         match &self.data {
-            Data::Gpu(b) => Some(b),
+            Data::Gpu(b) => Some(b.as_ref()),
             Data::Cpu(_) => None,
         }
     }
 }
 
 impl Clone for Tensor {
+    /// CPU: a copy. GPU: shares the buffer until one side writes in place.
     fn clone(&self) -> Tensor {
-        match &self.data {
-            Data::Cpu(a) => Tensor { shape: self.shape.clone(), data: Data::Cpu(a.clone()) },
-            Data::Gpu(src) => {
-                let ctx = src.context();
-                // Same byte size as `src`, which already passed the binding-size check.
-                let dst = ctx.alloc("Tensor::clone", src.len()).expect("a copy fits wherever the original does");
-                ctx.record(|enc| enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, (src.len() * 4) as u64));
-                Tensor { shape: self.shape.clone(), data: Data::Gpu(dst) }
-            }
-        }
+        let data = match &self.data {
+            Data::Cpu(a) => Data::Cpu(a.clone()),
+            Data::Gpu(b) => Data::Gpu(b.clone()),
+        };
+        Tensor { shape: self.shape.clone(), data }
     }
 }
 

@@ -90,6 +90,7 @@ pub fn batchnorm_forward_train(x: &Tensor, affine: Option<Affine>, running: &mut
             msg: format!("training needs more than one value per channel to estimate a variance, got input {:?}", x.shape()),
         });
     }
+    running.make_unique()?;
     let dev = x.device();
     let mut y = Tensor::uninit(&dev, "batchnorm", x.shape())?;
     let mut stats = Tensor::uninit(&dev, "batchnorm", &[3, c])?;

@@ -46,6 +46,7 @@ pub fn combine_into(out: &mut Tensor, a: &Tensor, alpha: f32, beta: f32) -> Resu
         return shape_err("combine", format!("a has shape {:?} but out has {:?}", a.shape(), out.shape()));
     }
     same_device("combine", &[a, out])?;
+    out.make_unique()?;
     let len = a.numel();
     match (&a.data, &mut out.data) {
         (Data::Cpu(x), Data::Cpu(o)) => o.iter_mut().zip(x.iter()).for_each(|(o, x)| *o = alpha * x + if beta == 0.0 { 0.0 } else { beta * *o }),
@@ -61,6 +62,7 @@ pub fn combine_into(out: &mut Tensor, a: &Tensor, alpha: f32, beta: f32) -> Resu
 
 /// In place: every element becomes `value`.
 pub fn fill(out: &mut Tensor, value: f32) -> Result<()> {
+    out.make_unique()?;
     let len = out.numel();
     match &mut out.data {
         Data::Cpu(o) => o.fill(value),

@@ -126,6 +126,7 @@ pub fn gemm(a: &Tensor, b: &Tensor, cfg: GemmConfig) -> Result<Tensor> {
 /// `C = alpha·op(A)·op(B) + beta·C` in place.
 pub fn gemm_into(a: &Tensor, b: &Tensor, c: &mut Tensor, cfg: GemmConfig) -> Result<()> {
     same_device("gemm", &[a, b, c])?;
+    c.make_unique()?;
     let s = GemmShape::infer(a.shape(), b.shape(), cfg.trans_a, cfg.trans_b)?;
     let want = s.out_shape();
     let ok = c.shape() == want.as_slice() || (c.shape() == [s.m, s.n] && s.batch == 1);

@@ -117,6 +117,10 @@ pub fn sgd_step(param: &mut Tensor, grad: &Tensor, momentum_buf: Option<&mut Ten
         (true, None) => return Err(Error::InvalidArgument { op: "sgd", msg: "momentum > 0 needs a momentum buffer".into() }),
         (false, _) => None,
     };
+    param.make_unique()?;
+    if let Some(b) = buf.as_mut() {
+        b.make_unique()?;
+    }
     let flags = (cfg.nesterov as u32 * NESTEROV) | (first_step as u32 * FIRST) | (use_momentum as u32 * MOMENTUM);
     let q = OptimParams {
         len: param.numel() as u32,
@@ -155,6 +159,9 @@ pub fn adam_step(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tens
         check_shape("adam", what, t.shape(), param.shape())?;
     }
     same_device("adam", &[param, grad, m, v])?;
+    for t in [&mut *param, &mut *m, &mut *v] {
+        t.make_unique()?;
+    }
     let q = OptimParams {
         len: param.numel() as u32,
         flags: cfg.decoupled as u32 * DECOUPLED,

@@ -66,3 +66,25 @@ fn gpu_pool_reuses_buffers() {
         assert!(after.reuses > after_first.reuses);
     });
 }
+
+/// Clones are values: an in-place write through one never shows in the other
+/// (on the GPU the buffer is shared until the first such write).
+fn copy_on_write(dev: &Device) {
+    use wgpu_cnn::ops::elementwise::{combine_into, fill};
+    use wgpu_cnn::ops::gemm::gemm_into;
+    let a = Tensor::from_vec(dev, &[2, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+    let mut b = a.clone();
+    b.write(&[9.0; 4]).unwrap();
+    let mut c = a.clone();
+    fill(&mut c, 5.0).unwrap();
+    let mut d = a.clone();
+    combine_into(&mut d, &a, 1.0, 1.0).unwrap();
+    let mut e = a.clone();
+    gemm_into(&a, &a, &mut e, GemmConfig { beta: 1.0, ..GemmConfig::default() }).unwrap();
+    assert_eq!(a.to_vec().unwrap(), vec![1.0, 2.0, 3.0, 4.0], "the original changed on {dev}");
+    assert_eq!(b.to_vec().unwrap(), vec![9.0; 4]);
+    assert_eq!(c.to_vec().unwrap(), vec![5.0; 4]);
+    assert_eq!(d.to_vec().unwrap(), vec![2.0, 4.0, 6.0, 8.0]);
+    assert_eq!(e.to_vec().unwrap(), vec![8.0, 12.0, 18.0, 26.0]);
+}
+test_device!(tensor_copy_on_write, copy_on_write);
