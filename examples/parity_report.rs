@@ -53,12 +53,12 @@ fn main() -> wgpu_cnn::Result<()> {
     report("avgpool fwd / bwd", "[16,16,28,28] k3 s2 p1", &[(&[16, 16, 28, 28], 9), (&[16, 16, 14, 14], 10)], |_, t| {
         vec![avgpool_forward(&t[0], pool).unwrap(), avgpool_backward(&t[1], &[16, 16, 28, 28], pool).unwrap()]
     }, &gpu);
-    report("batchnorm y / dx / dγβ", "[64,32,14,14]", &[(&[64, 32, 14, 14], 11), (&[32], 12), (&[32], 13), (&[64, 32, 14, 14], 14)], |dev, t| {
+    report("batchnorm y/dx/dγ/dβ/running", "[64,32,14,14]", &[(&[64, 32, 14, 14], 11), (&[32], 12), (&[32], 13), (&[64, 32, 14, 14], 14)], |dev, t| {
         let aff = Some(Affine { gamma: &t[1], beta: &t[2] });
         let mut running = Tensor::from_vec(dev, &[2, 32], [vec![0.0; 32], vec![1.0; 32]].concat()).unwrap();
         let (y, stats) = batchnorm_forward_train(&t[0], aff, &mut running, BatchNormConfig::default()).unwrap();
-        let (dx, g) = batchnorm_backward(&t[0], &t[3], aff, &stats, &running, true, BatchNormConfig::default()).unwrap();
-        vec![y, dx, g, running]
+        let g = batchnorm_backward(&t[0], &t[3], aff, &stats, &running, true, BatchNormConfig::default()).unwrap();
+        vec![y, g.dx, g.dgamma, g.dbeta, running]
     }, &gpu);
     let labels: Vec<i64> = (0..256).map(|i| i % 10).collect();
     report("softmax_xent loss / grad", "[256,10], smoothing 0.1", &[(&[256, 10], 15)], |_, t| {

@@ -5,6 +5,8 @@
 //   elementwise_fill     out = alpha
 //   bias_add             out = a + b[(i / inner) mod channels]
 //   bias_grad            out[ch] = beta·out[ch] + Σ_{n,t} a[(n·channels + ch)·inner + t]
+//   elementwise_combine_sign  out = alpha·sign(a) + beta·out   (L1 regularisation)
+//   clip_scale           out ·= min(1, alpha / (sqrt(b[0]) + 1e-6))   (b[0] = the squared global norm)
 
 struct EwParams {
     len: u32,
@@ -69,4 +71,18 @@ fn bias_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     }
     if (params.beta != 0.0) { s += params.beta * out[ch]; }
     out[ch] = s;
+}
+
+@compute @workgroup_size(WG)
+fn elementwise_combine_sign(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if (i >= params.len) { return; }
+    out[i] = params.alpha * sign(a[i]) + params.beta * out[i];
+}
+
+@compute @workgroup_size(WG)
+fn clip_scale(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if (i >= params.len) { return; }
+    out[i] *= min(1.0, params.alpha / (sqrt(b[0]) + 1e-6));
 }

@@ -1,4 +1,5 @@
-// Row sums: out[r] = beta·out[r] + Σ_j in[r·len + j] for a [rows, len] matrix.
+// Row sums: out[off + r] = beta·out[off + r] + Σ_j f(in[r·len + j]) for a [rows, len]
+// matrix, f the identity or the square (squared norms for gradient clipping).
 //
 // One workgroup per row: each invocation sums a strided slice, then a tree in
 // workgroup memory (log2(WG) barriers per row, not per element). Bias gradients
@@ -8,7 +9,11 @@ struct ReduceParams {
     rows: u32,
     len: u32,
     beta: f32,
+    square: u32,
+    out_offset: u32,
     _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> src: array<f32>;
@@ -26,7 +31,8 @@ fn reduce_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     if (row >= params.rows) { return; }
     var acc = 0.0;
     for (var j = lid.x; j < params.len; j += WG) {
-        acc += src[row * params.len + j];
+        let v = src[row * params.len + j];
+        acc += select(v, v * v, params.square != 0u);
     }
     partial[lid.x] = acc;
     workgroupBarrier();
@@ -35,8 +41,9 @@ fn reduce_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         workgroupBarrier();
     }
     if (lid.x == 0u) {
+        let o = params.out_offset + row;
         var v = partial[0];
-        if (params.beta != 0.0) { v += params.beta * dst[row]; }
-        dst[row] = v;
+        if (params.beta != 0.0) { v += params.beta * dst[o]; }
+        dst[o] = v;
     }
 }

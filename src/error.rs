@@ -42,6 +42,47 @@ pub enum Error {
     /// Reading a buffer back to the host failed.
     #[error("reading back a GPU buffer failed: {0}")]
     Readback(String),
+
+    /// A data or checkpoint file that is missing, truncated or corrupt.
+    #[error("{}: {kind}: {msg}", path.display())]
+    File { path: std::path::PathBuf, kind: FileErrorKind, msg: String },
+}
+
+/// What was wrong with a file, so callers can tell the cases apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileErrorKind {
+    /// It could not be opened or read (missing, unreadable).
+    Io,
+    /// It ends before its header says it should.
+    Truncated,
+    /// It is longer than its header says.
+    TrailingData,
+    /// The magic number or another header field is wrong.
+    BadHeader,
+    /// Image and label counts differ, or a label is out of range.
+    Inconsistent,
+    /// Its checksum does not match the recorded provenance.
+    Checksum,
+    /// Names, shapes or dtypes do not match what was expected.
+    Mismatch,
+}
+
+impl std::fmt::Display for FileErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FileErrorKind::Io => "cannot read",
+            FileErrorKind::Truncated => "truncated",
+            FileErrorKind::TrailingData => "unexpected trailing data",
+            FileErrorKind::BadHeader => "bad header",
+            FileErrorKind::Inconsistent => "inconsistent contents",
+            FileErrorKind::Checksum => "checksum mismatch",
+            FileErrorKind::Mismatch => "does not match",
+        })
+    }
+}
+
+pub(crate) fn file_err<T>(path: &std::path::Path, kind: FileErrorKind, msg: impl Into<String>) -> Result<T> {
+    Err(Error::File { path: path.to_path_buf(), kind, msg: msg.into() })
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -12,18 +12,24 @@
 //! # Ok(()) }
 //! ```
 
+pub mod checkpoint;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod gpu;
 pub mod kernel;
+pub mod nn;
 pub mod ops;
+pub mod optim;
+pub mod plot;
 pub mod pool;
 pub mod shape;
 pub mod tensor;
 pub mod tolerance;
+pub mod train;
 
 pub use device::{AdapterSummary, Device, GpuOptions};
-pub use error::{Error, Result};
+pub use error::{Error, FileErrorKind, Result};
 pub use shape::{Conv2dConfig, Conv2dGeometry, Pool2dConfig, Pool2dGeometry};
 pub use gpu::{GemmVariant, GpuContext};
 pub use tensor::{Indices, Tensor};

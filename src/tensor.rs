@@ -138,6 +138,32 @@ impl Tensor {
         Tensor::from_vec(device, &self.shape, self.to_vec()?)
     }
 
+    /// Items `start..start + len` of the leading axis, as a new tensor (a
+    /// device-side copy; no readback).
+    pub fn narrow(&self, start: usize, len: usize) -> Result<Tensor> {
+        let Some(&rows) = self.shape.first() else {
+            return Err(Error::Shape { op: "Tensor::narrow", msg: "a scalar has no leading axis".into() });
+        };
+        if len == 0 || start + len > rows {
+            return Err(Error::Shape { op: "Tensor::narrow", msg: format!("rows {start}..{} of a tensor of shape {:?}", start + len, self.shape) });
+        }
+        let row = self.numel() / rows;
+        let mut shape = self.shape.clone();
+        shape[0] = len;
+        match &self.data {
+            Data::Cpu(a) => {
+                let v = a.as_slice().expect("contiguous")[start * row..(start + len) * row].to_vec();
+                Tensor::from_vec(&Device::Cpu, &shape, v)
+            }
+            Data::Gpu(src) => {
+                let ctx = src.context();
+                let dst = ctx.alloc("Tensor::narrow", len * row)?;
+                ctx.record(|enc| enc.copy_buffer_to_buffer(src.buffer(), (start * row * 4) as u64, dst.buffer(), 0, (len * row * 4) as u64));
+                Ok(Tensor { shape, data: Data::Gpu(Arc::new(dst)) })
+            }
+        }
+    }
+
     /// Replaces the contents with host data of the same length.
     pub fn write(&mut self, data: &[f32]) -> Result<()> {
         if data.len() != self.numel() {

@@ -138,8 +138,17 @@ pub fn batchnorm_forward_eval(x: &Tensor, affine: Option<Affine>, running: &Tens
     Ok(y)
 }
 
+/// Gradients of batch-norm.
+pub struct BatchNormGrads {
+    pub dx: Tensor,
+    /// `[c]`; also meaningful without an affine part (Σ dy·x̂).
+    pub dgamma: Tensor,
+    /// `[c]`: Σ dy.
+    pub dbeta: Tensor,
+}
+
 /// Backward through the batch statistics (training) or the running ones
-/// (`training = false`). Returns `(dx, [dγ; dβ])` (the latter `[2, c]`).
+/// (`training = false`).
 pub fn batchnorm_backward(
     x: &Tensor,
     dy: &Tensor,
@@ -148,7 +157,7 @@ pub fn batchnorm_backward(
     running: &Tensor,
     training: bool,
     cfg: BatchNormConfig,
-) -> Result<(Tensor, Tensor)> {
+) -> Result<BatchNormGrads> {
     let (n, c, inner) = dims(x)?;
     check_operands(x, affine, running, c)?;
     check_shape("batchnorm", "dy", dy.shape(), x.shape())?;
@@ -186,7 +195,9 @@ pub fn batchnorm_backward(
         }
         _ => unreachable!("same_device checked"),
     }
-    Ok((dx, grads))
+    let dgamma = grads.narrow(0, 1)?.reshape(&[c])?;
+    let dbeta = grads.narrow(1, 1)?.reshape(&[c])?;
+    Ok(BatchNormGrads { dx, dgamma, dbeta })
 }
 
 type HostAffine = (Option<Vec<f32>>, Option<Vec<f32>>);

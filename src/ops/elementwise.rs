@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::error::{shape_err, Result};
+use crate::error::{shape_err, Error, Result};
 use crate::kernel::KernelId;
 use crate::ops::check_shape;
 use crate::tensor::{same_device, Data, Tensor};
@@ -117,6 +117,81 @@ fn channel_dims(op: &'static str, x: &Tensor) -> Result<(usize, usize, usize)> {
         return shape_err(op, format!("input must be [n, c, …], got {s:?}"));
     }
     Ok((s[0], s[1], s[2..].iter().product()))
+}
+
+/// In place: `out = alpha·sign(a) + beta·out` (the L1 penalty's gradient).
+pub fn combine_sign_into(out: &mut Tensor, a: &Tensor, alpha: f32, beta: f32) -> Result<()> {
+    check_shape("combine_sign", "a", a.shape(), out.shape())?;
+    same_device("combine_sign", &[a, out])?;
+    out.make_unique()?;
+    let len = a.numel();
+    match (&a.data, &mut out.data) {
+        (Data::Cpu(x), Data::Cpu(o)) => o.iter_mut().zip(x.iter()).for_each(|(o, x)| *o = alpha * sign(*x) + beta * *o),
+        (Data::Gpu(x), Data::Gpu(o)) => {
+            let ctx = x.context();
+            let p = EwParams { len: len as u32, alpha, beta, ..Default::default() };
+            ctx.dispatch(KernelId::CombineSign, &p, &[x.buffer(), x.buffer(), o.buffer()], ctx.grid_1d(len, 256))?;
+        }
+        _ => unreachable!("same_device checked"),
+    }
+    Ok(())
+}
+
+/// WGSL's sign: 0 at 0.
+fn sign(v: f32) -> f32 {
+    if v > 0.0 {
+        1.0
+    } else if v < 0.0 {
+        -1.0
+    } else {
+        0.0
+    }
+}
+
+/// Scales the tensors together so their global L2 norm is at most `max_norm`
+/// (PyTorch's `clip_grad_norm_`, factor `max_norm / (norm + 1e-6)` capped at 1).
+/// On the GPU the norm never leaves the device. Returns nothing: reading the
+/// norm would cost a readback per step.
+pub fn clip_global_norm(tensors: &mut [&mut Tensor], max_norm: f32) -> Result<()> {
+    if !(max_norm > 0.0) {
+        return Err(Error::InvalidArgument { op: "clip_grad_norm", msg: format!("max_norm {max_norm} must be > 0") });
+    }
+    let Some(first) = tensors.first() else { return Ok(()) };
+    let dev = first.device();
+    for t in tensors.iter() {
+        same_device("clip_grad_norm", &[*first, &**t])?;
+    }
+    match &dev {
+        crate::device::Device::Cpu => {
+            let mut norm2 = 0f64;
+            for t in tensors.iter() {
+                norm2 += t.to_vec()?.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
+            }
+            let scale = (max_norm as f64 / (norm2.sqrt() + 1e-6)).min(1.0) as f32;
+            for t in tensors.iter_mut() {
+                if let Data::Cpu(a) = &mut t.data {
+                    a.iter_mut().for_each(|v| *v *= scale);
+                }
+            }
+        }
+        crate::device::Device::Gpu(ctx) => {
+            use crate::ops::reduce::{sum_rows_gpu, sum_squares_gpu};
+            let slots = ctx.alloc("clip_grad_norm", tensors.len())?;
+            for (i, t) in tensors.iter().enumerate() {
+                sum_squares_gpu(ctx, t.gpu().unwrap().buffer(), t.numel(), slots.buffer(), i)?;
+            }
+            let total = ctx.alloc("clip_grad_norm", 1)?;
+            sum_rows_gpu(ctx, slots.buffer(), total.buffer(), 1, tensors.len(), 0.0)?;
+            for t in tensors.iter_mut() {
+                t.make_unique()?;
+                let len = t.numel();
+                let p = EwParams { len: len as u32, alpha: max_norm, ..Default::default() };
+                let tb = t.gpu().unwrap().buffer();
+                ctx.dispatch(KernelId::ClipScale, &p, &[total.buffer(), total.buffer(), tb], ctx.grid_1d(len, 256))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------- CPU reference

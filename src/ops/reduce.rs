@@ -14,7 +14,11 @@ pub struct ReduceParams {
     pub rows: u32,
     pub len: u32,
     pub beta: f32,
+    pub square: u32,
+    pub out_offset: u32,
     pub _pad0: u32,
+    pub _pad1: u32,
+    pub _pad2: u32,
 }
 
 /// `[rows, rest…] → [rows]`: the sum over everything after the first axis.
@@ -48,7 +52,13 @@ pub fn sum_rows_cpu(x: &[f32], rows: usize, len: usize) -> Vec<f32> {
 
 /// Records `out = beta·out + Σ_j x[r, j]`; beta = 1 accumulates.
 pub(crate) fn sum_rows_gpu(ctx: &GpuContext, x: &wgpu::Buffer, out: &wgpu::Buffer, rows: usize, len: usize, beta: f32) -> Result<()> {
-    let params = ReduceParams { rows: rows as u32, len: len as u32, beta, _pad0: 0 };
+    let params = ReduceParams { rows: rows as u32, len: len as u32, beta, ..Default::default() };
     // One workgroup per row.
     ctx.dispatch(KernelId::ReduceRows, &params, &[x, out], ctx.grid_1d(rows, 1))
+}
+
+/// Records `out[slot] = Σ x²` over the first `len` elements of `x`.
+pub(crate) fn sum_squares_gpu(ctx: &GpuContext, x: &wgpu::Buffer, len: usize, out: &wgpu::Buffer, slot: usize) -> Result<()> {
+    let params = ReduceParams { rows: 1, len: len as u32, square: 1, out_offset: slot as u32, ..Default::default() };
+    ctx.dispatch(KernelId::ReduceRows, &params, &[x, out], [1, 1, 1])
 }

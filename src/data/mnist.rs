@@ -1,0 +1,125 @@
+//! MNIST in IDX format (raw or gzip): big-endian header, magic 2051 (images,
+//! `[n, rows, cols]` u8) and 2049 (labels, `[n]` u8). Every size is checked
+//! against the file before anything is allocated.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use flate2::read::GzDecoder;
+use sha2::{Digest, Sha256};
+
+use crate::data::Dataset;
+use crate::error::{file_err, FileErrorKind as K, Result};
+
+/// Which half of MNIST.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    Test,
+}
+
+impl Split {
+    fn stem(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Test => "t10k",
+        }
+    }
+}
+
+/// The copy of MNIST committed with the crate (`data/mnist`, see its PROVENANCE.json).
+pub fn embedded_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist")
+}
+
+/// The file's bytes, decompressed when it is gzip.
+fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+    let raw = std::fs::read(path).or_else(|e| file_err(path, K::Io, e.to_string()))?;
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        GzDecoder::new(&raw[..]).read_to_end(&mut out).or_else(|e| file_err(path, K::Truncated, format!("gzip stream: {e}")))?;
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
+}
+
+/// Parses an IDX buffer of u8 with the given magic and rank; returns (dims, payload).
+pub fn parse_idx<'a>(path: &Path, bytes: &'a [u8], magic: u32, rank: usize) -> Result<(Vec<usize>, &'a [u8])> {
+    let header = 4 + 4 * rank;
+    if bytes.len() < header {
+        return file_err(path, K::Truncated, format!("{} bytes, shorter than the {header}-byte IDX header", bytes.len()));
+    }
+    let word = |i: usize| u32::from_be_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap());
+    if word(0) != magic {
+        return file_err(path, K::BadHeader, format!("magic number {} (expected {magic})", word(0)));
+    }
+    let dims: Vec<usize> = (1..=rank).map(|i| word(i) as usize).collect();
+    // u32 dims multiply to at most 2^96; checked, so a hostile header cannot overflow.
+    let payload = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    let Some(payload) = payload else {
+        return file_err(path, K::BadHeader, format!("dimensions {dims:?} overflow"));
+    };
+    let have = bytes.len() - header;
+    if have < payload {
+        return file_err(path, K::Truncated, format!("header {dims:?} promises {payload} bytes of data, the file holds {have}"));
+    }
+    if have > payload {
+        return file_err(path, K::TrailingData, format!("header {dims:?} promises {payload} bytes of data, the file holds {have}"));
+    }
+    Ok((dims, &bytes[header..]))
+}
+
+/// Images and labels from two IDX files; pixels scaled to [0, 1].
+pub fn load_files(images: &Path, labels: &Path) -> Result<Dataset> {
+    let ib = read_maybe_gz(images)?;
+    let lb = read_maybe_gz(labels)?;
+    let (idims, ipix) = parse_idx(images, &ib, 2051, 3)?;
+    let (ldims, lab) = parse_idx(labels, &lb, 2049, 1)?;
+    if idims[0] != ldims[0] {
+        return file_err(labels, K::Inconsistent, format!("{} labels for {} images in {}", ldims[0], idims[0], images.display()));
+    }
+    if let Some((i, &l)) = lab.iter().enumerate().find(|(_, &l)| l > 9) {
+        return file_err(labels, K::Inconsistent, format!("label {l} at index {i} is not a digit 0–9"));
+    }
+    Ok(Dataset {
+        images: ipix.iter().map(|&p| p as f32 / 255.0).collect(),
+        labels: lab.iter().map(|&l| l as i64).collect(),
+        item_shape: [1, idims[1], idims[2]],
+    })
+}
+
+/// `<dir>/<split>-images-idx3-ubyte[.gz]` and the matching labels file.
+pub fn load(dir: &Path, split: Split) -> Result<Dataset> {
+    let find = |kind: &str| -> Result<PathBuf> {
+        let base = dir.join(format!("{}-{kind}", split.stem()));
+        let gz = PathBuf::from(format!("{}.gz", base.display()));
+        match [gz, base.clone()].into_iter().find(|p| p.exists()) {
+            Some(p) => Ok(p),
+            None => file_err(&base, K::Io, format!("not found (looked for {0} and {0}.gz)", base.display())),
+        }
+    };
+    let (images, labels) = (find("images-idx3-ubyte")?, find("labels-idx1-ubyte")?);
+    let provenance = dir.join("PROVENANCE.json");
+    if provenance.exists() {
+        verify(&provenance, &images)?;
+        verify(&provenance, &labels)?;
+    }
+    load_files(&images, &labels)
+}
+
+/// Checks a file's uncompressed SHA-256 against the PROVENANCE.json entry for it.
+pub fn verify(provenance: &Path, file: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(provenance).or_else(|e| file_err(provenance, K::Io, e.to_string()))?;
+    let json: serde_json::Value = serde_json::from_str(&text).or_else(|e| file_err(provenance, K::BadHeader, e.to_string()))?;
+    let name = file.file_name().unwrap_or_default().to_string_lossy();
+    let Some(want) = json["files"][name.as_ref()]["uncompressed_sha256"].as_str() else {
+        return file_err(provenance, K::Mismatch, format!("no checksum recorded for {name}"));
+    };
+    let got = Sha256::digest(read_maybe_gz(file)?);
+    let got: String = got.iter().map(|b| format!("{b:02x}")).collect();
+    if got != want {
+        return file_err(file, K::Checksum, format!("sha256 {got}, PROVENANCE.json records {want}"));
+    }
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! Containers: Sequential and Residual, and the model summary table.
+
+use std::fmt;
+
+use crate::error::Result;
+use crate::nn::{join, Layer, Mode, Param};
+use crate::ops::elementwise::add;
+use crate::tensor::Tensor;
+
+/// Layers applied in order; parameters are named `"<index>.<name>"`.
+#[derive(Default)]
+pub struct Sequential {
+    pub layers: Vec<Box<dyn Layer>>,
+}
+
+impl Sequential {
+    pub fn new() -> Sequential {
+        Sequential::default()
+    }
+
+    /// Appends a layer (builder style).
+    pub fn push(mut self, layer: impl Layer + 'static) -> Sequential {
+        self.layers.push(Box::new(layer));
+        self
+    }
+
+    /// Each layer's output shape and parameter count for an input shape.
+    pub fn summary(&self, input: &[usize]) -> Result<Summary> {
+        let mut rows = Vec::new();
+        let mut shape = input.to_vec();
+        for layer in &self.layers {
+            shape = layer.output_shape(&shape)?;
+            rows.push(SummaryRow { kind: layer.kind(), description: layer.describe(), output: shape.clone(), params: layer.param_count() });
+        }
+        Ok(Summary { input: input.to_vec(), rows })
+    }
+}
+
+impl Layer for Sequential {
+    fn kind(&self) -> &'static str {
+        "Sequential"
+    }
+    fn describe(&self) -> String {
+        format!("Sequential({} layers)", self.layers.len())
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        self.layers.iter().try_fold(input.to_vec(), |s, l| l.output_shape(&s))
+    }
+    fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let mut h = x.clone();
+        for layer in &mut self.layers {
+            h = layer.forward(&h, mode)?;
+        }
+        Ok(h)
+    }
+    fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
+        let mut g = dy.clone();
+        for layer in self.layers.iter_mut().rev() {
+            g = layer.backward(&g)?;
+        }
+        Ok(g)
+    }
+    fn parameters(&mut self, prefix: &str) -> Vec<Param<'_>> {
+        self.layers.iter_mut().enumerate().flat_map(|(i, l)| l.parameters(&join(prefix, &i.to_string()))).collect()
+    }
+    fn buffers(&mut self, prefix: &str) -> Vec<(String, &mut Tensor)> {
+        self.layers.iter_mut().enumerate().flat_map(|(i, l)| l.buffers(&join(prefix, &i.to_string()))).collect()
+    }
+    fn param_count(&self) -> usize {
+        self.layers.iter().map(|l| l.param_count()).sum()
+    }
+    fn zero_grad(&mut self) {
+        self.layers.iter_mut().for_each(|l| l.zero_grad());
+    }
+}
+
+/// `y = body(x) + shortcut(x)`, the shortcut being the identity or a
+/// projection (typically a strided 1×1 convolution and batch-norm).
+/// Backward adds the gradients of both paths.
+pub struct Residual {
+    pub body: Sequential,
+    pub shortcut: Option<Sequential>,
+}
+
+impl Residual {
+    pub fn new(body: Sequential, shortcut: Option<Sequential>) -> Residual {
+        Residual { body, shortcut }
+    }
+}
+
+impl Layer for Residual {
+    fn kind(&self) -> &'static str {
+        "Residual"
+    }
+    fn describe(&self) -> String {
+        let inner: Vec<String> = self.body.layers.iter().map(|l| l.describe()).collect();
+        let short = if self.shortcut.is_some() { "projection" } else { "identity" };
+        format!("Residual[{}] + {short}", inner.join(" → "))
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        let body = self.body.output_shape(input)?;
+        let short = match &self.shortcut {
+            Some(s) => s.output_shape(input)?,
+            None => input.to_vec(),
+        };
+        if body != short {
+            return crate::error::shape_err("Residual", format!("the body gives {body:?} but the shortcut gives {short:?} for input {input:?}"));
+        }
+        Ok(body)
+    }
+    fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let b = self.body.forward(x, mode)?;
+        let s = match &mut self.shortcut {
+            Some(sc) => sc.forward(x, mode)?,
+            None => x.clone(),
+        };
+        add(&b, &s, 1.0, 1.0)
+    }
+    fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
+        let db = self.body.backward(dy)?;
+        let ds = match &mut self.shortcut {
+            Some(sc) => sc.backward(dy)?,
+            None => dy.clone(),
+        };
+        add(&db, &ds, 1.0, 1.0)
+    }
+    fn parameters(&mut self, prefix: &str) -> Vec<Param<'_>> {
+        let mut v = self.body.parameters(&join(prefix, "body"));
+        if let Some(s) = &mut self.shortcut {
+            v.extend(s.parameters(&join(prefix, "shortcut")));
+        }
+        v
+    }
+    fn buffers(&mut self, prefix: &str) -> Vec<(String, &mut Tensor)> {
+        let mut v = self.body.buffers(&join(prefix, "body"));
+        if let Some(s) = &mut self.shortcut {
+            v.extend(s.buffers(&join(prefix, "shortcut")));
+        }
+        v
+    }
+    fn param_count(&self) -> usize {
+        self.body.param_count() + self.shortcut.as_ref().map_or(0, |s| s.param_count())
+    }
+    fn zero_grad(&mut self) {
+        self.body.zero_grad();
+        if let Some(s) = &mut self.shortcut {
+            s.zero_grad();
+        }
+    }
+}
+
+/// One row of a model summary.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SummaryRow {
+    pub kind: &'static str,
+    pub description: String,
+    /// Including the batch axis.
+    pub output: Vec<usize>,
+    pub params: usize,
+}
+
+/// Output shapes and parameter counts, layer by layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Summary {
+    pub input: Vec<usize>,
+    pub rows: Vec<SummaryRow>,
+}
+
+impl Summary {
+    pub fn total_params(&self) -> usize {
+        self.rows.iter().map(|r| r.params).sum()
+    }
+
+    /// Parameters in layers of one kind ("Conv2d", "Linear", …).
+    pub fn params_of(&self, kind: &str) -> usize {
+        self.rows.iter().filter(|r| r.kind == kind).map(|r| r.params).sum()
+    }
+}
+
+/// `C@H×W` for images, the feature count for vectors (batch axis dropped).
+fn shape_str(s: &[usize]) -> String {
+    match s {
+        [_, c, h, w] => format!("{c}@{h}×{w}"),
+        [_, f] => f.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Thousands separators: 394634 → "394,634".
+fn grouped(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{:<58} {:>14} {:>12}", "layer", "output", "params")?;
+        writeln!(f, "{:<58} {:>14} {:>12}", "input", shape_str(&self.input), "")?;
+        for r in &self.rows {
+            writeln!(f, "{:<58} {:>14} {:>12}", r.description, shape_str(&r.output), grouped(r.params))?;
+        }
+        write!(f, "{:<58} {:>14} {:>12}", "total", "", grouped(self.total_params()))
+    }
+}

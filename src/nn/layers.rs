@@ -1,0 +1,459 @@
+//! The layers: Conv2d, Linear, pooling, batch-norm, dropout, activations, flatten.
+
+use crate::device::Device;
+use crate::error::{shape_err, Error, Result};
+use crate::nn::{join, Grad, Initializer, Layer, Mode, Param};
+use crate::ops::activation::{activation_backward, activation_forward, Activation};
+use crate::ops::avgpool::{avgpool_backward, avgpool_forward, global_avg_pool_backward, global_avg_pool_forward};
+use crate::ops::batchnorm::{batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train, Affine, BatchNormConfig};
+use crate::ops::conv2d::{conv2d_backward, conv2d_forward};
+use crate::ops::dropout::{dropout_backward, dropout_forward, DropoutConfig};
+use crate::ops::elementwise::{bias_add, bias_grad};
+use crate::ops::gemm::{gemm, GemmConfig};
+use crate::ops::maxpool::{maxpool_backward, maxpool_forward};
+use crate::shape::{Conv2dConfig, Conv2dGeometry, Pool2dConfig, Pool2dGeometry};
+use crate::tensor::{Indices, Tensor};
+
+/// A backward call needs the forward's cache.
+fn no_cache(layer: &'static str) -> Error {
+    Error::InvalidArgument { op: layer, msg: "backward called without a forward in Train mode".into() }
+}
+
+// ------------------------------------------------------------------ Conv2d
+
+/// 2-d convolution; weight `[c_out, c_in/groups, kh, kw]`, optional bias `[c_out]`.
+pub struct Conv2d {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub cfg: Conv2dConfig,
+    gw: Grad,
+    gb: Option<Grad>,
+    x: Option<Tensor>,
+}
+
+impl Conv2d {
+    pub fn new(dev: &Device, c_in: usize, c_out: usize, kernel: [usize; 2], cfg: Conv2dConfig, bias: bool, init: &mut Initializer) -> Result<Conv2d> {
+        if cfg.groups == 0 || c_in % cfg.groups != 0 || c_out % cfg.groups != 0 {
+            return Err(Error::InvalidArgument { op: "Conv2d", msg: format!("groups {} must divide c_in {c_in} and c_out {c_out}", cfg.groups) });
+        }
+        let shape = [c_out, c_in / cfg.groups, kernel[0], kernel[1]];
+        let fan_in = shape[1] * kernel[0] * kernel[1];
+        let fan_out = c_out / cfg.groups * kernel[0] * kernel[1];
+        let weight = Tensor::from_vec(dev, &shape, init.weights(shape.iter().product(), fan_in, fan_out))?;
+        let bias = if bias { Some(Tensor::from_vec(dev, &[c_out], init.biases(c_out, fan_in))?) } else { None };
+        Ok(Conv2d { gw: Grad::new(&weight)?, gb: bias.as_ref().map(Grad::new).transpose()?, weight, bias, cfg, x: None })
+    }
+}
+
+impl Layer for Conv2d {
+    fn kind(&self) -> &'static str {
+        "Conv2d"
+    }
+    fn describe(&self) -> String {
+        let s = self.weight.shape();
+        let c = &self.cfg;
+        format!("Conv2d({}→{}, {}×{}, stride {:?}, padding {:?}, dilation {:?}, groups {})", s[1] * c.groups, s[0], s[2], s[3], c.stride, c.padding, c.dilation, c.groups)
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        Ok(Conv2dGeometry::new(input, self.weight.shape(), self.cfg)?.output_shape().to_vec())
+    }
+    fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let y = conv2d_forward(x, &self.weight, self.bias.as_ref(), self.cfg)?;
+        self.x = (mode == Mode::Train).then(|| x.clone());
+        Ok(y)
+    }
+    fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
+        let x = self.x.as_ref().ok_or_else(|| no_cache("Conv2d"))?;
+        let g = conv2d_backward(x, &self.weight, dy, self.cfg, self.bias.is_some())?;
+        self.gw.accumulate(g.dw)?;
+        if let (Some(gb), Some(db)) = (self.gb.as_mut(), g.db) {
+            gb.accumulate(db)?;
+        }
+        Ok(g.dx)
+    }
+    fn parameters(&mut self, prefix: &str) -> Vec<Param<'_>> {
+        let mut v = vec![Param { name: join(prefix, "weight"), value: &mut self.weight, grad: self.gw.get() }];
+        if let (Some(b), Some(gb)) = (self.bias.as_mut(), self.gb.as_mut()) {
+            v.push(Param { name: join(prefix, "bias"), value: b, grad: gb.get() });
+        }
+        v
+    }
+    fn param_count(&self) -> usize {
+        self.weight.numel() + self.bias.as_ref().map_or(0, Tensor::numel)
+    }
+    fn zero_grad(&mut self) {
+        self.gw.fresh = true;
+        if let Some(g) = self.gb.as_mut() {
+            g.fresh = true;
+        }
+    }
+}
+
+// ------------------------------------------------------------------ Linear
+
+/// `y = x·Wᵀ + b`; weight `[out, in]`, bias `[out]`, input `[n, in]`.
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    gw: Grad,
+    gb: Option<Grad>,
+    x: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(dev: &Device, inputs: usize, outputs: usize, bias: bool, init: &mut Initializer) -> Result<Linear> {
+        let weight = Tensor::from_vec(dev, &[outputs, inputs], init.weights(outputs * inputs, inputs, outputs))?;
+        let bias = if bias { Some(Tensor::from_vec(dev, &[outputs], init.biases(outputs, inputs))?) } else { None };
+        Ok(Linear { gw: Grad::new(&weight)?, gb: bias.as_ref().map(Grad::new).transpose()?, weight, bias, x: None })
+    }
+}
+
+impl Layer for Linear {
+    fn kind(&self) -> &'static str {
+        "Linear"
+    }
+    fn describe(&self) -> String {
+        format!("Linear({}→{})", self.weight.shape()[1], self.weight.shape()[0])
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        match input {
+            [n, f] if *f == self.weight.shape()[1] => Ok(vec![*n, self.weight.shape()[0]]),
+            _ => shape_err("Linear", format!("input must be [batch, {}], got {input:?}", self.weight.shape()[1])),
+        }
+    }
+    fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.output_shape(x.shape())?;
+        let y = gemm(x, &self.weight, GemmConfig { trans_b: true, ..GemmConfig::default() })?;
+        let y = match &self.bias {
+            Some(b) => bias_add(&y, b)?,
+            None => y,
+        };
+        self.x = (mode == Mode::Train).then(|| x.clone());
+        Ok(y)
+    }
+    fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
+        let x = self.x.as_ref().ok_or_else(|| no_cache("Linear"))?;
+        // dW [out, in] = dyᵀ [out, n] · x [n, in];  dx [n, in] = dy [n, out] · W [out, in]
+        self.gw.accumulate(gemm(dy, x, GemmConfig { trans_a: true, ..GemmConfig::default() })?)?;
+        if let Some(gb) = self.gb.as_mut() {
+            gb.accumulate(bias_grad(dy)?)?;
+        }
+        gemm(dy, &self.weight, GemmConfig::default())
+    }
+    fn parameters(&mut self, prefix: &str) -> Vec<Param<'_>> {
+        let mut v = vec![Param { name: join(prefix, "weight"), value: &mut self.weight, grad: self.gw.get() }];
+        if let (Some(b), Some(gb)) = (self.bias.as_mut(), self.gb.as_mut()) {
+            v.push(Param { name: join(prefix, "bias"), value: b, grad: gb.get() });
+        }
+        v
+    }
+    fn param_count(&self) -> usize {
+        self.weight.numel() + self.bias.as_ref().map_or(0, Tensor::numel)
+    }
+    fn zero_grad(&mut self) {
+        self.gw.fresh = true;
+        if let Some(g) = self.gb.as_mut() {
+            g.fresh = true;
+        }
+    }
+}
+
+// ------------------------------------------------------------------ pooling
+
+/// Max pooling; keeps the argmax mask for backward.
+pub struct MaxPool2d {
+    pub cfg: Pool2dConfig,
+    cache: Option<(Indices, Vec<usize>)>,
+}
+
+impl MaxPool2d {
+    pub fn new(cfg: Pool2dConfig) -> MaxPool2d {
+        MaxPool2d { cfg, cache: None }
+    }
+}
+
+impl Layer for MaxPool2d {
+    fn kind(&self) -> &'static str {
+        "MaxPool2d"
+    }
+    fn describe(&self) -> String {
+        format!("MaxPool2d({:?}, stride {:?}, padding {:?})", self.cfg.kernel, self.cfg.stride, self.cfg.padding)
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        Ok(Pool2dGeometry::new("maxpool", input, self.cfg)?.output_shape().to_vec())
+    }
+    fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let (y, mask) = maxpool_forward(x, self.cfg)?;
+        self.cache = (mode == Mode::Train).then(|| (mask, x.shape().to_vec()));
+        Ok(y)
+    }
+    fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
+        let (mask, shape) = self.cache.as_ref().ok_or_else(|| no_cache("MaxPool2d"))?;
+        maxpool_backward(dy, mask, shape, self.cfg)
+    }
+}
+
+/// Average pooling.
+pub struct AvgPool2d {
+    pub cfg: Pool2dConfig,
+    input: Option<Vec<usize>>,
+}
+
+impl AvgPool2d {
+    pub fn new(cfg: Pool2dConfig) -> AvgPool2d {
+        AvgPool2d { cfg, input: None }
+    }
+}
+
+impl Layer for AvgPool2d {
+    fn kind(&self) -> &'static str {
+        "AvgPool2d"
+    }
+    fn describe(&self) -> String {
+        format!("AvgPool2d({:?}, stride {:?}, padding {:?})", self.cfg.kernel, self.cfg.stride, self.cfg.padding)
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        Ok(Pool2dGeometry::new("avgpool", input, self.cfg)?.output_shape().to_vec())
+    }
+    fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.input = (mode == Mode::Train).then(|| x.shape().to_vec());
+        avgpool_forward(x, self.cfg)
+    }
+    fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
+        avgpool_backward(dy, self.input.as_ref().ok_or_else(|| no_cache("AvgPool2d"))?, self.cfg)
+    }
+}
+
+/// Global average pooling: `[n, c, h, w] → [n, c, 1, 1]`.
+#[derive(Default)]
+pub struct GlobalAvgPool {
+    input: Option<Vec<usize>>,
+}
+
+impl GlobalAvgPool {
+    pub fn new() -> GlobalAvgPool {
+        GlobalAvgPool::default()
+    }
+}
+
+impl Layer for GlobalAvgPool {
+    fn kind(&self) -> &'static str {
+        "GlobalAvgPool"
+    }
+    fn describe(&self) -> String {
+        "GlobalAvgPool".into()
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        Ok(Pool2dGeometry::global(input)?.output_shape().to_vec())
+    }
+    fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.input = (mode == Mode::Train).then(|| x.shape().to_vec());
+        global_avg_pool_forward(x)
+    }
+    fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
+        global_avg_pool_backward(dy, self.input.as_ref().ok_or_else(|| no_cache("GlobalAvgPool"))?)
+    }
+}
+
+// ------------------------------------------------------------------ batch-norm
+
+/// Batch normalisation over `[n, c, h, w]` (2-d) or `[n, c]` (1-d).
+pub struct BatchNorm {
+    pub gamma: Tensor,
+    pub beta: Tensor,
+    /// `[2, c]`: running mean; running variance.
+    pub running: Tensor,
+    pub cfg: BatchNormConfig,
+    spatial: bool,
+    gg: Grad,
+    gbeta: Grad,
+    cache: Option<(Tensor, Tensor)>,
+}
+
+impl BatchNorm {
+    /// BatchNorm2d: per channel over n, h and w.
+    pub fn new_2d(dev: &Device, channels: usize) -> Result<BatchNorm> {
+        BatchNorm::new(dev, channels, true)
+    }
+
+    /// BatchNorm1d: per feature over n.
+    pub fn new_1d(dev: &Device, features: usize) -> Result<BatchNorm> {
+        BatchNorm::new(dev, features, false)
+    }
+
+    fn new(dev: &Device, c: usize, spatial: bool) -> Result<BatchNorm> {
+        let gamma = Tensor::full(dev, &[c], 1.0)?;
+        let beta = Tensor::zeros(dev, &[c])?;
+        let running = Tensor::from_vec(dev, &[2, c], [vec![0.0; c], vec![1.0; c]].concat())?;
+        Ok(BatchNorm { gg: Grad::new(&gamma)?, gbeta: Grad::new(&beta)?, gamma, beta, running, cfg: BatchNormConfig::default(), spatial, cache: None })
+    }
+}
+
+impl Layer for BatchNorm {
+    fn kind(&self) -> &'static str {
+        if self.spatial {
+            "BatchNorm2d"
+        } else {
+            "BatchNorm1d"
+        }
+    }
+    fn describe(&self) -> String {
+        format!("{}({})", self.kind(), self.gamma.numel())
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        let rank = if self.spatial { 4 } else { 2 };
+        if input.len() != rank || input[1] != self.gamma.numel() {
+            return shape_err("batchnorm", format!("{} expects {rank}-d input with {} channels, got {input:?}", self.kind(), self.gamma.numel()));
+        }
+        Ok(input.to_vec())
+    }
+    fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.output_shape(x.shape())?;
+        let affine = Some(Affine { gamma: &self.gamma, beta: &self.beta });
+        match mode {
+            Mode::Train => {
+                let (y, stats) = batchnorm_forward_train(x, affine, &mut self.running, self.cfg)?;
+                self.cache = Some((x.clone(), stats));
+                Ok(y)
+            }
+            Mode::Eval => {
+                self.cache = None;
+                batchnorm_forward_eval(x, affine, &self.running, self.cfg)
+            }
+        }
+    }
+    fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
+        let (x, stats) = self.cache.as_ref().ok_or_else(|| no_cache("BatchNorm"))?;
+        let affine = Some(Affine { gamma: &self.gamma, beta: &self.beta });
+        let g = batchnorm_backward(x, dy, affine, stats, &self.running, true, self.cfg)?;
+        self.gg.accumulate(g.dgamma)?;
+        self.gbeta.accumulate(g.dbeta)?;
+        Ok(g.dx)
+    }
+    fn parameters(&mut self, prefix: &str) -> Vec<Param<'_>> {
+        vec![
+            Param { name: join(prefix, "weight"), value: &mut self.gamma, grad: self.gg.get() },
+            Param { name: join(prefix, "bias"), value: &mut self.beta, grad: self.gbeta.get() },
+        ]
+    }
+    fn buffers(&mut self, prefix: &str) -> Vec<(String, &mut Tensor)> {
+        vec![(join(prefix, "running_stats"), &mut self.running)]
+    }
+    fn param_count(&self) -> usize {
+        2 * self.gamma.numel()
+    }
+    fn zero_grad(&mut self) {
+        self.gg.fresh = true;
+        self.gbeta.fresh = true;
+    }
+}
+
+// ------------------------------------------------------------------ dropout
+
+/// Inverted dropout; a fresh mask every training forward (seed, step).
+pub struct Dropout {
+    pub p: f32,
+    seed: u64,
+    step: u32,
+    last: Option<DropoutConfig>,
+}
+
+impl Dropout {
+    pub fn new(p: f32, init: &mut Initializer) -> Result<Dropout> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::InvalidArgument { op: "dropout", msg: format!("p = {p} must be in [0, 1)") });
+        }
+        Ok(Dropout { p, seed: init.next_seed(), step: 0, last: None })
+    }
+}
+
+impl Layer for Dropout {
+    fn kind(&self) -> &'static str {
+        "Dropout"
+    }
+    fn describe(&self) -> String {
+        format!("Dropout(p = {})", self.p)
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        Ok(input.to_vec())
+    }
+    fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let cfg = DropoutConfig { p: self.p, seed: self.seed, step: self.step };
+        if mode == Mode::Train {
+            self.step = self.step.wrapping_add(1);
+            self.last = Some(cfg);
+        }
+        dropout_forward(x, cfg, mode == Mode::Train)
+    }
+    fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
+        dropout_backward(dy, self.last.ok_or_else(|| no_cache("Dropout"))?)
+    }
+}
+
+// ------------------------------------------------------------------ activations, flatten
+
+/// An activation function as a layer.
+pub struct ActivationLayer {
+    pub act: Activation,
+    x: Option<Tensor>,
+}
+
+impl ActivationLayer {
+    pub fn new(act: Activation) -> ActivationLayer {
+        ActivationLayer { act, x: None }
+    }
+}
+
+impl Layer for ActivationLayer {
+    fn kind(&self) -> &'static str {
+        "Activation"
+    }
+    fn describe(&self) -> String {
+        format!("{:?}", self.act)
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        Ok(input.to_vec())
+    }
+    fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.x = (mode == Mode::Train).then(|| x.clone());
+        activation_forward(x, self.act)
+    }
+    fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
+        activation_backward(self.x.as_ref().ok_or_else(|| no_cache("Activation"))?, dy, self.act)
+    }
+}
+
+/// `[n, c, h, w] → [n, c·h·w]` in NCHW row-major order (no data movement).
+#[derive(Default)]
+pub struct Flatten {
+    input: Option<Vec<usize>>,
+}
+
+impl Flatten {
+    pub fn new() -> Flatten {
+        Flatten::default()
+    }
+}
+
+impl Layer for Flatten {
+    fn kind(&self) -> &'static str {
+        "Flatten"
+    }
+    fn describe(&self) -> String {
+        "Flatten".into()
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        match input {
+            [n, rest @ ..] if !rest.is_empty() => Ok(vec![*n, rest.iter().product()]),
+            _ => shape_err("Flatten", format!("input must have a batch axis and at least one more, got {input:?}")),
+        }
+    }
+    fn forward(&mut self, x: &Tensor, _mode: Mode) -> Result<Tensor> {
+        let out = self.output_shape(x.shape())?;
+        self.input = Some(x.shape().to_vec());
+        x.clone().reshape(&out)
+    }
+    fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
+        dy.clone().reshape(self.input.as_ref().ok_or_else(|| no_cache("Flatten"))?)
+    }
+}

@@ -1,0 +1,265 @@
+//! The training loop: mini-batch epochs with seeded shuffling, an optimiser,
+//! LR schedules, regularisation, gradient clipping, early stopping, metrics,
+//! a progress bar and a per-epoch hook.
+//!
+//! On the GPU one training step records every dispatch into one command
+//! encoder and submits once; the loss is accumulated on the device and read
+//! back every `log_every` steps and at the end of the epoch.
+
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::data::{Augment, Dataset};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::nn::{Layer, Mode, Sequential};
+use crate::ops::elementwise::{clip_global_norm, combine_into, combine_sign_into};
+use crate::ops::softmax_xent::{softmax_cpu, softmax_cross_entropy, CrossEntropyConfig};
+use crate::optim::{check_schedule, LrSchedule, Optimizer};
+use crate::tensor::Tensor;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Seeds shuffling and augmentation (epoch e uses seed + e).
+    pub seed: u64,
+    pub schedule: LrSchedule,
+    /// Linear warm-up epochs before the schedule.
+    pub warmup_epochs: usize,
+    /// Clip the global gradient norm to this.
+    pub clip_grad_norm: Option<f32>,
+    /// Adds l1·sign(w) to every gradient.
+    pub l1: f32,
+    /// Adds l2·w to every gradient (the optimiser's weight decay does the same for SGD/Adam).
+    pub l2: f32,
+    /// Stop when validation accuracy has not improved for this many epochs.
+    pub early_stopping_patience: Option<usize>,
+    /// Read the running loss back every this many steps (0: only at epoch end).
+    pub log_every: usize,
+    pub augment: Option<Augment>,
+    pub loss: CrossEntropyConfig,
+    /// Show a progress bar (it stays hidden when stderr is not a terminal).
+    pub progress: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 1,
+            batch_size: 64,
+            seed: 0,
+            schedule: LrSchedule::Constant,
+            warmup_epochs: 0,
+            clip_grad_norm: None,
+            l1: 0.0,
+            l2: 0.0,
+            early_stopping_patience: None,
+            log_every: 100,
+            augment: None,
+            loss: CrossEntropyConfig::default(),
+            progress: true,
+        }
+    }
+}
+
+/// What one epoch achieved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EpochStats {
+    /// Counting from 1.
+    pub epoch: usize,
+    pub lr: f32,
+    /// Mean of the batch losses.
+    pub train_loss: f32,
+    pub val_loss: Option<f32>,
+    pub val_accuracy: Option<f32>,
+    pub images_per_sec: f64,
+    pub seconds: f64,
+}
+
+/// Returned by the epoch hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    Continue,
+    Stop,
+}
+
+/// Loss and accuracy of a model on a data set.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Metrics {
+    pub loss: f32,
+    pub accuracy: f32,
+}
+
+/// A model, its optimiser and the training state.
+pub struct Trainer {
+    pub model: Sequential,
+    pub optimizer: Optimizer,
+    pub config: TrainConfig,
+    pub device: Device,
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Optimiser steps taken.
+    pub step: u64,
+}
+
+impl Trainer {
+    pub fn new(model: Sequential, optimizer: Optimizer, config: TrainConfig, device: Device) -> Result<Trainer> {
+        check_schedule(&config.schedule)?;
+        if config.batch_size == 0 || config.l1 < 0.0 || config.l2 < 0.0 {
+            return Err(Error::InvalidArgument { op: "Trainer", msg: format!("batch_size {} must be ≥ 1, l1 {} and l2 {} ≥ 0", config.batch_size, config.l1, config.l2) });
+        }
+        Ok(Trainer { model, optimizer, config, device, epoch: 0, step: 0 })
+    }
+
+    /// One step on one batch: forward, loss, backward, regularisation,
+    /// clipping, update. Returns the loss as a `[1]` tensor on the device
+    /// (reading it is the caller's choice); on the GPU this is one submit.
+    pub fn train_step(&mut self, x: &Tensor, labels: &[i64]) -> Result<Tensor> {
+        self.model.zero_grad();
+        let logits = self.model.forward(x, Mode::Train)?;
+        let (loss, dlogits) = softmax_cross_entropy(&logits, labels, self.config.loss)?;
+        self.model.backward(&dlogits)?;
+        let (l1, l2) = (self.config.l1, self.config.l2);
+        if l1 > 0.0 || l2 > 0.0 || self.config.clip_grad_norm.is_some() {
+            let mut params = self.model.parameters("");
+            for p in params.iter_mut() {
+                if l2 > 0.0 {
+                    combine_into(p.grad, p.value, l2, 1.0)?;
+                }
+                if l1 > 0.0 {
+                    combine_sign_into(p.grad, p.value, l1, 1.0)?;
+                }
+            }
+            if let Some(max) = self.config.clip_grad_norm {
+                let mut grads: Vec<&mut Tensor> = params.into_iter().map(|p| p.grad).collect();
+                clip_global_norm(&mut grads, max)?;
+            }
+        }
+        self.optimizer.step(&mut self.model)?;
+        if let Device::Gpu(ctx) = &self.device {
+            ctx.flush()?;
+        }
+        self.step += 1;
+        Ok(loss)
+    }
+
+    /// One pass over `data`; returns (mean batch loss, images per second).
+    pub fn train_epoch(&mut self, data: &Dataset) -> Result<(f32, f64)> {
+        let epoch_seed = self.config.seed.wrapping_add(self.epoch as u64);
+        let batches = data.batches(self.config.batch_size, Some(epoch_seed));
+        let mut aug_rng = StdRng::seed_from_u64(epoch_seed ^ 0x5eed);
+        let bar = if self.config.progress { ProgressBar::new(batches.len() as u64) } else { ProgressBar::hidden() };
+        bar.set_style(ProgressStyle::with_template("epoch {msg} [{bar:30}] {pos}/{len} batches, {per_sec}, eta {eta}").unwrap().progress_chars("=> "));
+        bar.set_message(format!("{}", self.epoch + 1));
+        let start = Instant::now();
+        let mut total = Tensor::zeros(&self.device, &[1])?;
+        for (i, idx) in batches.iter().enumerate() {
+            let augment = self.config.augment.as_ref().map(|a| (a, &mut aug_rng));
+            let (x, labels) = data.batch(&self.device, idx, augment)?;
+            let loss = self.train_step(&x, &labels)?;
+            combine_into(&mut total, &loss, 1.0, 1.0)?;
+            bar.inc(1);
+            if self.config.log_every > 0 && (i + 1) % self.config.log_every == 0 {
+                let running = total.to_vec()?[0] / (i + 1) as f32;
+                bar.set_message(format!("{} loss {running:.4}", self.epoch + 1));
+                if !running.is_finite() {
+                    return Err(Error::InvalidArgument { op: "train", msg: format!("loss became {running} at step {}; lower the learning rate", self.step) });
+                }
+            }
+        }
+        let mean = total.to_vec()?[0] / batches.len().max(1) as f32;
+        bar.finish_and_clear();
+        let secs = start.elapsed().as_secs_f64();
+        self.epoch += 1;
+        Ok((mean, data.len() as f64 / secs))
+    }
+
+    /// Loss and accuracy in eval mode (logits are read back per batch).
+    pub fn evaluate(&mut self, data: &Dataset) -> Result<Metrics> {
+        evaluate(&mut self.model, &self.device, data, self.config.batch_size.max(256))
+    }
+
+    /// Trains for `config.epochs` epochs (from the current one), evaluating
+    /// on `val` after each; `hook` sees every epoch and may stop the run.
+    pub fn fit(&mut self, train: &Dataset, val: Option<&Dataset>, mut hook: impl FnMut(&EpochStats) -> Control) -> Result<Vec<EpochStats>> {
+        let mut history = Vec::new();
+        let (mut best, mut since_best) = (f32::NEG_INFINITY, 0);
+        while self.epoch < self.config.epochs {
+            let lr = self.config.schedule.lr(self.optimizer.base_lr, self.epoch, self.config.epochs, self.config.warmup_epochs);
+            self.optimizer.set_lr(lr)?;
+            let t0 = Instant::now();
+            let (train_loss, ips) = self.train_epoch(train)?;
+            let metrics = val.map(|v| self.evaluate(v)).transpose()?;
+            let stats = EpochStats {
+                epoch: self.epoch,
+                lr,
+                train_loss,
+                val_loss: metrics.map(|m| m.loss),
+                val_accuracy: metrics.map(|m| m.accuracy),
+                images_per_sec: ips,
+                seconds: t0.elapsed().as_secs_f64(),
+            };
+            let stop = hook(&stats) == Control::Stop;
+            history.push(stats);
+            if let (Some(patience), Some(m)) = (self.config.early_stopping_patience, metrics) {
+                if m.accuracy > best {
+                    (best, since_best) = (m.accuracy, 0);
+                } else {
+                    since_best += 1;
+                    if since_best >= patience {
+                        log::info!("early stopping: no improvement for {patience} epochs");
+                        break;
+                    }
+                }
+            }
+            if stop {
+                break;
+            }
+        }
+        Ok(history)
+    }
+}
+
+/// Loss and accuracy of `model` on `data` in eval mode.
+pub fn evaluate(model: &mut Sequential, device: &Device, data: &Dataset, batch_size: usize) -> Result<Metrics> {
+    let (mut loss, mut correct) = (0f64, 0usize);
+    for idx in data.batches(batch_size, None) {
+        let (x, labels) = data.batch(device, &idx, None)?;
+        let logits = model.forward(&x, Mode::Eval)?;
+        let c = logits.shape()[1];
+        let logp = softmax_cpu(&logits.to_vec()?, idx.len(), c, true);
+        for (r, &l) in labels.iter().enumerate() {
+            let row = &logp[r * c..(r + 1) * c];
+            loss -= row[l as usize] as f64;
+            let argmax = row.iter().enumerate().fold(0, |best, (j, &v)| if v > row[best] { j } else { best });
+            correct += (argmax == l as usize) as usize;
+        }
+    }
+    let n = data.len().max(1) as f64;
+    Ok(Metrics { loss: (loss / n) as f32, accuracy: (correct as f64 / n) as f32 })
+}
+
+/// Class predictions (argmax of the logits) for a batch of images; with
+/// `tta`, the softmax is averaged over flips and shifted crops first.
+pub fn predict(model: &mut Sequential, x: &Tensor, tta: bool) -> Result<Vec<usize>> {
+    let shape = x.shape().to_vec();
+    let (n, item) = (shape[0], [shape[1], shape[2], shape[3]]);
+    let views = if tta { crate::data::tta_views(&x.to_vec()?, item, 2) } else { vec![x.to_vec()?] };
+    let mut probs: Vec<f32> = Vec::new();
+    for v in views {
+        let logits = model.forward(&Tensor::from_vec(&x.device(), &shape, v)?, Mode::Eval)?;
+        let c = logits.shape()[1];
+        let p = softmax_cpu(&logits.to_vec()?, n, c, false);
+        if probs.is_empty() {
+            probs = p;
+        } else {
+            probs.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+        }
+    }
+    let c = probs.len() / n;
+    Ok((0..n).map(|r| (0..c).fold(0, |best, j| if probs[r * c + j] > probs[r * c + best] { j } else { best })).collect())
+}
