@@ -113,7 +113,11 @@ pub fn verify(provenance: &Path, file: &Path) -> Result<()> {
     let text = std::fs::read_to_string(provenance).or_else(|e| file_err(provenance, K::Io, e.to_string()))?;
     let json: serde_json::Value = serde_json::from_str(&text).or_else(|e| file_err(provenance, K::BadHeader, e.to_string()))?;
     let name = file.file_name().unwrap_or_default().to_string_lossy();
-    let Some(want) = json["files"][name.as_ref()]["uncompressed_sha256"].as_str() else {
+    // Entries are keyed by the .gz name; the checksum is of the uncompressed
+    // bytes, so it also covers an uncompressed copy.
+    let stem = name.strip_suffix(".gz").unwrap_or(&name);
+    let want = [format!("{stem}.gz"), stem.to_string()].iter().find_map(|k| json["files"][k.as_str()]["uncompressed_sha256"].as_str());
+    let Some(want) = want else {
         return file_err(provenance, K::Mismatch, format!("no checksum recorded for {name}"));
     };
     let got = Sha256::digest(read_maybe_gz(file)?);

@@ -206,6 +206,10 @@ impl fmt::Display for Summary {
         for r in &self.rows {
             writeln!(f, "{:<58} {:>14} {:>12}", r.description, shape_str(&r.output), grouped(r.params))?;
         }
-        write!(f, "{:<58} {:>14} {:>12}", "total", "", grouped(self.total_params()))
+        writeln!(f, "{:<58} {:>14} {:>12}", "total", "", grouped(self.total_params()))?;
+        let mut kinds: Vec<&str> = self.rows.iter().filter(|r| r.params > 0).map(|r| r.kind).collect();
+        kinds.dedup();
+        let parts: Vec<String> = kinds.iter().map(|k| format!("{k} {}", grouped(self.params_of(k)))).collect();
+        write!(f, "parameters by kind: {}", parts.join(", "))
     }
 }

@@ -14,6 +14,15 @@ use crate::ops::maxpool::{maxpool_backward, maxpool_forward};
 use crate::shape::{Conv2dConfig, Conv2dGeometry, Pool2dConfig, Pool2dGeometry};
 use crate::tensor::{Indices, Tensor};
 
+/// `[a, a]` → "a", otherwise "a×b".
+fn pair(v: [usize; 2]) -> String {
+    if v[0] == v[1] {
+        v[0].to_string()
+    } else {
+        format!("{}×{}", v[0], v[1])
+    }
+}
+
 /// A backward call needs the forward's cache.
 fn no_cache(layer: &'static str) -> Error {
     Error::InvalidArgument { op: layer, msg: "backward called without a forward in Train mode".into() }
@@ -52,7 +61,16 @@ impl Layer for Conv2d {
     fn describe(&self) -> String {
         let s = self.weight.shape();
         let c = &self.cfg;
-        format!("Conv2d({}→{}, {}×{}, stride {:?}, padding {:?}, dilation {:?}, groups {})", s[1] * c.groups, s[0], s[2], s[3], c.stride, c.padding, c.dilation, c.groups)
+        let mut d = format!("Conv2d({}→{}, {}×{}", s[1] * c.groups, s[0], s[2], s[3]);
+        for (name, v, default) in [("stride", c.stride, 1), ("padding", c.padding, 0), ("dilation", c.dilation, 1)] {
+            if v != [default, default] {
+                d += &format!(", {name} {}", pair(v));
+            }
+        }
+        if c.groups != 1 {
+            d += &format!(", groups {}", c.groups);
+        }
+        d + ")"
     }
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         Ok(Conv2dGeometry::new(input, self.weight.shape(), self.cfg)?.output_shape().to_vec())
@@ -177,7 +195,9 @@ impl Layer for MaxPool2d {
         "MaxPool2d"
     }
     fn describe(&self) -> String {
-        format!("MaxPool2d({:?}, stride {:?}, padding {:?})", self.cfg.kernel, self.cfg.stride, self.cfg.padding)
+        let c = &self.cfg;
+        let pad = if c.padding == [0, 0] { String::new() } else { format!(", padding {}", pair(c.padding)) };
+        format!("MaxPool2d({}, stride {}{pad})", pair(c.kernel), pair(c.stride))
     }
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         Ok(Pool2dGeometry::new("maxpool", input, self.cfg)?.output_shape().to_vec())
@@ -210,7 +230,9 @@ impl Layer for AvgPool2d {
         "AvgPool2d"
     }
     fn describe(&self) -> String {
-        format!("AvgPool2d({:?}, stride {:?}, padding {:?})", self.cfg.kernel, self.cfg.stride, self.cfg.padding)
+        let c = &self.cfg;
+        let pad = if c.padding == [0, 0] { String::new() } else { format!(", padding {}", pair(c.padding)) };
+        format!("AvgPool2d({}, stride {}{pad})", pair(c.kernel), pair(c.stride))
     }
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         Ok(Pool2dGeometry::new("avgpool", input, self.cfg)?.output_shape().to_vec())

@@ -20,3 +20,5 @@ mod permute;
 mod reduce;
 mod softmax_xent;
 mod tensor;
+mod nn;
+mod training;

@@ -1,0 +1,155 @@
+//! Layers and models: summaries, whole-network gradients GPU vs CPU vs finite
+//! differences, and a few optimiser steps on both devices.
+
+use wgpu_cnn::nn::{models, ActivationLayer, BatchNorm, Conv2d, Flatten, GlobalAvgPool, Init, Initializer, Layer, Linear, Mode, Residual, Sequential};
+use wgpu_cnn::ops::activation::Activation;
+use wgpu_cnn::ops::optim::SgdConfig;
+use wgpu_cnn::ops::softmax_xent::softmax_cross_entropy;
+use wgpu_cnn::optim::{Optimizer, OptimizerConfig};
+use wgpu_cnn::train::{TrainConfig, Trainer};
+use wgpu_cnn::{Conv2dConfig, Device, Tensor, Tolerance};
+
+use crate::harness::{random, with_gpu};
+
+#[test]
+fn summary_of_the_course_notes_network() {
+    let net = models::course_notes_net(&Device::Cpu, &mut Initializer::new(0, Init::PytorchDefault)).unwrap();
+    let s = net.summary(&[1, 3, 128, 128]).unwrap();
+    let shapes: Vec<Vec<usize>> = s.rows.iter().map(|r| r.output.clone()).collect();
+    assert_eq!(shapes, vec![vec![1, 3, 64, 64], vec![1, 12, 48, 48], vec![1, 12, 16, 16], vec![1, 3072], vec![1, 128], vec![1, 128], vec![1, 10]]);
+    assert_eq!(s.params_of("Conv2d"), 10_416);
+    assert_eq!(s.params_of("Linear"), 394_634);
+    let table = s.to_string();
+    assert!(table.contains("12@48×48") && table.contains("394,634") && table.contains("10,416"), "{table}");
+    let lenet = models::lenet5(&Device::Cpu, &mut Initializer::new(0, Init::PytorchDefault)).unwrap();
+    assert_eq!(lenet.summary(&[1, 1, 28, 28]).unwrap().total_params(), 61_706);
+    assert!(net.summary(&[1, 3, 32, 32]).is_err(), "a 17×17 kernel does not fit 16×16");
+}
+
+/// Loss and all parameter gradients of `model` on one batch.
+fn grads(model: &mut Sequential, x: &Tensor, labels: &[i64]) -> (f32, Vec<(String, Vec<f32>)>) {
+    model.zero_grad();
+    let logits = model.forward(x, Mode::Train).unwrap();
+    let (loss, dlogits) = softmax_cross_entropy(&logits, labels, Default::default()).unwrap();
+    model.backward(&dlogits).unwrap();
+    let g = model.parameters("").into_iter().map(|p| (p.name, p.grad.to_vec().unwrap())).collect();
+    (loss.to_vec().unwrap()[0], g)
+}
+
+fn loss_of(model: &mut Sequential, x: &Tensor, labels: &[i64]) -> f64 {
+    let logits = model.forward(x, Mode::Train).unwrap();
+    softmax_cross_entropy(&logits, labels, Default::default()).unwrap().0.to_vec().unwrap()[0] as f64
+}
+
+/// CPU gradients against central differences at a few coordinates of each parameter.
+fn check_fd(model: &mut Sequential, x: &Tensor, labels: &[i64], analytic: &[(String, Vec<f32>)]) {
+    let eps = 1e-3f32;
+    for (pi, (name, g)) in analytic.iter().enumerate() {
+        for &k in &[0, g.len() / 2, g.len() - 1] {
+            let bump = |model: &mut Sequential, d: f32| {
+                let mut ps = model.parameters("");
+                let p = &mut ps[pi];
+                let mut v = p.value.to_vec().unwrap();
+                v[k] += d;
+                p.value.write(&v).unwrap();
+            };
+            bump(model, eps);
+            let up = loss_of(model, x, labels);
+            bump(model, -2.0 * eps);
+            let down = loss_of(model, x, labels);
+            bump(model, eps);
+            let numeric = ((up - down) / (2.0 * eps as f64)) as f32;
+            // f32 losses near 2.3 differ in the 7th digit: ~1e-4 of noise at eps 1e-3.
+            Tolerance::new(5e-4, 5e-2).assert(&format!("{name}[{k}] vs finite differences"), &[g[k]], &[numeric]);
+        }
+    }
+}
+
+fn compare_devices(build: impl Fn(&Device) -> Sequential, x_shape: &[usize], fd: bool) {
+    let labels: Vec<i64> = (0..x_shape[0] as i64).map(|i| (i * 3) % 10).collect();
+    let xv = random(7, x_shape.iter().product());
+    let mut cpu = build(&Device::Cpu);
+    let x = Tensor::from_slice(&Device::Cpu, x_shape, &xv).unwrap();
+    let (cpu_loss, cpu_grads) = grads(&mut cpu, &x, &labels);
+    if fd {
+        check_fd(&mut cpu, &x, &labels, &cpu_grads);
+    }
+    with_gpu("nn::compare_devices", |dev| {
+        let mut gpu = build(dev);
+        let (gpu_loss, gpu_grads) = grads(&mut gpu, &Tensor::from_slice(dev, x_shape, &xv).unwrap(), &labels);
+        Tolerance::new(1e-5, 1e-4).assert("loss GPU vs CPU", &[gpu_loss], &[cpu_loss]);
+        for ((name, g), (_, c)) in gpu_grads.iter().zip(&cpu_grads) {
+            Tolerance::new(2e-5, 1e-3).assert(&format!("{name} gradient GPU vs CPU"), g, c);
+        }
+    });
+}
+
+/// LeNet-5 on a batch of 8: every parameter gradient, GPU against CPU, and
+/// the CPU against finite differences.
+#[test]
+fn lenet5_gradients() {
+    compare_devices(|d| models::lenet5(d, &mut Initializer::new(3, Init::PytorchDefault)).unwrap(), &[8, 1, 28, 28], true);
+}
+
+/// A residual block with a strided projection shortcut and batch-norm. Tanh,
+/// not ReLU: a finite difference that straddles a kink is meaningless.
+#[test]
+fn residual_network_gradients() {
+    let build = |d: &Device| {
+        let init = &mut Initializer::new(5, Init::KaimingNormal);
+        let body = Sequential::new()
+            .push(Conv2d::new(d, 3, 4, [3, 3], Conv2dConfig::default().padding(1).stride(2), false, init).unwrap())
+            .push(BatchNorm::new_2d(d, 4).unwrap())
+            .push(ActivationLayer::new(Activation::Tanh))
+            .push(Conv2d::new(d, 4, 4, [3, 3], Conv2dConfig::default().padding(1), false, init).unwrap());
+        let shortcut = Sequential::new().push(Conv2d::new(d, 3, 4, [1, 1], Conv2dConfig::default().stride(2), false, init).unwrap());
+        Sequential::new()
+            .push(Residual::new(body, Some(shortcut)))
+            .push(ActivationLayer::new(Activation::Tanh))
+            .push(Residual::new(Sequential::new().push(Conv2d::new(d, 4, 4, [3, 3], Conv2dConfig::default().padding(1), true, init).unwrap()), None))
+            .push(GlobalAvgPool::new())
+            .push(Flatten::new())
+            .push(Linear::new(d, 4, 10, true, init).unwrap())
+    };
+    compare_devices(build, &[4, 3, 8, 8], true);
+}
+
+/// The MLP with batch-norm and dropout: the dropout masks agree across devices.
+#[test]
+fn mlp_gradients() {
+    compare_devices(|d| models::mlp(d, 32, 0.25, &mut Initializer::new(9, Init::KaimingUniform)).unwrap(), &[6, 1, 28, 28], false);
+}
+
+/// Five SGD steps (lr 0.01, momentum 0.9) on one batch: CPU and GPU weights
+/// agree after every step and the loss goes down.
+#[test]
+fn five_sgd_steps_cpu_and_gpu() {
+    let labels: Vec<i64> = (0..16).map(|i| i % 10).collect();
+    let xv = random(11, 16 * 784);
+    let trainer = |d: &Device| {
+        let model = models::lenet5(d, &mut Initializer::new(1, Init::PytorchDefault)).unwrap();
+        let opt = Optimizer::new(OptimizerConfig::Sgd(SgdConfig { momentum: 0.9, ..SgdConfig::new(0.01) })).unwrap();
+        Trainer::new(model, opt, TrainConfig { progress: false, ..Default::default() }, d.clone()).unwrap()
+    };
+    let mut cpu = trainer(&Device::Cpu);
+    let xc = Tensor::from_slice(&Device::Cpu, &[16, 1, 28, 28], &xv).unwrap();
+    let cpu_steps: Vec<(f32, Vec<Vec<f32>>)> = (0..5)
+        .map(|_| {
+            let l = cpu.train_step(&xc, &labels).unwrap().to_vec().unwrap()[0];
+            (l, cpu.model.parameters("").iter().map(|p| p.value.to_vec().unwrap()).collect())
+        })
+        .collect();
+    let losses: Vec<f32> = cpu_steps.iter().map(|s| s.0).collect();
+    assert!(losses[4] < losses[0], "loss did not decrease: {losses:?}");
+    with_gpu("nn::five_sgd_steps_cpu_and_gpu", |dev| {
+        let mut gpu = trainer(dev);
+        let xg = Tensor::from_slice(dev, &[16, 1, 28, 28], &xv).unwrap();
+        for (step, (cl, cw)) in cpu_steps.iter().enumerate() {
+            let l = gpu.train_step(&xg, &labels).unwrap().to_vec().unwrap()[0];
+            Tolerance::new(1e-5, 1e-4).assert(&format!("loss at step {}", step + 1), &[l], &[*cl]);
+            for (p, w) in gpu.model.parameters("").iter().zip(cw) {
+                Tolerance::new(1e-5, 1e-4).assert(&format!("{} after step {}", p.name, step + 1), &p.value.to_vec().unwrap(), w);
+            }
+        }
+    });
+}

@@ -1,0 +1,242 @@
+//! Training end to end: learning on real MNIST, checkpoints (round trip,
+//! exact resume, rejection of bad files, crash safety), a flat memory
+//! footprint across epochs, and the MNIST loader's errors.
+
+use std::path::{Path, PathBuf};
+
+use wgpu_cnn::data::mnist::{self, load_files, Split};
+use wgpu_cnn::data::Dataset;
+use wgpu_cnn::nn::{models, Init, Initializer, Layer};
+use wgpu_cnn::ops::optim::{AdamConfig, SgdConfig};
+use wgpu_cnn::optim::{Optimizer, OptimizerConfig};
+use wgpu_cnn::train::{Control, TrainConfig, Trainer};
+use wgpu_cnn::{checkpoint, Device, Error, FileErrorKind};
+
+use crate::harness::with_gpu;
+
+fn mnist_slice(split: Split, n: usize) -> Dataset {
+    use std::sync::OnceLock;
+    static TRAIN: OnceLock<Dataset> = OnceLock::new();
+    static TEST: OnceLock<Dataset> = OnceLock::new();
+    let cell = if split == Split::Train { &TRAIN } else { &TEST };
+    cell.get_or_init(|| mnist::load(&mnist::embedded_dir(), split).expect("embedded MNIST")).take(n)
+}
+
+fn lenet_trainer(dev: &Device, opt: OptimizerConfig, cfg: TrainConfig) -> Trainer {
+    let model = models::lenet5(dev, &mut Initializer::new(42, Init::PytorchDefault)).unwrap();
+    Trainer::new(model, Optimizer::new(opt).unwrap(), TrainConfig { progress: false, ..cfg }, dev.clone()).unwrap()
+}
+
+fn sgd() -> OptimizerConfig {
+    OptimizerConfig::Sgd(SgdConfig { momentum: 0.9, ..SgdConfig::new(0.05) })
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wgpu-cnn-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// The whole pipeline learns: LeNet-5 on 2,000 real MNIST digits, one epoch on the CPU path.
+#[test]
+fn cpu_learns_mnist_slice() {
+    let mut t = lenet_trainer(&Device::Cpu, sgd(), TrainConfig { batch_size: 32, ..Default::default() });
+    let hist = t.fit(&mnist_slice(Split::Train, 2000), Some(&mnist_slice(Split::Test, 1000)), |_| Control::Continue).unwrap();
+    let acc = hist[0].val_accuracy.unwrap();
+    assert!(acc > 0.6, "test accuracy {acc} after one epoch on 2000 images (chance is 0.1)");
+}
+
+/// The same on the GPU path, on a smaller slice (lavapipe is slow).
+#[test]
+fn gpu_learns_mnist_slice() {
+    with_gpu("training::gpu_learns_mnist_slice", |dev| {
+        let adam = OptimizerConfig::Adam(AdamConfig::adam(2e-3));
+        let mut t = lenet_trainer(dev, adam, TrainConfig { batch_size: 32, ..Default::default() });
+        let hist = t.fit(&mnist_slice(Split::Train, 640), Some(&mnist_slice(Split::Test, 500)), |_| Control::Continue).unwrap();
+        let acc = hist[0].val_accuracy.unwrap();
+        assert!(acc > 0.3, "test accuracy {acc} on {dev} (chance is 0.1)");
+    });
+}
+
+fn weights(t: &mut Trainer) -> Vec<Vec<f32>> {
+    let mut v: Vec<Vec<f32>> = t.model.parameters("").iter().map(|p| p.value.to_vec().unwrap()).collect();
+    v.extend(t.optimizer.state_tensors().iter().map(|(_, s)| s.to_vec().unwrap()));
+    v
+}
+
+/// Train 1 epoch, save, load into a fresh trainer, train 1 more = 2 epochs
+/// straight, bit for bit on the CPU path; Adam exercises two state tensors.
+#[test]
+fn resume_is_exact_on_cpu() {
+    let data = mnist_slice(Split::Train, 192);
+    for opt in [sgd(), OptimizerConfig::Adam(AdamConfig::adamw(1e-3))] {
+        let cfg = TrainConfig { batch_size: 32, epochs: 2, seed: 7, ..Default::default() };
+        let mut straight = lenet_trainer(&Device::Cpu, opt, cfg.clone());
+        straight.fit(&data, None, |_| Control::Continue).unwrap();
+
+        let mut first = lenet_trainer(&Device::Cpu, opt, TrainConfig { epochs: 1, ..cfg.clone() });
+        first.fit(&data, None, |_| Control::Continue).unwrap();
+        let path = tmp("resume.safetensors");
+        checkpoint::save(&path, &mut first).unwrap();
+        let mut resumed = lenet_trainer(&Device::Cpu, opt, cfg.clone());
+        checkpoint::load(&path, &mut resumed).unwrap();
+        assert_eq!((resumed.epoch, resumed.step), (1, 6));
+        assert_eq!(weights(&mut resumed), weights(&mut first), "round trip changed the state");
+        resumed.fit(&data, None, |_| Control::Continue).unwrap();
+        assert_eq!(weights(&mut resumed), weights(&mut straight), "resumed run differs from the uninterrupted one ({opt:?})");
+    }
+}
+
+/// A checkpoint written on the GPU loads on the CPU and the other way round.
+#[test]
+fn checkpoint_moves_between_devices() {
+    with_gpu("training::checkpoint_moves_between_devices", |dev| {
+        let data = mnist_slice(Split::Train, 64);
+        let mut g = lenet_trainer(dev, sgd(), TrainConfig { batch_size: 32, ..Default::default() });
+        g.fit(&data, None, |_| Control::Continue).unwrap();
+        let path = tmp("gpu.safetensors");
+        checkpoint::save(&path, &mut g).unwrap();
+        let mut c = lenet_trainer(&Device::Cpu, sgd(), TrainConfig::default());
+        checkpoint::load(&path, &mut c).unwrap();
+        assert_eq!(weights(&mut c), weights(&mut g));
+    });
+}
+
+fn expect_file_err(r: wgpu_cnn::Result<()>, kind: FileErrorKind, needle: &str) {
+    match r {
+        Err(Error::File { kind: k, msg, .. }) if k == kind => assert!(msg.contains(needle), "`{msg}` should mention `{needle}`"),
+        other => panic!("expected a {kind:?} file error mentioning `{needle}`, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_checkpoints_are_rejected() {
+    let mut t = lenet_trainer(&Device::Cpu, sgd(), TrainConfig::default());
+    let path = tmp("good.safetensors");
+    checkpoint::save(&path, &mut t).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+
+    let truncated = tmp("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(matches!(checkpoint::load(&truncated, &mut t), Err(Error::File { kind: FileErrorKind::Truncated | FileErrorKind::BadHeader, .. })));
+    let garbage = tmp("garbage.safetensors");
+    std::fs::write(&garbage, b"not a checkpoint at all").unwrap();
+    assert!(matches!(checkpoint::load(&garbage, &mut t), Err(Error::File { .. })));
+    expect_file_err(checkpoint::load(Path::new("/nonexistent/x.safetensors"), &mut t), FileErrorKind::Io, "");
+
+    // A different model: the fingerprint says so.
+    let mut mlp = Trainer::new(models::mlp(&Device::Cpu, 16, 0.1, &mut Initializer::new(0, Init::PytorchDefault)).unwrap(), Optimizer::new(sgd()).unwrap(), TrainConfig::default(), Device::Cpu).unwrap();
+    expect_file_err(checkpoint::load(&path, &mut mlp), FileErrorKind::Mismatch, "different model");
+
+    // Same architecture but one tensor of the wrong shape: named.
+    let mut bad = bytes.clone();
+    let header_len = u64::from_le_bytes(bad[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8(bad[8..8 + header_len].to_vec()).unwrap();
+    let patched = header.replacen("\"shape\":[6,1,5,5]", "\"shape\":[1,6,5,5]", 1);
+    assert_ne!(patched, header, "the header should hold conv1's shape");
+    bad[8..8 + header_len].copy_from_slice(patched.as_bytes());
+    let wrong = tmp("wrong-shape.safetensors");
+    std::fs::write(&wrong, &bad).unwrap();
+    expect_file_err(checkpoint::load(&wrong, &mut t), FileErrorKind::Mismatch, "model.0.weight");
+}
+
+/// A save that dies before its rename leaves the previous checkpoint intact:
+/// the half-written temporary file is never the checkpoint itself.
+#[test]
+fn crash_during_save_keeps_previous_checkpoint() {
+    let path = tmp("crash.safetensors");
+    let mut t = lenet_trainer(&Device::Cpu, sgd(), TrainConfig::default());
+    checkpoint::save(&path, &mut t).unwrap();
+    let before = weights(&mut t);
+    // A child process starts saving a larger state and is killed mid-write.
+    let exe = std::env::current_exe().unwrap();
+    let mut child = std::process::Command::new(exe)
+        .args(["--exact", "training::slow_save_child", "--nocapture", "--include-ignored"])
+        .env("WGPU_CNN_SLOW_SAVE", &path)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _ = child.kill();
+    let _ = child.wait();
+    // The interrupted write really happened, beside the checkpoint, not over it.
+    let partial = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name().to_string_lossy().starts_with(".crash.safetensors.tmp-"))
+        .expect("the killed child left its temporary file");
+    assert!(partial.metadata().unwrap().len() > 0);
+    std::fs::remove_file(partial.path()).unwrap();
+    let mut fresh = lenet_trainer(&Device::Cpu, sgd(), TrainConfig::default());
+    checkpoint::load(&path, &mut fresh).unwrap();
+    assert_eq!(weights(&mut fresh), before);
+}
+
+/// Not a test of its own: the child process of the test above (a no-op
+/// unless WGPU_CNN_SLOW_SAVE is set). Writes to the temporary name slowly, as
+/// a save that is interrupted would.
+#[test]
+fn slow_save_child() {
+    let Some(target) = std::env::var_os("WGPU_CNN_SLOW_SAVE") else { return };
+    let target = PathBuf::from(target);
+    let tmp = target.with_file_name(format!(".{}.tmp-{}", target.file_name().unwrap().to_string_lossy(), std::process::id()));
+    use std::io::Write;
+    let mut f = std::fs::File::create(tmp).unwrap();
+    for _ in 0..1000 {
+        f.write_all(&[0u8; 4096]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Never reaches a rename: killed before.
+}
+
+/// GPU buffer-pool bytes after epoch 2 equal those after epoch 1.
+#[test]
+fn gpu_memory_is_flat_across_epochs() {
+    with_gpu("training::gpu_memory_is_flat_across_epochs", |_| {
+        let dev = Device::gpu().unwrap(); // private: parallel tests use the shared one
+        let ctx = dev.gpu_context().unwrap().clone();
+        let data = mnist_slice(Split::Train, 96);
+        let mut t = lenet_trainer(&dev, sgd(), TrainConfig { batch_size: 32, epochs: 3, ..Default::default() });
+        let mut bytes = Vec::new();
+        t.fit(&data, Some(&mnist_slice(Split::Test, 64)), |_| {
+            bytes.push(ctx.pool_stats().allocated_bytes);
+            Control::Continue
+        })
+        .unwrap();
+        assert_eq!(bytes[1], bytes[0], "pool grew from epoch 1 to 2: {bytes:?}");
+        assert_eq!(bytes[2], bytes[1], "pool grew from epoch 2 to 3: {bytes:?}");
+    });
+}
+
+fn idx(magic: u32, dims: &[u32], payload: &[u8]) -> Vec<u8> {
+    let mut v = magic.to_be_bytes().to_vec();
+    dims.iter().for_each(|d| v.extend(d.to_be_bytes()));
+    v.extend_from_slice(payload);
+    v
+}
+
+#[test]
+fn mnist_loader_errors_are_typed() {
+    let (img, lab) = (tmp("img.idx"), tmp("lab.idx"));
+    let write = |i: Vec<u8>, l: Vec<u8>| {
+        std::fs::write(&img, i).unwrap();
+        std::fs::write(&lab, l).unwrap();
+        load_files(&img, &lab).map(|_| ())
+    };
+    assert!(write(idx(2051, &[2, 2, 2], &[0, 255, 1, 2, 3, 4, 5, 6]), idx(2049, &[2], &[3, 9])).is_ok());
+    let ds = load_files(&img, &lab).unwrap();
+    assert_eq!((ds.len(), ds.item_shape, ds.images[1]), (2, [1, 2, 2], 1.0));
+    expect_file_err(write(idx(2051, &[2, 2, 2], &[0; 7]), idx(2049, &[2], &[1, 2])), FileErrorKind::Truncated, "8 bytes");
+    expect_file_err(write(idx(2051, &[2, 2, 2], &[0; 9]), idx(2049, &[2], &[1, 2])), FileErrorKind::TrailingData, "");
+    expect_file_err(write(idx(2052, &[2, 2, 2], &[0; 8]), idx(2049, &[2], &[1, 2])), FileErrorKind::BadHeader, "magic number 2052");
+    expect_file_err(write(idx(2051, &[2, 2, 2], &[0; 8]), idx(2049, &[3], &[1, 2, 3])), FileErrorKind::Inconsistent, "3 labels for 2 images");
+    expect_file_err(write(idx(2051, &[2, 2, 2], &[0; 8]), idx(2049, &[2], &[1, 10])), FileErrorKind::Inconsistent, "label 10");
+    // A header promising 2^32 × 2^32 × 2^32 bytes allocates nothing and says so.
+    expect_file_err(write(idx(2051, &[u32::MAX, u32::MAX, u32::MAX], &[]), idx(2049, &[0], &[])), FileErrorKind::BadHeader, "overflow");
+    expect_file_err(write(vec![0, 0, 8], idx(2049, &[0], &[])), FileErrorKind::Truncated, "header");
+    expect_file_err(mnist::load(Path::new("/nonexistent-dir"), Split::Train).map(|_| ()), FileErrorKind::Io, "not found");
+    // The embedded copy's provenance catches a file that is not the original.
+    let prov = mnist::embedded_dir().join("PROVENANCE.json");
+    let fake = tmp("train-labels-idx1-ubyte");
+    std::fs::write(&fake, idx(2049, &[1], &[3])).unwrap();
+    expect_file_err(mnist::verify(&prov, &fake), FileErrorKind::Checksum, "sha256");
+}
