@@ -1,6 +1,7 @@
 //! Data sets on the host: loaders (MNIST IDX, CIFAR-10 binary), seeded
 //! shuffling and mini-batches, and augmentation. Batches are uploaded per step.
 
+pub mod cifar;
 pub mod mnist;
 
 use rand::rngs::StdRng;

@@ -22,3 +22,4 @@ mod softmax_xent;
 mod tensor;
 mod nn;
 mod training;
+mod trainer;

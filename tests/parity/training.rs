@@ -13,6 +13,7 @@ use wgpu_cnn::train::{Control, TrainConfig, Trainer};
 use wgpu_cnn::{checkpoint, Device, Error, FileErrorKind};
 
 use crate::harness::with_gpu;
+use wgpu_cnn::Tolerance;
 
 fn mnist_slice(split: Split, n: usize) -> Dataset {
     use std::sync::OnceLock;
@@ -239,4 +240,71 @@ fn mnist_loader_errors_are_typed() {
     let fake = tmp("train-labels-idx1-ubyte");
     std::fs::write(&fake, idx(2049, &[1], &[3])).unwrap();
     expect_file_err(mnist::verify(&prov, &fake), FileErrorKind::Checksum, "sha256");
+}
+
+#[test]
+fn cifar_loader() {
+    use wgpu_cnn::data::cifar;
+    let dir = tmp("cifar");
+    std::fs::create_dir_all(&dir).unwrap();
+    let record = |label: u8, fill: u8| {
+        let mut r = vec![label];
+        r.extend(std::iter::repeat_n(fill, 3072));
+        r
+    };
+    std::fs::write(dir.join("test_batch.bin"), [record(3, 255), record(9, 0)].concat()).unwrap();
+    let d = cifar::load(&dir, false).unwrap();
+    assert_eq!((d.len(), d.item_shape, d.labels.clone()), (2, [3, 32, 32], vec![3, 9]));
+    Tolerance::new(1e-5, 1e-5).assert("normalised red", &[d.images[0]], &[(1.0 - cifar::MEAN[0]) / cifar::STD[0]]);
+    Tolerance::new(1e-5, 1e-5).assert("normalised blue", &[d.images[3072 + 2048]], &[-cifar::MEAN[2] / cifar::STD[2]]);
+    std::fs::write(dir.join("test_batch.bin"), [record(3, 1), record(9, 0)].concat()[..5000].to_vec()).unwrap();
+    expect_file_err(cifar::load(&dir, false).map(|_| ()), FileErrorKind::Truncated, "3073-byte records");
+    std::fs::write(dir.join("test_batch.bin"), record(10, 0)).unwrap();
+    expect_file_err(cifar::load(&dir, false).map(|_| ()), FileErrorKind::Inconsistent, "label 10");
+    expect_file_err(cifar::load(&dir, true).map(|_| ()), FileErrorKind::Io, "cifar-10-binary");
+}
+
+#[test]
+fn augmentation_and_tta() {
+    use rand::SeedableRng;
+    use wgpu_cnn::data::{tta_views, Augment};
+    // A 1×3×3 image 1..9: a flip mirrors columns; a crop with padding shifts and zero-fills.
+    let img: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+    let flip = Augment { crop_padding: 0, horizontal_flip: true };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let outs: Vec<Vec<f32>> = (0..8)
+        .map(|_| {
+            let mut v = img.clone();
+            flip.apply(&mut v, [1, 3, 3], &mut rng);
+            v
+        })
+        .collect();
+    assert!(outs.contains(&img) && outs.contains(&vec![3., 2., 1., 6., 5., 4., 9., 8., 7.]), "{outs:?}");
+    let crop = Augment { crop_padding: 1, horizontal_flip: false };
+    for _ in 0..20 {
+        let mut v = img.clone();
+        crop.apply(&mut v, [1, 3, 3], &mut rng);
+        let kept = v.iter().filter(|&&x| x != 0.0).count();
+        assert!(kept == 9 || kept == 6 || kept == 4, "a shift by at most 1 keeps 9, 6 or 4 pixels: {v:?}");
+    }
+    let views = tta_views(&img, [1, 3, 3], 1);
+    assert_eq!(views.len(), 6);
+    assert_eq!(views[0], img);
+    assert_eq!(views[1], vec![3., 2., 1., 6., 5., 4., 9., 8., 7.]);
+}
+
+/// Test-time augmentation at evaluation: predictions from averaged views.
+#[test]
+fn predict_with_tta() {
+    use wgpu_cnn::train::predict;
+    let adam = OptimizerConfig::Adam(AdamConfig::adam(2e-3));
+    let mut t = lenet_trainer(&Device::Cpu, adam, TrainConfig { batch_size: 32, ..Default::default() });
+    t.fit(&mnist_slice(Split::Train, 1000), None, |_| Control::Continue).unwrap();
+    let test = mnist_slice(Split::Test, 200);
+    let (x, labels) = test.batch(&Device::Cpu, &(0..200).collect::<Vec<_>>(), None).unwrap();
+    for tta in [false, true] {
+        let p = predict(&mut t.model, &x, tta).unwrap();
+        let acc = p.iter().zip(&labels).filter(|(p, l)| **p as i64 == **l).count() as f32 / 200.0;
+        assert!(acc > 0.5, "accuracy {acc} with tta={tta}");
+    }
 }

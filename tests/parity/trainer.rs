@@ -1,0 +1,128 @@
+//! Trainer features: LR schedules, gradient clipping, L1/L2, early stopping,
+//! seeded initialisation, the model zoo's shapes.
+
+use wgpu_cnn::data::Dataset;
+use wgpu_cnn::nn::{models, Init, Initializer, Layer};
+use wgpu_cnn::ops::elementwise::clip_global_norm;
+use wgpu_cnn::ops::optim::SgdConfig;
+use wgpu_cnn::optim::{LrSchedule, Optimizer, OptimizerConfig};
+use wgpu_cnn::train::{Control, TrainConfig, Trainer};
+use wgpu_cnn::{Device, Tensor, Tolerance};
+
+use crate::harness::random;
+use crate::test_device;
+
+#[test]
+fn lr_schedules() {
+    let t = Tolerance::new(1e-7, 1e-6);
+    let step = LrSchedule::Step { every: 2, gamma: 0.1 };
+    t.assert("step", &(0..5).map(|e| step.lr(1.0, e, 5, 0)).collect::<Vec<_>>(), &[1.0, 1.0, 0.1, 0.1, 0.01]);
+    let cos = LrSchedule::Cosine { min_lr: 0.0 };
+    t.assert("cosine", &[cos.lr(1.0, 0, 4, 0), cos.lr(1.0, 2, 4, 0)], &[1.0, 0.5]);
+    // Warm-up ramps linearly, then the schedule starts from its beginning.
+    t.assert("warm-up", &(0..4).map(|e| LrSchedule::Constant.lr(0.3, e, 4, 2)).collect::<Vec<_>>(), &[0.1, 0.2, 0.3, 0.3]);
+    t.assert("warm-up + cosine", &[cos.lr(1.0, 1, 5, 1)], &[1.0]);
+}
+
+fn clipping(dev: &Device) {
+    let (a, b) = (random(1, 30), random(2, 7));
+    let norm = a.iter().chain(&b).map(|v| (v * v) as f64).sum::<f64>().sqrt() as f32;
+    let mut ta = Tensor::from_slice(dev, &[30], &a).unwrap();
+    let mut tb = Tensor::from_slice(dev, &[7], &b).unwrap();
+    clip_global_norm(&mut [&mut ta, &mut tb], norm / 2.0).unwrap();
+    let scale = (norm / 2.0) / (norm + 1e-6);
+    Tolerance::new(1e-6, 1e-5).assert(&format!("clipped a on {dev}"), &ta.to_vec().unwrap(), &a.iter().map(|v| v * scale).collect::<Vec<_>>());
+    Tolerance::new(1e-6, 1e-5).assert(&format!("clipped b on {dev}"), &tb.to_vec().unwrap(), &b.iter().map(|v| v * scale).collect::<Vec<_>>());
+    // Under the limit: unchanged (up to the 1e-6 guard).
+    clip_global_norm(&mut [&mut ta], 1e3).unwrap();
+    Tolerance::new(1e-6, 1e-5).assert("below the limit", &ta.to_vec().unwrap(), &a.iter().map(|v| v * scale).collect::<Vec<_>>());
+    assert!(clip_global_norm(&mut [&mut ta], 0.0).is_err());
+}
+test_device!(trainer_clip_global_norm, clipping);
+
+fn tiny_data() -> Dataset {
+    let n = 48;
+    let images: Vec<f32> = random(3, n * 784).iter().map(|v| v.abs()).collect();
+    Dataset { images, labels: (0..n as i64).map(|i| i % 10).collect(), item_shape: [1, 28, 28] }
+}
+
+fn trainer(dev: &Device, cfg: TrainConfig) -> Trainer {
+    let model = models::lenet5(dev, &mut Initializer::new(4, Init::PytorchDefault)).unwrap();
+    let opt = Optimizer::new(OptimizerConfig::Sgd(SgdConfig::new(0.05))).unwrap();
+    Trainer::new(model, opt, TrainConfig { progress: false, batch_size: 16, ..cfg }, dev.clone()).unwrap()
+}
+
+/// L2 adds l2·w and L1 adds l1·sign(w) to every gradient; clipping bounds the
+/// update. Checked by comparing one step's weight change with a plain step.
+fn regularisation(dev: &Device) {
+    let data = tiny_data();
+    let (x, labels) = data.batch(dev, &(0..16).collect::<Vec<_>>(), None).unwrap();
+    let step = |cfg: TrainConfig| {
+        let mut t = trainer(dev, cfg);
+        let before: Vec<Vec<f32>> = t.model.parameters("").iter().map(|p| p.value.to_vec().unwrap()).collect();
+        t.train_step(&x, &labels).unwrap();
+        let after: Vec<Vec<f32>> = t.model.parameters("").iter().map(|p| p.value.to_vec().unwrap()).collect();
+        (before, after)
+    };
+    let (w0, plain) = step(TrainConfig::default());
+    let (_, l2) = step(TrainConfig { l2: 0.1, ..Default::default() });
+    let (_, l1) = step(TrainConfig { l1: 0.01, ..Default::default() });
+    let (_, clipped) = step(TrainConfig { clip_grad_norm: Some(1e-3), ..Default::default() });
+    let lr = 0.05;
+    for i in 0..w0.len() {
+        let want_l2: Vec<f32> = plain[i].iter().zip(&w0[i]).map(|(p, w)| p - lr * 0.1 * w).collect();
+        Tolerance::new(1e-6, 1e-4).assert(&format!("L2 param {i} on {dev}"), &l2[i], &want_l2);
+        let want_l1: Vec<f32> = plain[i].iter().zip(&w0[i]).map(|(p, w)| p - lr * 0.01 * w.signum() * (*w != 0.0) as u8 as f32).collect();
+        Tolerance::new(1e-6, 1e-4).assert(&format!("L1 param {i} on {dev}"), &l1[i], &want_l1);
+    }
+    let moved: f64 = clipped.iter().zip(&w0).flat_map(|(a, b)| a.iter().zip(b).map(|(a, b)| ((a - b) as f64).powi(2))).sum::<f64>().sqrt();
+    assert!(moved <= lr as f64 * 1e-3 * 1.001, "clipped step moved the weights by {moved}");
+}
+test_device!(trainer_regularisation_and_clipping, regularisation);
+
+#[test]
+fn early_stopping_and_hook() {
+    // Validation on random labels does not improve for long: patience 1 stops early.
+    let data = tiny_data();
+    let mut t = trainer(&Device::Cpu, TrainConfig { epochs: 30, early_stopping_patience: Some(1), ..Default::default() });
+    let hist = t.fit(&data, Some(&data.take(16)), |_| Control::Continue).unwrap();
+    assert!(hist.len() < 30, "early stopping never triggered");
+    let mut t = trainer(&Device::Cpu, TrainConfig { epochs: 5, ..Default::default() });
+    let hist = t.fit(&data, None, |s| if s.epoch == 2 { Control::Stop } else { Control::Continue }).unwrap();
+    assert_eq!(hist.len(), 2, "the hook stops the run");
+}
+
+#[test]
+fn initialisation_is_seeded_and_scaled() {
+    let draw = |scheme, seed| Initializer::new(seed, scheme).weights(100_000, 200, 100);
+    assert_eq!(draw(Init::KaimingNormal, 1), draw(Init::KaimingNormal, 1));
+    assert_ne!(draw(Init::KaimingNormal, 1), draw(Init::KaimingNormal, 2));
+    let std = |v: &[f32]| (v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt() as f32;
+    let max = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    Tolerance::new(0.0, 0.02).assert("kaiming normal std", &[std(&draw(Init::KaimingNormal, 3))], &[(2.0f32 / 200.0).sqrt()]);
+    Tolerance::new(0.0, 0.02).assert("xavier normal std", &[std(&draw(Init::XavierNormal, 3))], &[(2.0f32 / 300.0).sqrt()]);
+    assert!(max(&draw(Init::KaimingUniform, 3)) <= (6.0f32 / 200.0).sqrt());
+    assert!(max(&draw(Init::XavierUniform, 3)) <= (6.0f32 / 300.0).sqrt());
+    assert!(max(&draw(Init::PytorchDefault, 3)) <= 1.0 / 200f32.sqrt());
+    // The same seed gives the same weights on every device.
+    crate::harness::with_gpu("trainer::initialisation_is_seeded_and_scaled", |dev| {
+        let mut gpu = models::lenet5(dev, &mut Initializer::new(9, Init::KaimingNormal)).unwrap();
+        let mut cpu = models::lenet5(&Device::Cpu, &mut Initializer::new(9, Init::KaimingNormal)).unwrap();
+        for (g, c) in gpu.parameters("").iter().zip(cpu.parameters("")) {
+            assert_eq!(g.value.to_vec().unwrap(), c.value.to_vec().unwrap(), "{}", g.name);
+        }
+    });
+}
+
+#[test]
+fn model_zoo_shapes() {
+    let init = &mut Initializer::new(0, Init::KaimingNormal);
+    let r = models::resnet20(&Device::Cpu, init).unwrap().summary(&[2, 3, 32, 32]).unwrap();
+    assert_eq!(r.rows.last().unwrap().output, [2, 10]);
+    // ResNet-20 for CIFAR has about 0.27 M parameters (He et al. 2016, table 6).
+    assert!((265_000..280_000).contains(&r.total_params()), "{}", r.total_params());
+    let v = models::vgg_small(&Device::Cpu, init).unwrap().summary(&[2, 3, 32, 32]).unwrap();
+    assert_eq!(v.rows.last().unwrap().output, [2, 10]);
+    let m = models::mlp(&Device::Cpu, 64, 0.2, init).unwrap().summary(&[2, 1, 28, 28]).unwrap();
+    assert_eq!(m.rows.last().unwrap().output, [2, 10]);
+}
