@@ -34,3 +34,8 @@ pub use shape::{Conv2dConfig, Conv2dGeometry, Pool2dConfig, Pool2dGeometry};
 pub use gpu::{GemmVariant, GpuContext};
 pub use tensor::{Indices, Tensor};
 pub use tolerance::Tolerance;
+
+/// The README's code blocks, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
