@@ -24,6 +24,49 @@ struct Args {
     /// Skip the GPU (time the CPU path only).
     #[arg(long)]
     cpu_only: bool,
+    /// Skip the training-step table.
+    #[arg(long)]
+    no_train: bool,
+    /// Skip the GEMM table.
+    #[arg(long)]
+    no_gemm: bool,
+}
+
+/// Training-step rows: (model, device, first step incl. pipeline creation, median step).
+fn train_steps(devices: &[(&str, Device)], seconds: f64, json: bool) -> wgpu_cnn::Result<()> {
+    use wgpu_cnn::nn::{models, Init, Initializer};
+    use wgpu_cnn::ops::optim::SgdConfig;
+    use wgpu_cnn::optim::{Optimizer, OptimizerConfig};
+    use wgpu_cnn::train::{TrainConfig, Trainer};
+    if !json {
+        println!("\n{:<18} {:<14} {:>12} {:>11} {:>10}", "train step (b64)", "device", "first step", "step", "images/s");
+    }
+    type Build = fn(&Device, &mut Initializer) -> wgpu_cnn::Result<wgpu_cnn::nn::Sequential>;
+    let nets: [(&str, Build, [usize; 3]); 2] = [("lenet5", models::lenet5, [1, 28, 28]), ("vgg_small", models::vgg_small, [3, 32, 32])];
+    for (name, build, item) in nets {
+        for (dname, dev) in devices {
+            let model = build(dev, &mut Initializer::new(0, Init::PytorchDefault))?;
+            let opt = Optimizer::new(OptimizerConfig::Sgd(SgdConfig { momentum: 0.9, ..SgdConfig::new(0.01) }))?;
+            let mut t = Trainer::new(model, opt, TrainConfig { progress: false, ..TrainConfig::default() }, dev.clone())?;
+            let n = 64 * item.iter().product::<usize>();
+            let x = Tensor::from_vec(dev, &[64, item[0], item[1], item[2]], (0..n).map(|i| ((i * 7) % 13) as f32 / 13.0).collect())?;
+            let labels: Vec<i64> = (0..64).map(|i| i % 10).collect();
+            let t0 = Instant::now();
+            t.train_step(&x, &labels)?;
+            dev.synchronize()?;
+            let first = t0.elapsed().as_secs_f64();
+            let step = time(seconds, || {
+                t.train_step(&x, &labels).unwrap();
+                dev.synchronize().unwrap();
+            });
+            if json {
+                println!("{{\"op\":\"train_step\",\"model\":\"{name}\",\"batch\":64,\"device\":\"{dname}\",\"first_step_s\":{first:.4},\"step_s\":{step:.6},\"images_per_s\":{:.1}}}", 64.0 / step);
+            } else {
+                println!("{:<18} {:<14} {:>10.1}ms {:>9.2}ms {:>10.0}", name, dname, first * 1e3, step * 1e3, 64.0 / step);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Median seconds per call of `f`, after two warm-up calls.
@@ -55,7 +98,7 @@ fn main() -> wgpu_cnn::Result<()> {
         println!("adapter: {}", gpu.as_ref().map_or("none (--cpu-only)".to_string(), |d| d.to_string()));
         println!("{:<6} {:<16} {:<14} {:>11} {:>10} {:>8}", "op", "shape", "device", "time", "GFLOP/s", "GPU/CPU");
     }
-    for n in sizes {
+    for n in if args.no_gemm { vec![] } else { sizes } {
         let flops = GemmShape { batch: 1, m: n, n, k: n, a_batched: false, b_batched: false }.flops();
         let mut rows: Vec<(String, f64)> = Vec::new();
         // The CPU twin is O(n³) too; above 2048 it takes too long to be worth the wait.
@@ -96,8 +139,13 @@ fn main() -> wgpu_cnn::Result<()> {
             }
         }
     }
-    if !args.json && gpu.is_some() {
+    if !args.json && gpu.is_some() && !args.no_gemm {
         println!("(* = the kernel this adapter uses by default; GPU/CPU = CPU time / GPU time)");
+    }
+    if !args.no_train {
+        let mut devices = vec![("cpu", Device::Cpu)];
+        devices.extend(gpu.map(|g| ("gpu", g)));
+        train_steps(&devices, args.seconds, args.json)?;
     }
     Ok(())
 }

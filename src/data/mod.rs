@@ -88,19 +88,23 @@ impl Augment {
         for img in data.chunks_mut(n) {
             let (dy, dx) = if p > 0 { (rng.random_range(-p..=p) as isize, rng.random_range(-p..=p) as isize) } else { (0, 0) };
             let flip = self.horizontal_flip && rng.random::<bool>();
-            if dy == 0 && dx == 0 && !flip {
-                continue;
+            if dy != 0 || dx != 0 || flip {
+                let src = img.to_vec();
+                shift_flip(&src, img, [c, h, w], dy, dx, flip);
             }
-            let src = img.to_vec();
-            for ch in 0..c {
-                for y in 0..h {
-                    for x in 0..w {
-                        let sx = if flip { w - 1 - x } else { x } as isize + dx;
-                        let sy = y as isize + dy;
-                        let inside = sy >= 0 && sx >= 0 && (sy as usize) < h && (sx as usize) < w;
-                        img[(ch * h + y) * w + x] = if inside { src[(ch * h + sy as usize) * w + sx as usize] } else { 0.0 };
-                    }
-                }
+        }
+    }
+}
+
+/// dst = src shifted by (dy, dx) (zero-filled), mirrored left-right first when `flip`.
+fn shift_flip(src: &[f32], dst: &mut [f32], [c, h, w]: [usize; 3], dy: isize, dx: isize, flip: bool) {
+    for ch in 0..c {
+        for y in 0..h {
+            for x in 0..w {
+                let sx = if flip { w - 1 - x } else { x } as isize + dx;
+                let sy = y as isize + dy;
+                let inside = sy >= 0 && sx >= 0 && (sy as usize) < h && (sx as usize) < w;
+                dst[(ch * h + y) * w + x] = if inside { src[(ch * h + sy as usize) * w + sx as usize] } else { 0.0 };
             }
         }
     }
@@ -111,20 +115,12 @@ impl Augment {
 pub fn tta_views(data: &[f32], item: [usize; 3], shift: usize) -> Vec<Vec<f32>> {
     let [c, h, w] = item;
     let s = shift as isize;
+    let n = c * h * w;
     let mut views = vec![data.to_vec()];
     for (dy, dx, flip) in [(0, 0, true), (-s, -s, false), (-s, s, false), (s, -s, false), (s, s, false)] {
         let mut v = data.to_vec();
-        for (img, src) in v.chunks_mut(c * h * w).zip(data.chunks(c * h * w)) {
-            for ch in 0..c {
-                for y in 0..h {
-                    for x in 0..w {
-                        let sx = if flip { w - 1 - x } else { x } as isize + dx;
-                        let sy = y as isize + dy;
-                        let inside = sy >= 0 && sx >= 0 && (sy as usize) < h && (sx as usize) < w;
-                        img[(ch * h + y) * w + x] = if inside { src[(ch * h + sy as usize) * w + sx as usize] } else { 0.0 };
-                    }
-                }
-            }
+        for (img, src) in v.chunks_mut(n).zip(data.chunks(n)) {
+            shift_flip(src, img, item, dy, dx, flip);
         }
         views.push(v);
     }

@@ -28,15 +28,58 @@ fn no_cache(layer: &'static str) -> Error {
     Error::InvalidArgument { op: layer, msg: "backward called without a forward in Train mode".into() }
 }
 
+// ------------------------------------------------------------------ weight + bias
+
+/// A weight, an optional bias and their gradients: what Conv2d and Linear share.
+pub struct WeightBias {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    gw: Grad,
+    gb: Option<Grad>,
+}
+
+impl WeightBias {
+    fn new(dev: &Device, shape: &[usize], fan_in: usize, fan_out: usize, bias: bool, init: &mut Initializer) -> Result<WeightBias> {
+        let n = shape.iter().product();
+        let weight = Tensor::from_vec(dev, shape, init.weights(n, fan_in, fan_out))?;
+        let bias = if bias { Some(Tensor::from_vec(dev, &[shape[0]], init.biases(shape[0], fan_in))?) } else { None };
+        Ok(WeightBias { gw: Grad::new(&weight)?, gb: bias.as_ref().map(Grad::new).transpose()?, weight, bias })
+    }
+
+    fn accumulate(&mut self, dw: Tensor, db: Option<Tensor>) -> Result<()> {
+        self.gw.accumulate(dw)?;
+        if let (Some(gb), Some(db)) = (self.gb.as_mut(), db) {
+            gb.accumulate(db)?;
+        }
+        Ok(())
+    }
+
+    fn parameters(&mut self, prefix: &str) -> Vec<Param<'_>> {
+        let mut v = vec![Param { name: join(prefix, "weight"), value: &mut self.weight, grad: self.gw.get() }];
+        if let (Some(b), Some(gb)) = (self.bias.as_mut(), self.gb.as_mut()) {
+            v.push(Param { name: join(prefix, "bias"), value: b, grad: gb.get() });
+        }
+        v
+    }
+
+    fn param_count(&self) -> usize {
+        self.weight.numel() + self.bias.as_ref().map_or(0, Tensor::numel)
+    }
+
+    fn zero_grad(&mut self) {
+        self.gw.fresh = true;
+        if let Some(g) = self.gb.as_mut() {
+            g.fresh = true;
+        }
+    }
+}
+
 // ------------------------------------------------------------------ Conv2d
 
 /// 2-d convolution; weight `[c_out, c_in/groups, kh, kw]`, optional bias `[c_out]`.
 pub struct Conv2d {
-    pub weight: Tensor,
-    pub bias: Option<Tensor>,
+    pub params: WeightBias,
     pub cfg: Conv2dConfig,
-    gw: Grad,
-    gb: Option<Grad>,
     x: Option<Tensor>,
 }
 
@@ -48,9 +91,7 @@ impl Conv2d {
         let shape = [c_out, c_in / cfg.groups, kernel[0], kernel[1]];
         let fan_in = shape[1] * kernel[0] * kernel[1];
         let fan_out = c_out / cfg.groups * kernel[0] * kernel[1];
-        let weight = Tensor::from_vec(dev, &shape, init.weights(shape.iter().product(), fan_in, fan_out))?;
-        let bias = if bias { Some(Tensor::from_vec(dev, &[c_out], init.biases(c_out, fan_in))?) } else { None };
-        Ok(Conv2d { gw: Grad::new(&weight)?, gb: bias.as_ref().map(Grad::new).transpose()?, weight, bias, cfg, x: None })
+        Ok(Conv2d { params: WeightBias::new(dev, &shape, fan_in, fan_out, bias, init)?, cfg, x: None })
     }
 }
 
@@ -59,7 +100,7 @@ impl Layer for Conv2d {
         "Conv2d"
     }
     fn describe(&self) -> String {
-        let s = self.weight.shape();
+        let s = self.params.weight.shape();
         let c = &self.cfg;
         let mut d = format!("Conv2d({}→{}, {}×{}", s[1] * c.groups, s[0], s[2], s[3]);
         for (name, v, default) in [("stride", c.stride, 1), ("padding", c.padding, 0), ("dilation", c.dilation, 1)] {
@@ -73,37 +114,27 @@ impl Layer for Conv2d {
         d + ")"
     }
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
-        Ok(Conv2dGeometry::new(input, self.weight.shape(), self.cfg)?.output_shape().to_vec())
+        Ok(Conv2dGeometry::new(input, self.params.weight.shape(), self.cfg)?.output_shape().to_vec())
     }
     fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let y = conv2d_forward(x, &self.weight, self.bias.as_ref(), self.cfg)?;
+        let y = conv2d_forward(x, &self.params.weight, self.params.bias.as_ref(), self.cfg)?;
         self.x = (mode == Mode::Train).then(|| x.clone());
         Ok(y)
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
         let x = self.x.as_ref().ok_or_else(|| no_cache("Conv2d"))?;
-        let g = conv2d_backward(x, &self.weight, dy, self.cfg, self.bias.is_some())?;
-        self.gw.accumulate(g.dw)?;
-        if let (Some(gb), Some(db)) = (self.gb.as_mut(), g.db) {
-            gb.accumulate(db)?;
-        }
+        let g = conv2d_backward(x, &self.params.weight, dy, self.cfg, self.params.bias.is_some())?;
+        self.params.accumulate(g.dw, g.db)?;
         Ok(g.dx)
     }
     fn parameters(&mut self, prefix: &str) -> Vec<Param<'_>> {
-        let mut v = vec![Param { name: join(prefix, "weight"), value: &mut self.weight, grad: self.gw.get() }];
-        if let (Some(b), Some(gb)) = (self.bias.as_mut(), self.gb.as_mut()) {
-            v.push(Param { name: join(prefix, "bias"), value: b, grad: gb.get() });
-        }
-        v
+        self.params.parameters(prefix)
     }
     fn param_count(&self) -> usize {
-        self.weight.numel() + self.bias.as_ref().map_or(0, Tensor::numel)
+        self.params.param_count()
     }
     fn zero_grad(&mut self) {
-        self.gw.fresh = true;
-        if let Some(g) = self.gb.as_mut() {
-            g.fresh = true;
-        }
+        self.params.zero_grad();
     }
 }
 
@@ -111,18 +142,13 @@ impl Layer for Conv2d {
 
 /// `y = x·Wᵀ + b`; weight `[out, in]`, bias `[out]`, input `[n, in]`.
 pub struct Linear {
-    pub weight: Tensor,
-    pub bias: Option<Tensor>,
-    gw: Grad,
-    gb: Option<Grad>,
+    pub params: WeightBias,
     x: Option<Tensor>,
 }
 
 impl Linear {
     pub fn new(dev: &Device, inputs: usize, outputs: usize, bias: bool, init: &mut Initializer) -> Result<Linear> {
-        let weight = Tensor::from_vec(dev, &[outputs, inputs], init.weights(outputs * inputs, inputs, outputs))?;
-        let bias = if bias { Some(Tensor::from_vec(dev, &[outputs], init.biases(outputs, inputs))?) } else { None };
-        Ok(Linear { gw: Grad::new(&weight)?, gb: bias.as_ref().map(Grad::new).transpose()?, weight, bias, x: None })
+        Ok(Linear { params: WeightBias::new(dev, &[outputs, inputs], inputs, outputs, bias, init)?, x: None })
     }
 }
 
@@ -131,18 +157,20 @@ impl Layer for Linear {
         "Linear"
     }
     fn describe(&self) -> String {
-        format!("Linear({}→{})", self.weight.shape()[1], self.weight.shape()[0])
+        let s = self.params.weight.shape();
+        format!("Linear({}→{})", s[1], s[0])
     }
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        let s = self.params.weight.shape();
         match input {
-            [n, f] if *f == self.weight.shape()[1] => Ok(vec![*n, self.weight.shape()[0]]),
-            _ => shape_err("Linear", format!("input must be [batch, {}], got {input:?}", self.weight.shape()[1])),
+            [n, f] if *f == s[1] => Ok(vec![*n, s[0]]),
+            _ => shape_err("Linear", format!("input must be [batch, {}], got {input:?}", s[1])),
         }
     }
     fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         self.output_shape(x.shape())?;
-        let y = gemm(x, &self.weight, GemmConfig { trans_b: true, ..GemmConfig::default() })?;
-        let y = match &self.bias {
+        let y = gemm(x, &self.params.weight, GemmConfig { trans_b: true, ..GemmConfig::default() })?;
+        let y = match &self.params.bias {
             Some(b) => bias_add(&y, b)?,
             None => y,
         };
@@ -152,27 +180,19 @@ impl Layer for Linear {
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
         let x = self.x.as_ref().ok_or_else(|| no_cache("Linear"))?;
         // dW [out, in] = dyᵀ [out, n] · x [n, in];  dx [n, in] = dy [n, out] · W [out, in]
-        self.gw.accumulate(gemm(dy, x, GemmConfig { trans_a: true, ..GemmConfig::default() })?)?;
-        if let Some(gb) = self.gb.as_mut() {
-            gb.accumulate(bias_grad(dy)?)?;
-        }
-        gemm(dy, &self.weight, GemmConfig::default())
+        let dw = gemm(dy, x, GemmConfig { trans_a: true, ..GemmConfig::default() })?;
+        let db = self.params.bias.as_ref().map(|_| bias_grad(dy)).transpose()?;
+        self.params.accumulate(dw, db)?;
+        gemm(dy, &self.params.weight, GemmConfig::default())
     }
     fn parameters(&mut self, prefix: &str) -> Vec<Param<'_>> {
-        let mut v = vec![Param { name: join(prefix, "weight"), value: &mut self.weight, grad: self.gw.get() }];
-        if let (Some(b), Some(gb)) = (self.bias.as_mut(), self.gb.as_mut()) {
-            v.push(Param { name: join(prefix, "bias"), value: b, grad: gb.get() });
-        }
-        v
+        self.params.parameters(prefix)
     }
     fn param_count(&self) -> usize {
-        self.weight.numel() + self.bias.as_ref().map_or(0, Tensor::numel)
+        self.params.param_count()
     }
     fn zero_grad(&mut self) {
-        self.gw.fresh = true;
-        if let Some(g) = self.gb.as_mut() {
-            g.fresh = true;
-        }
+        self.params.zero_grad();
     }
 }
 

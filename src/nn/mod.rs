@@ -9,7 +9,7 @@ pub mod models;
 
 pub use container::{Residual, Sequential, Summary, SummaryRow};
 pub use init::{Init, Initializer};
-pub use layers::{ActivationLayer, AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, GlobalAvgPool, Linear, MaxPool2d};
+pub use layers::{ActivationLayer, AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, GlobalAvgPool, Linear, MaxPool2d, WeightBias};
 
 use crate::error::Result;
 use crate::ops::elementwise::{combine_into, fill};

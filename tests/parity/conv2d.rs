@@ -5,7 +5,7 @@
 use wgpu_cnn::ops::conv2d::{backward_cpu, conv2d_backward, conv2d_forward, forward_cpu, set_max_chunk_bytes};
 use wgpu_cnn::{Conv2dConfig, Conv2dGeometry, Device, Error, Tensor, Tolerance};
 
-use crate::harness::random;
+use crate::harness::{numeric_grad, random};
 use crate::test_device;
 
 /// The oracle: plain seven-deep loops in f64, written from the definition.
@@ -180,17 +180,7 @@ fn cpu_backward_matches_finite_differences() {
             forward_cpu(x, w, Some(b), &geo).iter().zip(&r).map(|(y, r)| *y as f64 * *r as f64).sum()
         };
         let (dx, dw, db) = backward_cpu(&x, &wv, &r, &geo);
-        let eps = 1e-2f32;
-        let numeric = |v: &[f32], f: &dyn Fn(&[f32]) -> f64| -> Vec<f32> {
-            (0..v.len())
-                .map(|i| {
-                    let (mut p, mut m) = (v.to_vec(), v.to_vec());
-                    p[i] += eps;
-                    m[i] -= eps;
-                    ((f(&p) - f(&m)) / (2.0 * eps as f64)) as f32
-                })
-                .collect()
-        };
+        let numeric = |v: &[f32], f: &dyn Fn(&[f32]) -> f64| numeric_grad(v, 1e-2, f);
         tol.assert("conv2d dx vs finite differences", &dx, &numeric(&x, &|x| loss(x, &wv, &b)));
         tol.assert("conv2d dw vs finite differences", &dw, &numeric(&wv, &|w| loss(&x, w, &b)));
         tol.assert("conv2d db vs finite differences", &db, &numeric(&b, &|b| loss(&x, &wv, b)));
