@@ -46,6 +46,7 @@ pub fn save(path: &Path, trainer: &mut Trainer) -> Result<()> {
     for (name, t) in trainer.optimizer.state_tensors() {
         put(format!("optim.{name}"), t)?;
     }
+    let counters: Vec<(String, String)> = trainer.model.counters("").into_iter().map(|(n, v)| (format!("counter.model.{n}"), v.to_string())).collect();
     let meta: HashMap<String, String> = [
         ("format", "wgpu-cnn checkpoint v1".to_string()),
         ("fingerprint", fingerprint(trainer)),
@@ -56,6 +57,7 @@ pub fn save(path: &Path, trainer: &mut Trainer) -> Result<()> {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
+    .chain(counters)
     .collect();
     let views: Vec<(String, TensorView)> =
         tensors.iter().map(|(n, (s, b))| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).expect("length matches shape"))).collect();
@@ -143,6 +145,9 @@ pub fn load(path: &Path, trainer: &mut Trainer) -> Result<()> {
         return file_err(path, K::Mismatch, format!("tensor `{extra}` is not part of this model"));
     }
     let num = |k: &str| -> Result<u64> { get(k)?.parse().or_else(|_| file_err(path, K::BadHeader, format!("metadata `{k}` is not a number"))) };
+    for (name, counter) in trainer.model.counters("") {
+        *counter = num(&format!("counter.model.{name}"))? as u32;
+    }
     trainer.epoch = num("epoch")? as usize;
     trainer.step = num("step")?;
     trainer.optimizer.steps = num("optimizer_steps")? as u32;

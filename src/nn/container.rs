@@ -66,6 +66,9 @@ impl Layer for Sequential {
     fn buffers(&mut self, prefix: &str) -> Vec<(String, &mut Tensor)> {
         self.layers.iter_mut().enumerate().flat_map(|(i, l)| l.buffers(&join(prefix, &i.to_string()))).collect()
     }
+    fn counters(&mut self, prefix: &str) -> Vec<(String, &mut u32)> {
+        self.layers.iter_mut().enumerate().flat_map(|(i, l)| l.counters(&join(prefix, &i.to_string()))).collect()
+    }
     fn param_count(&self) -> usize {
         self.layers.iter().map(|l| l.param_count()).sum()
     }
@@ -135,6 +138,13 @@ impl Layer for Residual {
         let mut v = self.body.buffers(&join(prefix, "body"));
         if let Some(s) = &mut self.shortcut {
             v.extend(s.buffers(&join(prefix, "shortcut")));
+        }
+        v
+    }
+    fn counters(&mut self, prefix: &str) -> Vec<(String, &mut u32)> {
+        let mut v = self.body.counters(&join(prefix, "body"));
+        if let Some(s) = &mut self.shortcut {
+            v.extend(s.counters(&join(prefix, "shortcut")));
         }
         v
     }

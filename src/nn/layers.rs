@@ -430,6 +430,9 @@ impl Layer for Dropout {
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
         dropout_backward(dy, self.last.ok_or_else(|| no_cache("Dropout"))?)
     }
+    fn counters(&mut self, prefix: &str) -> Vec<(String, &mut u32)> {
+        vec![(join(prefix, "step"), &mut self.step)]
+    }
 }
 
 // ------------------------------------------------------------------ activations, flatten

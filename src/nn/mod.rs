@@ -50,6 +50,10 @@ pub trait Layer: Send {
     fn buffers(&mut self, _prefix: &str) -> Vec<(String, &mut Tensor)> {
         Vec::new()
     }
+    /// Integer state that must be saved (dropout's step counter, which picks its masks).
+    fn counters(&mut self, _prefix: &str) -> Vec<(String, &mut u32)> {
+        Vec::new()
+    }
     /// Number of learnable scalars.
     fn param_count(&self) -> usize {
         0

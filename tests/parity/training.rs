@@ -88,6 +88,35 @@ fn resume_is_exact_on_cpu() {
     }
 }
 
+/// The same with dropout and batch-norm: the running statistics and the
+/// dropout step counter (which picks the masks) survive the round trip.
+#[test]
+fn resume_is_exact_with_dropout_and_batchnorm() {
+    let data = mnist_slice(Split::Train, 128);
+    let make = |epochs| {
+        let model = models::mlp(&Device::Cpu, 32, 0.3, &mut Initializer::new(5, Init::KaimingUniform)).unwrap();
+        let opt = Optimizer::new(OptimizerConfig::Adam(AdamConfig::adam(1e-3))).unwrap();
+        Trainer::new(model, opt, TrainConfig { batch_size: 32, epochs, progress: false, ..Default::default() }, Device::Cpu).unwrap()
+    };
+    let state = |t: &mut Trainer| {
+        let mut v = weights(t);
+        v.extend(t.model.buffers("").iter().map(|(_, b)| b.to_vec().unwrap()));
+        v
+    };
+    let mut straight = make(2);
+    straight.fit(&data, None, |_| Control::Continue).unwrap();
+    let mut first = make(1);
+    first.fit(&data, None, |_| Control::Continue).unwrap();
+    let path = tmp("resume-mlp.safetensors");
+    checkpoint::save(&path, &mut first).unwrap();
+    let mut resumed = make(2);
+    checkpoint::load(&path, &mut resumed).unwrap();
+    let steps: Vec<u32> = resumed.model.counters("").into_iter().map(|(_, v)| *v).collect();
+    assert_eq!(steps, vec![4, 4], "dropout step counters restored");
+    resumed.fit(&data, None, |_| Control::Continue).unwrap();
+    assert_eq!(state(&mut resumed), state(&mut straight));
+}
+
 /// A checkpoint written on the GPU loads on the CPU and the other way round.
 #[test]
 fn checkpoint_moves_between_devices() {
