@@ -337,3 +337,17 @@ fn predict_with_tta() {
         assert!(acc > 0.5, "accuracy {acc} with tta={tta}");
     }
 }
+
+#[test]
+fn training_curves_svg() {
+    use wgpu_cnn::train::EpochStats;
+    let hist: Vec<EpochStats> = (1..=3)
+        .map(|e| EpochStats { epoch: e, lr: 0.01, train_loss: 1.0 / e as f32, val_loss: Some(1.2 / e as f32), val_accuracy: Some(0.9 + 0.02 * e as f32), images_per_sec: 1.0, seconds: 1.0 })
+        .collect();
+    let path = tmp("curves.svg");
+    wgpu_cnn::plot::training_curves(&path, &hist).unwrap();
+    let svg = std::fs::read_to_string(&path).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("test accuracy") && svg.contains("polyline"), "{}", &svg[..200.min(svg.len())]);
+    let bad = wgpu_cnn::plot::training_curves(Path::new("/nonexistent/dir/c.svg"), &hist);
+    assert!(bad.is_err());
+}
