@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ndarray::{ArrayBase, ArrayD, Dimension, IxDyn};
+use ndarray::{ArcArray, ArrayBase, ArrayD, Dimension, IxDyn};
 
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -19,8 +19,11 @@ pub struct Tensor {
     pub(crate) data: Data,
 }
 
+/// CPU storage: shared on clone, copied on first mutable access (like the GPU's).
+pub(crate) type CpuArray = ArcArray<f32, IxDyn>;
+
 pub(crate) enum Data {
-    Cpu(ArrayD<f32>),
+    Cpu(CpuArray),
     Gpu(Arc<GpuBuffer>),
 }
 
@@ -34,7 +37,7 @@ impl Tensor {
         Ok(match device {
             Device::Cpu => {
                 let array = ArrayD::from_shape_vec(IxDyn(shape), data).expect("length checked above");
-                Tensor { shape: shape.to_vec(), data: Data::Cpu(array) }
+                Tensor { shape: shape.to_vec(), data: Data::Cpu(array.into_shared()) }
             }
             Device::Gpu(ctx) => {
                 let buf = ctx.alloc("Tensor::from_vec", n)?;
@@ -76,9 +79,15 @@ impl Tensor {
     pub(crate) fn uninit(device: &Device, op: &'static str, shape: &[usize]) -> Result<Tensor> {
         let n = check_nonempty(op, "the output", shape)?;
         Ok(match device {
-            Device::Cpu => Tensor { shape: shape.to_vec(), data: Data::Cpu(ArrayD::zeros(IxDyn(shape))) },
+            Device::Cpu => Tensor { shape: shape.to_vec(), data: Data::Cpu(ArrayD::zeros(IxDyn(shape)).into_shared()) },
             Device::Gpu(ctx) => Tensor { shape: shape.to_vec(), data: Data::Gpu(Arc::new(ctx.alloc(op, n)?)) },
         })
+    }
+
+    /// A CPU tensor from data computed by a CPU reference op (no copy).
+    pub(crate) fn from_cpu(shape: &[usize], data: Vec<f32>) -> Tensor {
+        let array = ArrayD::from_shape_vec(IxDyn(shape), data).expect("CPU ops produce shape-sized data");
+        Tensor { shape: shape.to_vec(), data: Data::Cpu(array.into_shared()) }
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -122,7 +131,7 @@ impl Tensor {
     /// work and waits: call it when you need the numbers, not per op.
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         match &self.data {
-            Data::Cpu(a) => Ok(a.iter().copied().collect()),
+            Data::Cpu(a) => Ok(a.as_slice().expect("contiguous").to_vec()),
             Data::Gpu(buf) => buf.context().read(buf.buffer(), self.numel()),
         }
     }
@@ -170,7 +179,7 @@ impl Tensor {
             return Err(Error::DataLength { op: "Tensor::write", shape: self.shape.clone(), expected: self.numel(), got: data.len() });
         }
         match &mut self.data {
-            Data::Cpu(a) => a.iter_mut().zip(data).for_each(|(d, s)| *d = *s),
+            Data::Cpu(a) => a.as_slice_mut().expect("contiguous").copy_from_slice(data),
             // Shared: the whole content is replaced, so a fresh buffer needs no copy.
             Data::Gpu(buf) if Arc::strong_count(buf) > 1 => {
                 let ctx = buf.context().clone();
@@ -206,7 +215,7 @@ impl Tensor {
 }
 
 impl Clone for Tensor {
-    /// CPU: a copy. GPU: shares the buffer until one side writes in place.
+    /// Shares the data (CPU array or GPU buffer) until one side writes in place.
     fn clone(&self) -> Tensor {
         let data = match &self.data {
             Data::Cpu(a) => Data::Cpu(a.clone()),

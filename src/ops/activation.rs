@@ -60,12 +60,12 @@ pub fn activation_backward(x: &Tensor, dy: &Tensor, act: Activation) -> Result<T
 }
 
 fn run(x: &Tensor, dy: Option<&Tensor>, act: Activation) -> Result<Tensor> {
-    let mut out = Tensor::uninit(&x.device(), "activation", x.shape())?;
     let len = x.numel();
-    match (&x.data, dy.map(|d| &d.data)) {
-        (Data::Cpu(xs), None) => out.write(&xs.iter().map(|&v| forward_cpu(act, v)).collect::<Vec<_>>())?,
-        (Data::Cpu(xs), Some(Data::Cpu(ds))) => out.write(&xs.iter().zip(ds.iter()).map(|(&v, &d)| d * derivative_cpu(act, v)).collect::<Vec<_>>())?,
+    Ok(match (&x.data, dy.map(|d| &d.data)) {
+        (Data::Cpu(xs), None) => Tensor::from_cpu(x.shape(), xs.as_slice().expect("contiguous").iter().map(|&v| forward_cpu(act, v)).collect()),
+        (Data::Cpu(xs), Some(Data::Cpu(ds))) => Tensor::from_cpu(x.shape(), xs.as_slice().expect("contiguous").iter().zip(ds.as_slice().expect("contiguous")).map(|(&v, &d)| d * derivative_cpu(act, v)).collect()),
         (Data::Gpu(xb), dy) => {
+            let out = Tensor::uninit(&x.device(), "activation", x.shape())?;
             let ctx = xb.context();
             let (kind, slope) = act.kind();
             let p = ActParams { len: len as u32, kind, slope, _pad0: 0 };
@@ -74,10 +74,10 @@ fn run(x: &Tensor, dy: Option<&Tensor>, act: Activation) -> Result<Tensor> {
                 _ => (KernelId::ActivationForward, xb.buffer()),
             };
             ctx.dispatch(id, &p, &[xb.buffer(), dyb, out.gpu().unwrap().buffer()], ctx.grid_1d(len, 256))?;
+            out
         }
         _ => unreachable!("same_device checked"),
-    }
-    Ok(out)
+    })
 }
 
 // ---------------------------------------------------------------- CPU reference

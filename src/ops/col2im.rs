@@ -4,7 +4,7 @@
 use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::kernel::KernelId;
-use crate::ops::im2col::Im2colParams;
+use crate::ops::im2col::{valid_range, Im2colParams};
 use crate::shape::Conv2dGeometry;
 use crate::tensor::{Data, Tensor};
 
@@ -12,23 +12,23 @@ use crate::tensor::{Data, Tensor};
 pub fn col2im(cols: &Tensor, geo: &Conv2dGeometry) -> Result<Tensor> {
     let want = [geo.c_in * geo.kh * geo.kw, geo.n * geo.out_pixels()];
     crate::ops::check_shape("col2im", "columns", cols.shape(), &want)?;
-    let dev = cols.device();
-    let mut dx = Tensor::uninit(&dev, "col2im", &geo.input_shape())?;
-    match (&cols.data, &mut dx.data) {
-        (Data::Cpu(c), Data::Cpu(out)) => {
-            let v = col2im_cpu(c.as_slice().expect("contiguous"), geo);
-            out.as_slice_mut().unwrap().copy_from_slice(&v);
+    let dx = match &cols.data {
+        Data::Cpu(c) => Tensor::from_cpu(&geo.input_shape(), col2im_cpu(c.as_slice().expect("contiguous"), geo)),
+        Data::Gpu(cb) => {
+            let dx = Tensor::uninit(&cols.device(), "col2im", &geo.input_shape())?;
+            col2im_gpu(cb.context(), cb.buffer(), dx.gpu().unwrap().buffer(), 0, geo)?;
+            dx
         }
-        (Data::Gpu(cb), Data::Gpu(xb)) => col2im_gpu(cb.context(), cb.buffer(), xb.buffer(), 0, geo)?,
-        _ => unreachable!(),
-    }
+    };
     Ok(dx)
 }
 
 // ---------------------------------------------------------------- CPU reference
 
-/// cols: (c·kh·kw, n·oh·ow) → dx: (n, c, h, w). Each input element gathers
-/// every column entry im2col copied from it, in the same order as the GPU.
+/// cols: (c·kh·kw, n·oh·ow) → dx: (n, c, h, w), the exact adjoint of
+/// `im2col_cpu`: every column entry is added back where im2col read it. (On
+/// the CPU the scatter form is the plain one; the GPU kernel gathers instead,
+/// which needs no atomics. Each input sums the same few terms either way.)
 pub fn col2im_cpu(cols: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
     let (c, h, w, kh, kw, oh, ow) = (g.c_in, g.h, g.w, g.kh, g.kw, g.oh, g.ow);
     let [sh, sw] = g.cfg.stride;
@@ -36,28 +36,25 @@ pub fn col2im_cpu(cols: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
     let [dh, dw] = g.cfg.dilation;
     let ncols = g.n * oh * ow;
     let mut dx = vec![0f32; g.n * c * h * w];
-    for img in 0..g.n {
-        for ci in 0..c {
-            for y in 0..h {
-                for x in 0..w {
-                    let mut acc = 0f32;
-                    for ki in 0..kh {
-                        // y = oy·sh − ph + ki·dh
-                        let ty = (y + ph) as isize - (ki * dh) as isize;
-                        if ty < 0 || ty as usize % sh != 0 || ty as usize / sh >= oh {
-                            continue;
-                        }
-                        let oy = ty as usize / sh;
-                        for kj in 0..kw {
-                            let tx = (x + pw) as isize - (kj * dw) as isize;
-                            if tx < 0 || tx as usize % sw != 0 || tx as usize / sw >= ow {
-                                continue;
-                            }
-                            let ox = tx as usize / sw;
-                            acc += cols[((ci * kh + ki) * kw + kj) * ncols + (img * oh + oy) * ow + ox];
+    for ci in 0..c {
+        for ki in 0..kh {
+            let ys = valid_range(oh, h, sh, ph, ki * dh);
+            for kj in 0..kw {
+                let xs = valid_range(ow, w, sw, pw, kj * dw);
+                if xs.is_empty() {
+                    continue;
+                }
+                let row = (ci * kh + ki) * kw + kj;
+                for img in 0..g.n {
+                    for oy in ys.clone() {
+                        let y = oy * sh + ki * dh - ph;
+                        let dst = &mut dx[((img * c + ci) * h + y) * w..][..w];
+                        let src = &cols[row * ncols + (img * oh + oy) * ow..][..ow];
+                        let x0 = xs.start * sw + kj * dw - pw;
+                        for (k, ox) in xs.clone().enumerate() {
+                            dst[x0 + k * sw] += src[ox];
                         }
                     }
-                    dx[((img * c + ci) * h + y) * w + x] = acc;
                 }
             }
         }

@@ -69,19 +69,19 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: Conv2d
             return shape_err("conv2d", format!("bias has shape {:?} but the weight {:?} has {} output channels", b.shape(), w.shape(), geo.c_out));
         }
     }
-    let mut y = Tensor::uninit(&x.device(), "conv2d", &geo.output_shape())?;
-    match (&x.data, &w.data, &mut y.data) {
-        (Data::Cpu(xs), Data::Cpu(ws), Data::Cpu(ys)) => {
+    let y = match (&x.data, &w.data) {
+        (Data::Cpu(xs), Data::Cpu(ws)) => {
             let b = bias.map(|b| b.to_vec()).transpose()?;
-            let v = forward_cpu(xs.as_slice().unwrap(), ws.as_slice().unwrap(), b.as_deref(), &geo);
-            ys.as_slice_mut().unwrap().copy_from_slice(&v);
+            Tensor::from_cpu(&geo.output_shape(), forward_cpu(xs.as_slice().unwrap(), ws.as_slice().unwrap(), b.as_deref(), &geo))
         }
-        (Data::Gpu(xb), Data::Gpu(wb), Data::Gpu(yb)) => {
+        (Data::Gpu(xb), Data::Gpu(wb)) => {
+            let y = Tensor::uninit(&x.device(), "conv2d", &geo.output_shape())?;
             let b = bias.map(|b| b.gpu().unwrap().buffer());
-            forward_gpu(xb.context(), xb.buffer(), wb.buffer(), b, yb.buffer(), &geo)?;
+            forward_gpu(xb.context(), xb.buffer(), wb.buffer(), b, y.gpu().unwrap().buffer(), &geo)?;
+            y
         }
         _ => unreachable!("same_device checked"),
-    }
+    };
     Ok(y)
 }
 
@@ -90,28 +90,24 @@ pub fn conv2d_backward(x: &Tensor, w: &Tensor, dy: &Tensor, cfg: Conv2dConfig, w
     let geo = Conv2dGeometry::new(x.shape(), w.shape(), cfg)?;
     same_device("conv2d", &[x, w, dy])?;
     crate::ops::check_shape("conv2d", "dy", dy.shape(), &geo.output_shape())?;
-    let dev = x.device();
-    let mut dx = Tensor::uninit(&dev, "conv2d", x.shape())?;
-    let mut dw = Tensor::uninit(&dev, "conv2d", w.shape())?;
-    let mut db = if with_bias { Some(Tensor::uninit(&dev, "conv2d", &[geo.c_out])?) } else { None };
     match (&x.data, &w.data, &dy.data) {
         (Data::Cpu(xs), Data::Cpu(ws), Data::Cpu(ds)) => {
             let (gx, gw, gb) = backward_cpu(xs.as_slice().unwrap(), ws.as_slice().unwrap(), ds.as_slice().unwrap(), &geo);
-            dx.write(&gx)?;
-            dw.write(&gw)?;
-            if let Some(db) = &mut db {
-                db.write(&gb)?;
-            }
+            let db = with_bias.then(|| Tensor::from_cpu(&[geo.c_out], gb));
+            Ok(Conv2dGrads { dx: Tensor::from_cpu(x.shape(), gx), dw: Tensor::from_cpu(w.shape(), gw), db })
         }
         (Data::Gpu(xb), Data::Gpu(wb), Data::Gpu(db_)) => {
-            let ctx = xb.context();
+            let dev = x.device();
+            let dx = Tensor::uninit(&dev, "conv2d", x.shape())?;
+            let dw = Tensor::uninit(&dev, "conv2d", w.shape())?;
+            let db = if with_bias { Some(Tensor::uninit(&dev, "conv2d", &[geo.c_out])?) } else { None };
             let bias_buf = db.as_ref().map(|t| t.gpu().unwrap().buffer());
             let (dxb, dwb) = (dx.gpu().unwrap().buffer(), dw.gpu().unwrap().buffer());
-            backward_gpu(ctx, xb.buffer(), wb.buffer(), db_.buffer(), dxb, dwb, bias_buf, &geo)?;
+            backward_gpu(xb.context(), xb.buffer(), wb.buffer(), db_.buffer(), dxb, dwb, bias_buf, &geo)?;
+            Ok(Conv2dGrads { dx, dw, db })
         }
         _ => unreachable!("same_device checked"),
     }
-    Ok(Conv2dGrads { dx, dw, db })
 }
 
 /// The batched-over-groups GEMM shape and layout of one step (see the module docs).

@@ -28,7 +28,7 @@ pub fn add(a: &Tensor, b: &Tensor, alpha: f32, beta: f32) -> Result<Tensor> {
     same_device("add", &[a, b])?;
     let mut out = Tensor::uninit(&a.device(), "add", a.shape())?;
     match (&a.data, &b.data) {
-        (Data::Cpu(x), Data::Cpu(y)) => out.write(&x.iter().zip(y.iter()).map(|(x, y)| alpha * x + beta * y).collect::<Vec<_>>())?,
+        (Data::Cpu(x), Data::Cpu(y)) => out.write(&x.as_slice().expect("contiguous").iter().zip(y.as_slice().expect("contiguous")).map(|(x, y)| alpha * x + beta * y).collect::<Vec<_>>())?,
         (Data::Gpu(x), Data::Gpu(y)) => {
             let ctx = x.context();
             let p = EwParams { len: a.numel() as u32, alpha, beta, ..Default::default() };
@@ -49,7 +49,7 @@ pub fn combine_into(out: &mut Tensor, a: &Tensor, alpha: f32, beta: f32) -> Resu
     out.make_unique()?;
     let len = a.numel();
     match (&a.data, &mut out.data) {
-        (Data::Cpu(x), Data::Cpu(o)) => o.iter_mut().zip(x.iter()).for_each(|(o, x)| *o = alpha * x + if beta == 0.0 { 0.0 } else { beta * *o }),
+        (Data::Cpu(x), Data::Cpu(o)) => o.as_slice_mut().expect("contiguous").iter_mut().zip(x.as_slice().expect("contiguous")).for_each(|(o, x)| *o = alpha * x + if beta == 0.0 { 0.0 } else { beta * *o }),
         (Data::Gpu(x), Data::Gpu(o)) => {
             let ctx = x.context();
             let p = EwParams { len: len as u32, alpha, beta, ..Default::default() };
@@ -84,7 +84,7 @@ pub fn bias_add(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     match (&x.data, &bias.data) {
         (Data::Cpu(xs), Data::Cpu(bs)) => {
             let bs = bs.as_slice().unwrap();
-            out.write(&xs.iter().enumerate().map(|(i, v)| v + bs[(i / inner) % c]).collect::<Vec<_>>())?;
+            out.write(&xs.as_slice().expect("contiguous").iter().enumerate().map(|(i, v)| v + bs[(i / inner) % c]).collect::<Vec<_>>())?;
         }
         (Data::Gpu(xb), Data::Gpu(bb)) => {
             let ctx = xb.context();
@@ -126,7 +126,7 @@ pub fn combine_sign_into(out: &mut Tensor, a: &Tensor, alpha: f32, beta: f32) ->
     out.make_unique()?;
     let len = a.numel();
     match (&a.data, &mut out.data) {
-        (Data::Cpu(x), Data::Cpu(o)) => o.iter_mut().zip(x.iter()).for_each(|(o, x)| *o = alpha * sign(*x) + beta * *o),
+        (Data::Cpu(x), Data::Cpu(o)) => o.as_slice_mut().expect("contiguous").iter_mut().zip(x.as_slice().expect("contiguous")).for_each(|(o, x)| *o = alpha * sign(*x) + beta * *o),
         (Data::Gpu(x), Data::Gpu(o)) => {
             let ctx = x.context();
             let p = EwParams { len: len as u32, alpha, beta, ..Default::default() };
@@ -170,7 +170,7 @@ pub fn clip_global_norm(tensors: &mut [&mut Tensor], max_norm: f32) -> Result<()
             let scale = (max_norm as f64 / (norm2.sqrt() + 1e-6)).min(1.0) as f32;
             for t in tensors.iter_mut() {
                 if let Data::Cpu(a) = &mut t.data {
-                    a.iter_mut().for_each(|v| *v *= scale);
+                    a.as_slice_mut().expect("contiguous").iter_mut().for_each(|v| *v *= scale);
                 }
             }
         }

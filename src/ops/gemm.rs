@@ -3,7 +3,7 @@
 //! different transposes.
 
 use bytemuck::{Pod, Zeroable};
-use ndarray::{linalg::general_mat_mul, ArrayD, ArrayView2, ArrayView3, Axis};
+use ndarray::{linalg::general_mat_mul, ArrayView2, ArrayView3, ArrayViewD, ArrayViewMutD, Axis};
 
 use crate::error::{shape_err, Error, Result};
 use crate::gpu::{GemmVariant, GpuContext};
@@ -139,7 +139,7 @@ pub fn gemm_into(a: &Tensor, b: &Tensor, c: &mut Tensor, cfg: GemmConfig) -> Res
 fn run(a: &Tensor, b: &Tensor, c: &mut Tensor, s: GemmShape, cfg: GemmConfig) -> Result<()> {
     match (&a.data, &b.data, &mut c.data) {
         (Data::Cpu(a), Data::Cpu(b), Data::Cpu(c)) => {
-            gemm_cpu(a, b, c, s, cfg);
+            gemm_cpu(&a.view(), &b.view(), &mut c.view_mut(), s, cfg);
             Ok(())
         }
         (Data::Gpu(ab), Data::Gpu(bb), Data::Gpu(cb)) => {
@@ -154,7 +154,7 @@ fn run(a: &Tensor, b: &Tensor, c: &mut Tensor, s: GemmShape, cfg: GemmConfig) ->
 
 /// The reference: ndarray's GEMM (matrixmultiply) per batch item.
 /// a: (Ba, rows, cols) with Ba ∈ {1, B}; likewise b; c: (B, M, N).
-pub fn gemm_cpu(a: &ArrayD<f32>, b: &ArrayD<f32>, c: &mut ArrayD<f32>, s: GemmShape, cfg: GemmConfig) {
+pub fn gemm_cpu(a: &ArrayViewD<f32>, b: &ArrayViewD<f32>, c: &mut ArrayViewMutD<f32>, s: GemmShape, cfg: GemmConfig) {
     let (a3, b3) = (as3(a), as3(b));
     let mut c3 = c.view_mut().into_shape_with_order((s.batch, s.m, s.n)).expect("contiguous");
     if cfg.beta == 0.0 {
@@ -171,10 +171,10 @@ pub fn gemm_cpu(a: &ArrayD<f32>, b: &ArrayD<f32>, c: &mut ArrayD<f32>, s: GemmSh
 }
 
 /// A 2-D or 3-D array viewed as (batch, rows, cols).
-fn as3(x: &ArrayD<f32>) -> ArrayView3<'_, f32> {
+fn as3<'a>(x: &ArrayViewD<'a, f32>) -> ArrayView3<'a, f32> {
     let sh = x.shape();
     let (r, c) = (sh[sh.len() - 2], sh[sh.len() - 1]);
-    x.view().into_shape_with_order((x.len() / (r * c), r, c)).expect("tensors are contiguous")
+    x.clone().into_shape_with_order((x.len() / (r * c), r, c)).expect("tensors are contiguous")
 }
 
 // ---------------------------------------------------------------- GPU wrapper

@@ -61,23 +61,30 @@ impl Im2colParams {
 /// shape `[c·kh·kw, n·oh·ow]`.
 pub fn im2col(x: &Tensor, geo: &Conv2dGeometry) -> Result<Tensor> {
     crate::ops::check_shape("im2col", "input", x.shape(), &geo.input_shape())?;
-    let dev = x.device();
     let shape = [geo.c_in * geo.kh * geo.kw, geo.n * geo.out_pixels()];
-    let mut cols = Tensor::uninit(&dev, "im2col", &shape)?;
-    match (&x.data, &mut cols.data) {
-        (Data::Cpu(x), Data::Cpu(out)) => {
-            let v = im2col_cpu(x.as_slice().expect("contiguous"), geo);
-            out.as_slice_mut().unwrap().copy_from_slice(&v);
+    let cols = match &x.data {
+        Data::Cpu(x) => Tensor::from_cpu(&shape, im2col_cpu(x.as_slice().expect("contiguous"), geo)),
+        Data::Gpu(xb) => {
+            let cols = Tensor::uninit(&x.device(), "im2col", &shape)?;
+            im2col_gpu(xb.context(), xb.buffer(), 0, cols.gpu().unwrap().buffer(), geo)?;
+            cols
         }
-        (Data::Gpu(xb), Data::Gpu(cb)) => im2col_gpu(xb.context(), xb.buffer(), 0, cb.buffer(), geo)?,
-        _ => unreachable!(),
-    }
+    };
     Ok(cols)
 }
 
 // ---------------------------------------------------------------- CPU reference
 
+/// The output columns `ox` whose input column `ox·s − p + k·d` lies in `0..len`, as a range.
+pub(crate) fn valid_range(out: usize, len: usize, s: usize, p: usize, kd: usize) -> std::ops::Range<usize> {
+    // ox·s + kd ≥ p  and  ox·s + kd < len + p
+    let lo = p.saturating_sub(kd).div_ceil(s);
+    let hi = if len + p > kd { (len + p - kd).div_ceil(s) } else { 0 };
+    lo.min(out)..hi.clamp(lo.min(out), out)
+}
+
 /// x: (n, c, h, w) → cols: (c·kh·kw, n·oh·ow); zeros where the window covers padding.
+/// Row segments are copied whole; a stride of 1 is a plain slice copy.
 pub fn im2col_cpu(x: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
     let (c, h, w, kh, kw, oh, ow) = (g.c_in, g.h, g.w, g.kh, g.kw, g.oh, g.ow);
     let [sh, sw] = g.cfg.stride;
@@ -87,20 +94,25 @@ pub fn im2col_cpu(x: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
     let mut cols = vec![0f32; c * kh * kw * ncols];
     for ci in 0..c {
         for ki in 0..kh {
+            let ys = valid_range(oh, h, sh, ph, ki * dh);
             for kj in 0..kw {
+                let xs = valid_range(ow, w, sw, pw, kj * dw);
+                if xs.is_empty() {
+                    continue;
+                }
                 let row = (ci * kh + ki) * kw + kj;
                 for img in 0..g.n {
-                    for oy in 0..oh {
-                        let y = (oy * sh + ki * dh) as isize - ph as isize;
-                        if y < 0 || y >= h as isize {
-                            continue;
-                        }
-                        for ox in 0..ow {
-                            let x_ = (ox * sw + kj * dw) as isize - pw as isize;
-                            if x_ < 0 || x_ >= w as isize {
-                                continue;
+                    for oy in ys.clone() {
+                        let y = oy * sh + ki * dh - ph;
+                        let src = &x[((img * c + ci) * h + y) * w..][..w];
+                        let dst = &mut cols[row * ncols + (img * oh + oy) * ow..][..ow];
+                        let x0 = xs.start * sw + kj * dw - pw;
+                        if sw == 1 {
+                            dst[xs.clone()].copy_from_slice(&src[x0..x0 + xs.len()]);
+                        } else {
+                            for (k, ox) in xs.clone().enumerate() {
+                                dst[ox] = src[x0 + k * sw];
                             }
-                            cols[row * ncols + (img * oh + oy) * ow + ox] = x[((img * c + ci) * h + y as usize) * w + x_ as usize];
                         }
                     }
                 }

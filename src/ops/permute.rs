@@ -61,10 +61,12 @@ pub fn swap_leading_cpu(x: &[f32], a: usize, b: usize, inner: usize, bias: Optio
     let mut out = vec![0f32; a * b * inner];
     for j in 0..b {
         for i in 0..a {
-            for t in 0..inner {
-                let o = (j * a + i) * inner + t;
-                let bias_v = bias.map_or(0.0, |bv| bv[(o / inner) % bv.len()]);
-                out[o] = x[(i * b + j) * inner + t] + bias_v;
+            let o = (j * a + i) * inner;
+            let dst = &mut out[o..o + inner];
+            dst.copy_from_slice(&x[(i * b + j) * inner..][..inner]);
+            if let Some(bv) = bias {
+                let add = bv[(o / inner) % bv.len()];
+                dst.iter_mut().for_each(|v| *v += add);
             }
         }
     }
