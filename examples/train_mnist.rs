@@ -61,6 +61,10 @@ struct Args {
     plot: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Time every GPU kernel (timestamp queries): print per-kernel time and share
+    /// of the step, and write a Chrome/Perfetto trace to this file.
+    #[arg(long)]
+    profile: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -75,10 +79,14 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> wgpu_cnn::Result<()> {
+    let profile = args.profile.is_some();
+    if profile && matches!(args.device, DeviceArg::Cpu) {
+        return Err(wgpu_cnn::Error::InvalidArgument { op: "train_mnist", msg: "--profile times GPU kernels; use --device gpu or auto".into() });
+    }
     let device = match args.device {
         DeviceArg::Cpu => Device::Cpu,
-        DeviceArg::Gpu => Device::gpu()?,
-        DeviceArg::Auto => match Device::gpu_with(&GpuOptions { allow_software: false, ..GpuOptions::default() }) {
+        DeviceArg::Gpu => Device::gpu_with(&GpuOptions { profile, ..GpuOptions::default() })?,
+        DeviceArg::Auto => match Device::gpu_with(&GpuOptions { allow_software: false, profile, ..GpuOptions::default() }) {
             Ok(d) => d,
             Err(e) => {
                 println!("no hardware GPU ({e}); using the CPU path. Pass --device gpu to use a software adapter.");
@@ -130,6 +138,15 @@ fn run(args: Args) -> wgpu_cnn::Result<()> {
             wgpu_cnn::checkpoint::save(path, &mut trainer)?;
             println!("checkpoint written to {}", path.display());
         }
+    }
+    if let (Some(path), Some(ctx)) = (&args.profile, trainer.device.gpu_context()) {
+        ctx.flush()?;
+        if let Some(report) = ctx.profile_report() {
+            let steps = trainer.step.max(1) as f64;
+            println!("\nGPU time per kernel over {} steps and the evaluations ({:.3} ms of GPU work per step):\n{report}", trainer.step, report.total_ms / steps);
+        }
+        ctx.write_trace(path)?;
+        println!("trace written to {} (open in ui.perfetto.dev or chrome://tracing)", path.display());
     }
     if let Some(path) = &args.plot {
         wgpu_cnn::plot::training_curves(path, &hist)?;

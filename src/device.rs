@@ -36,6 +36,9 @@ pub struct GpuOptions {
     pub power_preference: wgpu::PowerPreference,
     /// Case-insensitive substring of the adapter name; `WGPU_ADAPTER_NAME` overrides it.
     pub adapter_name: Option<String>,
+    /// Time every dispatch with GPU timestamps (needs TIMESTAMP_QUERY; each
+    /// flush then reads the timestamps back). See `GpuContext::profile_report`.
+    pub profile: bool,
 }
 
 impl Default for GpuOptions {
@@ -44,6 +47,7 @@ impl Default for GpuOptions {
             allow_software: true,
             power_preference: wgpu::PowerPreference::HighPerformance,
             adapter_name: None,
+            profile: false,
         }
     }
 }

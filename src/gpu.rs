@@ -11,6 +11,7 @@ use crate::device::{choose_adapter, AdapterSummary, GpuOptions};
 use crate::error::{Error, Result};
 use crate::kernel::{Access, KernelCache, KernelId};
 use crate::pool::{BufferKind, BufferPool, PoolStats};
+use crate::profile::{ProfileReport, Profiler};
 
 /// Which GEMM kernel the adapter gets (see `shaders/gemm.wgsl`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -39,6 +40,7 @@ pub struct GpuContext {
     /// Two small storage buffers bound where a kernel has an unused read-write
     /// slot (binding one buffer twice as read-write is a usage conflict).
     scratch: [wgpu::Buffer; 2],
+    profiler: Option<Mutex<Profiler>>,
 }
 
 impl GpuContext {
@@ -49,9 +51,13 @@ impl GpuContext {
         // Ask for everything the adapter offers, not the WebGPU defaults:
         // storage bindings of 2 GiB rather than 128 MiB, for one.
         let limits = adapter.limits();
+        if opts.profile && !adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return Err(Error::RequestDevice { adapter: summary.to_string(), msg: "profiling needs timestamp queries, which this adapter does not offer".into() });
+        }
+        let required_features = if opts.profile { wgpu::Features::TIMESTAMP_QUERY } else { wgpu::Features::empty() };
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("wgpu-cnn"),
-            required_features: wgpu::Features::empty(),
+            required_features,
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::default(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -70,6 +76,7 @@ impl GpuContext {
                 mapped_at_creation: false,
             })
         });
+        let profiler = opts.profile.then(|| Mutex::new(Profiler::new(&device, &queue)));
         let gemm_variant = if summary.is_software() { GemmVariant::Blocked } else { GemmVariant::Tiled };
         log::info!("opened {summary}; GEMM kernel {gemm_variant:?}");
         Ok(GpuContext {
@@ -84,6 +91,7 @@ impl GpuContext {
             recording: AtomicBool::new(false),
             errors,
             scratch,
+            profiler,
         })
     }
 
@@ -100,6 +108,27 @@ impl GpuContext {
     /// The GEMM kernel chosen for this adapter.
     pub fn gemm_variant(&self) -> GemmVariant {
         self.gemm_variant
+    }
+
+    /// Time per kernel since the context opened (or the last reset); `None`
+    /// unless opened with `GpuOptions::profile`. Flush first to include pending work.
+    pub fn profile_report(&self) -> Option<ProfileReport> {
+        self.profiler.as_ref().map(|p| p.lock().unwrap().report())
+    }
+
+    /// Writes the timed passes as a Chrome/Perfetto trace JSON.
+    pub fn write_trace(&self, path: &std::path::Path) -> Result<()> {
+        match &self.profiler {
+            Some(p) => p.lock().unwrap().write_trace(path),
+            None => Err(Error::InvalidArgument { op: "write_trace", msg: "the device was opened without GpuOptions::profile".into() }),
+        }
+    }
+
+    /// Forgets the timings so far (e.g. after a warm-up step).
+    pub fn reset_profile(&self) {
+        if let Some(p) = &self.profiler {
+            p.lock().unwrap().reset();
+        }
     }
 
     /// Buffer-pool counters.
@@ -181,8 +210,24 @@ impl GpuContext {
             layout: &kernel.layout,
             entries: &entries,
         });
+        // With profiling on, the pass writes begin/end timestamps (a full set forces a flush).
+        let mut slots = None;
+        if let Some(p) = &self.profiler {
+            slots = p.lock().unwrap().next(spec.name);
+            if slots.is_none() {
+                self.flush()?;
+                slots = p.lock().unwrap().next(spec.name);
+            }
+        }
+        // A handle, so no profiler lock is held while the encoder lock is taken
+        // (flush takes them in the other order).
+        let query_set = self.profiler.as_ref().map(|p| p.lock().unwrap().query_set.clone());
+        let timestamp_writes = match (&query_set, slots) {
+            (Some(qs), Some((b, e))) => Some(wgpu::ComputePassTimestampWrites { query_set: qs, beginning_of_pass_write_index: Some(b), end_of_pass_write_index: Some(e) }),
+            _ => None,
+        };
         self.record(|enc| {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(spec.name), timestamp_writes: None });
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(spec.name), timestamp_writes });
             pass.set_pipeline(&kernel.pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
@@ -215,13 +260,19 @@ impl GpuContext {
     /// Submits everything recorded so far (one submit), without waiting.
     pub fn flush(&self) -> Result<()> {
         let mut guard = self.encoder.lock().unwrap();
-        if let Some(enc) = guard.take() {
+        if let Some(mut enc) = guard.take() {
+            if let Some(p) = &self.profiler {
+                p.lock().unwrap().resolve(&mut enc);
+            }
             self.queue.submit(Some(enc.finish()));
         }
         // Under the lock, so no new recording can claim a buffer parked here.
         self.pool.unpark();
         self.recording.store(false, Ordering::SeqCst);
         drop(guard);
+        if let Some(p) = &self.profiler {
+            p.lock().unwrap().collect(&self.device)?;
+        }
         self.take_error()
     }
 

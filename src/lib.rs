@@ -23,6 +23,7 @@ pub mod ops;
 pub mod optim;
 pub mod plot;
 pub mod pool;
+pub mod profile;
 pub mod shape;
 pub mod tensor;
 pub mod tolerance;

@@ -351,3 +351,36 @@ fn training_curves_svg() {
     let bad = wgpu_cnn::plot::training_curves(Path::new("/nonexistent/dir/c.svg"), &hist);
     assert!(bad.is_err());
 }
+
+/// Timestamp profiling: every dispatched kernel shows up with its calls, and
+/// the trace is valid JSON with one event per pass.
+#[test]
+fn gpu_profile_and_trace() {
+    with_gpu("training::gpu_profile_and_trace", |_| {
+        use wgpu_cnn::GpuOptions;
+        let dev = Device::gpu_with(&GpuOptions { profile: true, ..GpuOptions::default() }).unwrap();
+        let ctx = dev.gpu_context().unwrap().clone();
+        let mut t = lenet_trainer(&dev, sgd(), TrainConfig::default());
+        let data = mnist_slice(Split::Train, 32);
+        let (x, labels) = data.batch(&dev, &(0..32).collect::<Vec<_>>(), None).unwrap();
+        for _ in 0..2 {
+            t.train_step(&x, &labels).unwrap();
+        }
+        ctx.flush().unwrap();
+        let report = ctx.profile_report().unwrap();
+        let calls = |k: &str| report.rows.iter().find(|r| r.kernel == k).map_or(0, |r| r.calls);
+        // Two convs, two steps; backward recomputes the columns (not kept from forward).
+        assert_eq!(calls("im2col"), 8, "{report}");
+        assert_eq!(calls("col2im"), 4, "{report}");
+        assert_eq!(calls("sgd_step"), 2 * 10, "ten parameter tensors: {report}");
+        assert!(report.total_ms > 0.0 && (report.rows.iter().map(|r| r.share).sum::<f64>() - 1.0).abs() < 1e-6);
+        let path = tmp("trace.json");
+        ctx.write_trace(&path).unwrap();
+        let trace: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let events = trace["traceEvents"].as_array().unwrap();
+        assert_eq!(events.len() as u64, report.rows.iter().map(|r| r.calls).sum::<u64>());
+        assert!(events.iter().all(|e| e["ph"] == "X" && e["dur"].as_f64().unwrap() >= 0.0));
+        // Without profiling there is no report, and asking for a trace is an error.
+        assert!(Device::gpu().unwrap().gpu_context().unwrap().profile_report().is_none());
+    });
+}
