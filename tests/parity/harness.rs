@@ -16,7 +16,10 @@ pub fn gpu() -> Option<Device> {
         }
         match Device::gpu() {
             Ok(dev) => {
-                eprintln!("GPU tests run on: {dev}");
+                // Straight to the stream, not eprintln!: libtest captures the macro,
+                // and the CI log should say which adapter ran the GPU tests.
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "GPU tests run on: {dev}");
                 Some(dev)
             }
             Err(e) => panic!("GPU test without an adapter: {e}\n{NO_ADAPTER_HELP}"),
