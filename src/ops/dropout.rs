@@ -63,7 +63,7 @@ pub fn dropout_backward(dy: &Tensor, cfg: DropoutConfig) -> Result<Tensor> {
 fn apply(src: &Tensor, p: DropoutParams) -> Result<Tensor> {
     let mut out = Tensor::uninit(&src.device(), "dropout", src.shape())?;
     match &src.data {
-        Data::Cpu(s) => out.write(&s.as_slice().expect("contiguous").iter().enumerate().map(|(i, v)| if keep(&p, i as u32) { v * p.scale } else { 0.0 }).collect::<Vec<_>>())?,
+        Data::Cpu(s) => out = Tensor::from_cpu(&out.shape().to_vec(), s.as_slice().expect("contiguous").iter().enumerate().map(|(i, v)| if keep(&p, i as u32) { v * p.scale } else { 0.0 }).collect()),
         Data::Gpu(sb) => {
             let ctx = sb.context();
             ctx.dispatch(KernelId::DropoutApply, &p, &[sb.buffer(), out.gpu().unwrap().buffer()], ctx.grid_1d(src.numel(), 256))?;

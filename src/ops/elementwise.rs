@@ -28,7 +28,7 @@ pub fn add(a: &Tensor, b: &Tensor, alpha: f32, beta: f32) -> Result<Tensor> {
     same_device("add", &[a, b])?;
     let mut out = Tensor::uninit(&a.device(), "add", a.shape())?;
     match (&a.data, &b.data) {
-        (Data::Cpu(x), Data::Cpu(y)) => out.write(&x.as_slice().expect("contiguous").iter().zip(y.as_slice().expect("contiguous")).map(|(x, y)| alpha * x + beta * y).collect::<Vec<_>>())?,
+        (Data::Cpu(x), Data::Cpu(y)) => out = Tensor::from_cpu(&out.shape().to_vec(), x.as_slice().expect("contiguous").iter().zip(y.as_slice().expect("contiguous")).map(|(x, y)| alpha * x + beta * y).collect()),
         (Data::Gpu(x), Data::Gpu(y)) => {
             let ctx = x.context();
             let p = EwParams { len: a.numel() as u32, alpha, beta, ..Default::default() };
@@ -84,7 +84,7 @@ pub fn bias_add(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     match (&x.data, &bias.data) {
         (Data::Cpu(xs), Data::Cpu(bs)) => {
             let bs = bs.as_slice().unwrap();
-            out.write(&xs.as_slice().expect("contiguous").iter().enumerate().map(|(i, v)| v + bs[(i / inner) % c]).collect::<Vec<_>>())?;
+            out = Tensor::from_cpu(&out.shape().to_vec(), xs.as_slice().expect("contiguous").iter().enumerate().map(|(i, v)| v + bs[(i / inner) % c]).collect());
         }
         (Data::Gpu(xb), Data::Gpu(bb)) => {
             let ctx = xb.context();
@@ -101,7 +101,7 @@ pub fn bias_grad(dy: &Tensor) -> Result<Tensor> {
     let (outer, c, inner) = channel_dims("bias_grad", dy)?;
     let mut out = Tensor::uninit(&dy.device(), "bias_grad", &[c])?;
     match &dy.data {
-        Data::Cpu(d) => out.write(&bias_grad_cpu(d.as_slice().unwrap(), outer, c, inner))?,
+        Data::Cpu(d) => out = Tensor::from_cpu(&out.shape().to_vec(), bias_grad_cpu(d.as_slice().unwrap(), outer, c, inner)),
         Data::Gpu(db) => {
             let ctx = db.context();
             let p = EwParams { len: c as u32, inner: inner as u32, channels: c as u32, outer: outer as u32, ..Default::default() };
