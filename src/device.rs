@@ -39,6 +39,15 @@ pub struct GpuOptions {
     /// Time every dispatch with GPU timestamps (needs TIMESTAMP_QUERY; each
     /// flush then reads the timestamps back). See `GpuContext::profile_report`.
     pub profile: bool,
+    /// The longest wait for the GPU (readback, synchronize) before it is an
+    /// `Error::Timeout`; `None` waits for ever. Default 120 s.
+    pub timeout: Option<std::time::Duration>,
+    /// Lower the storage-binding limit below the adapter's (tests use this to
+    /// run the chunked paths on any adapter); `None` keeps the adapter's.
+    pub max_binding_bytes: Option<u64>,
+    /// Lower the workgroups-per-dimension limit below the adapter's (tests use
+    /// this to run the folded-grid paths); `None` keeps the adapter's.
+    pub max_workgroups_per_dimension: Option<u32>,
 }
 
 impl Default for GpuOptions {
@@ -48,6 +57,9 @@ impl Default for GpuOptions {
             power_preference: wgpu::PowerPreference::HighPerformance,
             adapter_name: None,
             profile: false,
+            timeout: Some(std::time::Duration::from_secs(120)),
+            max_binding_bytes: None,
+            max_workgroups_per_dimension: None,
         }
     }
 }

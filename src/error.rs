@@ -39,6 +39,23 @@ pub enum Error {
     #[error("wgpu reported an error: {0}")]
     Wgpu(String),
 
+    /// wgpu ran out of memory creating a buffer or running work.
+    #[error("{op}: the GPU is out of memory: {msg}")]
+    OutOfMemory { op: &'static str, msg: String },
+
+    /// The device was lost (driver reset, `destroy`, unplugged). Every call
+    /// on its tensors returns this from then on; open a new device.
+    #[error("the GPU device was lost: {0}")]
+    DeviceLost(String),
+
+    /// Waiting for the GPU took longer than `GpuOptions::timeout`.
+    #[error("{op}: the GPU did not finish within {seconds:.1} s (GpuOptions::timeout)")]
+    Timeout { op: &'static str, seconds: f64 },
+
+    /// Training produced a NaN or infinite loss or gradient.
+    #[error("training stopped at epoch {epoch}, step {step}: {what} is not finite; the weights after this step are not trustworthy and no checkpoint was written after it (lower the learning rate or set clip_grad_norm)")]
+    NonFinite { what: String, epoch: usize, step: u64 },
+
     /// Reading a buffer back to the host failed.
     #[error("reading back a GPU buffer failed: {0}")]
     Readback(String),

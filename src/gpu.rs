@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytemuck::Pod;
 
@@ -41,6 +42,30 @@ pub struct GpuContext {
     /// slot (binding one buffer twice as read-write is a usage conflict).
     scratch: [wgpu::Buffer; 2],
     profiler: Option<Mutex<Profiler>>,
+    /// Set by wgpu's device-lost callback (or when we see the device is invalid).
+    lost: Arc<Mutex<Option<String>>>,
+    /// How long a wait for the GPU may take before it is an error.
+    timeout: Option<Duration>,
+    /// The kernels recorded since the last submit, so a failed submit can name them.
+    recorded: Mutex<Vec<&'static str>>,
+}
+
+/// Runs `f` inside validation and out-of-memory error scopes; returns what they caught.
+pub(crate) fn capture<R>(device: &wgpu::Device, f: impl FnOnce() -> R) -> (R, Option<wgpu::Error>) {
+    let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let out = f();
+    let v = pollster::block_on(validation.pop());
+    let o = pollster::block_on(oom.pop());
+    (out, v.or(o))
+}
+
+/// A captured wgpu error as ours, naming what was being done.
+pub(crate) fn from_wgpu(op: &'static str, e: wgpu::Error) -> Error {
+    match e {
+        wgpu::Error::OutOfMemory { source } => Error::OutOfMemory { op, msg: source.to_string() },
+        other => Error::Wgpu(format!("{op}: {other}")),
+    }
 }
 
 impl GpuContext {
@@ -50,7 +75,15 @@ impl GpuContext {
         let summary = AdapterSummary::from_info(&adapter.get_info());
         // Ask for everything the adapter offers, not the WebGPU defaults:
         // storage bindings of 2 GiB rather than 128 MiB, for one.
-        let limits = adapter.limits();
+        let mut limits = adapter.limits();
+        // Lower limits on request, so the chunked and folded paths can be
+        // exercised on any adapter (tests force a 1 MiB binding limit).
+        if let Some(b) = opts.max_binding_bytes {
+            limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(b);
+        }
+        if let Some(w) = opts.max_workgroups_per_dimension {
+            limits.max_compute_workgroups_per_dimension = limits.max_compute_workgroups_per_dimension.min(w);
+        }
         if opts.profile && !adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
             return Err(Error::RequestDevice { adapter: summary.to_string(), msg: "profiling needs timestamp queries, which this adapter does not offer".into() });
         }
@@ -68,6 +101,14 @@ impl GpuContext {
         let sink = errors.clone();
         // wgpu's default handler panics; keep the message and return it as an Error.
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| sink.lock().unwrap().push(e.to_string())));
+        let lost: Arc<Mutex<Option<String>>> = Arc::default();
+        let lost_sink = lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            let mut l = lost_sink.lock().unwrap();
+            if l.is_none() {
+                *l = Some(format!("{reason:?}: {msg}"));
+            }
+        });
         let scratch = [0, 1].map(|_| {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("wgpu-cnn scratch"),
@@ -92,6 +133,9 @@ impl GpuContext {
             errors,
             scratch,
             profiler,
+            lost,
+            timeout: opts.timeout,
+            recorded: Mutex::default(),
         })
     }
 
@@ -149,6 +193,42 @@ impl GpuContext {
         Ok(())
     }
 
+    /// `Err(DeviceLost)` once the device is gone; every entry point asks first.
+    pub(crate) fn alive(&self) -> Result<()> {
+        match &*self.lost.lock().unwrap() {
+            None => Ok(()),
+            Some(why) => Err(Error::DeviceLost(why.clone())),
+        }
+    }
+
+    /// True once the device has been lost.
+    pub fn is_lost(&self) -> bool {
+        self.lost.lock().unwrap().is_some()
+    }
+
+    /// After a failure: lets wgpu run its callbacks, then prefers
+    /// `DeviceLost` to whatever error the loss caused on the way.
+    fn explain(&self, err: Error) -> Error {
+        let _ = self.device.poll(wgpu::PollType::Poll);
+        match self.alive() {
+            Err(lost) => lost,
+            Ok(()) => err,
+        }
+    }
+
+    /// Takes a buffer from the pool; creating one is checked for validation
+    /// and out-of-memory errors.
+    fn take(&self, op: &'static str, kind: BufferKind, bytes: u64) -> Result<(wgpu::Buffer, u64)> {
+        self.alive()?;
+        self.pool.take(&self.device, kind, bytes, |create| {
+            let (buf, err) = capture(&self.device, create);
+            match err {
+                None => Ok(buf),
+                Some(e) => Err(self.explain(from_wgpu(op, e))),
+            }
+        })
+    }
+
     /// A pooled storage buffer for `len` f32 values.
     pub(crate) fn alloc(self: &Arc<Self>, op: &'static str, len: usize) -> Result<GpuBuffer> {
         let bytes = (len as u64) * 4;
@@ -156,7 +236,7 @@ impl GpuContext {
         if bytes > limit {
             return Err(Error::TooLarge { op, what: format!("a tensor of {len} f32"), bytes, limit });
         }
-        let (buffer, class) = self.pool.take(&self.device, BufferKind::Storage, bytes);
+        let (buffer, class) = self.take(op, BufferKind::Storage, bytes)?;
         Ok(GpuBuffer { buffer: Some(buffer), class, len, ctx: self.clone() })
     }
 
@@ -173,11 +253,16 @@ impl GpuContext {
     /// Records one dispatch of kernel `id`. `buffers` fill the kernel's storage
     /// bindings in declaration order; `params` fills its uniform.
     pub(crate) fn dispatch<P: Pod>(&self, id: KernelId, params: &P, buffers: &[&wgpu::Buffer], groups: [u32; 3]) -> Result<()> {
+        self.alive()?;
         let kernel = self.kernels.get(&self.device, id)?;
         let spec = &kernel.spec;
         let storage = spec.bindings.iter().filter(|a| **a != Access::Uniform).count();
-        assert_eq!(buffers.len(), storage, "kernel `{}`: {} storage buffers bound, {} declared", spec.name, buffers.len(), storage);
-        assert_eq!(size_of::<P>(), spec.params_size, "kernel `{}`: params struct size", spec.name);
+        if buffers.len() != storage || size_of::<P>() != spec.params_size {
+            return Err(Error::Kernel {
+                kernel: spec.name,
+                msg: format!("{} storage buffers and {} bytes of params given; the kernel declares {storage} and {}", buffers.len(), size_of::<P>(), spec.params_size),
+            });
+        }
         let max = self.limits.max_compute_workgroups_per_dimension;
         if groups.iter().any(|&g| g > max) {
             return Err(Error::TooLarge {
@@ -187,10 +272,11 @@ impl GpuContext {
                 limit: 0,
             });
         }
+        // Zero-size work never reaches a binding.
         if groups.contains(&0) {
             return Ok(());
         }
-        let (ubuf, uclass) = self.pool.take(&self.device, BufferKind::Uniform, size_of::<P>() as u64);
+        let (ubuf, uclass) = self.take(spec.name, BufferKind::Uniform, size_of::<P>() as u64)?;
         self.queue.write_buffer(&ubuf, 0, bytemuck::bytes_of(params));
         let mut next = buffers.iter();
         let entries: Vec<wgpu::BindGroupEntry> = spec
@@ -226,6 +312,7 @@ impl GpuContext {
             (Some(qs), Some((b, e))) => Some(wgpu::ComputePassTimestampWrites { query_set: qs, beginning_of_pass_write_index: Some(b), end_of_pass_write_index: Some(e) }),
             _ => None,
         };
+        self.note_kernel(spec.name);
         self.record(|enc| {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(spec.name), timestamp_writes });
             pass.set_pipeline(&kernel.pipeline);
@@ -238,14 +325,30 @@ impl GpuContext {
         Ok(())
     }
 
+    /// Remembers that a pass of `kernel` is in the pending submission.
+    pub(crate) fn note_kernel(&self, kernel: &'static str) {
+        let mut r = self.recorded.lock().unwrap();
+        if !r.contains(&kernel) {
+            r.push(kernel);
+        }
+    }
+
+    /// The compiled kernel `id` (from the cache).
+    pub(crate) fn kernel(&self, id: KernelId) -> Result<Arc<crate::kernel::Kernel>> {
+        self.alive()?;
+        self.kernels.get(&self.device, id)
+    }
+
     /// A placeholder for an unused read-write binding (`i` is 0 or 1).
     pub(crate) fn scratch(&self, i: usize) -> &wgpu::Buffer {
         &self.scratch[i]
     }
 
     /// Uploads raw bytes into a buffer fresh from the pool (see [`Self::upload`]).
-    pub(crate) fn upload_bytes(&self, dst: &GpuBuffer, bytes: &[u8]) {
+    pub(crate) fn upload_bytes(&self, dst: &GpuBuffer, bytes: &[u8]) -> Result<()> {
+        self.alive()?;
         self.queue.write_buffer(dst.buffer(), 0, bytes);
+        Ok(())
     }
 
     /// A grid of `total` invocations in workgroups of `wg`, folded into y when x
@@ -260,28 +363,48 @@ impl GpuContext {
     /// Submits everything recorded so far (one submit), without waiting.
     pub fn flush(&self) -> Result<()> {
         let mut guard = self.encoder.lock().unwrap();
+        let mut caught = None;
+        let kernels = std::mem::take(&mut *self.recorded.lock().unwrap());
         if let Some(mut enc) = guard.take() {
             if let Some(p) = &self.profiler {
                 p.lock().unwrap().resolve(&mut enc);
             }
-            self.queue.submit(Some(enc.finish()));
+            // Encoding errors (a bad binding in some pass) surface here.
+            caught = capture(&self.device, || self.queue.submit(Some(enc.finish()))).1;
         }
         // Under the lock, so no new recording can claim a buffer parked here.
         self.pool.unpark();
         self.recording.store(false, Ordering::SeqCst);
         drop(guard);
+        if let Some(e) = caught {
+            let e = match from_wgpu("submit", e) {
+                Error::Wgpu(msg) => Error::Wgpu(format!("{msg}\n(kernels in this submission: {})", kernels.join(", "))),
+                other => other,
+            };
+            return Err(self.explain(e));
+        }
+        self.alive()?;
         if let Some(p) = &self.profiler {
             p.lock().unwrap().collect(&self.device)?;
         }
         self.take_error()
     }
 
+    /// Waits for submitted work, at most `GpuOptions::timeout`.
+    fn wait(&self, op: &'static str) -> Result<()> {
+        match self.device.poll(wgpu::PollType::Wait { submission_index: None, timeout: self.timeout }) {
+            Ok(_) => self.alive(),
+            Err(wgpu::PollError::Timeout) => {
+                Err(self.explain(Error::Timeout { op, seconds: self.timeout.map_or(f64::INFINITY, |d| d.as_secs_f64()) }))
+            }
+            Err(e) => Err(self.explain(Error::Wgpu(format!("{op}: {e}")))),
+        }
+    }
+
     /// Flushes and waits until the GPU is idle.
     pub fn synchronize(&self) -> Result<()> {
         self.flush()?;
-        self.device
-            .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
-            .map_err(|e| Error::Wgpu(e.to_string()))?;
+        self.wait("synchronize")?;
         self.take_error()
     }
 
@@ -299,22 +422,21 @@ impl GpuContext {
     /// Copies the first `len` f32 of `src` to the host: one submit, one map.
     pub(crate) fn read(&self, src: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
         let bytes = (len * 4) as u64;
-        let (staging, class) = self.pool.take(&self.device, BufferKind::Staging, bytes);
+        let (staging, class) = self.take("read", BufferKind::Staging, bytes)?;
         self.record(|enc| enc.copy_buffer_to_buffer(src, 0, &staging, 0, bytes));
         self.flush()?;
         let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
         staging.map_async(wgpu::MapMode::Read, 0..bytes, move |r| {
             let _ = tx.send(r);
         });
-        self.device
-            .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
-            .map_err(|e| Error::Readback(e.to_string()))?;
+        // On a timeout the staging buffer is dropped, not pooled: its map is still pending.
+        self.wait("read")?;
         let mapped = pollster::block_on(rx.receive());
         self.take_error()?;
         match mapped {
             Some(Ok(())) => {}
-            Some(Err(e)) => return Err(Error::Readback(e.to_string())),
-            None => return Err(Error::Readback("the map callback never ran".into())),
+            Some(Err(e)) => return Err(self.explain(Error::Readback(e.to_string()))),
+            None => return Err(self.explain(Error::Readback("the map callback never ran".into()))),
         }
         let out = {
             let view = staging.get_mapped_range(0..bytes).map_err(|e| Error::Readback(e.to_string()))?;
@@ -327,13 +449,14 @@ impl GpuContext {
 
     /// Writes host data into a buffer fresh from the pool (no recorded command
     /// can refer to it yet, so no flush is needed).
-    pub(crate) fn upload(&self, dst: &GpuBuffer, data: &[f32]) {
-        self.queue.write_buffer(dst.buffer(), 0, bytemuck::cast_slice(data));
+    pub(crate) fn upload(&self, dst: &GpuBuffer, data: &[f32]) -> Result<()> {
+        self.upload_bytes(dst, bytemuck::cast_slice(data))
     }
 
     /// Overwrites the start of a buffer that recorded commands may use: queued
     /// writes land before unsubmitted commands, so those are submitted first.
     pub(crate) fn overwrite(&self, dst: &wgpu::Buffer, data: &[f32]) -> Result<()> {
+        self.alive()?;
         if self.recording.load(Ordering::SeqCst) {
             self.flush()?;
         }

@@ -268,14 +268,36 @@ pub(crate) struct KernelCache {
     kernels: Mutex<HashMap<KernelId, Arc<Kernel>>>,
 }
 
-/// Runs `f` inside a validation error scope; a captured error names the kernel.
+/// Runs `f` inside validation and out-of-memory error scopes; a captured
+/// error names the kernel.
 fn scoped<R>(device: &wgpu::Device, kernel: &'static str, f: impl FnOnce() -> R) -> Result<R> {
-    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let out = f();
-    match pollster::block_on(scope.pop()) {
-        None => Ok(out),
-        Some(e) => Err(Error::Kernel { kernel, msg: e.to_string() }),
+    match crate::gpu::capture(device, f) {
+        (out, None) => Ok(out),
+        (_, Some(e)) => Err(Error::Kernel { kernel, msg: e.to_string() }),
     }
+}
+
+/// Compiles WGSL into a module, turning a parse or validation failure into
+/// `Error::Kernel` (the device stays usable).
+pub(crate) fn compile_module(device: &wgpu::Device, label: &'static str, source: &str) -> Result<wgpu::ShaderModule> {
+    scoped(device, label, || {
+        device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(label), source: wgpu::ShaderSource::Wgsl(source.into()) })
+    })
+}
+
+/// A compute pipeline with the layout wgpu derives from the shader.
+pub(crate) fn compile_auto(device: &wgpu::Device, label: &'static str, source: &str, entry: &str) -> Result<wgpu::ComputePipeline> {
+    let module = compile_module(device, label, source)?;
+    scoped(device, label, || {
+        device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(label),
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions::default(),
+            cache: None,
+        })
+    })
 }
 
 impl KernelCache {
@@ -334,12 +356,7 @@ impl KernelCache {
         if let Some(m) = self.modules.lock().unwrap().get(&spec.shader) {
             return Ok(m.clone());
         }
-        let module = scoped(device, spec.name, || {
-            device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(spec.shader.stem()),
-                source: wgpu::ShaderSource::Wgsl(spec.shader.source().into()),
-            })
-        })?;
+        let module = compile_module(device, spec.name, spec.shader.source())?;
         self.modules.lock().unwrap().insert(spec.shader, module.clone());
         Ok(module)
     }

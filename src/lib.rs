@@ -16,6 +16,8 @@ pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod error;
+#[doc(hidden)]
+pub mod fault;
 pub mod gpu;
 pub mod kernel;
 pub mod nn;

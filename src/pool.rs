@@ -74,24 +74,34 @@ pub(crate) struct BufferPool {
 }
 
 impl BufferPool {
-    /// A buffer of at least `bytes` bytes; its contents are whatever was last written.
-    pub(crate) fn take(&self, device: &wgpu::Device, kind: BufferKind, bytes: u64) -> (wgpu::Buffer, u64) {
+    /// A buffer of at least `bytes` bytes; its contents are whatever was last
+    /// written. A new buffer is created through `guard` (which checks for errors).
+    pub(crate) fn take(
+        &self,
+        device: &wgpu::Device,
+        kind: BufferKind,
+        bytes: u64,
+        guard: impl FnOnce(&dyn Fn() -> wgpu::Buffer) -> crate::Result<wgpu::Buffer>,
+    ) -> crate::Result<(wgpu::Buffer, u64)> {
         let class = size_class(bytes);
         let mut inner = self.inner.lock().unwrap();
         if let Some(buf) = inner.free.get_mut(&(kind, class)).and_then(Vec::pop) {
             inner.stats.reuses += 1;
-            return (buf, class);
+            return Ok((buf, class));
         }
+        drop(inner);
+        let buf = guard(&|| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(kind.label()),
+                size: class,
+                usage: kind.usage(),
+                mapped_at_creation: false,
+            })
+        })?;
+        let mut inner = self.inner.lock().unwrap();
         inner.stats.allocations += 1;
         inner.stats.allocated_bytes += class;
-        drop(inner);
-        let buf = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(kind.label()),
-            size: class,
-            usage: kind.usage(),
-            mapped_at_creation: false,
-        });
-        (buf, class)
+        Ok((buf, class))
     }
 
     /// Returns a buffer. `recording` says whether unsubmitted commands may still use it.

@@ -41,7 +41,7 @@ impl Tensor {
             }
             Device::Gpu(ctx) => {
                 let buf = ctx.alloc("Tensor::from_vec", n)?;
-                ctx.upload(&buf, &data);
+                ctx.upload(&buf, &data)?;
                 Tensor { shape: shape.to_vec(), data: Data::Gpu(Arc::new(buf)) }
             }
         })
@@ -184,7 +184,7 @@ impl Tensor {
             Data::Gpu(buf) if Arc::strong_count(buf) > 1 => {
                 let ctx = buf.context().clone();
                 let fresh = ctx.alloc("Tensor::write", data.len())?;
-                ctx.upload(&fresh, data);
+                ctx.upload(&fresh, data)?;
                 *buf = Arc::new(fresh);
             }
             Data::Gpu(buf) => buf.context().overwrite(buf.buffer(), data)?,

@@ -98,7 +98,7 @@ pub fn softmax_cross_entropy(logits: &Tensor, labels: &[i64], cfg: CrossEntropyC
         Data::Gpu(xb) => {
             let ctx = xb.context();
             let label_buf = ctx.alloc("softmax_cross_entropy", n)?;
-            ctx.upload_bytes(&label_buf, bytemuck::cast_slice(&labels));
+            ctx.upload_bytes(&label_buf, bytemuck::cast_slice(&labels))?;
             let rows = ctx.alloc("softmax_cross_entropy", n)?;
             let p = XentParams { n: n as u32, c: c as u32, smoothing: cfg.label_smoothing, scale, ignore_index: NO_IGNORE, ..Default::default() };
             let bufs = [xb.buffer(), label_buf.buffer(), rows.buffer(), grad.gpu().unwrap().buffer()];

@@ -16,6 +16,7 @@ mod gemm;
 mod im2col;
 mod maxpool;
 mod optim;
+mod reliability;
 mod permute;
 mod reduce;
 mod softmax_xent;

@@ -15,7 +15,7 @@ use wgpu_cnn::{checkpoint, Device, Error, FileErrorKind};
 use crate::harness::with_gpu;
 use wgpu_cnn::Tolerance;
 
-fn mnist_slice(split: Split, n: usize) -> Dataset {
+pub(crate) fn mnist_slice(split: Split, n: usize) -> Dataset {
     use std::sync::OnceLock;
     static TRAIN: OnceLock<Dataset> = OnceLock::new();
     static TEST: OnceLock<Dataset> = OnceLock::new();
@@ -23,16 +23,16 @@ fn mnist_slice(split: Split, n: usize) -> Dataset {
     cell.get_or_init(|| mnist::load(&mnist::embedded_dir(), split).expect("embedded MNIST")).take(n)
 }
 
-fn lenet_trainer(dev: &Device, opt: OptimizerConfig, cfg: TrainConfig) -> Trainer {
+pub(crate) fn lenet_trainer(dev: &Device, opt: OptimizerConfig, cfg: TrainConfig) -> Trainer {
     let model = models::lenet5(dev, &mut Initializer::new(42, Init::PytorchDefault)).unwrap();
     Trainer::new(model, Optimizer::new(opt).unwrap(), TrainConfig { progress: false, ..cfg }, dev.clone()).unwrap()
 }
 
-fn sgd() -> OptimizerConfig {
+pub(crate) fn sgd() -> OptimizerConfig {
     OptimizerConfig::Sgd(SgdConfig { momentum: 0.9, ..SgdConfig::new(0.05) })
 }
 
-fn tmp(name: &str) -> PathBuf {
+pub(crate) fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("wgpu-cnn-tests-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
@@ -59,7 +59,7 @@ fn gpu_learns_mnist_slice() {
     });
 }
 
-fn weights(t: &mut Trainer) -> Vec<Vec<f32>> {
+pub(crate) fn weights(t: &mut Trainer) -> Vec<Vec<f32>> {
     let mut v: Vec<Vec<f32>> = t.model.parameters("").iter().map(|p| p.value.to_vec().unwrap()).collect();
     v.extend(t.optimizer.state_tensors().iter().map(|(_, s)| s.to_vec().unwrap()));
     v

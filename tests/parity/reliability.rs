@@ -1,0 +1,108 @@
+//! Reliability (issue 8): wgpu failures come back as errors and the device
+//! keeps working; a lost device fails every call promptly; waits time out.
+//! Every test here opens its own device: faults must not reach the shared one.
+
+use std::time::{Duration, Instant};
+
+use wgpu_cnn::data::mnist::Split;
+use wgpu_cnn::device::GpuOptions;
+use wgpu_cnn::ops::gemm::{gemm, GemmConfig};
+use wgpu_cnn::train::{Control, TrainConfig};
+use wgpu_cnn::{fault, Device, Error, Tensor};
+
+use crate::harness::{random, with_gpu};
+use crate::training::{lenet_trainer, mnist_slice, sgd};
+
+/// A private GPU with `opts`.
+fn private(opts: GpuOptions) -> Device {
+    Device::gpu_with(&opts).expect("a second device on the test adapter")
+}
+
+/// A small GEMM on `dev` equals the CPU path's: the device still works.
+#[track_caller]
+fn still_works(dev: &Device) {
+    let (a, b) = (random(1, 6 * 5), random(2, 5 * 4));
+    let run = |d: &Device| {
+        let ta = Tensor::from_vec(d, &[6, 5], a.clone()).unwrap();
+        let tb = Tensor::from_vec(d, &[5, 4], b.clone()).unwrap();
+        gemm(&ta, &tb, GemmConfig::default()).unwrap().to_vec().unwrap()
+    };
+    wgpu_cnn::Tolerance::new(1e-5, 1e-5).check("gemm after a fault", &run(dev), &run(&Device::Cpu)).unwrap();
+}
+
+#[test]
+fn invalid_shader_is_an_error() {
+    with_gpu("reliability::invalid_shader_is_an_error", |_| {
+        let dev = private(GpuOptions::default());
+        // A syntax error, then a type error that parses but fails validation.
+        let e = fault::compile_wgsl(&dev, "@compute @workgroup_size(1) fn main( {").unwrap_err();
+        assert!(matches!(e, Error::Kernel { kernel: "fault::compile_wgsl", .. }), "{e}");
+        let typed = "@group(0) @binding(0) var<storage, read_write> x: array<f32>;\n\
+                     @compute @workgroup_size(1) fn main() { x[0] = vec2<f32>(1.0, 2.0); }";
+        let e = fault::compile_wgsl(&dev, typed).unwrap_err();
+        assert!(matches!(e, Error::Kernel { .. }) && e.to_string().contains("fault::compile_wgsl"), "{e}");
+        // A valid one compiles, and the library's own kernels still run.
+        let ok = "@group(0) @binding(0) var<storage, read_write> x: array<f32>;\n\
+                  @compute @workgroup_size(1) fn main() { x[0] = 1.0; }";
+        fault::compile_wgsl(&dev, ok).unwrap();
+        still_works(&dev);
+    });
+}
+
+#[test]
+fn invalid_binding_is_an_error() {
+    with_gpu("reliability::invalid_binding_is_an_error", |_| {
+        let dev = private(GpuOptions::default());
+        fault::record_undersized_uniform(&dev).unwrap();
+        let e = dev.synchronize().unwrap_err();
+        assert!(matches!(e, Error::Wgpu(_)), "{e}");
+        assert!(e.to_string().contains("elementwise_fill"), "the error should name the kernel's pass: {e}");
+        still_works(&dev);
+        dev.synchronize().unwrap();
+    });
+}
+
+#[test]
+fn lost_device_fails_every_call_promptly() {
+    with_gpu("reliability::lost_device_fails_every_call_promptly", |_| {
+        let dev = private(GpuOptions::default());
+        let kept = Tensor::from_vec(&dev, &[4], vec![1.0; 4]).unwrap();
+        let mut t = lenet_trainer(&dev, sgd(), TrainConfig { batch_size: 32, epochs: 3, log_every: 1, ..Default::default() });
+        let data = mnist_slice(Split::Train, 64);
+        let mut epochs = 0;
+        // The device is destroyed after the first epoch, as a driver reset would lose it.
+        let r = t.fit(&data, None, |_| {
+            epochs += 1;
+            fault::destroy(&dev).unwrap();
+            Control::Continue
+        });
+        let e = r.unwrap_err();
+        assert!(matches!(e, Error::DeviceLost(_)), "training on a lost device: {e}");
+        assert_eq!(epochs, 1);
+        let start = Instant::now();
+        for r in [
+            kept.to_vec().map(|_| ()),
+            Tensor::from_vec(&dev, &[4], vec![0.0; 4]).map(|_| ()),
+            gemm(&kept.clone().reshape(&[2, 2]).unwrap(), &kept.clone().reshape(&[2, 2]).unwrap(), GemmConfig::default()).map(|_| ()),
+            dev.synchronize(),
+        ] {
+            let e = r.unwrap_err();
+            assert!(matches!(e, Error::DeviceLost(_)), "after the loss: {e}");
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "calls on a lost device took {:?}", start.elapsed());
+        assert!(dev.gpu_context().unwrap().is_lost());
+    });
+}
+
+#[test]
+fn readback_times_out() {
+    with_gpu("reliability::readback_times_out", |_| {
+        let dev = private(GpuOptions { timeout: Some(Duration::from_micros(1)), ..GpuOptions::default() });
+        // ~0.5 GFLOP: far longer than a microsecond on any adapter.
+        let a = Tensor::from_vec(&dev, &[640, 640], random(3, 640 * 640)).unwrap();
+        let c = gemm(&a, &a, GemmConfig::default()).unwrap();
+        let e = c.to_vec().unwrap_err();
+        assert!(matches!(e, Error::Timeout { op: "read", .. }), "{e}");
+        assert!(e.to_string().contains("GpuOptions::timeout"));
+    });
+}
