@@ -71,14 +71,14 @@ fn derivative(v: f32) -> f32 {
 
 @compute @workgroup_size(WG)
 fn activation_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = gid.x + gid.y * nwg.x * WG;
+    let i = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
     if (i >= params.len) { return; }
     out[i] = forward(x[i]);
 }
 
 @compute @workgroup_size(WG)
 fn activation_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = gid.x + gid.y * nwg.x * WG;
+    let i = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
     if (i >= params.len) { return; }
     out[i] = dy[i] * derivative(x[i]);
 }

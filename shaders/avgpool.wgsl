@@ -56,7 +56,7 @@ fn window(oy: u32, ox: u32) -> Window {
 @compute @workgroup_size(WG)
 fn avgpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let p = params;
-    let idx = gid.x + gid.y * nwg.x * WG;
+    let idx = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
     if (idx >= p.planes * p.oh * p.ow) { return; }
     let ox = idx % p.ow;
     let oy = (idx / p.ow) % p.oh;
@@ -75,7 +75,7 @@ fn avgpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
 @compute @workgroup_size(WG)
 fn avgpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let p = params;
-    let idx = gid.x + gid.y * nwg.x * WG;
+    let idx = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
     if (idx >= p.planes * p.h * p.w) { return; }
     let x = idx % p.w;
     let y = (idx / p.w) % p.h;

@@ -68,9 +68,10 @@ fn x_hat(ch: u32, i: u32) -> f32 {
 }
 
 @compute @workgroup_size(WG)
-fn batchnorm_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+fn batchnorm_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let p = params;
-    let ch = wid.x;
+    // One workgroup per channel; the grid folds into y and z past the per-dimension limit.
+    let ch = wid.x + (wid.y + wid.z * nwg.y) * nwg.x;
     if (ch >= p.c) { return; } // uniform per workgroup
     let count = p.n * p.inner;
     let shift = x[at(ch, 0u)];
@@ -99,7 +100,7 @@ fn batchnorm_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
 @compute @workgroup_size(WG)
 fn batchnorm_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let p = params;
-    let i = gid.x + gid.y * nwg.x * WG;
+    let i = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
     if (i >= p.n * p.c * p.inner) { return; }
     let ch = (i / p.inner) % p.c;
     var h = x_hat(ch, i);
@@ -108,9 +109,10 @@ fn batchnorm_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
 }
 
 @compute @workgroup_size(WG)
-fn batchnorm_backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+fn batchnorm_backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let p = params;
-    let ch = wid.x;
+    // One workgroup per channel; the grid folds into y and z past the per-dimension limit.
+    let ch = wid.x + (wid.y + wid.z * nwg.y) * nwg.x;
     if (ch >= p.c) { return; }
     let count = p.n * p.inner;
     var sd = 0.0;
@@ -131,7 +133,7 @@ fn batchnorm_backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(loc
 @compute @workgroup_size(WG)
 fn batchnorm_backward_dx(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let p = params;
-    let i = gid.x + gid.y * nwg.x * WG;
+    let i = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
     if (i >= p.n * p.c * p.inner) { return; }
     let ch = (i / p.inner) % p.c;
     var g = 1.0;

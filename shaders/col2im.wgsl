@@ -32,7 +32,7 @@ override WG: u32 = 256u;
 @compute @workgroup_size(WG)
 fn col2im(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let p = params;
-    let idx = gid.x + gid.y * nwg.x * WG;
+    let idx = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
     if (idx >= p.n * p.c * p.h * p.w) { return; }
     let x = idx % p.w;
     let y = (idx / p.w) % p.h;

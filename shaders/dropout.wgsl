@@ -36,7 +36,7 @@ fn keep(i: u32) -> bool {
 // Forward (src = x) and backward (src = dy) are the same masked scaling.
 @compute @workgroup_size(WG)
 fn dropout_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = gid.x + gid.y * nwg.x * WG;
+    let i = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
     if (i >= params.len) { return; }
     out[i] = select(0.0, src[i] * params.scale, keep(i));
 }

@@ -27,7 +27,7 @@ struct EwParams {
 override WG: u32 = 256u;
 
 fn index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return gid.x + gid.y * nwg.x * WG;
+    return gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
 }
 
 @compute @workgroup_size(WG)

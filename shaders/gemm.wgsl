@@ -11,7 +11,8 @@
 //                  For CPU-type adapters (lavapipe), where barriers are costly.
 //   gemm_tiled   — workgroup-memory tiles of TILE_M×TILE_N with a TILE_K-deep
 //                  k-slab, 4×4 outputs per invocation. For real GPUs.
-// Grid: x over column blocks, y over row blocks, z over the batch.
+// Grid: x over column blocks, y over row blocks, z over the batch; row_base and
+// col_base offset a dispatch that covers part of a larger grid.
 // beta == 0 never reads C (pooled buffers hold stale data, possibly NaN).
 
 struct GemmParams {
@@ -29,8 +30,10 @@ struct GemmParams {
     offset_a: u32,
     offset_b: u32,
     offset_c: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // First row and column of this dispatch: the host splits grids that pass
+    // the per-dimension workgroup limit into several dispatches.
+    row_base: u32,
+    col_base: u32,
 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
@@ -87,8 +90,8 @@ fn gemm_blocked(
     // Rows i0..i0+3 are adjacent; columns j0 + WG_X·c are interleaved across the
     // workgroup, so invocations that run as neighbouring SIMD lanes read
     // neighbouring addresses of B.
-    let i0 = wid.y * TILE_M + lid.y * 4u;
-    let j0 = wid.x * TILE_N + lid.x;
+    let i0 = params.row_base + wid.y * TILE_M + lid.y * 4u;
+    let j0 = params.col_base + wid.x * TILE_N + lid.x;
     let batch = wid.z;
     if (i0 >= params.m || j0 >= params.n || batch >= params.batch) { return; }
     let s = strides();
@@ -126,8 +129,8 @@ fn gemm_tiled(
 ) {
     // No early return: every invocation must reach the barriers.
     let batch = wid.z;
-    let row0 = wid.y * TILE_M;
-    let col0 = wid.x * TILE_N;
+    let row0 = params.row_base + wid.y * TILE_M;
+    let col0 = params.col_base + wid.x * TILE_N;
     let s = strides();
     let base_a = params.offset_a + batch * params.stride_a;
     let base_b = params.offset_b + batch * params.stride_b;

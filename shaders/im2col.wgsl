@@ -35,7 +35,7 @@ override WG: u32 = 256u;
 fn im2col(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let p = params;
     let ncols = p.n * p.oh * p.ow;
-    let idx = gid.x + gid.y * nwg.x * WG;
+    let idx = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
     if (idx >= p.c * p.kh * p.kw * ncols) { return; }
     let row = idx / ncols;
     let col = idx % ncols;

@@ -31,7 +31,7 @@ override WG: u32 = 256u;
 @compute @workgroup_size(WG)
 fn maxpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let p = params;
-    let idx = gid.x + gid.y * nwg.x * WG;
+    let idx = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
     if (idx >= p.planes * p.oh * p.ow) { return; }
     let ox = idx % p.ow;
     let oy = (idx / p.ow) % p.oh;
@@ -62,7 +62,7 @@ fn maxpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
 @compute @workgroup_size(WG)
 fn maxpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let p = params;
-    let idx = gid.x + gid.y * nwg.x * WG;
+    let idx = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
     if (idx >= p.planes * p.h * p.w) { return; }
     let x = idx % p.w;
     let y = (idx / p.w) % p.h;

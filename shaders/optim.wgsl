@@ -39,7 +39,7 @@ const MOMENTUM: u32 = 8u;
 @compute @workgroup_size(WG)
 fn sgd_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let q = params;
-    let i = gid.x + gid.y * nwg.x * WG;
+    let i = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
     if (i >= q.len) { return; }
     var g = grad[i] + q.weight_decay * param[i];
     if ((q.flags & MOMENTUM) != 0u) {
@@ -54,7 +54,7 @@ fn sgd_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
 @compute @workgroup_size(WG)
 fn adam_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let q = params;
-    let i = gid.x + gid.y * nwg.x * WG;
+    let i = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
     if (i >= q.len) { return; }
     var p = param[i];
     var g = grad[i];

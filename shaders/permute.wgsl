@@ -28,7 +28,7 @@ override WG: u32 = 256u;
 fn permute_swap(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let p = params;
     // Indexed by the output, so writes are contiguous.
-    let idx = gid.x + gid.y * nwg.x * WG;
+    let idx = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
     if (idx >= p.a * p.b * p.inner) { return; }
     let t = idx % p.inner;
     let i = (idx / p.inner) % p.a;

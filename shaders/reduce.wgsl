@@ -27,7 +27,7 @@ var<workgroup> partial: array<f32, WG>;
 @compute @workgroup_size(WG)
 fn reduce_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     // Uniform per workgroup, so the early exit cannot split a barrier.
-    let row = wid.x + wid.y * nwg.x;
+    let row = wid.x + (wid.y + wid.z * nwg.y) * nwg.x;
     if (row >= params.rows) { return; }
     var acc = 0.0;
     for (var j = lid.x; j < params.len; j += WG) {

@@ -45,7 +45,7 @@ fn row_stats(base: u32) -> Row {
 @compute @workgroup_size(WG)
 fn softmax_xent_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let p = params;
-    let r = gid.x + gid.y * nwg.x * WG;
+    let r = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
     if (r >= p.n) { return; }
     let base = r * p.c;
     let label = labels[r];
@@ -70,7 +70,7 @@ fn softmax_xent_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
 @compute @workgroup_size(WG)
 fn softmax_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let p = params;
-    let r = gid.x + gid.y * nwg.x * WG;
+    let r = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
     if (r >= p.n) { return; }
     let base = r * p.c;
     let st = row_stats(base);

@@ -351,13 +351,18 @@ impl GpuContext {
         Ok(())
     }
 
-    /// A grid of `total` invocations in workgroups of `wg`, folded into y when x
-    /// would pass the per-dimension limit. Kernels index `gid.x + gid.y·nwg.x·wg`.
+    /// A grid of `total` invocations in workgroups of `wg`, folded into y and
+    /// then z when x would pass the per-dimension limit. Kernels index
+    /// `gid.x + (gid.y + gid.z·nwg.y)·nwg.x·wg` and bounds-check the result.
+    /// A grid that would pass the limit in z too is left for `dispatch` to reject.
     pub(crate) fn grid_1d(&self, total: usize, wg: usize) -> [u32; 3] {
         let groups = total.div_ceil(wg).max(1);
         let max = self.limits.max_compute_workgroups_per_dimension as usize;
         let x = groups.min(max);
-        [x as u32, groups.div_ceil(x) as u32, 1]
+        let rest = groups.div_ceil(x);
+        let y = rest.min(max);
+        let z = rest.div_ceil(y);
+        [x as u32, y as u32, z.min(u32::MAX as usize) as u32]
     }
 
     /// Submits everything recorded so far (one submit), without waiting.

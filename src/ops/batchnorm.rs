@@ -107,7 +107,7 @@ pub fn batchnorm_forward_train(x: &Tensor, affine: Option<Affine>, running: &mut
             let (gb, bb) = affine_bufs(affine, xb.buffer());
             let (yb, sb) = (y.gpu().unwrap().buffer(), stats.gpu().unwrap().buffer());
             let all = [xb.buffer(), xb.buffer(), gb, bb, sb, rb.buffer(), yb, ctx.scratch(0)];
-            ctx.dispatch(KernelId::BatchnormStats, &p, &all, [c as u32, 1, 1])?;
+            ctx.dispatch(KernelId::BatchnormStats, &p, &all, ctx.grid_1d(c, 1))?;
             ctx.dispatch(KernelId::BatchnormForward, &p, &all, ctx.grid_1d(n * c * inner, 256))?;
         }
         _ => unreachable!("same_device checked"),
@@ -190,7 +190,7 @@ pub fn batchnorm_backward(
             // `stats` and `running` are only read here; the layout declares them
             // read-write, and binding read-only data that way is allowed.
             let all = [xb.buffer(), db.buffer(), gb, bb, sb.buffer(), rb.buffer(), dx.gpu().unwrap().buffer(), grads.gpu().unwrap().buffer()];
-            ctx.dispatch(KernelId::BatchnormBackwardReduce, &p, &all, [c as u32, 1, 1])?;
+            ctx.dispatch(KernelId::BatchnormBackwardReduce, &p, &all, ctx.grid_1d(c, 1))?;
             ctx.dispatch(KernelId::BatchnormBackwardDx, &p, &all, ctx.grid_1d(n * c * inner, 256))?;
         }
         _ => unreachable!("same_device checked"),

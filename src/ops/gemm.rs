@@ -49,8 +49,8 @@ pub struct GemmParams {
     pub offset_a: u32,
     pub offset_b: u32,
     pub offset_c: u32,
-    pub _pad0: u32,
-    pub _pad1: u32,
+    pub row_base: u32,
+    pub col_base: u32,
 }
 
 /// The validated geometry of one GEMM call.
@@ -227,29 +227,37 @@ pub(crate) fn gemm_gpu_strided(
     let tile_n = 4 * id.constant("WG_X", 8) as usize;
     let tile_m = 4 * id.constant("WG_Y", 8) as usize;
     let (m, n, k) = (s.m, s.n, s.k);
-    let max_z = ctx.limits().max_compute_workgroups_per_dimension as usize;
+    // Grids past the per-dimension limit are split: batches along z, row and
+    // column blocks into dispatches that start at row_base / col_base.
+    let max = ctx.limits().max_compute_workgroups_per_dimension as usize;
+    let (rows_per, cols_per) = (max * tile_m, max * tile_n);
     let mut start = 0;
     while start < s.batch {
-        let chunk = (s.batch - start).min(max_z);
-        let params = GemmParams {
-            m: m as u32,
-            n: n as u32,
-            k: k as u32,
-            batch: chunk as u32,
-            trans_a: cfg.trans_a as u32,
-            trans_b: cfg.trans_b as u32,
-            alpha: cfg.alpha,
-            beta: cfg.beta,
-            stride_a: l.stride_a as u32,
-            stride_b: l.stride_b as u32,
-            stride_c: l.stride_c as u32,
-            offset_a: (l.offset_a + start * l.stride_a) as u32,
-            offset_b: (l.offset_b + start * l.stride_b) as u32,
-            offset_c: (l.offset_c + start * l.stride_c) as u32,
-            ..GemmParams::default()
-        };
-        let groups = [n.div_ceil(tile_n) as u32, m.div_ceil(tile_m) as u32, chunk as u32];
-        ctx.dispatch(id, &params, &[a, b, c], groups)?;
+        let chunk = (s.batch - start).min(max);
+        for row_base in (0..m).step_by(rows_per) {
+            for col_base in (0..n).step_by(cols_per) {
+                let params = GemmParams {
+                    m: m as u32,
+                    n: n as u32,
+                    k: k as u32,
+                    batch: chunk as u32,
+                    trans_a: cfg.trans_a as u32,
+                    trans_b: cfg.trans_b as u32,
+                    alpha: cfg.alpha,
+                    beta: cfg.beta,
+                    stride_a: l.stride_a as u32,
+                    stride_b: l.stride_b as u32,
+                    stride_c: l.stride_c as u32,
+                    offset_a: (l.offset_a + start * l.stride_a) as u32,
+                    offset_b: (l.offset_b + start * l.stride_b) as u32,
+                    offset_c: (l.offset_c + start * l.stride_c) as u32,
+                    row_base: row_base as u32,
+                    col_base: col_base as u32,
+                };
+                let groups = [(n - col_base).min(cols_per).div_ceil(tile_n) as u32, (m - row_base).min(rows_per).div_ceil(tile_m) as u32, chunk as u32];
+                ctx.dispatch(id, &params, &[a, b, c], groups)?;
+            }
+        }
         start += chunk;
     }
     Ok(())

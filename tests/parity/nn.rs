@@ -74,14 +74,27 @@ fn compare_devices(build: impl Fn(&Device) -> Sequential, x_shape: &[usize], fd:
     if fd {
         check_fd(&mut cpu, &x, &labels, &cpu_grads);
     }
-    with_gpu("nn::compare_devices", |dev| {
-        let mut gpu = build(dev);
-        let (gpu_loss, gpu_grads) = grads(&mut gpu, &Tensor::from_slice(dev, x_shape, &xv).unwrap(), &labels);
-        Tolerance::new(1e-5, 1e-4).assert("loss GPU vs CPU", &[gpu_loss], &[cpu_loss]);
-        for ((name, g), (_, c)) in gpu_grads.iter().zip(&cpu_grads) {
-            Tolerance::new(2e-5, 1e-3).assert(&format!("{name} gradient GPU vs CPU"), g, c);
-        }
-    });
+    with_gpu("nn::compare_devices", |dev| compare_with_cpu(dev, &build, x_shape, cpu_loss, &cpu_grads, &xv, &labels));
+}
+
+#[allow(clippy::too_many_arguments)]
+fn compare_with_cpu(dev: &Device, build: &dyn Fn(&Device) -> Sequential, x_shape: &[usize], cpu_loss: f32, cpu_grads: &[(String, Vec<f32>)], xv: &[f32], labels: &[i64]) {
+    let mut gpu = build(dev);
+    let (gpu_loss, gpu_grads) = grads(&mut gpu, &Tensor::from_slice(dev, x_shape, xv).unwrap(), labels);
+    Tolerance::new(1e-5, 1e-4).assert("loss GPU vs CPU", &[gpu_loss], &[cpu_loss]);
+    for ((name, g), (_, c)) in gpu_grads.iter().zip(cpu_grads) {
+        Tolerance::new(2e-5, 1e-3).assert(&format!("{name} gradient GPU vs CPU"), g, c);
+    }
+}
+
+/// Loss and every gradient of `build`'s model on `dev` against the CPU path
+/// (for devices other than the shared one, e.g. with forced small limits).
+pub(crate) fn gradients_match_cpu(dev: &Device, build: impl Fn(&Device) -> Sequential, x_shape: &[usize]) {
+    let labels: Vec<i64> = (0..x_shape[0] as i64).map(|i| (i * 3) % 10).collect();
+    let xv = random(7, x_shape.iter().product());
+    let mut cpu = build(&Device::Cpu);
+    let (cpu_loss, cpu_grads) = grads(&mut cpu, &Tensor::from_slice(&Device::Cpu, x_shape, &xv).unwrap(), &labels);
+    compare_with_cpu(dev, &build, x_shape, cpu_loss, &cpu_grads, &xv, &labels);
 }
 
 /// LeNet-5 on a batch of 8: every parameter gradient, GPU against CPU, and

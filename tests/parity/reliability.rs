@@ -106,3 +106,58 @@ fn readback_times_out() {
         assert!(e.to_string().contains("GpuOptions::timeout"));
     });
 }
+
+/// A device opened with a 1 MiB storage-binding limit and at most 16
+/// workgroups per grid dimension, so the chunked and folded paths run here.
+fn small_limits() -> Device {
+    private(GpuOptions { max_binding_bytes: Some(1 << 20), max_workgroups_per_dimension: Some(16), ..GpuOptions::default() })
+}
+
+/// Under forced small limits, whole networks still match the CPU path:
+/// LeNet-5's conv1 columns (1.9 MB at batch 24) are chunked, GEMM grids are
+/// split into several dispatches, 1-D grids fold into y and z, and batch-norm over 40
+/// channels folds its per-channel grid.
+#[test]
+fn small_limits_match_cpu() {
+    with_gpu("reliability::small_limits_match_cpu", |_| {
+        let dev = small_limits();
+        let ctx = dev.gpu_context().unwrap();
+        assert_eq!(ctx.max_binding_bytes(), 1 << 20);
+        assert_eq!(ctx.limits().max_compute_workgroups_per_dimension, 16);
+        use wgpu_cnn::nn::{models, Init, Initializer};
+        crate::nn::gradients_match_cpu(&dev, |d| models::lenet5(d, &mut Initializer::new(3, Init::PytorchDefault)).unwrap(), &[24, 1, 28, 28]);
+        crate::nn::gradients_match_cpu(&dev, |d| models::mlp(d, 40, 0.25, &mut Initializer::new(9, Init::KaimingUniform)).unwrap(), &[6, 1, 28, 28]);
+        // GEMMs whose 19 row (then column) tiles pass 16: split into two dispatches.
+        for (m, n) in [(600, 400), (400, 600)] {
+            let (a, b) = (random(4, m * 40), random(5, 40 * n));
+            let run = |d: &Device| {
+                let ta = Tensor::from_vec(d, &[m, 40], a.clone()).unwrap();
+                let tb = Tensor::from_vec(d, &[40, n], b.clone()).unwrap();
+                gemm(&ta, &tb, GemmConfig::default()).unwrap().to_vec().unwrap()
+            };
+            wgpu_cnn::Tolerance::new(1e-5, 1e-4).check(&format!("gemm {m}×40×{n} split grid"), &run(&dev), &run(&Device::Cpu)).unwrap();
+        }
+        // 250,000 elements in workgroups of 256: a 16×16×4 grid.
+        let v = random(6, 250_000);
+        let relu = |d: &Device| {
+            let t = Tensor::from_vec(d, &[250_000], v.clone()).unwrap();
+            wgpu_cnn::ops::activation::activation_forward(&t, wgpu_cnn::ops::activation::Activation::Relu).unwrap().to_vec().unwrap()
+        };
+        assert_eq!(relu(&dev), relu(&Device::Cpu));
+    });
+}
+
+/// A tensor past the binding limit is refused with the sizes and the limit,
+/// and zero-size work never reaches a binding.
+#[test]
+fn too_large_and_zero_size_are_errors() {
+    with_gpu("reliability::too_large_and_zero_size_are_errors", |_| {
+        let dev = small_limits();
+        let e = Tensor::zeros(&dev, &[300_000]).unwrap_err();
+        assert!(matches!(e, Error::TooLarge { bytes: 1_200_000, limit: 1_048_576, .. }), "{e}");
+        assert!(e.to_string().contains("1200000") && e.to_string().contains("1048576"), "{e}");
+        let e = Tensor::zeros(&dev, &[4, 0]).unwrap_err();
+        assert!(e.to_string().contains("zero-size"), "{e}");
+        still_works(&dev);
+    });
+}
