@@ -65,6 +65,10 @@ struct Args {
     /// of the step, and write a Chrome/Perfetto trace to this file.
     #[arg(long)]
     profile: Option<PathBuf>,
+    /// Check every gradient for NaN/Inf before each update (one small readback
+    /// per step); training stops with the parameter's name instead of updating.
+    #[arg(long)]
+    check_gradients: bool,
 }
 
 fn main() -> ExitCode {
@@ -110,7 +114,7 @@ fn run(args: Args) -> wgpu_cnn::Result<()> {
         OptArg::Adam => OptimizerConfig::Adam(AdamConfig::adam(args.lr.unwrap_or(1e-3))),
         OptArg::Adamw => OptimizerConfig::Adam(AdamConfig::adamw(args.lr.unwrap_or(1e-3))),
     };
-    let config = TrainConfig { epochs: args.epochs, batch_size: args.batch_size, seed: args.seed, ..TrainConfig::default() };
+    let config = TrainConfig { epochs: args.epochs, batch_size: args.batch_size, seed: args.seed, check_gradients: args.check_gradients, ..TrainConfig::default() };
     let mut trainer = Trainer::new(model, Optimizer::new(opt)?, config, device)?;
     if let Some(path) = &args.resume {
         wgpu_cnn::checkpoint::load(path, &mut trainer)?;

@@ -40,9 +40,14 @@ fn erf_approx(v: f32) -> f32 {
     return sign(v) * (1.0 - poly * exp(-a * a));
 }
 
+// By the bits: WGSL lets compilers assume NaN never occurs in float comparisons.
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
 fn forward(v: f32) -> f32 {
     switch params.kind {
-        case 0u: { return max(v, 0.0); }
+        case 0u: { return select(max(v, 0.0), v, is_nan(v)); } // NaN passes, as in PyTorch
         case 1u: { return select(params.slope * v, v, v > 0.0); }
         case 2u: { return sigmoid(v); }
         case 3u: { return tanh_stable(v); }

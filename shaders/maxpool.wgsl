@@ -28,6 +28,11 @@ struct PoolParams {
 
 override WG: u32 = 256u;
 
+// By the bits: WGSL lets compilers assume NaN never occurs in float comparisons.
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
 @compute @workgroup_size(WG)
 fn maxpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let p = params;
@@ -49,7 +54,9 @@ fn maxpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     for (var y = ys; y < ye; y++) {
         for (var x = xs; x < xe; x++) {
             let v = src[base + y * p.w + x];
-            if (v > best) {
+            // NaN wins (and the first one stays), as in PyTorch: a NaN input
+            // must reach the loss, not vanish in a comparison.
+            if (v > best || (is_nan(v) && !is_nan(best))) {
                 best = v;
                 best_i = y * p.w + x;
             }

@@ -206,6 +206,25 @@ impl Tensor {
         Ok(())
     }
 
+    /// `self[at] = src[0]`, on the device (no readback).
+    pub(crate) fn set_from(&mut self, at: usize, src: &Tensor) -> Result<()> {
+        same_device("Tensor::set_from", &[self, src])?;
+        if at >= self.numel() {
+            return Err(Error::Shape { op: "Tensor::set_from", msg: format!("element {at} of a tensor of shape {:?}", self.shape) });
+        }
+        self.make_unique()?;
+        match (&mut self.data, &src.data) {
+            (Data::Cpu(d), Data::Cpu(s)) => d.as_slice_mut().expect("contiguous")[at] = s.as_slice().expect("contiguous")[0],
+            (Data::Gpu(d), Data::Gpu(s)) => {
+                let ctx = d.context();
+                ctx.alive()?;
+                ctx.record(|enc| enc.copy_buffer_to_buffer(s.buffer(), 0, d.buffer(), (at * 4) as u64, 4));
+            }
+            _ => unreachable!("same_device checked"),
+        }
+        Ok(())
+    }
+
     pub(crate) fn gpu(&self) -> Option<&GpuBuffer> {
         match &self.data {
             Data::Gpu(b) => Some(b.as_ref()),

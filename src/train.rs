@@ -3,8 +3,10 @@
 //! a progress bar and a per-epoch hook.
 //!
 //! On the GPU one training step records every dispatch into one command
-//! encoder and submits once; the loss is accumulated on the device and read
-//! back every `log_every` steps and at the end of the epoch.
+//! encoder and submits once; each step's loss is kept on the device and the
+//! window is read back every `log_every` steps and at the end of the epoch.
+//! A NaN or infinite loss stops training with `Error::NonFinite` naming the
+//! exact step; `check_gradients` checks every gradient before each update.
 
 use std::time::Instant;
 
@@ -16,7 +18,7 @@ use crate::data::{Augment, Dataset};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::nn::{Layer, Mode, Sequential};
-use crate::ops::elementwise::{clip_global_norm, combine_into, combine_sign_into};
+use crate::ops::elementwise::{clip_global_norm, combine_into, combine_sign_into, sum_squares_each};
 use crate::ops::softmax_xent::{softmax_cpu, softmax_cross_entropy, CrossEntropyConfig};
 use crate::optim::{check_schedule, LrSchedule, Optimizer};
 use crate::tensor::Tensor;
@@ -44,6 +46,9 @@ pub struct TrainConfig {
     pub loss: CrossEntropyConfig,
     /// Show a progress bar (it stays hidden when stderr is not a terminal).
     pub progress: bool,
+    /// Before every update, check that each gradient's norm is finite and stop
+    /// (without updating) if one is not. Costs one small readback per step.
+    pub check_gradients: bool,
 }
 
 impl Default for TrainConfig {
@@ -62,6 +67,7 @@ impl Default for TrainConfig {
             augment: None,
             loss: CrossEntropyConfig::default(),
             progress: true,
+            check_gradients: false,
         }
     }
 }
@@ -139,6 +145,18 @@ impl Trainer {
                 clip_global_norm(&mut grads, max)?;
             }
         }
+        if self.config.check_gradients {
+            let params = self.model.parameters("");
+            let grads: Vec<&Tensor> = params.iter().map(|p| &*p.grad).collect();
+            let norms = sum_squares_each(&grads)?;
+            if let Some(i) = norms.iter().position(|v| !v.is_finite()) {
+                return Err(Error::NonFinite {
+                    what: format!("the gradient of `{}` (squared norm {})", params[i].name, norms[i]),
+                    epoch: self.epoch + 1,
+                    step: self.step + 1,
+                });
+            }
+        }
         self.optimizer.step(&mut self.model)?;
         if let Device::Gpu(ctx) = &self.device {
             ctx.flush()?;
@@ -156,22 +174,31 @@ impl Trainer {
         bar.set_style(ProgressStyle::with_template("epoch {msg} [{bar:30}] {pos}/{len} batches, {per_sec}, eta {eta}").unwrap().progress_chars("=> "));
         bar.set_message(format!("{}", self.epoch + 1));
         let start = Instant::now();
-        let mut total = Tensor::zeros(&self.device, &[1])?;
+        // Each step's loss goes into its slot of a device-side window, read back
+        // when full (every log_every steps) or at the end of the epoch: the
+        // first non-finite entry names the exact step.
+        let window_len = if self.config.log_every > 0 { self.config.log_every } else { batches.len() }.clamp(1, batches.len().max(1));
+        let mut window = Tensor::zeros(&self.device, &[window_len])?;
+        let (mut sum, mut filled, mut first_step) = (0f64, 0usize, self.step);
         for (i, idx) in batches.iter().enumerate() {
             let augment = self.config.augment.as_ref().map(|a| (a, &mut aug_rng));
             let (x, labels) = data.batch(&self.device, idx, augment)?;
             let loss = self.train_step(&x, &labels)?;
-            combine_into(&mut total, &loss, 1.0, 1.0)?;
+            window.set_from(filled, &loss)?;
+            filled += 1;
             bar.inc(1);
-            if self.config.log_every > 0 && (i + 1) % self.config.log_every == 0 {
-                let running = total.to_vec()?[0] / (i + 1) as f32;
-                bar.set_message(format!("{} loss {running:.4}", self.epoch + 1));
-                if !running.is_finite() {
-                    return Err(Error::InvalidArgument { op: "train", msg: format!("loss became {running} at step {}; lower the learning rate", self.step) });
+            if filled == window_len || i + 1 == batches.len() {
+                let losses = window.to_vec()?;
+                if let Some(j) = losses[..filled].iter().position(|v| !v.is_finite()) {
+                    bar.abandon();
+                    return Err(Error::NonFinite { what: format!("the loss ({})", losses[j]), epoch: self.epoch + 1, step: first_step + j as u64 + 1 });
                 }
+                sum += losses[..filled].iter().map(|&v| v as f64).sum::<f64>();
+                bar.set_message(format!("{} loss {:.4}", self.epoch + 1, sum / (i + 1) as f64));
+                (filled, first_step) = (0, self.step);
             }
         }
-        let mean = total.to_vec()?[0] / batches.len().max(1) as f32;
+        let mean = (sum / batches.len().max(1) as f64) as f32;
         bar.finish_and_clear();
         let secs = start.elapsed().as_secs_f64();
         self.epoch += 1;

@@ -108,7 +108,8 @@ const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 
 pub fn forward_cpu(act: Activation, v: f32) -> f32 {
     match act {
-        Activation::Relu => v.max(0.0),
+        // f32::max drops a NaN; PyTorch's ReLU passes it on.
+        Activation::Relu => if v.is_nan() { v } else { v.max(0.0) },
         Activation::LeakyRelu(s) => {
             if v > 0.0 {
                 v

@@ -148,6 +148,29 @@ fn sign(v: f32) -> f32 {
     }
 }
 
+/// Σ x² of each tensor, read back in one go (one readback on the GPU). The
+/// trainer's gradient check uses it; a non-finite entry means a NaN or
+/// infinity (or a norm past f32's range) somewhere in that tensor.
+pub fn sum_squares_each(tensors: &[&Tensor]) -> Result<Vec<f32>> {
+    if tensors.is_empty() {
+        return Ok(Vec::new());
+    }
+    let dev = same_device("sum_squares", tensors)?;
+    match &dev {
+        crate::device::Device::Cpu => tensors
+            .iter()
+            .map(|t| Ok(t.to_vec()?.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() as f32))
+            .collect(),
+        crate::device::Device::Gpu(ctx) => {
+            let slots = ctx.alloc("sum_squares", tensors.len())?;
+            for (i, t) in tensors.iter().enumerate() {
+                crate::ops::reduce::sum_squares_gpu(ctx, t.gpu().unwrap().buffer(), t.numel(), slots.buffer(), i)?;
+            }
+            ctx.read(slots.buffer(), tensors.len())
+        }
+    }
+}
+
 /// Scales the tensors together so their global L2 norm is at most `max_norm`
 /// (PyTorch's `clip_grad_norm_`, factor `max_norm / (norm + 1e-6)` capped at 1).
 /// On the GPU the norm never leaves the device. Returns nothing: reading the

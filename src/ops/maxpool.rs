@@ -120,7 +120,8 @@ pub fn maxpool_forward_cpu(x: &[f32], g: &Pool2dGeometry) -> (Vec<f32>, Vec<u32>
                 let mut best_i = ys * w + xs;
                 for yy in ys..ye {
                     for xx in xs..xe {
-                        if xp[yy * w + xx] > xp[best_i] {
+                        let (v, best) = (xp[yy * w + xx], xp[best_i]);
+                        if v > best || (v.is_nan() && !best.is_nan()) {
                             best_i = yy * w + xx;
                         }
                     }

@@ -161,3 +161,67 @@ fn too_large_and_zero_size_are_errors() {
         still_works(&dev);
     });
 }
+
+/// 64 MNIST images in which the first image of epoch 2's third batch (of 16)
+/// is NaN: in the clean copy none is.
+fn poisoned(seed: u64) -> (wgpu_cnn::data::Dataset, wgpu_cnn::data::Dataset) {
+    let clean = mnist_slice(Split::Train, 64);
+    let mut bad = clean.clone();
+    let victim = bad.batches(16, Some(seed + 1))[2][0];
+    let item: usize = bad.item_shape.iter().product();
+    bad.images[victim * item + 100] = f32::NAN;
+    (clean, bad)
+}
+
+/// A NaN loss stops training with an error naming the epoch and the exact
+/// step, even though the loss is read back only at the end of the epoch, and
+/// the checkpoint written before stays intact.
+fn nan_loss_stops_training(dev: &Device) {
+    let (clean, bad) = poisoned(0);
+    let cfg = TrainConfig { batch_size: 16, epochs: 2, log_every: 0, ..Default::default() };
+    let mut t = lenet_trainer(dev, sgd(), cfg.clone());
+    t.train_epoch(&clean).unwrap();
+    let path = crate::training::tmp(&format!("nan-{}.safetensors", dev.is_gpu()));
+    wgpu_cnn::checkpoint::save(&path, &mut t).unwrap();
+    let saved = crate::training::weights(&mut t);
+    let e = t.train_epoch(&bad).unwrap_err();
+    assert!(matches!(e, Error::NonFinite { epoch: 2, step: 7, .. }), "{e}");
+    assert!(e.to_string().contains("epoch 2, step 7") && e.to_string().contains("loss"), "{e}");
+    let mut fresh = lenet_trainer(dev, sgd(), cfg);
+    wgpu_cnn::checkpoint::load(&path, &mut fresh).unwrap();
+    assert_eq!(crate::training::weights(&mut fresh), saved, "the checkpoint changed");
+}
+crate::test_device!(nan_loss_stops_training_with_step, nan_loss_stops_training);
+
+/// With `check_gradients`, the bad step is caught before its update: the
+/// error names the parameter and every weight is still finite.
+fn gradient_check_stops_before_update(dev: &Device) {
+    let (clean, bad) = poisoned(0);
+    let cfg = TrainConfig { batch_size: 16, epochs: 2, check_gradients: true, ..Default::default() };
+    let mut t = lenet_trainer(dev, sgd(), cfg);
+    t.train_epoch(&clean).unwrap();
+    let e = t.train_epoch(&bad).unwrap_err();
+    assert!(matches!(e, Error::NonFinite { epoch: 2, step: 7, .. }), "{e}");
+    assert!(e.to_string().contains("the gradient of `"), "{e}");
+    assert_eq!(t.step, 6, "the bad step must not count as taken");
+    assert!(crate::training::weights(&mut t).iter().flatten().all(|v| v.is_finite()), "an update with NaN gradients was applied");
+}
+crate::test_device!(gradient_check_stops_before_update_with_name, gradient_check_stops_before_update);
+
+/// NaN inputs reach the output instead of vanishing in a comparison: max
+/// pooling picks a NaN (the first), ReLU passes it on (PyTorch's semantics).
+fn nan_propagates(dev: &Device) {
+    use wgpu_cnn::ops::activation::{activation_forward, Activation};
+    use wgpu_cnn::ops::maxpool::maxpool_forward;
+    let mut v = vec![1.0f32; 16];
+    v[5] = f32::NAN; // window (0, 0) of a 2×2 pooling over 4×4
+    v[6] = f32::NAN; // window (0, 1)
+    let x = Tensor::from_vec(dev, &[1, 1, 4, 4], v).unwrap();
+    let (y, mask) = maxpool_forward(&x, wgpu_cnn::Pool2dConfig::new(2)).unwrap();
+    let y = y.to_vec().unwrap();
+    assert!(y[0].is_nan() && y[1].is_nan() && y[2] == 1.0 && y[3] == 1.0, "{y:?}");
+    assert_eq!(&mask.to_vec().unwrap()[..2], &[5, 6]);
+    let r = activation_forward(&Tensor::from_vec(dev, &[3], vec![f32::NAN, -1.0, 2.0]).unwrap(), Activation::Relu).unwrap().to_vec().unwrap();
+    assert!(r[0].is_nan() && r[1] == 0.0 && r[2] == 2.0, "{r:?}");
+}
+crate::test_device!(nan_propagates_through_pool_and_relu, nan_propagates);
