@@ -48,7 +48,7 @@ pub fn save(path: &Path, trainer: &mut Trainer) -> Result<()> {
     }
     let counters: Vec<(String, String)> = trainer.model.counters("").into_iter().map(|(n, v)| (format!("counter.model.{n}"), v.to_string())).collect();
     let meta: HashMap<String, String> = [
-        ("format", "wgpu-cnn checkpoint v1".to_string()),
+        ("format", FORMAT.to_string()),
         ("fingerprint", fingerprint(trainer)),
         ("epoch", trainer.epoch.to_string()),
         ("step", trainer.step.to_string()),
@@ -69,7 +69,10 @@ pub fn save(path: &Path, trainer: &mut Trainer) -> Result<()> {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    // Unique per process and per call: two threads saving to one path must not share a temp file.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.tmp-{}-{seq}", std::process::id()));
     let io = |e: std::io::Error| crate::Error::File { path: path.to_path_buf(), kind: K::Io, msg: e.to_string() };
     let mut f = std::fs::File::create(&tmp).map_err(io)?;
     f.write_all(bytes).map_err(io)?;
@@ -82,74 +85,115 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The format tag saved in the metadata: this format's magic number.
+const FORMAT: &str = "wgpu-cnn checkpoint v1";
+
 /// Restores a trainer built with the same model and optimiser from `path`.
+/// Everything is checked before anything is written: on an error the
+/// trainer is unchanged.
 pub fn load(path: &Path, trainer: &mut Trainer) -> Result<()> {
     let bytes = std::fs::read(path).or_else(|e| file_err(path, K::Io, e.to_string()))?;
-    let st = SafeTensors::deserialize(&bytes).or_else(|e| {
-        let kind = if matches!(e, safetensors::SafeTensorError::MetadataIncompleteBuffer | safetensors::SafeTensorError::HeaderTooSmall) { K::Truncated } else { K::BadHeader };
+    load_bytes(path, &bytes, trainer)
+}
+
+/// [`load`] on bytes in memory; `path` only labels errors.
+pub fn load_bytes(path: &Path, bytes: &[u8], trainer: &mut Trainer) -> Result<()> {
+    use safetensors::SafeTensorError as E;
+    let st = SafeTensors::deserialize(bytes).or_else(|e| {
+        let kind = match e {
+            E::MetadataIncompleteBuffer | E::HeaderTooSmall | E::InvalidHeaderLength => K::Truncated,
+            E::HeaderTooLarge | E::ValidationOverflow => K::Overflow,
+            E::InvalidHeaderStart => K::BadMagic,
+            _ => K::BadHeader,
+        };
         file_err(path, kind, format!("not a valid safetensors file: {e}"))
     })?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes).or_else(|e| file_err(path, K::BadHeader, e.to_string()))?;
+    let (_, meta) = SafeTensors::read_metadata(bytes).or_else(|e| file_err(path, K::BadHeader, e.to_string()))?;
     let meta = meta.metadata().clone().unwrap_or_default();
+    match meta.get("format") {
+        Some(f) if f == FORMAT => {}
+        other => return file_err(path, K::BadMagic, format!("format tag {other:?}, expected {FORMAT:?}: not a wgpu-cnn checkpoint")),
+    }
     let get = |k: &str| meta.get(k).cloned().ok_or(()).or_else(|_| file_err(path, K::BadHeader, format!("metadata has no `{k}`")));
+    let num = |k: &str| -> Result<u64> { get(k)?.parse().or_else(|_| file_err(path, K::BadHeader, format!("metadata `{k}` is not a number"))) };
     let want = fingerprint(trainer);
     let have = get("fingerprint")?;
     if have != want {
         return file_err(path, K::Mismatch, format!("saved for a different model or optimiser:\n  checkpoint: {have}\n  this run:   {want}"));
     }
-    let read = |name: &str, like: &Tensor| -> Result<Vec<f32>> {
+    let read = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
         let view = st.tensor(name).or_else(|_| file_err(path, K::Mismatch, format!("tensor `{name}` is missing")))?;
         if view.dtype() != Dtype::F32 {
             return file_err(path, K::Mismatch, format!("tensor `{name}` has dtype {:?}, expected F32", view.dtype()));
         }
-        if view.shape() != like.shape() {
-            return file_err(path, K::Mismatch, format!("tensor `{name}` has shape {:?}, the model expects {:?}", view.shape(), like.shape()));
+        if view.shape() != shape {
+            return file_err(path, K::Mismatch, format!("tensor `{name}` has shape {:?}, the model expects {shape:?}", view.shape()));
         }
         Ok(bytemuck::pod_collect_to_vec::<u8, f32>(view.data()))
     };
+    // Pass 1: read and check everything.
     let mut expected: Vec<String> = Vec::new();
+    let mut values: Vec<Vec<f32>> = Vec::new();
     for p in trainer.model.parameters("") {
         let name = format!("model.{}", p.name);
-        let v = read(&name, p.value)?;
-        p.value.write(&v)?;
+        values.push(read(&name, p.value.shape())?);
         expected.push(name);
     }
     for (n, t) in trainer.model.buffers("") {
         let name = format!("model.{n}");
-        let v = read(&name, t)?;
-        t.write(&v)?;
+        values.push(read(&name, t.shape())?);
         expected.push(name);
     }
     // Optimiser state: one or two tensors per parameter.
     let adam = matches!(trainer.optimizer.config, OptimizerConfig::Adam(_));
-    let params: Vec<(String, Tensor)> = trainer.model.parameters("").into_iter().map(|p| (p.name, p.value.clone())).collect();
-    for (pname, value) in &params {
+    let params: Vec<(String, Vec<usize>)> = trainer.model.parameters("").into_iter().map(|p| (p.name, p.value.shape().to_vec())).collect();
+    let mut states = Vec::new();
+    for (pname, shape) in &params {
         let s1 = format!("optim.{pname}.state1");
         if st.tensor(&s1).is_err() {
             continue; // a checkpoint taken before the first step has no state
         }
-        let dev = value.device();
-        let t1 = Tensor::from_vec(&dev, value.shape(), read(&s1, value)?)?;
+        let v1 = read(&s1, shape)?;
         expected.push(s1);
-        let t2 = if adam {
+        let v2 = if adam {
             let s2 = format!("optim.{pname}.state2");
-            let t = Tensor::from_vec(&dev, value.shape(), read(&s2, value)?)?;
+            let v = read(&s2, shape)?;
             expected.push(s2);
-            Some(t)
+            Some(v)
         } else {
             None
         };
-        trainer.optimizer.insert_state(pname, t1, t2);
+        states.push((pname.clone(), shape.clone(), v1, v2));
     }
     if let Some(extra) = st.names().into_iter().find(|n| !expected.contains(n)) {
         return file_err(path, K::Mismatch, format!("tensor `{extra}` is not part of this model"));
     }
-    let num = |k: &str| -> Result<u64> { get(k)?.parse().or_else(|_| file_err(path, K::BadHeader, format!("metadata `{k}` is not a number"))) };
-    for (name, counter) in trainer.model.counters("") {
-        *counter = num(&format!("counter.model.{name}"))? as u32;
+    let mut counters = Vec::new();
+    for (name, _) in trainer.model.counters("") {
+        let v = num(&format!("counter.model.{name}"))?;
+        counters.push(u32::try_from(v).or_else(|_| file_err(path, K::BadHeader, format!("counter `{name}` = {v} is out of range")))?);
     }
-    trainer.epoch = num("epoch")? as usize;
-    trainer.step = num("step")?;
-    trainer.optimizer.steps = num("optimizer_steps")? as u32;
+    let (epoch, step, opt_steps) = (num("epoch")?, num("step")?, num("optimizer_steps")?);
+    let opt_steps = u32::try_from(opt_steps).or_else(|_| file_err(path, K::BadHeader, format!("optimizer_steps = {opt_steps} is out of range")))?;
+    // Pass 2: apply.
+    let mut values = values.into_iter();
+    for p in trainer.model.parameters("") {
+        p.value.write(&values.next().expect("one per parameter"))?;
+    }
+    for (_, t) in trainer.model.buffers("") {
+        t.write(&values.next().expect("one per buffer"))?;
+    }
+    let dev = trainer.device.clone();
+    for (pname, shape, v1, v2) in states {
+        let t1 = Tensor::from_vec(&dev, &shape, v1)?;
+        let t2 = v2.map(|v| Tensor::from_vec(&dev, &shape, v)).transpose()?;
+        trainer.optimizer.insert_state(&pname, t1, t2);
+    }
+    for ((_, counter), v) in trainer.model.counters("").into_iter().zip(counters) {
+        *counter = v;
+    }
+    trainer.epoch = epoch as usize;
+    trainer.step = step;
+    trainer.optimizer.steps = opt_steps;
     Ok(())
 }

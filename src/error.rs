@@ -74,10 +74,18 @@ pub enum FileErrorKind {
     Truncated,
     /// It is longer than its header says.
     TrailingData,
-    /// The magic number or another header field is wrong.
+    /// The magic number (or format tag) is not this format's.
+    BadMagic,
+    /// A header field other than the magic is malformed.
     BadHeader,
-    /// Image and label counts differ, or a label is out of range.
+    /// Header counts whose product overflows, or a header larger than allowed.
+    Overflow,
+    /// Image and label counts differ.
     Inconsistent,
+    /// A label outside the data set's classes.
+    LabelOutOfRange,
+    /// The compressed stream is corrupt (gzip CRC or format).
+    Corrupt,
     /// Its checksum does not match the recorded provenance.
     Checksum,
     /// Names, shapes or dtypes do not match what was expected.
@@ -90,8 +98,12 @@ impl std::fmt::Display for FileErrorKind {
             FileErrorKind::Io => "cannot read",
             FileErrorKind::Truncated => "truncated",
             FileErrorKind::TrailingData => "unexpected trailing data",
+            FileErrorKind::BadMagic => "wrong magic number",
             FileErrorKind::BadHeader => "bad header",
+            FileErrorKind::Overflow => "sizes overflow",
             FileErrorKind::Inconsistent => "inconsistent contents",
+            FileErrorKind::LabelOutOfRange => "label out of range",
+            FileErrorKind::Corrupt => "corrupt",
             FileErrorKind::Checksum => "checksum mismatch",
             FileErrorKind::Mismatch => "does not match",
         })

@@ -20,6 +20,11 @@ pub const HOW_TO_GET: &str = "download the CIFAR-10 binary version from https://
 /// Records from one file; its size must be a whole number of records.
 pub fn load_file(path: &Path) -> Result<Dataset> {
     let bytes = std::fs::read(path).or_else(|e| file_err(path, K::Io, format!("{e}; {HOW_TO_GET}")))?;
+    parse(path, &bytes)
+}
+
+/// [`load_file`] on bytes in memory; `path` only labels errors.
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<Dataset> {
     if bytes.is_empty() || bytes.len() % RECORD != 0 {
         return file_err(path, K::Truncated, format!("{} bytes is not a whole number of {RECORD}-byte records", bytes.len()));
     }
@@ -28,7 +33,7 @@ pub fn load_file(path: &Path) -> Result<Dataset> {
     let mut labels = Vec::with_capacity(n);
     for (i, rec) in bytes.chunks(RECORD).enumerate() {
         if rec[0] > 9 {
-            return file_err(path, K::Inconsistent, format!("label {} in record {i} is not a class 0–9", rec[0]));
+            return file_err(path, K::LabelOutOfRange, format!("label {} in record {i} is not a class 0–9", rec[0]));
         }
         labels.push(rec[0] as i64);
         images.extend(rec[1..].iter().enumerate().map(|(j, &p)| {

@@ -3,12 +3,17 @@
 //! One binary with a module per op stem, so it links once.
 
 mod harness;
+mod alloc;
+
+#[global_allocator]
+static ALLOC: alloc::Tracking = alloc::Tracking;
 
 mod activation;
 mod avgpool;
 mod batchnorm;
 mod col2im;
 mod conv2d;
+mod corrupt;
 mod dropout;
 mod elementwise;
 mod errors;
