@@ -225,3 +225,35 @@ fn nan_propagates(dev: &Device) {
     assert!(r[0].is_nan() && r[1] == 0.0 && r[2] == 2.0, "{r:?}");
 }
 crate::test_device!(nan_propagates_through_pool_and_relu, nan_propagates);
+
+/// Same seed, same device: two runs of eight training steps (Adam, dropout,
+/// batch-norm, convolutions, shuffling and augmentation) give bitwise-identical
+/// weights. No float atomics, fixed reduction order, counter-based dropout RNG.
+fn deterministic(dev: &Device) {
+    use wgpu_cnn::data::Augment;
+    use wgpu_cnn::nn::{models, Init, Initializer, Layer};
+    use wgpu_cnn::ops::optim::AdamConfig;
+    use wgpu_cnn::optim::{Optimizer, OptimizerConfig};
+    use wgpu_cnn::train::Trainer;
+    let data = mnist_slice(Split::Train, 64);
+    let run = |mlp: bool| -> Vec<Vec<u32>> {
+        let init = &mut Initializer::new(11, Init::KaimingUniform);
+        let model = if mlp { models::mlp(dev, 32, 0.3, init).unwrap() } else { models::lenet5(dev, init).unwrap() };
+        let cfg = TrainConfig {
+            batch_size: 16,
+            epochs: 2,
+            seed: 5,
+            progress: false,
+            augment: Some(Augment { crop_padding: 2, horizontal_flip: false }),
+            ..Default::default()
+        };
+        let mut t = Trainer::new(model, Optimizer::new(OptimizerConfig::Adam(AdamConfig::adamw(1e-3))).unwrap(), cfg, dev.clone()).unwrap();
+        t.fit(&data, None, |_| Control::Continue).unwrap();
+        t.model.parameters("").into_iter().map(|p| p.value.to_vec().unwrap().iter().map(|v| v.to_bits()).collect()).collect()
+    };
+    for mlp in [true, false] {
+        let (a, b) = (run(mlp), run(mlp));
+        assert!(a == b, "{} on {dev}: two runs with one seed differ", if mlp { "MLP" } else { "LeNet-5" });
+    }
+}
+crate::test_device!(same_seed_gives_identical_weights, deterministic);
