@@ -32,22 +32,25 @@ struct Args {
     no_gemm: bool,
 }
 
-/// Training-step rows: (model, device, first step incl. pipeline creation, median step).
+/// Training-step rows: (model, device, build = model + trainer with every
+/// pipeline, first step, median step).
 fn train_steps(devices: &[(&str, Device)], seconds: f64, json: bool) -> wgpu_cnn::Result<()> {
     use wgpu_cnn::nn::{models, Init, Initializer};
     use wgpu_cnn::ops::optim::SgdConfig;
     use wgpu_cnn::optim::{Optimizer, OptimizerConfig};
     use wgpu_cnn::train::{TrainConfig, Trainer};
     if !json {
-        println!("\n{:<18} {:<14} {:>12} {:>11} {:>10}", "train step (b64)", "device", "first step", "step", "images/s");
+        println!("\n{:<18} {:<14} {:>10} {:>12} {:>11} {:>10}", "train step (b64)", "device", "build", "first step", "step", "images/s");
     }
     type Build = fn(&Device, &mut Initializer) -> wgpu_cnn::Result<wgpu_cnn::nn::Sequential>;
     let nets: [(&str, Build, [usize; 3]); 2] = [("lenet5", models::lenet5, [1, 28, 28]), ("vgg_small", models::vgg_small, [3, 32, 32])];
     for (name, build, item) in nets {
         for (dname, dev) in devices {
+            let t_build = Instant::now();
             let model = build(dev, &mut Initializer::new(0, Init::PytorchDefault))?;
             let opt = Optimizer::new(OptimizerConfig::Sgd(SgdConfig { momentum: 0.9, ..SgdConfig::new(0.01) }))?;
             let mut t = Trainer::new(model, opt, TrainConfig { progress: false, ..TrainConfig::default() }, dev.clone())?;
+            let built = t_build.elapsed().as_secs_f64();
             let n = 64 * item.iter().product::<usize>();
             let x = Tensor::from_vec(dev, &[64, item[0], item[1], item[2]], (0..n).map(|i| ((i * 7) % 13) as f32 / 13.0).collect())?;
             let labels: Vec<i64> = (0..64).map(|i| i % 10).collect();
@@ -60,9 +63,9 @@ fn train_steps(devices: &[(&str, Device)], seconds: f64, json: bool) -> wgpu_cnn
                 dev.synchronize().unwrap();
             });
             if json {
-                println!("{{\"op\":\"train_step\",\"model\":\"{name}\",\"batch\":64,\"device\":\"{dname}\",\"first_step_s\":{first:.4},\"step_s\":{step:.6},\"images_per_s\":{:.1}}}", 64.0 / step);
+                println!("{{\"op\":\"train_step\",\"model\":\"{name}\",\"batch\":64,\"device\":\"{dname}\",\"build_s\":{built:.4},\"first_step_s\":{first:.4},\"step_s\":{step:.6},\"images_per_s\":{:.1}}}", 64.0 / step);
             } else {
-                println!("{:<18} {:<14} {:>10.1}ms {:>9.2}ms {:>10.0}", name, dname, first * 1e3, step * 1e3, 64.0 / step);
+                println!("{:<18} {:<14} {:>8.1}ms {:>10.1}ms {:>9.2}ms {:>10.0}", name, dname, built * 1e3, first * 1e3, step * 1e3, 64.0 / step);
             }
         }
     }

@@ -185,12 +185,91 @@ impl GpuContext {
         self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
     }
 
-    /// Compiles the given kernels now rather than at their first dispatch.
+    /// Builds the given kernels' pipelines now rather than at their first
+    /// dispatch: shader modules one by one, then pipelines on as many threads
+    /// as there are cores (the driver's compiler is the slow part).
     pub fn prepare(&self, ids: &[KernelId]) -> Result<()> {
+        self.alive()?;
+        let mut todo: Vec<KernelId> = Vec::new();
         for &id in ids {
-            self.kernels.get(&self.device, id)?;
+            if !todo.contains(&id) && !self.kernels.is_built(id) {
+                todo.push(id);
+            }
+        }
+        for &id in &todo {
+            self.kernels.module(&self.device, id.spec())?;
+        }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(todo.len().max(1));
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| -> Result<()> {
+                        while let Some(&id) = todo.get(next.fetch_add(1, Ordering::Relaxed)) {
+                            self.kernels.get(&self.device, id)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            workers.into_iter().try_for_each(|w| w.join().expect("pipeline builder panicked"))
+        })?;
+        self.warm_up(&todo)
+    }
+
+    /// One empty dispatch per kernel (zero sizes, scratch buffers), waited
+    /// for: drivers that compile at first dispatch (llvmpipe JIT-compiles its
+    /// shader variants then) do it now, not inside the first training step.
+    fn warm_up(&self, ids: &[KernelId]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut held = Vec::new();
+        for &id in ids {
+            let kernel = self.kernels.get(&self.device, id)?;
+            let (ubuf, uclass) = self.take(kernel.spec.name, BufferKind::Uniform, kernel.spec.params_size as u64)?;
+            self.queue.write_buffer(&ubuf, 0, &vec![0u8; kernel.spec.params_size]);
+            // A buffer of its own per binding: two writable bindings may not share one.
+            let mut bufs = Vec::new();
+            for access in kernel.spec.bindings {
+                if *access != Access::Uniform {
+                    bufs.push(self.take(kernel.spec.name, BufferKind::Storage, 256)?);
+                }
+            }
+            let mut next = bufs.iter();
+            let entries: Vec<wgpu::BindGroupEntry> = kernel
+                .spec
+                .bindings
+                .iter()
+                .enumerate()
+                .map(|(i, access)| wgpu::BindGroupEntry {
+                    binding: i as u32,
+                    resource: if *access == Access::Uniform { ubuf.as_entire_binding() } else { next.next().unwrap().0.as_entire_binding() },
+                })
+                .collect();
+            let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("warm-up"), layout: &kernel.layout, entries: &entries });
+            self.note_kernel(kernel.spec.name);
+            self.record(|enc| {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(kernel.spec.name), timestamp_writes: None });
+                pass.set_pipeline(&kernel.pipeline);
+                pass.set_bind_group(0, &bind_group, &[]);
+                pass.dispatch_workgroups(1, 1, 1);
+            });
+            held.push((ubuf, uclass, bufs));
+        }
+        self.synchronize()?;
+        for (ubuf, uclass, bufs) in held {
+            self.pool.give(BufferKind::Uniform, uclass, ubuf, false);
+            for (b, class) in bufs {
+                self.pool.give(BufferKind::Storage, class, b, false);
+            }
         }
         Ok(())
+    }
+
+    /// Pipelines built since the device was opened.
+    pub fn pipelines_built(&self) -> usize {
+        self.kernels.built.load(Ordering::Relaxed)
     }
 
     /// `Err(DeviceLost)` once the device is gone; every entry point asks first.

@@ -266,6 +266,9 @@ pub(crate) struct Kernel {
 pub(crate) struct KernelCache {
     modules: Mutex<HashMap<Shader, wgpu::ShaderModule>>,
     kernels: Mutex<HashMap<KernelId, Arc<Kernel>>>,
+    /// Pipelines built so far (tests check that a training step builds none
+    /// after the trainer has prepared its model's).
+    pub built: std::sync::atomic::AtomicUsize,
 }
 
 /// Runs `f` inside validation and out-of-memory error scopes; a captured
@@ -348,11 +351,21 @@ impl KernelCache {
             });
             Arc::new(Kernel { spec, layout, pipeline })
         })?;
-        self.kernels.lock().unwrap().insert(id, kernel.clone());
+        let mut map = self.kernels.lock().unwrap();
+        // Two threads may have built the same kernel at once; keep the first.
+        if let Some(k) = map.get(&id) {
+            return Ok(k.clone());
+        }
+        map.insert(id, kernel.clone());
+        self.built.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(kernel)
     }
 
-    fn module(&self, device: &wgpu::Device, spec: KernelSpec) -> Result<wgpu::ShaderModule> {
+    pub(crate) fn is_built(&self, id: KernelId) -> bool {
+        self.kernels.lock().unwrap().contains_key(&id)
+    }
+
+    pub(crate) fn module(&self, device: &wgpu::Device, spec: KernelSpec) -> Result<wgpu::ShaderModule> {
         if let Some(m) = self.modules.lock().unwrap().get(&spec.shader) {
             return Ok(m.clone());
         }

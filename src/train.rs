@@ -118,7 +118,35 @@ impl Trainer {
         if config.batch_size == 0 || config.l1 < 0.0 || config.l2 < 0.0 {
             return Err(Error::InvalidArgument { op: "Trainer", msg: format!("batch_size {} must be ≥ 1, l1 {} and l2 {} ≥ 0", config.batch_size, config.l1, config.l2) });
         }
-        Ok(Trainer { model, optimizer, config, device, epoch: 0, step: 0 })
+        let trainer = Trainer { model, optimizer, config, device, epoch: 0, step: 0 };
+        trainer.prepare()?;
+        Ok(trainer)
+    }
+
+    /// On the GPU, builds every pipeline a training step and evaluation will
+    /// use, in parallel, so the first step does not pay for them.
+    pub fn prepare(&self) -> Result<()> {
+        let Device::Gpu(ctx) = &self.device else { return Ok(()) };
+        use crate::kernel::KernelId as K;
+        let mut ids = self.model.kernels(ctx);
+        ids.extend([K::SoftmaxXentForward, K::ElementwiseFill]);
+        ids.push(match self.optimizer.config {
+            crate::optim::OptimizerConfig::Sgd(_) => K::SgdStep,
+            crate::optim::OptimizerConfig::Adam(_) => K::AdamStep,
+        });
+        if self.config.l2 > 0.0 {
+            ids.push(K::ElementwiseCombine);
+        }
+        if self.config.l1 > 0.0 {
+            ids.push(K::CombineSign);
+        }
+        if self.config.clip_grad_norm.is_some() {
+            ids.extend([K::ReduceRows, K::ClipScale]);
+        }
+        if self.config.check_gradients {
+            ids.push(K::ReduceRows);
+        }
+        ctx.prepare(&ids)
     }
 
     /// One step on one batch: forward, loss, backward, regularisation,

@@ -4,6 +4,8 @@ use std::fmt;
 
 use crate::error::Result;
 use crate::nn::{join, Layer, Mode, Param};
+use crate::gpu::GpuContext;
+use crate::kernel::KernelId;
 use crate::ops::elementwise::add;
 use crate::tensor::Tensor;
 
@@ -37,6 +39,15 @@ impl Sequential {
 }
 
 impl Layer for Sequential {
+    fn kernels(&self, ctx: &GpuContext) -> Vec<KernelId> {
+        let mut k: Vec<KernelId> = Vec::new();
+        for id in self.layers.iter().flat_map(|l| l.kernels(ctx)) {
+            if !k.contains(&id) {
+                k.push(id);
+            }
+        }
+        k
+    }
     fn kind(&self) -> &'static str {
         "Sequential"
     }
@@ -92,6 +103,13 @@ impl Residual {
 }
 
 impl Layer for Residual {
+    fn kernels(&self, ctx: &GpuContext) -> Vec<KernelId> {
+        // The two paths are summed forward and backward.
+        let mut k = self.body.kernels(ctx);
+        k.extend(self.shortcut.as_ref().map(|s| s.kernels(ctx)).unwrap_or_default());
+        k.push(KernelId::ElementwiseAdd);
+        k
+    }
     fn kind(&self) -> &'static str {
         "Residual"
     }

@@ -3,6 +3,8 @@
 use crate::device::Device;
 use crate::error::{shape_err, Error, Result};
 use crate::nn::{join, Grad, Initializer, Layer, Mode, Param};
+use crate::gpu::GpuContext;
+use crate::kernel::KernelId;
 use crate::ops::activation::{activation_backward, activation_forward, Activation};
 use crate::ops::avgpool::{avgpool_backward, avgpool_forward, global_avg_pool_backward, global_avg_pool_forward};
 use crate::ops::batchnorm::{batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train, Affine, BatchNormConfig};
@@ -96,6 +98,11 @@ impl Conv2d {
 }
 
 impl Layer for Conv2d {
+    fn kernels(&self, ctx: &GpuContext) -> Vec<KernelId> {
+        let mut k = crate::ops::conv2d::kernels(ctx);
+        k.extend_from_slice(super::GRAD_KERNELS);
+        k
+    }
     fn kind(&self) -> &'static str {
         "Conv2d"
     }
@@ -153,6 +160,9 @@ impl Linear {
 }
 
 impl Layer for Linear {
+    fn kernels(&self, ctx: &GpuContext) -> Vec<KernelId> {
+        vec![crate::ops::gemm::kernel(ctx), KernelId::BiasAdd, KernelId::BiasGrad, KernelId::ElementwiseCombine, KernelId::ElementwiseFill]
+    }
     fn kind(&self) -> &'static str {
         "Linear"
     }
@@ -211,6 +221,9 @@ impl MaxPool2d {
 }
 
 impl Layer for MaxPool2d {
+    fn kernels(&self, _ctx: &GpuContext) -> Vec<KernelId> {
+        vec![KernelId::MaxpoolForward, KernelId::MaxpoolBackward]
+    }
     fn kind(&self) -> &'static str {
         "MaxPool2d"
     }
@@ -246,6 +259,9 @@ impl AvgPool2d {
 }
 
 impl Layer for AvgPool2d {
+    fn kernels(&self, _ctx: &GpuContext) -> Vec<KernelId> {
+        vec![KernelId::AvgpoolForward, KernelId::AvgpoolBackward]
+    }
     fn kind(&self) -> &'static str {
         "AvgPool2d"
     }
@@ -279,6 +295,9 @@ impl GlobalAvgPool {
 }
 
 impl Layer for GlobalAvgPool {
+    fn kernels(&self, _ctx: &GpuContext) -> Vec<KernelId> {
+        vec![KernelId::AvgpoolForward, KernelId::AvgpoolBackward]
+    }
     fn kind(&self) -> &'static str {
         "GlobalAvgPool"
     }
@@ -332,6 +351,9 @@ impl BatchNorm {
 }
 
 impl Layer for BatchNorm {
+    fn kernels(&self, _ctx: &GpuContext) -> Vec<KernelId> {
+        vec![KernelId::BatchnormStats, KernelId::BatchnormForward, KernelId::BatchnormBackwardReduce, KernelId::BatchnormBackwardDx, KernelId::ElementwiseCombine, KernelId::ElementwiseFill]
+    }
     fn kind(&self) -> &'static str {
         if self.spatial {
             "BatchNorm2d"
@@ -410,6 +432,9 @@ impl Dropout {
 }
 
 impl Layer for Dropout {
+    fn kernels(&self, _ctx: &GpuContext) -> Vec<KernelId> {
+        vec![KernelId::DropoutApply]
+    }
     fn kind(&self) -> &'static str {
         "Dropout"
     }
@@ -450,6 +475,9 @@ impl ActivationLayer {
 }
 
 impl Layer for ActivationLayer {
+    fn kernels(&self, _ctx: &GpuContext) -> Vec<KernelId> {
+        vec![KernelId::ActivationForward, KernelId::ActivationBackward]
+    }
     fn kind(&self) -> &'static str {
         "Activation"
     }

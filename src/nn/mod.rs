@@ -12,6 +12,8 @@ pub use init::{Init, Initializer};
 pub use layers::{ActivationLayer, AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, GlobalAvgPool, Linear, MaxPool2d, WeightBias};
 
 use crate::error::Result;
+use crate::gpu::GpuContext;
+use crate::kernel::KernelId;
 use crate::ops::elementwise::{combine_into, fill};
 use crate::tensor::Tensor;
 
@@ -60,7 +62,15 @@ pub trait Layer: Send {
     }
     /// Forget accumulated gradients (the next backward overwrites them).
     fn zero_grad(&mut self) {}
+    /// The GPU kernels forward and backward (in either mode) may dispatch, so
+    /// their pipelines can be built with the model instead of at the first step.
+    fn kernels(&self, _ctx: &GpuContext) -> Vec<KernelId> {
+        Vec::new()
+    }
 }
+
+/// Kernels every layer with parameters uses: gradient accumulation and zeroing.
+pub(crate) const GRAD_KERNELS: &[KernelId] = &[KernelId::ElementwiseCombine, KernelId::ElementwiseFill];
 
 /// A parameter gradient that the next backward either replaces (after
 /// `zero_grad`) or adds to, so the usual step costs no extra dispatch.

@@ -190,6 +190,12 @@ fn gpu_chunk(ctx: &GpuContext, geo: &Conv2dGeometry) -> usize {
     geo.images_per_chunk(chunk_budget(ctx.max_binding_bytes().min(GPU_CHUNK_BYTES)))
 }
 
+/// Every kernel forward and backward dispatch (see the module docs).
+pub(crate) fn kernels(ctx: &GpuContext) -> Vec<crate::kernel::KernelId> {
+    use crate::kernel::KernelId as K;
+    vec![crate::ops::gemm::kernel(ctx), K::Im2col, K::Col2im, K::PermuteSwap, K::ReduceRows]
+}
+
 pub(crate) fn forward_gpu(
     ctx: &std::sync::Arc<GpuContext>,
     x: &wgpu::Buffer,

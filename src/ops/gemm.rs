@@ -202,6 +202,18 @@ impl GemmLayout {
     }
 }
 
+fn variant_kernel(v: GemmVariant) -> KernelId {
+    match v {
+        GemmVariant::Blocked => KernelId::GemmBlocked,
+        GemmVariant::Tiled => KernelId::GemmTiled,
+    }
+}
+
+/// The GEMM kernel this adapter uses by default.
+pub(crate) fn kernel(ctx: &GpuContext) -> KernelId {
+    variant_kernel(ctx.gemm_variant())
+}
+
 /// Records the GEMM dispatches; batches beyond the grid limit are split.
 pub(crate) fn gemm_gpu(ctx: &GpuContext, a: &wgpu::Buffer, b: &wgpu::Buffer, c: &wgpu::Buffer, s: GemmShape, cfg: GemmConfig) -> Result<()> {
     gemm_gpu_strided(ctx, a, b, c, s, GemmLayout::packed(&s), cfg)
@@ -218,11 +230,7 @@ pub(crate) fn gemm_gpu_strided(
     l: GemmLayout,
     cfg: GemmConfig,
 ) -> Result<()> {
-    let variant = cfg.variant.unwrap_or(ctx.gemm_variant());
-    let id = match variant {
-        GemmVariant::Blocked => KernelId::GemmBlocked,
-        GemmVariant::Tiled => KernelId::GemmTiled,
-    };
+    let id = variant_kernel(cfg.variant.unwrap_or(ctx.gemm_variant()));
     // Each workgroup covers (4·WG_Y) rows × (4·WG_X) columns.
     let tile_n = 4 * id.constant("WG_X", 8) as usize;
     let tile_m = 4 * id.constant("WG_Y", 8) as usize;

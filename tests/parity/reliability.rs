@@ -257,3 +257,39 @@ fn deterministic(dev: &Device) {
     }
 }
 crate::test_device!(same_seed_gives_identical_weights, deterministic);
+
+/// `Trainer::new` builds every pipeline its model, loss and optimiser use: a
+/// training epoch and an evaluation afterwards build none (a kernel missing
+/// from a layer's `kernels()` list would show up here).
+#[test]
+fn trainer_builds_all_pipelines_up_front() {
+    with_gpu("reliability::trainer_builds_all_pipelines_up_front", |_| {
+        use wgpu_cnn::data::Dataset;
+        use wgpu_cnn::nn::{models, Init, Initializer, Sequential};
+        use wgpu_cnn::ops::optim::{AdamConfig, SgdConfig};
+        use wgpu_cnn::optim::{Optimizer, OptimizerConfig};
+        use wgpu_cnn::train::Trainer;
+        let mnist = mnist_slice(Split::Train, 8);
+        let cifar = Dataset { images: random(9, 4 * 3 * 32 * 32), labels: vec![1, 2, 3, 4], item_shape: [3, 32, 32] };
+        type Build = fn(&Device, &mut Initializer) -> Sequential;
+        let sgd = OptimizerConfig::Sgd(SgdConfig { momentum: 0.9, nesterov: true, ..SgdConfig::new(0.01) });
+        let adam = OptimizerConfig::Adam(AdamConfig::adamw(1e-3));
+        let cases: [(&str, Build, &Dataset, OptimizerConfig, TrainConfig); 4] = [
+            ("LeNet-5", |d, i| models::lenet5(d, i).unwrap(), &mnist, sgd, TrainConfig::default()),
+            ("MLP", |d, i| models::mlp(d, 16, 0.2, i).unwrap(), &mnist, adam, TrainConfig { l1: 1e-5, l2: 1e-4, clip_grad_norm: Some(1.0), check_gradients: true, ..Default::default() }),
+            ("VGG-small", |d, i| models::vgg_small(d, i).unwrap(), &cifar, sgd, TrainConfig::default()),
+            ("ResNet-20", |d, i| models::resnet20(d, i).unwrap(), &cifar, adam, TrainConfig::default()),
+        ];
+        for (name, build, data, opt, cfg) in cases {
+            let dev = private(GpuOptions::default());
+            let ctx = dev.gpu_context().unwrap().clone();
+            let model = build(&dev, &mut Initializer::new(1, Init::KaimingUniform));
+            let cfg = TrainConfig { batch_size: 4, epochs: 1, progress: false, ..cfg };
+            let mut t = Trainer::new(model, Optimizer::new(opt).unwrap(), cfg, dev.clone()).unwrap();
+            let built = ctx.pipelines_built();
+            assert!(built > 0, "{name}: nothing was built up front");
+            t.fit(data, Some(data), |_| Control::Continue).unwrap();
+            assert_eq!(ctx.pipelines_built(), built, "{name}: the first step built pipelines that Trainer::new did not");
+        }
+    });
+}
