@@ -156,7 +156,8 @@ impl Trainer {
         self.model.zero_grad();
         let logits = self.model.forward(x, Mode::Train)?;
         let (loss, dlogits) = softmax_cross_entropy(&logits, labels, self.config.loss)?;
-        self.model.backward(&dlogits)?;
+        // The input needs no gradient: the first layer computes its parameters' only.
+        self.model.backward_params(&dlogits)?;
         let (l1, l2) = (self.config.l1, self.config.l2);
         if l1 > 0.0 || l2 > 0.0 || self.config.clip_grad_norm.is_some() {
             let mut params = self.model.parameters("");

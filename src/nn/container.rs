@@ -71,6 +71,18 @@ impl Layer for Sequential {
         }
         Ok(g)
     }
+    /// Stops at the first layer with parameters: nothing before it needs a gradient.
+    fn backward_params(&mut self, dy: &Tensor) -> Result<()> {
+        let Some(first) = self.layers.iter().position(|l| l.param_count() > 0) else { return Ok(()) };
+        let mut g = dy.clone();
+        for (i, layer) in self.layers.iter_mut().enumerate().rev() {
+            if i == first {
+                return layer.backward_params(&g);
+            }
+            g = layer.backward(&g)?;
+        }
+        Ok(())
+    }
     fn parameters(&mut self, prefix: &str) -> Vec<Param<'_>> {
         self.layers.iter_mut().enumerate().flat_map(|(i, l)| l.parameters(&join(prefix, &i.to_string()))).collect()
     }

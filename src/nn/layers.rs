@@ -8,7 +8,7 @@ use crate::kernel::KernelId;
 use crate::ops::activation::{activation_backward, activation_forward, Activation};
 use crate::ops::avgpool::{avgpool_backward, avgpool_forward, global_avg_pool_backward, global_avg_pool_forward};
 use crate::ops::batchnorm::{batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train, Affine, BatchNormConfig};
-use crate::ops::conv2d::{conv2d_backward, conv2d_forward};
+use crate::ops::conv2d::{conv2d_backward, conv2d_backward_params, conv2d_forward};
 use crate::ops::dropout::{dropout_backward, dropout_forward, DropoutConfig};
 use crate::ops::elementwise::{bias_add, bias_grad};
 use crate::ops::gemm::{gemm, GemmConfig};
@@ -134,6 +134,11 @@ impl Layer for Conv2d {
         self.params.accumulate(g.dw, g.db)?;
         Ok(g.dx)
     }
+    fn backward_params(&mut self, dy: &Tensor) -> Result<()> {
+        let x = self.x.as_ref().ok_or_else(|| no_cache("Conv2d"))?;
+        let (dw, db) = conv2d_backward_params(x, &self.params.weight, dy, self.cfg, self.params.bias.is_some())?;
+        self.params.accumulate(dw, db)
+    }
     fn parameters(&mut self, prefix: &str) -> Vec<Param<'_>> {
         self.params.parameters(prefix)
     }
@@ -190,10 +195,14 @@ impl Layer for Linear {
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
         let x = self.x.as_ref().ok_or_else(|| no_cache("Linear"))?;
         // dW [out, in] = dyᵀ [out, n] · x [n, in];  dx [n, in] = dy [n, out] · W [out, in]
+        self.backward_params(dy)?;
+        gemm(dy, &self.params.weight, GemmConfig::default())
+    }
+    fn backward_params(&mut self, dy: &Tensor) -> Result<()> {
+        let x = self.x.as_ref().ok_or_else(|| no_cache("Linear"))?;
         let dw = gemm(dy, x, GemmConfig { trans_a: true, ..GemmConfig::default() })?;
         let db = self.params.bias.as_ref().map(|_| bias_grad(dy)).transpose()?;
-        self.params.accumulate(dw, db)?;
-        gemm(dy, &self.params.weight, GemmConfig::default())
+        self.params.accumulate(dw, db)
     }
     fn parameters(&mut self, prefix: &str) -> Vec<Param<'_>> {
         self.params.parameters(prefix)

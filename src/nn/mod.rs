@@ -44,6 +44,11 @@ pub trait Layer: Send {
     fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor>;
     /// dL/dx from dL/dy; adds this batch's parameter gradients to the stored ones.
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor>;
+    /// [`Layer::backward`] for a layer whose input needs no gradient (the
+    /// model's first): parameter gradients only. Layers that can skip work override it.
+    fn backward_params(&mut self, dy: &Tensor) -> Result<()> {
+        self.backward(dy).map(drop)
+    }
     /// Learnable parameters with their gradients, names prefixed by `prefix`.
     fn parameters(&mut self, _prefix: &str) -> Vec<Param<'_>> {
         Vec::new()

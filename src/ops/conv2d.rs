@@ -87,24 +87,36 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: Conv2d
 
 /// Gradients of the loss with respect to x, w and (when `with_bias`) b, given dL/dy.
 pub fn conv2d_backward(x: &Tensor, w: &Tensor, dy: &Tensor, cfg: Conv2dConfig, with_bias: bool) -> Result<Conv2dGrads> {
+    let (dx, dw, db) = backward(x, w, dy, cfg, with_bias, true)?;
+    Ok(Conv2dGrads { dx: dx.expect("asked for dx"), dw, db })
+}
+
+/// [`conv2d_backward`] without dL/dx: for a first layer, whose input needs no
+/// gradient (saves the dcols GEMM and col2im).
+pub fn conv2d_backward_params(x: &Tensor, w: &Tensor, dy: &Tensor, cfg: Conv2dConfig, with_bias: bool) -> Result<(Tensor, Option<Tensor>)> {
+    let (_, dw, db) = backward(x, w, dy, cfg, with_bias, false)?;
+    Ok((dw, db))
+}
+
+fn backward(x: &Tensor, w: &Tensor, dy: &Tensor, cfg: Conv2dConfig, with_bias: bool, need_dx: bool) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
     let geo = Conv2dGeometry::new(x.shape(), w.shape(), cfg)?;
     same_device("conv2d", &[x, w, dy])?;
     crate::ops::check_shape("conv2d", "dy", dy.shape(), &geo.output_shape())?;
     match (&x.data, &w.data, &dy.data) {
         (Data::Cpu(xs), Data::Cpu(ws), Data::Cpu(ds)) => {
-            let (gx, gw, gb) = backward_cpu(xs.as_slice().unwrap(), ws.as_slice().unwrap(), ds.as_slice().unwrap(), &geo);
+            let (gx, gw, gb) = backward_cpu_opt(xs.as_slice().unwrap(), ws.as_slice().unwrap(), ds.as_slice().unwrap(), &geo, need_dx);
             let db = with_bias.then(|| Tensor::from_cpu(&[geo.c_out], gb));
-            Ok(Conv2dGrads { dx: Tensor::from_cpu(x.shape(), gx), dw: Tensor::from_cpu(w.shape(), gw), db })
+            Ok((gx.map(|gx| Tensor::from_cpu(x.shape(), gx)), Tensor::from_cpu(w.shape(), gw), db))
         }
         (Data::Gpu(xb), Data::Gpu(wb), Data::Gpu(db_)) => {
             let dev = x.device();
-            let dx = Tensor::uninit(&dev, "conv2d", x.shape())?;
+            let dx = if need_dx { Some(Tensor::uninit(&dev, "conv2d", x.shape())?) } else { None };
             let dw = Tensor::uninit(&dev, "conv2d", w.shape())?;
             let db = if with_bias { Some(Tensor::uninit(&dev, "conv2d", &[geo.c_out])?) } else { None };
             let bias_buf = db.as_ref().map(|t| t.gpu().unwrap().buffer());
-            let (dxb, dwb) = (dx.gpu().unwrap().buffer(), dw.gpu().unwrap().buffer());
-            backward_gpu(xb.context(), xb.buffer(), wb.buffer(), db_.buffer(), dxb, dwb, bias_buf, &geo)?;
-            Ok(Conv2dGrads { dx, dw, db })
+            let dxb = dx.as_ref().map(|t| t.gpu().unwrap().buffer());
+            backward_gpu(xb.context(), xb.buffer(), wb.buffer(), db_.buffer(), dxb, dw.gpu().unwrap().buffer(), bias_buf, &geo)?;
+            Ok((dx, dw, db))
         }
         _ => unreachable!("same_device checked"),
     }
@@ -156,10 +168,16 @@ pub fn forward_cpu(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo: &Conv2dGeome
 
 /// Returns (dx, dw, db) for x, w and dy as in [`forward_cpu`].
 pub fn backward_cpu(x: &[f32], w: &[f32], dy: &[f32], geo: &Conv2dGeometry) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (dx, dw, db) = backward_cpu_opt(x, w, dy, geo, true);
+    (dx.expect("asked for dx"), dw, db)
+}
+
+/// [`backward_cpu`], computing dx only when asked.
+fn backward_cpu_opt(x: &[f32], w: &[f32], dy: &[f32], geo: &Conv2dGeometry, need_dx: bool) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
     let (groups, kc, p) = (geo.cfg.groups, geo.col_rows(), geo.out_pixels());
     let cog = geo.c_out / groups;
     let (in_img, out_img) = (geo.c_in * geo.h * geo.w, geo.c_out * p);
-    let mut dx = vec![0f32; geo.n * in_img];
+    let mut dx = if need_dx { vec![0f32; geo.n * in_img] } else { Vec::new() };
     let mut dw = vec![0f32; geo.c_out * kc];
     let mut db = vec![0f32; geo.c_out];
     let chunk = geo.images_per_chunk(chunk_budget(CPU_CHUNK_BYTES));
@@ -175,13 +193,16 @@ pub fn backward_cpu(x: &[f32], w: &[f32], dy: &[f32], geo: &Conv2dGeometry) -> (
         // dW_g (cog, kc) += dYc_g (cog, nb·p) · cols_gᵀ (nb·p, kc)
         let (s, l) = group_gemm(groups, cog, kc, nb * p, [cog * nb * p, kc * nb * p, cog * kc]);
         gemm_groups_cpu(&dyc, &cols, &mut dw, s, l, false, true, beta);
+        if !need_dx {
+            continue;
+        }
         // dcols_g (kc, nb·p) = W_gᵀ (kc, cog) · dYc_g (cog, nb·p)
         let mut dcols = vec![0f32; cols.len()];
         let (s, l) = group_gemm(groups, kc, nb * p, cog, [cog * kc, cog * nb * p, kc * nb * p]);
         gemm_groups_cpu(w, &dyc, &mut dcols, s, l, true, false, 0.0);
         dx[img0 * in_img..(img0 + nb) * in_img].copy_from_slice(&col2im_cpu(&dcols, &sub));
     }
-    (dx, dw, db)
+    (need_dx.then_some(dx), dw, db)
 }
 
 // ---------------------------------------------------------------- GPU wrapper
@@ -240,7 +261,7 @@ pub(crate) fn backward_gpu(
     x: &wgpu::Buffer,
     w: &wgpu::Buffer,
     dy: &wgpu::Buffer,
-    dx: &wgpu::Buffer,
+    dx: Option<&wgpu::Buffer>,
     dw: &wgpu::Buffer,
     db: Option<&wgpu::Buffer>,
     geo: &Conv2dGeometry,
@@ -251,7 +272,7 @@ pub(crate) fn backward_gpu(
     let chunk = gpu_chunk(ctx, geo);
     let dyc = ctx.alloc("conv2d", geo.c_out * chunk * p)?;
     let cols = ctx.alloc("conv2d", groups * kc * chunk * p)?;
-    let dcols = ctx.alloc("conv2d", groups * kc * chunk * p)?;
+    let dcols = if dx.is_some() { Some(ctx.alloc("conv2d", groups * kc * chunk * p)?) } else { None };
     for img0 in (0..geo.n).step_by(chunk) {
         let nb = chunk.min(geo.n - img0);
         let sub = geo.with_batch(nb);
@@ -268,6 +289,7 @@ pub(crate) fn backward_gpu(
         }
         let (s, l) = group_gemm(groups, cog, kc, nb * p, [cog * nb * p, kc * nb * p, cog * kc]);
         gemm_gpu_strided(ctx, dyc.buffer(), cols.buffer(), dw, s, l, GemmConfig { trans_b: true, beta, ..GemmConfig::default() })?;
+        let (Some(dx), Some(dcols)) = (dx, &dcols) else { continue };
         let (s, l) = group_gemm(groups, kc, nb * p, cog, [cog * kc, cog * nb * p, kc * nb * p]);
         gemm_gpu_strided(ctx, w, dyc.buffer(), dcols.buffer(), s, l, GemmConfig { trans_a: true, ..GemmConfig::default() })?;
         if geo.is_pointwise() {

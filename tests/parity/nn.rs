@@ -166,3 +166,28 @@ fn five_sgd_steps_cpu_and_gpu() {
         }
     });
 }
+
+/// `backward_params` (what the trainer calls: the input needs no gradient)
+/// gives exactly the parameter gradients `backward` gives, for a model that
+/// starts with a convolution and one that starts with a parameter-less Flatten.
+fn backward_params_matches_backward(dev: &Device) {
+    type Build = fn(&Device) -> Sequential;
+    let nets: [(Build, [usize; 4]); 2] = [
+        (|d| models::lenet5(d, &mut Initializer::new(3, Init::PytorchDefault)).unwrap(), [4, 1, 28, 28]),
+        (|d| models::mlp(d, 16, 0.0, &mut Initializer::new(4, Init::PytorchDefault)).unwrap(), [4, 1, 28, 28]),
+    ];
+    for (build, shape) in nets {
+        let x = Tensor::from_slice(dev, &shape, &random(8, shape.iter().product())).unwrap();
+        let labels = [1, 5, 7, 9];
+        let (_, full) = grads(&mut build(dev), &x, &labels);
+        let mut m = build(dev);
+        m.zero_grad();
+        let logits = m.forward(&x, Mode::Train).unwrap();
+        let (_, dlogits) = softmax_cross_entropy(&logits, &labels, Default::default()).unwrap();
+        m.backward_params(&dlogits).unwrap();
+        for (p, (name, g)) in m.parameters("").into_iter().zip(&full) {
+            assert_eq!(&p.grad.to_vec().unwrap(), g, "{name} on {dev}");
+        }
+    }
+}
+crate::test_device!(backward_params_equals_backward, backward_params_matches_backward);
