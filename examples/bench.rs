@@ -27,6 +27,9 @@ struct Args {
     /// Skip the training-step table.
     #[arg(long)]
     no_train: bool,
+    /// Training-step models to run (default: lenet5,vgg_small).
+    #[arg(long, value_delimiter = ',', default_value = "lenet5,vgg_small")]
+    models: Vec<String>,
     /// Skip the GEMM table.
     #[arg(long)]
     no_gemm: bool,
@@ -34,7 +37,7 @@ struct Args {
 
 /// Training-step rows: (model, device, build = model + trainer with every
 /// pipeline, first step, median step).
-fn train_steps(devices: &[(&str, Device)], seconds: f64, json: bool) -> wgpu_cnn::Result<()> {
+fn train_steps(devices: &[(&str, Device)], seconds: f64, json: bool, models: &[String]) -> wgpu_cnn::Result<()> {
     use wgpu_cnn::nn::{models, Init, Initializer};
     use wgpu_cnn::ops::optim::SgdConfig;
     use wgpu_cnn::optim::{Optimizer, OptimizerConfig};
@@ -44,7 +47,7 @@ fn train_steps(devices: &[(&str, Device)], seconds: f64, json: bool) -> wgpu_cnn
     }
     type Build = fn(&Device, &mut Initializer) -> wgpu_cnn::Result<wgpu_cnn::nn::Sequential>;
     let nets: [(&str, Build, [usize; 3]); 2] = [("lenet5", models::lenet5, [1, 28, 28]), ("vgg_small", models::vgg_small, [3, 32, 32])];
-    for (name, build, item) in nets {
+    for (name, build, item) in nets.into_iter().filter(|n| models.iter().any(|m| m == n.0)) {
         for (dname, dev) in devices {
             let t_build = Instant::now();
             let model = build(dev, &mut Initializer::new(0, Init::PytorchDefault))?;
@@ -148,7 +151,7 @@ fn main() -> wgpu_cnn::Result<()> {
     if !args.no_train {
         let mut devices = vec![("cpu", Device::Cpu)];
         devices.extend(gpu.map(|g| ("gpu", g)));
-        train_steps(&devices, args.seconds, args.json)?;
+        train_steps(&devices, args.seconds, args.json, &args.models)?;
     }
     Ok(())
 }

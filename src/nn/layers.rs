@@ -193,7 +193,6 @@ impl Layer for Linear {
         Ok(y)
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
-        let x = self.x.as_ref().ok_or_else(|| no_cache("Linear"))?;
         // dW [out, in] = dyᵀ [out, n] · x [n, in];  dx [n, in] = dy [n, out] · W [out, in]
         self.backward_params(dy)?;
         gemm(dy, &self.params.weight, GemmConfig::default())

@@ -62,8 +62,8 @@ pub fn activation_backward(x: &Tensor, dy: &Tensor, act: Activation) -> Result<T
 fn run(x: &Tensor, dy: Option<&Tensor>, act: Activation) -> Result<Tensor> {
     let len = x.numel();
     Ok(match (&x.data, dy.map(|d| &d.data)) {
-        (Data::Cpu(xs), None) => Tensor::from_cpu(x.shape(), xs.as_slice().expect("contiguous").iter().map(|&v| forward_cpu(act, v)).collect()),
-        (Data::Cpu(xs), Some(Data::Cpu(ds))) => Tensor::from_cpu(x.shape(), xs.as_slice().expect("contiguous").iter().zip(ds.as_slice().expect("contiguous")).map(|(&v, &d)| d * derivative_cpu(act, v)).collect()),
+        (Data::Cpu(xs), None) => Tensor::from_cpu(x.shape(), map_cpu(act, xs.as_slice().expect("contiguous"), None)),
+        (Data::Cpu(xs), Some(Data::Cpu(ds))) => Tensor::from_cpu(x.shape(), map_cpu(act, xs.as_slice().expect("contiguous"), Some(ds.as_slice().expect("contiguous")))),
         (Data::Gpu(xb), dy) => {
             let out = Tensor::uninit(&x.device(), "activation", x.shape())?;
             let ctx = xb.context();
@@ -81,6 +81,21 @@ fn run(x: &Tensor, dy: Option<&Tensor>, act: Activation) -> Result<Tensor> {
 }
 
 // ---------------------------------------------------------------- CPU reference
+
+/// f(x), or dy·f'(x), elementwise. The match on `act` is outside the loop, so
+/// each activation gets its own (vectorised, for ReLU) loop.
+fn map_cpu(act: Activation, xs: &[f32], dy: Option<&[f32]>) -> Vec<f32> {
+    fn go(xs: &[f32], dy: Option<&[f32]>, f: impl Fn(f32) -> f32, df: impl Fn(f32) -> f32) -> Vec<f32> {
+        match dy {
+            None => xs.iter().map(|&v| f(v)).collect(),
+            Some(dy) => xs.iter().zip(dy).map(|(&v, &d)| d * df(v)).collect(),
+        }
+    }
+    match act {
+        Activation::Relu => go(xs, dy, |v| forward_cpu(Activation::Relu, v), |v| derivative_cpu(Activation::Relu, v)),
+        other => go(xs, dy, |v| forward_cpu(other, v), |v| derivative_cpu(other, v)),
+    }
+}
 
 fn sigmoid(v: f32) -> f32 {
     if v >= 0.0 {
@@ -106,6 +121,7 @@ pub fn erf_approx(v: f32) -> f32 {
 
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 
+#[inline]
 pub fn forward_cpu(act: Activation, v: f32) -> f32 {
     match act {
         // f32::max drops a NaN; PyTorch's ReLU passes it on.
@@ -124,6 +140,7 @@ pub fn forward_cpu(act: Activation, v: f32) -> f32 {
     }
 }
 
+#[inline]
 pub fn derivative_cpu(act: Activation, v: f32) -> f32 {
     match act {
         Activation::Relu => (v > 0.0) as u8 as f32,

@@ -151,8 +151,8 @@ pub fn forward_cpu(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo: &Conv2dGeome
     let (groups, kc, p) = (geo.cfg.groups, geo.col_rows(), geo.out_pixels());
     let cog = geo.c_out / groups;
     let (in_img, out_img) = (geo.c_in * geo.h * geo.w, geo.c_out * p);
-    let mut y = vec![0f32; geo.n * out_img];
     let chunk = geo.images_per_chunk(chunk_budget(CPU_CHUNK_BYTES));
+    let mut y = if chunk >= geo.n { Vec::new() } else { vec![0f32; geo.n * out_img] };
     for img0 in (0..geo.n).step_by(chunk) {
         let nb = chunk.min(geo.n - img0);
         let sub = geo.with_batch(nb);
@@ -161,6 +161,9 @@ pub fn forward_cpu(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo: &Conv2dGeome
         let (s, l) = group_gemm(groups, cog, nb * p, kc, [cog * kc, kc * nb * p, cog * nb * p]);
         gemm_groups_cpu(w, &cols, &mut yc, s, l, false, false, 0.0);
         let out = swap_leading_cpu(&yc, geo.c_out, nb, p, bias); // (nb, c_out, p)
+        if nb == geo.n {
+            return out; // one chunk: no zero-fill and copy
+        }
         y[img0 * out_img..(img0 + nb) * out_img].copy_from_slice(&out);
     }
     y
@@ -177,10 +180,11 @@ fn backward_cpu_opt(x: &[f32], w: &[f32], dy: &[f32], geo: &Conv2dGeometry, need
     let (groups, kc, p) = (geo.cfg.groups, geo.col_rows(), geo.out_pixels());
     let cog = geo.c_out / groups;
     let (in_img, out_img) = (geo.c_in * geo.h * geo.w, geo.c_out * p);
-    let mut dx = if need_dx { vec![0f32; geo.n * in_img] } else { Vec::new() };
+    let chunk = geo.images_per_chunk(chunk_budget(CPU_CHUNK_BYTES));
+    // One chunk: col2im's output is dx itself, no zero-fill and copy.
+    let mut dx = if need_dx && chunk < geo.n { vec![0f32; geo.n * in_img] } else { Vec::new() };
     let mut dw = vec![0f32; geo.c_out * kc];
     let mut db = vec![0f32; geo.c_out];
-    let chunk = geo.images_per_chunk(chunk_budget(CPU_CHUNK_BYTES));
     for img0 in (0..geo.n).step_by(chunk) {
         let nb = chunk.min(geo.n - img0);
         let sub = geo.with_batch(nb);
@@ -200,7 +204,12 @@ fn backward_cpu_opt(x: &[f32], w: &[f32], dy: &[f32], geo: &Conv2dGeometry, need
         let mut dcols = vec![0f32; cols.len()];
         let (s, l) = group_gemm(groups, kc, nb * p, cog, [cog * kc, cog * nb * p, kc * nb * p]);
         gemm_groups_cpu(w, &dyc, &mut dcols, s, l, true, false, 0.0);
-        dx[img0 * in_img..(img0 + nb) * in_img].copy_from_slice(&col2im_cpu(&dcols, &sub));
+        let part = col2im_cpu(&dcols, &sub);
+        if nb == geo.n {
+            dx = part;
+        } else {
+            dx[img0 * in_img..(img0 + nb) * in_img].copy_from_slice(&part);
+        }
     }
     (need_dx.then_some(dx), dw, db)
 }
