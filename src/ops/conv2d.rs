@@ -22,7 +22,7 @@ use crate::error::{shape_err, Result};
 use crate::gpu::GpuContext;
 use crate::ops::col2im::{col2im_cpu, col2im_gpu};
 use crate::ops::gemm::{gemm_gpu_strided, GemmConfig, GemmLayout, GemmShape};
-use crate::ops::im2col::{im2col_cpu, im2col_gpu};
+use crate::ops::im2col::{im2col_cpu_into, im2col_gpu};
 use crate::ops::permute::{swap_leading_cpu, swap_leading_gpu};
 use crate::ops::reduce::{sum_rows_cpu, sum_rows_gpu};
 use crate::shape::{Conv2dConfig, Conv2dGeometry};
@@ -131,6 +131,27 @@ fn group_gemm(batch: usize, m: usize, n: usize, k: usize, strides: [usize; 3]) -
 
 // ---------------------------------------------------------------- CPU reference
 
+thread_local! {
+    /// Column buffers reused across calls on this thread: a VGG-sized batch
+    /// needs ~75 MB of columns, which glibc would map and unmap (and the kernel
+    /// fault in again) on every call. Held until the thread ends.
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Runs `f` with two column buffers: the thread's scratch pair when the
+/// columns are large enough for glibc to map them afresh each time (above
+/// 16 MB), fresh vectors otherwise (reusing small ones measured slower: the
+/// held memory pushes other buffers onto cold pages).
+fn with_cols<R>(geo: &Conv2dGeometry, f: impl FnOnce(&mut Vec<f32>, &mut Vec<f32>) -> R) -> R {
+    let chunk = geo.images_per_chunk(chunk_budget(CPU_CHUNK_BYTES)).min(geo.n);
+    let bytes = geo.cfg.groups * geo.col_rows() * chunk * geo.out_pixels() * 4;
+    if bytes >= 16 << 20 {
+        SCRATCH.with_borrow_mut(|(a, b)| f(a, b))
+    } else {
+        f(&mut Vec::new(), &mut Vec::new())
+    }
+}
+
 /// `C_g = op(A_g)·op(B_g) + beta·C_g` for each group, on plain slices.
 #[allow(clippy::too_many_arguments)]
 fn gemm_groups_cpu(a: &[f32], b: &[f32], c: &mut [f32], s: GemmShape, l: GemmLayout, ta: bool, tb: bool, beta: f32) {
@@ -148,6 +169,10 @@ fn gemm_groups_cpu(a: &[f32], b: &[f32], c: &mut [f32], s: GemmShape, l: GemmLay
 
 /// x: (n, c_in, h, w), w: (c_out, c_in/g, kh, kw), b: (c_out) → y: (n, c_out, oh, ow).
 pub fn forward_cpu(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo: &Conv2dGeometry) -> Vec<f32> {
+    with_cols(geo, |cols, _| forward_cpu_with(x, w, bias, geo, cols))
+}
+
+fn forward_cpu_with(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo: &Conv2dGeometry, cols: &mut Vec<f32>) -> Vec<f32> {
     let (groups, kc, p) = (geo.cfg.groups, geo.col_rows(), geo.out_pixels());
     let cog = geo.c_out / groups;
     let (in_img, out_img) = (geo.c_in * geo.h * geo.w, geo.c_out * p);
@@ -156,10 +181,10 @@ pub fn forward_cpu(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo: &Conv2dGeome
     for img0 in (0..geo.n).step_by(chunk) {
         let nb = chunk.min(geo.n - img0);
         let sub = geo.with_batch(nb);
-        let cols = im2col_cpu(&x[img0 * in_img..(img0 + nb) * in_img], &sub); // (g·kc, nb·p)
+        im2col_cpu_into(&x[img0 * in_img..(img0 + nb) * in_img], &sub, cols); // (g·kc, nb·p)
         let mut yc = vec![0f32; geo.c_out * nb * p]; // (c_out, nb·p)
         let (s, l) = group_gemm(groups, cog, nb * p, kc, [cog * kc, kc * nb * p, cog * nb * p]);
-        gemm_groups_cpu(w, &cols, &mut yc, s, l, false, false, 0.0);
+        gemm_groups_cpu(w, cols, &mut yc, s, l, false, false, 0.0);
         let out = swap_leading_cpu(&yc, geo.c_out, nb, p, bias); // (nb, c_out, p)
         if nb == geo.n {
             return out; // one chunk: no zero-fill and copy
@@ -177,6 +202,19 @@ pub fn backward_cpu(x: &[f32], w: &[f32], dy: &[f32], geo: &Conv2dGeometry) -> (
 
 /// [`backward_cpu`], computing dx only when asked.
 fn backward_cpu_opt(x: &[f32], w: &[f32], dy: &[f32], geo: &Conv2dGeometry, need_dx: bool) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+    with_cols(geo, |cols, dcols| backward_cpu_with(x, w, dy, geo, need_dx, cols, dcols))
+}
+
+#[allow(clippy::type_complexity)]
+fn backward_cpu_with(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    geo: &Conv2dGeometry,
+    need_dx: bool,
+    cols: &mut Vec<f32>,
+    dcols: &mut Vec<f32>,
+) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
     let (groups, kc, p) = (geo.cfg.groups, geo.col_rows(), geo.out_pixels());
     let cog = geo.c_out / groups;
     let (in_img, out_img) = (geo.c_in * geo.h * geo.w, geo.c_out * p);
@@ -192,19 +230,21 @@ fn backward_cpu_opt(x: &[f32], w: &[f32], dy: &[f32], geo: &Conv2dGeometry, need
         for (acc, v) in db.iter_mut().zip(sum_rows_cpu(&dyc, geo.c_out, nb * p)) {
             *acc += v;
         }
-        let cols = im2col_cpu(&x[img0 * in_img..(img0 + nb) * in_img], &sub);
+        im2col_cpu_into(&x[img0 * in_img..(img0 + nb) * in_img], &sub, cols);
         let beta = if img0 == 0 { 0.0 } else { 1.0 };
         // dW_g (cog, kc) += dYc_g (cog, nb·p) · cols_gᵀ (nb·p, kc)
         let (s, l) = group_gemm(groups, cog, kc, nb * p, [cog * nb * p, kc * nb * p, cog * kc]);
-        gemm_groups_cpu(&dyc, &cols, &mut dw, s, l, false, true, beta);
+        gemm_groups_cpu(&dyc, cols, &mut dw, s, l, false, true, beta);
         if !need_dx {
             continue;
         }
         // dcols_g (kc, nb·p) = W_gᵀ (kc, cog) · dYc_g (cog, nb·p)
-        let mut dcols = vec![0f32; cols.len()];
+        // Zeroed: the reused buffer may hold NaN, and 0·NaN is NaN even at beta = 0.
+        dcols.clear();
+        dcols.resize(cols.len(), 0.0);
         let (s, l) = group_gemm(groups, kc, nb * p, cog, [cog * kc, cog * nb * p, kc * nb * p]);
-        gemm_groups_cpu(w, &dyc, &mut dcols, s, l, true, false, 0.0);
-        let part = col2im_cpu(&dcols, &sub);
+        gemm_groups_cpu(w, &dyc, dcols, s, l, true, false, 0.0);
+        let part = col2im_cpu(dcols, &sub);
         if nb == geo.n {
             dx = part;
         } else {

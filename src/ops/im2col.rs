@@ -86,12 +86,20 @@ pub(crate) fn valid_range(out: usize, len: usize, s: usize, p: usize, kd: usize)
 /// x: (n, c, h, w) → cols: (c·kh·kw, n·oh·ow); zeros where the window covers padding.
 /// Row segments are copied whole; a stride of 1 is a plain slice copy.
 pub fn im2col_cpu(x: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
+    let mut cols = Vec::new();
+    im2col_cpu_into(x, g, &mut cols);
+    cols
+}
+
+/// [`im2col_cpu`] into a reused buffer (its old contents are overwritten).
+pub fn im2col_cpu_into(x: &[f32], g: &Conv2dGeometry, cols: &mut Vec<f32>) {
     let (c, h, w, kh, kw, oh, ow) = (g.c_in, g.h, g.w, g.kh, g.kw, g.oh, g.ow);
     let [sh, sw] = g.cfg.stride;
     let [ph, pw] = g.cfg.padding;
     let [dh, dw] = g.cfg.dilation;
     let ncols = g.n * oh * ow;
-    let mut cols = vec![0f32; c * kh * kw * ncols];
+    cols.clear();
+    cols.resize(c * kh * kw * ncols, 0.0);
     for ci in 0..c {
         for ki in 0..kh {
             let ys = valid_range(oh, h, sh, ph, ki * dh);
@@ -119,7 +127,6 @@ pub fn im2col_cpu(x: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
             }
         }
     }
-    cols
 }
 
 // ---------------------------------------------------------------- GPU wrapper

@@ -212,3 +212,33 @@ fn bad_input(dev: &Device) {
     assert!(e.to_string().contains("dy has shape [2, 3, 2, 2], expected [2, 3, 3, 3]"), "{e}");
 }
 test_device!(conv2d_bad_input, bad_input);
+
+/// CPU convolutions whose columns pass 16 MB reuse a per-thread scratch
+/// buffer: their results must not depend on what it held. A batch of 64
+/// (75 MB of columns, after another large convolution left other data there)
+/// against the same images in batches of 8 (9 MB: fresh buffers).
+#[test]
+fn large_cpu_convolutions_reuse_scratch() {
+    let dev = Device::Cpu;
+    let cfg = Conv2dConfig::default().padding(1);
+    let t = |shape: &[usize], seed: u64| Tensor::from_vec(&dev, shape, random(seed, shape.iter().product())).unwrap();
+    let (x, w, dy) = (t(&[64, 32, 32, 32], 1), t(&[32, 32, 3, 3], 2), t(&[64, 32, 32, 32], 3));
+    // Leave different data (and a different length) in the scratch first.
+    let other = t(&[48, 32, 32, 32], 4);
+    conv2d_backward(&other, &t(&[16, 32, 3, 3], 5), &t(&[48, 16, 32, 32], 6), cfg.stride(1), true).unwrap();
+    let y = conv2d_forward(&x, &w, None, cfg).unwrap().to_vec().unwrap();
+    let g = conv2d_backward(&x, &w, &dy, cfg, false).unwrap();
+    let (mut y8, mut dx8, mut dw8) = (Vec::new(), Vec::new(), vec![0f32; w.numel()]);
+    for i in (0..64).step_by(8) {
+        let (xs, dys) = (x.narrow(i, 8).unwrap(), dy.narrow(i, 8).unwrap());
+        y8.extend(conv2d_forward(&xs, &w, None, cfg).unwrap().to_vec().unwrap());
+        let gi = conv2d_backward(&xs, &w, &dys, cfg, false).unwrap();
+        dx8.extend(gi.dx.to_vec().unwrap());
+        dw8.iter_mut().zip(gi.dw.to_vec().unwrap()).for_each(|(a, b)| *a += b);
+    }
+    let tol = Tolerance::new(1e-4, 1e-4);
+    tol.assert("forward, scratch vs fresh", &y, &y8);
+    tol.assert("dx, scratch vs fresh", &g.dx.to_vec().unwrap(), &dx8);
+    // dW sums 65,536 products per entry; the split batches add them in another order.
+    Tolerance::new(2e-3, 1e-4).assert("dw, scratch vs fresh", &g.dw.to_vec().unwrap(), &dw8);
+}
