@@ -34,6 +34,12 @@ struct GemmParams {
     // the per-dimension workgroup limit into several dispatches.
     row_base: u32,
     col_base: u32,
+    // Split-K: when non-zero, batch item z sums only p in [z·k_chunk, (z+1)·k_chunk)
+    // (the host then sets stride_a = stride_b = 0 and adds the partial products).
+    k_chunk: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
@@ -63,6 +69,13 @@ fn strides() -> Strides {
     if (params.trans_a != 0u) { s.a_i = 1u; s.a_p = params.m; } else { s.a_i = params.k; s.a_p = 1u; }
     if (params.trans_b != 0u) { s.b_p = 1u; s.b_j = params.k; } else { s.b_p = params.n; s.b_j = 1u; }
     return s;
+}
+
+// The k range batch item `batch` sums: all of it, or its split-K slice.
+fn k_range(batch: u32) -> vec2<u32> {
+    if (params.k_chunk == 0u) { return vec2<u32>(0u, params.k); }
+    let begin = batch * params.k_chunk;
+    return vec2<u32>(begin, min(params.k, begin + params.k_chunk));
 }
 
 // Writes a 4×4 register block whose top-left is (i0, j0); rows step by di, columns by dj.
@@ -104,7 +117,8 @@ fn gemm_blocked(
     let ra = vec4<u32>(min(i0, last_i), min(i0 + 1u, last_i), min(i0 + 2u, last_i), min(i0 + 3u, last_i)) * s.a_i + base_a;
     let cb = vec4<u32>(j0, min(j0 + WG_X, last_j), min(j0 + 2u * WG_X, last_j), min(j0 + 3u * WG_X, last_j)) * s.b_j + base_b;
     var acc: array<vec4<f32>, 4>;
-    for (var p = 0u; p < params.k; p++) {
+    let kr = k_range(batch);
+    for (var p = kr.x; p < kr.y; p++) {
         let pa = p * s.a_p;
         let pb = p * s.b_p;
         let av = vec4<f32>(a[ra.x + pa], a[ra.y + pa], a[ra.z + pa], a[ra.w + pa]);
@@ -136,7 +150,9 @@ fn gemm_tiled(
     let base_b = params.offset_b + batch * params.stride_b;
     let threads = WG_X * WG_Y;
     var acc: array<vec4<f32>, 4>;
-    for (var p0 = 0u; p0 < params.k; p0 += TILE_K) {
+    // Uniform across the workgroup (it depends on wid.z only), so the barriers stay uniform.
+    let kr = k_range(batch);
+    for (var p0 = kr.x; p0 < kr.y; p0 += TILE_K) {
         // Stage the slabs; the fastest-moving index follows memory order so that
         // neighbouring invocations read neighbouring addresses. Out of range → 0.
         for (var e = tid; e < TILE_K * TILE_M; e += threads) {
@@ -145,7 +161,7 @@ fn gemm_tiled(
             let gi = row0 + i;
             let gp = p0 + p;
             var v = 0.0;
-            if (gi < params.m && gp < params.k) { v = a[base_a + gi * s.a_i + gp * s.a_p]; }
+            if (gi < params.m && gp < kr.y) { v = a[base_a + gi * s.a_i + gp * s.a_p]; }
             as_[p * TILE_M + i] = v;
         }
         for (var e = tid; e < TILE_K * TILE_N; e += threads) {
@@ -154,7 +170,7 @@ fn gemm_tiled(
             let gj = col0 + j;
             let gp = p0 + p;
             var v = 0.0;
-            if (gj < params.n && gp < params.k) { v = b[base_b + gp * s.b_p + gj * s.b_j]; }
+            if (gj < params.n && gp < kr.y) { v = b[base_b + gp * s.b_p + gj * s.b_j]; }
             bs[p * TILE_N + j] = v;
         }
         workgroupBarrier();

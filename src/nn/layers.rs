@@ -166,7 +166,9 @@ impl Linear {
 
 impl Layer for Linear {
     fn kernels(&self, ctx: &GpuContext) -> Vec<KernelId> {
-        vec![crate::ops::gemm::kernel(ctx), KernelId::BiasAdd, KernelId::BiasGrad, KernelId::ElementwiseCombine, KernelId::ElementwiseFill]
+        let mut k = crate::ops::gemm::kernels(ctx);
+        k.extend([KernelId::BiasAdd, KernelId::BiasGrad, KernelId::ElementwiseCombine, KernelId::ElementwiseFill]);
+        k
     }
     fn kind(&self) -> &'static str {
         "Linear"

@@ -263,7 +263,9 @@ fn gpu_chunk(ctx: &GpuContext, geo: &Conv2dGeometry) -> usize {
 /// Every kernel forward and backward dispatch (see the module docs).
 pub(crate) fn kernels(ctx: &GpuContext) -> Vec<crate::kernel::KernelId> {
     use crate::kernel::KernelId as K;
-    vec![crate::ops::gemm::kernel(ctx), K::Im2col, K::Col2im, K::PermuteSwap, K::ReduceRows]
+    let mut k = crate::ops::gemm::kernels(ctx);
+    k.extend([K::Im2col, K::Col2im, K::PermuteSwap, K::ReduceRows]);
+    k
 }
 
 pub(crate) fn forward_gpu(

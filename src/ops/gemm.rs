@@ -2,12 +2,16 @@
 //! Conv forward, weight-gradient and input-gradient are all this op with
 //! different transposes.
 
+use std::sync::Arc;
+
 use bytemuck::{Pod, Zeroable};
 use ndarray::{linalg::general_mat_mul, ArrayView2, ArrayView3, ArrayViewD, ArrayViewMutD, Axis};
 
 use crate::error::{shape_err, Error, Result};
 use crate::gpu::{GemmVariant, GpuContext};
 use crate::kernel::KernelId;
+use crate::ops::permute::swap_leading_gpu;
+use crate::ops::reduce::sum_rows_gpu_at;
 use crate::shape::check_nonempty;
 use crate::tensor::{same_device, Data, Tensor};
 
@@ -51,6 +55,10 @@ pub struct GemmParams {
     pub offset_c: u32,
     pub row_base: u32,
     pub col_base: u32,
+    pub k_chunk: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+    pub _pad2: u32,
 }
 
 /// The validated geometry of one GEMM call.
@@ -214,15 +222,20 @@ pub(crate) fn kernel(ctx: &GpuContext) -> KernelId {
     variant_kernel(ctx.gemm_variant())
 }
 
+/// Every kernel a GEMM may dispatch on this adapter (split-K adds a permute and a reduction).
+pub(crate) fn kernels(ctx: &GpuContext) -> Vec<KernelId> {
+    vec![kernel(ctx), KernelId::PermuteSwap, KernelId::ReduceRows]
+}
+
 /// Records the GEMM dispatches; batches beyond the grid limit are split.
-pub(crate) fn gemm_gpu(ctx: &GpuContext, a: &wgpu::Buffer, b: &wgpu::Buffer, c: &wgpu::Buffer, s: GemmShape, cfg: GemmConfig) -> Result<()> {
+pub(crate) fn gemm_gpu(ctx: &Arc<GpuContext>, a: &wgpu::Buffer, b: &wgpu::Buffer, c: &wgpu::Buffer, s: GemmShape, cfg: GemmConfig) -> Result<()> {
     gemm_gpu_strided(ctx, a, b, c, s, GemmLayout::packed(&s), cfg)
 }
 
 /// [`gemm_gpu`] with explicit offsets and batch strides (conv uses these to
 /// address groups and image chunks inside larger buffers).
 pub(crate) fn gemm_gpu_strided(
-    ctx: &GpuContext,
+    ctx: &Arc<GpuContext>,
     a: &wgpu::Buffer,
     b: &wgpu::Buffer,
     c: &wgpu::Buffer,
@@ -235,35 +248,78 @@ pub(crate) fn gemm_gpu_strided(
     let tile_n = 4 * id.constant("WG_X", 8) as usize;
     let tile_m = 4 * id.constant("WG_Y", 8) as usize;
     let (m, n, k) = (s.m, s.n, s.k);
-    // Grids past the per-dimension limit are split: batches along z, row and
-    // column blocks into dispatches that start at row_base / col_base.
+    let params = GemmParams {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        trans_a: cfg.trans_a as u32,
+        trans_b: cfg.trans_b as u32,
+        alpha: cfg.alpha,
+        beta: cfg.beta,
+        stride_a: l.stride_a as u32,
+        stride_b: l.stride_b as u32,
+        stride_c: l.stride_c as u32,
+        offset_a: l.offset_a as u32,
+        offset_b: l.offset_b as u32,
+        offset_c: l.offset_c as u32,
+        ..GemmParams::default()
+    };
+    if let Some(splits) = split_k(ctx, &s, m.div_ceil(tile_m) * n.div_ceil(tile_n)) {
+        // Few output tiles and a long k (a weight gradient summed over every
+        // pixel of the batch): each of `splits` batch items sums one k slice
+        // into its own partial product, then a row reduction adds them up.
+        let k_chunk = k.div_ceil(splits).next_multiple_of(16);
+        let splits = k.div_ceil(k_chunk);
+        let partial = ctx.alloc("gemm", splits * m * n)?;
+        let split = GemmParams { batch: splits as u32, beta: 0.0, stride_a: 0, stride_b: 0, stride_c: (m * n) as u32, offset_c: 0, k_chunk: k_chunk as u32, ..params };
+        dispatch_tiles(ctx, id, split, [a, b, partial.buffer()], splits, [tile_m, tile_n])?;
+        let per_element = ctx.alloc("gemm", splits * m * n)?;
+        swap_leading_gpu(ctx, partial.buffer(), 0, per_element.buffer(), 0, [splits, m * n, 1], None)?;
+        return sum_rows_gpu_at(ctx, per_element.buffer(), c, l.offset_c, m * n, splits, cfg.beta);
+    }
+    dispatch_tiles(ctx, id, params, [a, b, c], s.batch, [tile_m, tile_n])
+}
+
+/// How many k slices a single (batch 1) GEMM with `tiles` output tiles should
+/// be split into, or `None` to run it whole. Aims at enough workgroups to
+/// occupy the device, slices of at least 256, and partials that fit a binding.
+fn split_k(ctx: &GpuContext, s: &GemmShape, tiles: usize) -> Option<usize> {
+    // Workgroups that keep the device busy: a CPU adapter runs one per core.
+    let busy = if ctx.adapter().is_software() { 2 * std::thread::available_parallelism().map_or(2, |n| n.get()) } else { 256 };
+    let max_z = ctx.limits().max_compute_workgroups_per_dimension as usize;
+    if s.batch != 1 || tiles >= busy || s.k < 1024 {
+        return None;
+    }
+    let splits = (busy / tiles).min(s.k / 256).min(max_z);
+    let fits = (splits * s.m * s.n * 4) as u64 <= ctx.max_binding_bytes();
+    (splits >= 2 && fits).then_some(splits)
+}
+
+/// Records `params` over `batch` items; grids past the per-dimension limit are
+/// split: batches along z, row and column blocks into dispatches that start at
+/// row_base / col_base.
+fn dispatch_tiles(ctx: &GpuContext, id: KernelId, params: GemmParams, [a, b, c]: [&wgpu::Buffer; 3], batch: usize, [tile_m, tile_n]: [usize; 2]) -> Result<()> {
+    let (m, n) = (params.m as usize, params.n as usize);
     let max = ctx.limits().max_compute_workgroups_per_dimension as usize;
     let (rows_per, cols_per) = (max * tile_m, max * tile_n);
+    // Split-K indexes its k slice by the z of the dispatch: it must fit one.
+    debug_assert!(params.k_chunk == 0 || batch <= max);
     let mut start = 0;
-    while start < s.batch {
-        let chunk = (s.batch - start).min(max);
+    while start < batch {
+        let chunk = (batch - start).min(max);
         for row_base in (0..m).step_by(rows_per) {
             for col_base in (0..n).step_by(cols_per) {
-                let params = GemmParams {
-                    m: m as u32,
-                    n: n as u32,
-                    k: k as u32,
+                let p = GemmParams {
                     batch: chunk as u32,
-                    trans_a: cfg.trans_a as u32,
-                    trans_b: cfg.trans_b as u32,
-                    alpha: cfg.alpha,
-                    beta: cfg.beta,
-                    stride_a: l.stride_a as u32,
-                    stride_b: l.stride_b as u32,
-                    stride_c: l.stride_c as u32,
-                    offset_a: (l.offset_a + start * l.stride_a) as u32,
-                    offset_b: (l.offset_b + start * l.stride_b) as u32,
-                    offset_c: (l.offset_c + start * l.stride_c) as u32,
+                    offset_a: params.offset_a + (start as u32) * params.stride_a,
+                    offset_b: params.offset_b + (start as u32) * params.stride_b,
+                    offset_c: params.offset_c + (start as u32) * params.stride_c,
                     row_base: row_base as u32,
                     col_base: col_base as u32,
+                    ..params
                 };
                 let groups = [(n - col_base).min(cols_per).div_ceil(tile_n) as u32, (m - row_base).min(rows_per).div_ceil(tile_m) as u32, chunk as u32];
-                ctx.dispatch(id, &params, &[a, b, c], groups)?;
+                ctx.dispatch(id, &p, &[a, b, c], groups)?;
             }
         }
         start += chunk;

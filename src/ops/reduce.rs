@@ -57,6 +57,12 @@ pub(crate) fn sum_rows_gpu(ctx: &GpuContext, x: &wgpu::Buffer, out: &wgpu::Buffe
     ctx.dispatch(KernelId::ReduceRows, &params, &[x, out], ctx.grid_1d(rows, 1))
 }
 
+/// [`sum_rows_gpu`] writing rows from element `out_offset` of `out` on.
+pub(crate) fn sum_rows_gpu_at(ctx: &GpuContext, x: &wgpu::Buffer, out: &wgpu::Buffer, out_offset: usize, rows: usize, len: usize, beta: f32) -> Result<()> {
+    let params = ReduceParams { rows: rows as u32, len: len as u32, beta, out_offset: out_offset as u32, ..Default::default() };
+    ctx.dispatch(KernelId::ReduceRows, &params, &[x, out], ctx.grid_1d(rows, 1))
+}
+
 /// Records `out[slot] = Σ x²` over the first `len` elements of `x`.
 pub(crate) fn sum_squares_gpu(ctx: &GpuContext, x: &wgpu::Buffer, len: usize, out: &wgpu::Buffer, slot: usize) -> Result<()> {
     let params = ReduceParams { rows: 1, len: len as u32, square: 1, out_offset: slot as u32, ..Default::default() };

@@ -61,6 +61,9 @@ const CASES: &[(Option<usize>, Option<usize>, usize, usize, usize)] = &[
     (Some(3), Some(3), 9, 11, 13),
     (Some(4), None, 33, 31, 5), // B broadcast over the batch (conv weights)
     (None, Some(2), 7, 66, 65), // A broadcast
+    // Few output tiles, long k: split-K on GPUs (partial products, then a reduction).
+    (None, None, 6, 25, 5003),  // conv1's weight gradient in LeNet-5, k not a multiple of 16
+    (None, None, 33, 2, 4099),  // two row tiles
 ];
 
 fn check_all(dev: &Device, variant: Option<GemmVariant>) {
@@ -107,8 +110,26 @@ fn check_beta_zero_ignores_c(dev: &Device, variant: Option<GemmVariant>) {
     tol(3).assert("gemm beta=0", &got, &want);
 }
 
+/// Split-K with alpha, beta and a C that beta = 0 must ignore.
+fn check_split_k_alpha_beta(dev: &Device, variant: Option<GemmVariant>) {
+    let (m, n, k) = (5, 7, 3000);
+    let (av, bv, cv) = (random(31, m * k), random(32, k * n), random(33, m * n));
+    let a = Tensor::from_vec(dev, &[m, k], av.clone()).unwrap();
+    let b = Tensor::from_vec(dev, &[n, k], bv.clone()).unwrap();
+    let s = GemmShape::infer(&[m, k], &[n, k], false, true).unwrap();
+    for beta in [-1.5, 0.0] {
+        let cfg = GemmConfig { trans_a: false, trans_b: true, alpha: 0.5, beta, variant };
+        let start = if beta == 0.0 { vec![f32::NAN; m * n] } else { cv.clone() };
+        let mut c = Tensor::from_vec(dev, &[m, n], start).unwrap();
+        gemm_into(&a, &b, &mut c, cfg).unwrap();
+        let want = oracle(&av, &bv, (beta != 0.0).then_some(&cv[..]), &s, &cfg);
+        tol(k).assert(&format!("split-K gemm, beta {beta}, on {dev}"), &c.to_vec().unwrap(), &want);
+    }
+}
+
 fn all(dev: &Device, variant: Option<GemmVariant>) {
     check_all(dev, variant);
+    check_split_k_alpha_beta(dev, variant);
     check_alpha_beta(dev, variant);
     check_beta_zero_ignores_c(dev, variant);
 }
