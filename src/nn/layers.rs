@@ -8,7 +8,7 @@ use crate::kernel::KernelId;
 use crate::ops::activation::{activation_backward, activation_forward, Activation};
 use crate::ops::avgpool::{avgpool_backward, avgpool_forward, global_avg_pool_backward, global_avg_pool_forward};
 use crate::ops::batchnorm::{batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train, Affine, BatchNormConfig};
-use crate::ops::conv2d::{conv2d_backward, conv2d_backward_params, conv2d_forward};
+use crate::ops::conv2d::{conv2d_backward_cols, conv2d_forward, conv2d_forward_keep};
 use crate::ops::dropout::{dropout_backward, dropout_forward, DropoutConfig};
 use crate::ops::elementwise::{bias_add, bias_grad};
 use crate::ops::gemm::{gemm, GemmConfig};
@@ -83,6 +83,9 @@ pub struct Conv2d {
     pub params: WeightBias,
     pub cfg: Conv2dConfig,
     x: Option<Tensor>,
+    /// im2col columns kept from a training forward on the GPU (when small
+    /// enough), so backward need not rebuild them.
+    cols: Option<Tensor>,
 }
 
 impl Conv2d {
@@ -93,7 +96,18 @@ impl Conv2d {
         let shape = [c_out, c_in / cfg.groups, kernel[0], kernel[1]];
         let fan_in = shape[1] * kernel[0] * kernel[1];
         let fan_out = c_out / cfg.groups * kernel[0] * kernel[1];
-        Ok(Conv2d { params: WeightBias::new(dev, &shape, fan_in, fan_out, bias, init)?, cfg, x: None })
+        Ok(Conv2d { params: WeightBias::new(dev, &shape, fan_in, fan_out, bias, init)?, cfg, x: None, cols: None })
+    }
+}
+
+impl Conv2d {
+    fn backward_inner(&mut self, dy: &Tensor, need_dx: bool) -> Result<Option<Tensor>> {
+        let x = self.x.as_ref().ok_or_else(|| no_cache("Conv2d"))?;
+        // The kept columns serve one backward; a second one rebuilds them.
+        let cols = self.cols.take();
+        let (dx, dw, db) = conv2d_backward_cols(x, &self.params.weight, dy, self.cfg, self.params.bias.is_some(), need_dx, cols.as_ref())?;
+        self.params.accumulate(dw, db)?;
+        Ok(dx)
     }
 }
 
@@ -124,20 +138,24 @@ impl Layer for Conv2d {
         Ok(Conv2dGeometry::new(input, self.params.weight.shape(), self.cfg)?.output_shape().to_vec())
     }
     fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let y = conv2d_forward(x, &self.params.weight, self.params.bias.as_ref(), self.cfg)?;
+        let (w, b) = (&self.params.weight, self.params.bias.as_ref());
+        let y = if mode == Mode::Train {
+            let (y, cols) = conv2d_forward_keep(x, w, b, self.cfg)?;
+            self.cols = cols;
+            y
+        } else {
+            self.cols = None;
+            conv2d_forward(x, w, b, self.cfg)?
+        };
         self.x = (mode == Mode::Train).then(|| x.clone());
         Ok(y)
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
-        let x = self.x.as_ref().ok_or_else(|| no_cache("Conv2d"))?;
-        let g = conv2d_backward(x, &self.params.weight, dy, self.cfg, self.params.bias.is_some())?;
-        self.params.accumulate(g.dw, g.db)?;
-        Ok(g.dx)
+        let dx = self.backward_inner(dy, true)?;
+        Ok(dx.expect("asked for dx"))
     }
     fn backward_params(&mut self, dy: &Tensor) -> Result<()> {
-        let x = self.x.as_ref().ok_or_else(|| no_cache("Conv2d"))?;
-        let (dw, db) = conv2d_backward_params(x, &self.params.weight, dy, self.cfg, self.params.bias.is_some())?;
-        self.params.accumulate(dw, db)
+        self.backward_inner(dy, false).map(drop)
     }
     fn parameters(&mut self, prefix: &str) -> Vec<Param<'_>> {
         self.params.parameters(prefix)

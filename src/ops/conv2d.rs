@@ -11,7 +11,9 @@
 //! ```
 //! Batches are processed in chunks of nb images so the column matrix stays
 //! under the device's storage-binding limit. A 1×1, stride-1, unpadded,
-//! ungrouped convolution skips im2col: it is a GEMM per image.
+//! ungrouped convolution skips im2col: it is a GEMM per image. On the GPU a
+//! training layer keeps the forward's columns (one chunk, ≤ 64 MB) for its
+//! backward; otherwise backward rebuilds them. The first layer skips dx.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -61,6 +63,20 @@ pub struct Conv2dGrads {
 
 /// `y = conv2d(x, w) + b`: x `[n, c_in, h, w]`, w `[c_out, c_in/groups, kh, kw]`, b `[c_out]`.
 pub fn conv2d_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: Conv2dConfig) -> Result<Tensor> {
+    forward(x, w, bias, cfg, false).map(|(y, _)| y)
+}
+
+/// Columns worth keeping from forward for backward (GPU, one chunk): backward
+/// then skips its im2col. Larger ones are recomputed rather than held.
+const KEEP_COLS_BYTES: usize = 64 << 20;
+
+/// [`conv2d_forward`] that, on the GPU, may also hand back the im2col columns
+/// for [`conv2d_backward_cols`] (training layers keep them until backward).
+pub(crate) fn conv2d_forward_keep(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: Conv2dConfig) -> Result<(Tensor, Option<Tensor>)> {
+    forward(x, w, bias, cfg, true)
+}
+
+fn forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: Conv2dConfig, keep: bool) -> Result<(Tensor, Option<Tensor>)> {
     let geo = Conv2dGeometry::new(x.shape(), w.shape(), cfg)?;
     same_device("conv2d", &[x, w])?;
     if let Some(b) = bias {
@@ -69,20 +85,27 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: Conv2d
             return shape_err("conv2d", format!("bias has shape {:?} but the weight {:?} has {} output channels", b.shape(), w.shape(), geo.c_out));
         }
     }
-    let y = match (&x.data, &w.data) {
+    Ok(match (&x.data, &w.data) {
         (Data::Cpu(xs), Data::Cpu(ws)) => {
             let b = bias.map(|b| b.to_vec()).transpose()?;
-            Tensor::from_cpu(&geo.output_shape(), forward_cpu(xs.as_slice().unwrap(), ws.as_slice().unwrap(), b.as_deref(), &geo))
+            (Tensor::from_cpu(&geo.output_shape(), forward_cpu(xs.as_slice().unwrap(), ws.as_slice().unwrap(), b.as_deref(), &geo)), None)
         }
         (Data::Gpu(xb), Data::Gpu(wb)) => {
             let y = Tensor::uninit(&x.device(), "conv2d", &geo.output_shape())?;
             let b = bias.map(|b| b.gpu().unwrap().buffer());
-            forward_gpu(xb.context(), xb.buffer(), wb.buffer(), b, y.gpu().unwrap().buffer(), &geo)?;
-            y
+            let ctx = xb.context();
+            let keep = keep && !geo.is_pointwise() && gpu_chunk(ctx, &geo) >= geo.n && col_elems(&geo) * 4 <= KEEP_COLS_BYTES;
+            let cols = keep.then(|| Tensor::uninit(&x.device(), "conv2d", &[col_elems(&geo)])).transpose()?;
+            forward_gpu(ctx, xb.buffer(), wb.buffer(), b, y.gpu().unwrap().buffer(), &geo, cols.as_ref().map(|c| c.gpu().unwrap().buffer()))?;
+            (y, cols)
         }
         _ => unreachable!("same_device checked"),
-    };
-    Ok(y)
+    })
+}
+
+/// Elements of the whole batch's columns.
+fn col_elems(geo: &Conv2dGeometry) -> usize {
+    geo.cfg.groups * geo.col_rows() * geo.n * geo.out_pixels()
 }
 
 /// Gradients of the loss with respect to x, w and (when `with_bias`) b, given dL/dy.
@@ -98,7 +121,33 @@ pub fn conv2d_backward_params(x: &Tensor, w: &Tensor, dy: &Tensor, cfg: Conv2dCo
     Ok((dw, db))
 }
 
+/// Backward from the columns [`conv2d_forward_keep`] kept (`None`: recompute them).
+pub(crate) fn conv2d_backward_cols(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    cfg: Conv2dConfig,
+    with_bias: bool,
+    need_dx: bool,
+    cols: Option<&Tensor>,
+) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
+    backward_with(x, w, dy, cfg, with_bias, need_dx, cols)
+}
+
 fn backward(x: &Tensor, w: &Tensor, dy: &Tensor, cfg: Conv2dConfig, with_bias: bool, need_dx: bool) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
+    backward_with(x, w, dy, cfg, with_bias, need_dx, None)
+}
+
+#[allow(clippy::type_complexity)]
+fn backward_with(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    cfg: Conv2dConfig,
+    with_bias: bool,
+    need_dx: bool,
+    kept: Option<&Tensor>,
+) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
     let geo = Conv2dGeometry::new(x.shape(), w.shape(), cfg)?;
     same_device("conv2d", &[x, w, dy])?;
     crate::ops::check_shape("conv2d", "dy", dy.shape(), &geo.output_shape())?;
@@ -115,7 +164,8 @@ fn backward(x: &Tensor, w: &Tensor, dy: &Tensor, cfg: Conv2dConfig, with_bias: b
             let db = if with_bias { Some(Tensor::uninit(&dev, "conv2d", &[geo.c_out])?) } else { None };
             let bias_buf = db.as_ref().map(|t| t.gpu().unwrap().buffer());
             let dxb = dx.as_ref().map(|t| t.gpu().unwrap().buffer());
-            backward_gpu(xb.context(), xb.buffer(), wb.buffer(), db_.buffer(), dxb, dw.gpu().unwrap().buffer(), bias_buf, &geo)?;
+            let kept = kept.filter(|c| c.numel() == col_elems(&geo)).and_then(|c| c.gpu()).map(|c| c.buffer());
+            backward_gpu(xb.context(), xb.buffer(), wb.buffer(), db_.buffer(), dxb, dw.gpu().unwrap().buffer(), bias_buf, &geo, kept)?;
             Ok((dx, dw, db))
         }
         _ => unreachable!("same_device checked"),
@@ -275,6 +325,7 @@ pub(crate) fn forward_gpu(
     bias: Option<&wgpu::Buffer>,
     y: &wgpu::Buffer,
     geo: &Conv2dGeometry,
+    keep: Option<&wgpu::Buffer>,
 ) -> Result<()> {
     let (groups, kc, p) = (geo.cfg.groups, geo.col_rows(), geo.out_pixels());
     let cog = geo.c_out / groups;
@@ -293,14 +344,16 @@ pub(crate) fn forward_gpu(
         return swap_leading_gpu(ctx, tmp.buffer(), 0, y, 0, [1, geo.n * geo.c_out, p], bias);
     }
     let chunk = gpu_chunk(ctx, geo);
-    let cols = ctx.alloc("conv2d", groups * kc * chunk * p)?;
+    // Kept columns (one chunk) go straight into the caller's buffer.
+    let own = if keep.is_none() { Some(ctx.alloc("conv2d", groups * kc * chunk * p)?) } else { None };
+    let cols = keep.unwrap_or_else(|| own.as_ref().unwrap().buffer());
     let yc = ctx.alloc("conv2d", geo.c_out * chunk * p)?;
     for img0 in (0..geo.n).step_by(chunk) {
         let nb = chunk.min(geo.n - img0);
         let sub = geo.with_batch(nb);
-        im2col_gpu(ctx, x, img0 * geo.c_in * geo.h * geo.w, cols.buffer(), &sub)?;
+        im2col_gpu(ctx, x, img0 * geo.c_in * geo.h * geo.w, cols, &sub)?;
         let (s, l) = group_gemm(groups, cog, nb * p, kc, [cog * kc, kc * nb * p, cog * nb * p]);
-        gemm_gpu_strided(ctx, w, cols.buffer(), yc.buffer(), s, l, plain)?;
+        gemm_gpu_strided(ctx, w, cols, yc.buffer(), s, l, plain)?;
         swap_leading_gpu(ctx, yc.buffer(), 0, y, img0 * geo.c_out * p, [geo.c_out, nb, p], bias)?;
     }
     Ok(())
@@ -316,13 +369,17 @@ pub(crate) fn backward_gpu(
     dw: &wgpu::Buffer,
     db: Option<&wgpu::Buffer>,
     geo: &Conv2dGeometry,
+    kept: Option<&wgpu::Buffer>,
 ) -> Result<()> {
     let (groups, kc, p) = (geo.cfg.groups, geo.col_rows(), geo.out_pixels());
     let cog = geo.c_out / groups;
     let (in_img, out_img) = (geo.c_in * geo.h * geo.w, geo.c_out * p);
     let chunk = gpu_chunk(ctx, geo);
+    // Columns kept by the forward pass cover the whole batch in one chunk.
+    let kept = kept.filter(|_| chunk >= geo.n && !geo.is_pointwise());
     let dyc = ctx.alloc("conv2d", geo.c_out * chunk * p)?;
-    let cols = ctx.alloc("conv2d", groups * kc * chunk * p)?;
+    let own = if kept.is_none() { Some(ctx.alloc("conv2d", groups * kc * chunk * p)?) } else { None };
+    let cols_buf = kept.unwrap_or_else(|| own.as_ref().unwrap().buffer());
     let dcols = if dx.is_some() { Some(ctx.alloc("conv2d", groups * kc * chunk * p)?) } else { None };
     for img0 in (0..geo.n).step_by(chunk) {
         let nb = chunk.min(geo.n - img0);
@@ -334,12 +391,12 @@ pub(crate) fn backward_gpu(
         }
         if geo.is_pointwise() {
             // For a 1×1 stride-1 convolution im2col is exactly this swap.
-            swap_leading_gpu(ctx, x, img0 * in_img, cols.buffer(), 0, [nb, geo.c_in, p], None)?;
-        } else {
-            im2col_gpu(ctx, x, img0 * in_img, cols.buffer(), &sub)?;
+            swap_leading_gpu(ctx, x, img0 * in_img, cols_buf, 0, [nb, geo.c_in, p], None)?;
+        } else if kept.is_none() {
+            im2col_gpu(ctx, x, img0 * in_img, cols_buf, &sub)?;
         }
         let (s, l) = group_gemm(groups, cog, kc, nb * p, [cog * nb * p, kc * nb * p, cog * kc]);
-        gemm_gpu_strided(ctx, dyc.buffer(), cols.buffer(), dw, s, l, GemmConfig { trans_b: true, beta, ..GemmConfig::default() })?;
+        gemm_gpu_strided(ctx, dyc.buffer(), cols_buf, dw, s, l, GemmConfig { trans_b: true, beta, ..GemmConfig::default() })?;
         let (Some(dx), Some(dcols)) = (dx, &dcols) else { continue };
         let (s, l) = group_gemm(groups, kc, nb * p, cog, [cog * kc, cog * nb * p, kc * nb * p]);
         gemm_gpu_strided(ctx, w, dyc.buffer(), dcols.buffer(), s, l, GemmConfig { trans_a: true, ..GemmConfig::default() })?;
