@@ -1,6 +1,6 @@
 //! Layers and models in the modular forward/backward style: `forward` caches
 //! what `backward` needs; `backward` takes dL/dy, returns dL/dx and
-//! accumulates parameter gradients. The same model runs on any [`Device`].
+//! accumulates parameter gradients. The same model runs on any [`Device`](crate::Device).
 
 mod container;
 mod init;

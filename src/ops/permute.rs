@@ -55,7 +55,7 @@ pub fn swap_leading(x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
 
 // ---------------------------------------------------------------- CPU reference
 
-/// x: (a, b, inner) → (b, a, inner), plus bias[channel] where the output's
+/// x: (a, b, inner) → (b, a, inner), plus `bias[channel]` where the output's
 /// channel is `(index / inner) mod bias.len()`.
 pub fn swap_leading_cpu(x: &[f32], a: usize, b: usize, inner: usize, bias: Option<&[f32]>) -> Vec<f32> {
     let mut out = vec![0f32; a * b * inner];
