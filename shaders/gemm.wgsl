@@ -7,7 +7,9 @@
 // slice of a larger buffer without copying it.
 //
 // Two entry points share the bindings and params:
-//   gemm_blocked — barrier-free, 4×4 outputs per invocation held in registers.
+//   gemm_blocked — barrier-free, 8×8 outputs per invocation held in registers
+//                  (16 loads feed 64 FMAs: on llvmpipe every storage load is
+//                  costly, and 8×8 ran 1.9× faster than 4×4; benches/NOTES.md).
 //                  For CPU-type adapters (lavapipe), where barriers are costly.
 //   gemm_tiled   — workgroup-memory tiles of TILE_M×TILE_N with a TILE_K-deep
 //                  k-slab, 4×4 outputs per invocation. For real GPUs.
@@ -52,9 +54,11 @@ override WG_X: u32 = 8u;
 override WG_Y: u32 = 8u;
 // Depth of the k-slab staged in workgroup memory (gemm_tiled only).
 override TILE_K: u32 = 16u;
-// Each invocation owns a 4×4 block, so a workgroup covers (4·WG_Y)×(4·WG_X).
+// gemm_tiled: each invocation owns a 4×4 block, so a workgroup covers (4·WG_Y)×(4·WG_X).
 override TILE_M: u32 = WG_Y * 4u;
 override TILE_N: u32 = WG_X * 4u;
+// gemm_blocked: each invocation owns an 8×8 block, a workgroup (8·WG_Y)×(8·WG_X).
+const BLOCK: u32 = 8u;
 
 // Element strides of op(A)[i][p] and op(B)[p][j] in their buffers.
 struct Strides {
@@ -100,11 +104,12 @@ fn gemm_blocked(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-    // Rows i0..i0+3 are adjacent; columns j0 + WG_X·c are interleaved across the
-    // workgroup, so invocations that run as neighbouring SIMD lanes read
-    // neighbouring addresses of B.
-    let i0 = params.row_base + wid.y * TILE_M + lid.y * 4u;
-    let j0 = params.col_base + wid.x * TILE_N + lid.x;
+    // Rows i0..i0+7 are adjacent; columns j0 + WG_X·c (c < 8) are interleaved
+    // across the workgroup, so invocations that run as neighbouring SIMD lanes
+    // read neighbouring addresses of B. Four 4×4 quadrants: acc (rows 0–3,
+    // columns 0–3), acc2 (rows 4–7), acc3 (columns 4–7), acc4 (both).
+    let i0 = params.row_base + wid.y * (WG_Y * BLOCK) + lid.y * BLOCK;
+    let j0 = params.col_base + wid.x * (WG_X * BLOCK) + lid.x;
     let batch = wid.z;
     if (i0 >= params.m || j0 >= params.n || batch >= params.batch) { return; }
     let s = strides();
@@ -115,20 +120,44 @@ fn gemm_blocked(
     let last_i = params.m - 1u;
     let last_j = params.n - 1u;
     let ra = vec4<u32>(min(i0, last_i), min(i0 + 1u, last_i), min(i0 + 2u, last_i), min(i0 + 3u, last_i)) * s.a_i + base_a;
+    let rb = vec4<u32>(min(i0 + 4u, last_i), min(i0 + 5u, last_i), min(i0 + 6u, last_i), min(i0 + 7u, last_i)) * s.a_i + base_a;
     let cb = vec4<u32>(j0, min(j0 + WG_X, last_j), min(j0 + 2u * WG_X, last_j), min(j0 + 3u * WG_X, last_j)) * s.b_j + base_b;
+    let cc = vec4<u32>(min(j0 + 4u * WG_X, last_j), min(j0 + 5u * WG_X, last_j), min(j0 + 6u * WG_X, last_j), min(j0 + 7u * WG_X, last_j)) * s.b_j + base_b;
     var acc: array<vec4<f32>, 4>;
+    var acc2: array<vec4<f32>, 4>;
+    var acc3: array<vec4<f32>, 4>;
+    var acc4: array<vec4<f32>, 4>;
     let kr = k_range(batch);
     for (var p = kr.x; p < kr.y; p++) {
         let pa = p * s.a_p;
         let pb = p * s.b_p;
         let av = vec4<f32>(a[ra.x + pa], a[ra.y + pa], a[ra.z + pa], a[ra.w + pa]);
+        let aw = vec4<f32>(a[rb.x + pa], a[rb.y + pa], a[rb.z + pa], a[rb.w + pa]);
         let bv = vec4<f32>(b[cb.x + pb], b[cb.y + pb], b[cb.z + pb], b[cb.w + pb]);
+        let bw = vec4<f32>(b[cc.x + pb], b[cc.y + pb], b[cc.z + pb], b[cc.w + pb]);
         acc[0] += av.x * bv;
         acc[1] += av.y * bv;
         acc[2] += av.z * bv;
         acc[3] += av.w * bv;
+        acc2[0] += aw.x * bv;
+        acc2[1] += aw.y * bv;
+        acc2[2] += aw.z * bv;
+        acc2[3] += aw.w * bv;
+        acc3[0] += av.x * bw;
+        acc3[1] += av.y * bw;
+        acc3[2] += av.z * bw;
+        acc3[3] += av.w * bw;
+        acc4[0] += aw.x * bw;
+        acc4[1] += aw.y * bw;
+        acc4[2] += aw.z * bw;
+        acc4[3] += aw.w * bw;
     }
     store_block(batch, i0, j0, 1u, WG_X, acc);
+    if (i0 + 4u < params.m) { store_block(batch, i0 + 4u, j0, 1u, WG_X, acc2); }
+    if (j0 + 4u * WG_X < params.n) {
+        store_block(batch, i0, j0 + 4u * WG_X, 1u, WG_X, acc3);
+        if (i0 + 4u < params.m) { store_block(batch, i0 + 4u, j0 + 4u * WG_X, 1u, WG_X, acc4); }
+    }
 }
 
 // Slabs of op(A) and op(B), stored k-major: as_[p·TILE_M + i], bs[p·TILE_N + j].

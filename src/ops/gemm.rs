@@ -244,9 +244,11 @@ pub(crate) fn gemm_gpu_strided(
     cfg: GemmConfig,
 ) -> Result<()> {
     let id = variant_kernel(cfg.variant.unwrap_or(ctx.gemm_variant()));
-    // Each workgroup covers (4·WG_Y) rows × (4·WG_X) columns.
-    let tile_n = 4 * id.constant("WG_X", 8) as usize;
-    let tile_m = 4 * id.constant("WG_Y", 8) as usize;
+    // A workgroup covers (b·WG_Y) rows × (b·WG_X) columns, b the block each
+    // invocation owns: 8×8 in gemm_blocked, 4×4 in gemm_tiled (see the shader).
+    let block = if id == KernelId::GemmBlocked { 8 } else { 4 };
+    let tile_n = block * id.constant("WG_X", 8) as usize;
+    let tile_m = block * id.constant("WG_Y", 8) as usize;
     let (m, n, k) = (s.m, s.n, s.k);
     let params = GemmParams {
         m: m as u32,

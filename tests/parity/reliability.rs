@@ -127,8 +127,9 @@ fn small_limits_match_cpu() {
         use wgpu_cnn::nn::{models, Init, Initializer};
         crate::nn::gradients_match_cpu(&dev, |d| models::lenet5(d, &mut Initializer::new(3, Init::PytorchDefault)).unwrap(), &[24, 1, 28, 28]);
         crate::nn::gradients_match_cpu(&dev, |d| models::mlp(d, 40, 0.25, &mut Initializer::new(9, Init::KaimingUniform)).unwrap(), &[6, 1, 28, 28]);
-        // GEMMs whose 19 row (then column) tiles pass 16: split into two dispatches.
-        for (m, n) in [(600, 400), (400, 600)] {
+        // GEMMs whose row (then column) tiles pass 16 (18 tiles of 64 on a CPU
+        // adapter, 35 of 32 on a GPU): split into several dispatches.
+        for (m, n) in [(1100, 200), (200, 1100)] {
             let (a, b) = (random(4, m * 40), random(5, 40 * n));
             let run = |d: &Device| {
                 let ta = Tensor::from_vec(d, &[m, 40], a.clone()).unwrap();
