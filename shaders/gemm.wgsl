@@ -59,6 +59,8 @@ override TILE_M: u32 = WG_Y * 4u;
 override TILE_N: u32 = WG_X * 4u;
 // gemm_blocked: each invocation owns an 8×8 block, a workgroup (8·WG_Y)×(8·WG_X).
 const BLOCK: u32 = 8u;
+// gemm_blocked_wide: a 16×16 block, a workgroup (16·WG_Y)×(16·WG_X).
+const WIDE: u32 = 16u;
 
 // Element strides of op(A)[i][p] and op(B)[p][j] in their buffers.
 struct Strides {
@@ -158,6 +160,82 @@ fn gemm_blocked(
         store_block(batch, i0, j0 + 4u * WG_X, 1u, WG_X, acc3);
         if (i0 + 4u < params.m) { store_block(batch, i0 + 4u, j0 + 4u * WG_X, 1u, WG_X, acc4); }
     }
+}
+
+// gemm_blocked with a 16×16 block per invocation (32 loads feed 256 FMAs): for
+// large GEMMs on CPU adapters. Written out in full: as loops over arrays,
+// llvmpipe keeps the accumulators in memory and runs 2.6× slower.
+@compute @workgroup_size(WG_X, WG_Y, 1)
+fn gemm_blocked_wide(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+    let i0 = params.row_base + wid.y * (WG_Y * WIDE) + lid.y * WIDE;
+    let j0 = params.col_base + wid.x * (WG_X * WIDE) + lid.x;
+    let batch = wid.z;
+    if (i0 >= params.m || j0 >= params.n || batch >= params.batch) { return; }
+    let s = strides();
+    let base_a = params.offset_a + batch * params.stride_a;
+    let base_b = params.offset_b + batch * params.stride_b;
+    let last_i = params.m - 1u;
+    let last_j = params.n - 1u;
+    let ra0 = vec4<u32>(min(i0 + 0u, last_i), min(i0 + 1u, last_i), min(i0 + 2u, last_i), min(i0 + 3u, last_i)) * s.a_i + base_a;
+    let ra1 = vec4<u32>(min(i0 + 4u, last_i), min(i0 + 5u, last_i), min(i0 + 6u, last_i), min(i0 + 7u, last_i)) * s.a_i + base_a;
+    let ra2 = vec4<u32>(min(i0 + 8u, last_i), min(i0 + 9u, last_i), min(i0 + 10u, last_i), min(i0 + 11u, last_i)) * s.a_i + base_a;
+    let ra3 = vec4<u32>(min(i0 + 12u, last_i), min(i0 + 13u, last_i), min(i0 + 14u, last_i), min(i0 + 15u, last_i)) * s.a_i + base_a;
+    let cb0 = vec4<u32>(min(j0 + 0u * WG_X, last_j), min(j0 + 1u * WG_X, last_j), min(j0 + 2u * WG_X, last_j), min(j0 + 3u * WG_X, last_j)) * s.b_j + base_b;
+    let cb1 = vec4<u32>(min(j0 + 4u * WG_X, last_j), min(j0 + 5u * WG_X, last_j), min(j0 + 6u * WG_X, last_j), min(j0 + 7u * WG_X, last_j)) * s.b_j + base_b;
+    let cb2 = vec4<u32>(min(j0 + 8u * WG_X, last_j), min(j0 + 9u * WG_X, last_j), min(j0 + 10u * WG_X, last_j), min(j0 + 11u * WG_X, last_j)) * s.b_j + base_b;
+    let cb3 = vec4<u32>(min(j0 + 12u * WG_X, last_j), min(j0 + 13u * WG_X, last_j), min(j0 + 14u * WG_X, last_j), min(j0 + 15u * WG_X, last_j)) * s.b_j + base_b;
+    var acc00: array<vec4<f32>, 4>; var acc01: array<vec4<f32>, 4>; var acc02: array<vec4<f32>, 4>; var acc03: array<vec4<f32>, 4>;
+    var acc10: array<vec4<f32>, 4>; var acc11: array<vec4<f32>, 4>; var acc12: array<vec4<f32>, 4>; var acc13: array<vec4<f32>, 4>;
+    var acc20: array<vec4<f32>, 4>; var acc21: array<vec4<f32>, 4>; var acc22: array<vec4<f32>, 4>; var acc23: array<vec4<f32>, 4>;
+    var acc30: array<vec4<f32>, 4>; var acc31: array<vec4<f32>, 4>; var acc32: array<vec4<f32>, 4>; var acc33: array<vec4<f32>, 4>;
+    let kr = k_range(batch);
+    for (var p = kr.x; p < kr.y; p++) {
+        let pa = p * s.a_p;
+        let pb = p * s.b_p;
+        let a0 = vec4<f32>(a[ra0.x + pa], a[ra0.y + pa], a[ra0.z + pa], a[ra0.w + pa]);
+        let a1 = vec4<f32>(a[ra1.x + pa], a[ra1.y + pa], a[ra1.z + pa], a[ra1.w + pa]);
+        let a2 = vec4<f32>(a[ra2.x + pa], a[ra2.y + pa], a[ra2.z + pa], a[ra2.w + pa]);
+        let a3 = vec4<f32>(a[ra3.x + pa], a[ra3.y + pa], a[ra3.z + pa], a[ra3.w + pa]);
+        let b0 = vec4<f32>(b[cb0.x + pb], b[cb0.y + pb], b[cb0.z + pb], b[cb0.w + pb]);
+        let b1 = vec4<f32>(b[cb1.x + pb], b[cb1.y + pb], b[cb1.z + pb], b[cb1.w + pb]);
+        let b2 = vec4<f32>(b[cb2.x + pb], b[cb2.y + pb], b[cb2.z + pb], b[cb2.w + pb]);
+        let b3 = vec4<f32>(b[cb3.x + pb], b[cb3.y + pb], b[cb3.z + pb], b[cb3.w + pb]);
+        acc00[0] += a0.x * b0; acc00[1] += a0.y * b0; acc00[2] += a0.z * b0; acc00[3] += a0.w * b0;
+        acc01[0] += a0.x * b1; acc01[1] += a0.y * b1; acc01[2] += a0.z * b1; acc01[3] += a0.w * b1;
+        acc02[0] += a0.x * b2; acc02[1] += a0.y * b2; acc02[2] += a0.z * b2; acc02[3] += a0.w * b2;
+        acc03[0] += a0.x * b3; acc03[1] += a0.y * b3; acc03[2] += a0.z * b3; acc03[3] += a0.w * b3;
+        acc10[0] += a1.x * b0; acc10[1] += a1.y * b0; acc10[2] += a1.z * b0; acc10[3] += a1.w * b0;
+        acc11[0] += a1.x * b1; acc11[1] += a1.y * b1; acc11[2] += a1.z * b1; acc11[3] += a1.w * b1;
+        acc12[0] += a1.x * b2; acc12[1] += a1.y * b2; acc12[2] += a1.z * b2; acc12[3] += a1.w * b2;
+        acc13[0] += a1.x * b3; acc13[1] += a1.y * b3; acc13[2] += a1.z * b3; acc13[3] += a1.w * b3;
+        acc20[0] += a2.x * b0; acc20[1] += a2.y * b0; acc20[2] += a2.z * b0; acc20[3] += a2.w * b0;
+        acc21[0] += a2.x * b1; acc21[1] += a2.y * b1; acc21[2] += a2.z * b1; acc21[3] += a2.w * b1;
+        acc22[0] += a2.x * b2; acc22[1] += a2.y * b2; acc22[2] += a2.z * b2; acc22[3] += a2.w * b2;
+        acc23[0] += a2.x * b3; acc23[1] += a2.y * b3; acc23[2] += a2.z * b3; acc23[3] += a2.w * b3;
+        acc30[0] += a3.x * b0; acc30[1] += a3.y * b0; acc30[2] += a3.z * b0; acc30[3] += a3.w * b0;
+        acc31[0] += a3.x * b1; acc31[1] += a3.y * b1; acc31[2] += a3.z * b1; acc31[3] += a3.w * b1;
+        acc32[0] += a3.x * b2; acc32[1] += a3.y * b2; acc32[2] += a3.z * b2; acc32[3] += a3.w * b2;
+        acc33[0] += a3.x * b3; acc33[1] += a3.y * b3; acc33[2] += a3.z * b3; acc33[3] += a3.w * b3;
+    }
+    if (i0 + 0u < params.m && j0 + 0u * WG_X < params.n) { store_block(batch, i0 + 0u, j0 + 0u * WG_X, 1u, WG_X, acc00); }
+    if (i0 + 0u < params.m && j0 + 4u * WG_X < params.n) { store_block(batch, i0 + 0u, j0 + 4u * WG_X, 1u, WG_X, acc01); }
+    if (i0 + 0u < params.m && j0 + 8u * WG_X < params.n) { store_block(batch, i0 + 0u, j0 + 8u * WG_X, 1u, WG_X, acc02); }
+    if (i0 + 0u < params.m && j0 + 12u * WG_X < params.n) { store_block(batch, i0 + 0u, j0 + 12u * WG_X, 1u, WG_X, acc03); }
+    if (i0 + 4u < params.m && j0 + 0u * WG_X < params.n) { store_block(batch, i0 + 4u, j0 + 0u * WG_X, 1u, WG_X, acc10); }
+    if (i0 + 4u < params.m && j0 + 4u * WG_X < params.n) { store_block(batch, i0 + 4u, j0 + 4u * WG_X, 1u, WG_X, acc11); }
+    if (i0 + 4u < params.m && j0 + 8u * WG_X < params.n) { store_block(batch, i0 + 4u, j0 + 8u * WG_X, 1u, WG_X, acc12); }
+    if (i0 + 4u < params.m && j0 + 12u * WG_X < params.n) { store_block(batch, i0 + 4u, j0 + 12u * WG_X, 1u, WG_X, acc13); }
+    if (i0 + 8u < params.m && j0 + 0u * WG_X < params.n) { store_block(batch, i0 + 8u, j0 + 0u * WG_X, 1u, WG_X, acc20); }
+    if (i0 + 8u < params.m && j0 + 4u * WG_X < params.n) { store_block(batch, i0 + 8u, j0 + 4u * WG_X, 1u, WG_X, acc21); }
+    if (i0 + 8u < params.m && j0 + 8u * WG_X < params.n) { store_block(batch, i0 + 8u, j0 + 8u * WG_X, 1u, WG_X, acc22); }
+    if (i0 + 8u < params.m && j0 + 12u * WG_X < params.n) { store_block(batch, i0 + 8u, j0 + 12u * WG_X, 1u, WG_X, acc23); }
+    if (i0 + 12u < params.m && j0 + 0u * WG_X < params.n) { store_block(batch, i0 + 12u, j0 + 0u * WG_X, 1u, WG_X, acc30); }
+    if (i0 + 12u < params.m && j0 + 4u * WG_X < params.n) { store_block(batch, i0 + 12u, j0 + 4u * WG_X, 1u, WG_X, acc31); }
+    if (i0 + 12u < params.m && j0 + 8u * WG_X < params.n) { store_block(batch, i0 + 12u, j0 + 8u * WG_X, 1u, WG_X, acc32); }
+    if (i0 + 12u < params.m && j0 + 12u * WG_X < params.n) { store_block(batch, i0 + 12u, j0 + 12u * WG_X, 1u, WG_X, acc33); }
 }
 
 // Slabs of op(A) and op(B), stored k-major: as_[p·TILE_M + i], bs[p·TILE_N + j].

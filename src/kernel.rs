@@ -109,6 +109,8 @@ impl Shader {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KernelId {
     GemmBlocked,
+    /// gemm_blocked with 16×16 blocks, for large GEMMs on CPU adapters.
+    GemmBlockedWide,
     GemmTiled,
     Im2col,
     Col2im,
@@ -156,6 +158,7 @@ pub struct KernelSpec {
 impl KernelId {
     pub const ALL: &'static [KernelId] = &[
         KernelId::GemmBlocked,
+        KernelId::GemmBlockedWide,
         KernelId::GemmTiled,
         KernelId::Im2col,
         KernelId::Col2im,
@@ -207,6 +210,14 @@ impl KernelId {
                 name: "gemm_blocked",
                 shader: Shader::Gemm,
                 entry: "gemm_blocked",
+                bindings: GEMM_BINDINGS,
+                params_size: size_of::<GemmParams>(),
+                constants: &[("WG_X", 8.0), ("WG_Y", 8.0)],
+            },
+            KernelId::GemmBlockedWide => KernelSpec {
+                name: "gemm_blocked_wide",
+                shader: Shader::Gemm,
+                entry: "gemm_blocked_wide",
                 bindings: GEMM_BINDINGS,
                 params_size: size_of::<GemmParams>(),
                 constants: &[("WG_X", 8.0), ("WG_Y", 8.0)],

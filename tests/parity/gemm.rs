@@ -61,6 +61,8 @@ const CASES: &[(Option<usize>, Option<usize>, usize, usize, usize)] = &[
     (Some(3), Some(3), 9, 11, 13),
     (Some(4), None, 33, 31, 5), // B broadcast over the batch (conv weights)
     (None, Some(2), 7, 66, 65), // A broadcast
+    (None, None, 70, 300, 45),  // gemm_blocked_wide on CPU adapters (m ≥ 32, n ≥ 256), ragged edges
+    (Some(2), Some(2), 33, 257, 9), // wide, batched, one row and column past a block
     // Few output tiles, long k: split-K on GPUs (partial products, then a reduction).
     (None, None, 6, 25, 5003),  // conv1's weight gradient in LeNet-5, k not a multiple of 16
     (None, None, 33, 2, 4099),  // two row tiles
