@@ -4,7 +4,8 @@
 // cols:  [c·kh·kw, n·oh·ow]; row (ci·kh + ki)·kw + kj, column img·oh·ow + oy·ow + ox.
 // The entry is input[img, ci, oy·sh − ph + ki·dh, ox·sw − pw + kj·dw], or 0 in the padding.
 // Grouped convs need nothing special: group g owns rows g·(c/groups)·kh·kw onward.
-// One invocation per column-matrix element; a 2-d grid lifts the 65535-workgroup limit.
+// One invocation per row segment of ow entries; the grid folds into y and z past
+// the per-dimension workgroup limit.
 
 struct Im2colParams {
     n: u32,
@@ -33,23 +34,32 @@ override WG: u32 = 256u;
 
 @compute @workgroup_size(WG)
 fn im2col(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    // One invocation per output row segment (row, img, oy): its ow entries share
+    // every index computation. Integer division has no SIMD form on CPU
+    // adapters, and per element it cost more than the copy itself.
     let p = params;
-    let ncols = p.n * p.oh * p.ow;
-    let idx = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
-    if (idx >= p.c * p.kh * p.kw * ncols) { return; }
-    let row = idx / ncols;
-    let col = idx % ncols;
+    let segs = p.n * p.oh;
+    let t = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
+    if (t >= p.c * p.kh * p.kw * segs) { return; }
+    let row = t / segs;
+    let seg = t % segs; // img·oh + oy
+    let oy = seg % p.oh;
+    let img = seg / p.oh;
     let kj = row % p.kw;
     let ki = (row / p.kw) % p.kh;
     let ci = row / (p.kw * p.kh);
-    let img = col / (p.oh * p.ow);
-    let ox = col % p.ow;
-    let oy = (col / p.ow) % p.oh;
+    let out = row * (segs * p.ow) + seg * p.ow;
     let y = i32(oy * p.stride_h + ki * p.dil_h) - i32(p.pad_h);
-    let x = i32(ox * p.stride_w + kj * p.dil_w) - i32(p.pad_w);
-    var v = 0.0;
-    if (y >= 0 && y < i32(p.h) && x >= 0 && x < i32(p.w)) {
-        v = input[p.in_offset + ((img * p.c + ci) * p.h + u32(y)) * p.w + u32(x)];
+    if (y < 0 || y >= i32(p.h)) {
+        for (var ox = 0u; ox < p.ow; ox++) { cols[out + ox] = 0.0; }
+        return;
     }
-    cols[idx] = v;
+    let src = p.in_offset + ((img * p.c + ci) * p.h + u32(y)) * p.w;
+    let x0 = i32(kj * p.dil_w) - i32(p.pad_w);
+    for (var ox = 0u; ox < p.ow; ox++) {
+        let x = x0 + i32(ox * p.stride_w);
+        var v = 0.0;
+        if (x >= 0 && x < i32(p.w)) { v = input[src + u32(x)]; }
+        cols[out + ox] = v;
+    }
 }

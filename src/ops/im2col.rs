@@ -133,6 +133,7 @@ pub fn im2col_cpu_into(x: &[f32], g: &Conv2dGeometry, cols: &mut Vec<f32>) {
 
 /// Records im2col of the `geo.n` images starting at element `x_offset` of `x`.
 pub(crate) fn im2col_gpu(ctx: &GpuContext, x: &wgpu::Buffer, x_offset: usize, cols: &wgpu::Buffer, geo: &Conv2dGeometry) -> Result<()> {
-    let total = geo.c_in * geo.kh * geo.kw * geo.n * geo.out_pixels();
-    ctx.dispatch(KernelId::Im2col, &Im2colParams::new(geo, x_offset), &[x, cols], ctx.grid_1d(total, 256))
+    // One invocation per row segment (ow entries): see the shader.
+    let segments = geo.c_in * geo.kh * geo.kw * geo.n * geo.oh;
+    ctx.dispatch(KernelId::Im2col, &Im2colParams::new(geo, x_offset), &[x, cols], ctx.grid_1d(segments, 256))
 }
