@@ -23,17 +23,28 @@ struct PermuteParams {
 @group(0) @binding(3) var<uniform> params: PermuteParams;
 
 override WG: u32 = 256u;
+// Elements per invocation along `inner`: the index arithmetic (integer
+// division has no SIMD form on CPU adapters) is shared by SEG outputs.
+override SEG: u32 = 32u;
 
 @compute @workgroup_size(WG)
 fn permute_swap(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let p = params;
+    let segs = (p.inner + SEG - 1u) / SEG;
+    let s = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
+    if (s >= p.a * p.b * segs) { return; }
+    // Output row r = j·a + i holds in[i, j, ·]; this invocation covers t0..t1 of it.
+    let r = s / segs;
+    let t0 = (s % segs) * SEG;
+    let t1 = min(t0 + SEG, p.inner);
+    let i = r % p.a;
+    let j = r / p.a;
+    var add = 0.0;
+    if (p.bias_len != 0u) { add = bias[r % p.bias_len]; }
+    let src0 = p.in_offset + (i * p.b + j) * p.inner;
+    let dst0 = p.out_offset + r * p.inner;
     // Indexed by the output, so writes are contiguous.
-    let idx = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
-    if (idx >= p.a * p.b * p.inner) { return; }
-    let t = idx % p.inner;
-    let i = (idx / p.inner) % p.a;
-    let j = idx / (p.inner * p.a);
-    var v = src[p.in_offset + (i * p.b + j) * p.inner + t];
-    if (p.bias_len != 0u) { v += bias[(idx / p.inner) % p.bias_len]; }
-    dst[p.out_offset + idx] = v;
+    for (var t = t0; t < t1; t++) {
+        dst[dst0 + t] = src[src0 + t] + add;
+    }
 }

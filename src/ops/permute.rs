@@ -97,5 +97,7 @@ pub(crate) fn swap_leading_gpu(
         ..PermuteParams::default()
     };
     // Without a bias the binding still needs a buffer; the kernel never reads it.
-    ctx.dispatch(KernelId::PermuteSwap, &params, &[x, bias.map_or(x, |(bb, _)| bb), out], ctx.grid_1d(a * b * inner, 256))
+    // One invocation per SEG elements of a row (see the shader).
+    let seg = KernelId::PermuteSwap.constant("SEG", 32) as usize;
+    ctx.dispatch(KernelId::PermuteSwap, &params, &[x, bias.map_or(x, |(bb, _)| bb), out], ctx.grid_1d(a * b * inner.div_ceil(seg), 256))
 }
