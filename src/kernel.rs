@@ -205,31 +205,18 @@ impl KernelId {
             params_size,
             constants: &[],
         };
+        let gemm = |name: &'static str, constants: &'static [(&'static str, f64)]| KernelSpec {
+            name,
+            shader: Shader::Gemm,
+            entry: name,
+            bindings: GEMM_BINDINGS,
+            params_size: size_of::<GemmParams>(),
+            constants,
+        };
         match self {
-            KernelId::GemmBlocked => KernelSpec {
-                name: "gemm_blocked",
-                shader: Shader::Gemm,
-                entry: "gemm_blocked",
-                bindings: GEMM_BINDINGS,
-                params_size: size_of::<GemmParams>(),
-                constants: &[("WG_X", 8.0), ("WG_Y", 8.0)],
-            },
-            KernelId::GemmBlockedWide => KernelSpec {
-                name: "gemm_blocked_wide",
-                shader: Shader::Gemm,
-                entry: "gemm_blocked_wide",
-                bindings: GEMM_BINDINGS,
-                params_size: size_of::<GemmParams>(),
-                constants: &[("WG_X", 8.0), ("WG_Y", 8.0)],
-            },
-            KernelId::GemmTiled => KernelSpec {
-                name: "gemm_tiled",
-                shader: Shader::Gemm,
-                entry: "gemm_tiled",
-                bindings: GEMM_BINDINGS,
-                params_size: size_of::<GemmParams>(),
-                constants: &[("WG_X", 16.0), ("WG_Y", 16.0), ("TILE_K", 16.0)],
-            },
+            KernelId::GemmBlocked => gemm("gemm_blocked", &[("WG_X", 8.0), ("WG_Y", 8.0)]),
+            KernelId::GemmBlockedWide => gemm("gemm_blocked_wide", &[("WG_X", 8.0), ("WG_Y", 8.0)]),
+            KernelId::GemmTiled => gemm("gemm_tiled", &[("WG_X", 16.0), ("WG_Y", 16.0), ("TILE_K", 16.0)]),
             KernelId::Im2col => elementwise("im2col", Shader::Im2col, UNARY, size_of::<Im2colParams>()),
             KernelId::Col2im => elementwise("col2im", Shader::Col2im, UNARY, size_of::<Im2colParams>()),
             KernelId::PermuteSwap => elementwise("permute_swap", Shader::Permute, &[Read, Read, ReadWrite, Uniform], size_of::<PermuteParams>()),

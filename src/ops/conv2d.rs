@@ -110,36 +110,21 @@ fn col_elems(geo: &Conv2dGeometry) -> usize {
 
 /// Gradients of the loss with respect to x, w and (when `with_bias`) b, given dL/dy.
 pub fn conv2d_backward(x: &Tensor, w: &Tensor, dy: &Tensor, cfg: Conv2dConfig, with_bias: bool) -> Result<Conv2dGrads> {
-    let (dx, dw, db) = backward(x, w, dy, cfg, with_bias, true)?;
+    let (dx, dw, db) = conv2d_backward_cols(x, w, dy, cfg, with_bias, true, None)?;
     Ok(Conv2dGrads { dx: dx.expect("asked for dx"), dw, db })
 }
 
 /// [`conv2d_backward`] without dL/dx: for a first layer, whose input needs no
 /// gradient (saves the dcols GEMM and col2im).
 pub fn conv2d_backward_params(x: &Tensor, w: &Tensor, dy: &Tensor, cfg: Conv2dConfig, with_bias: bool) -> Result<(Tensor, Option<Tensor>)> {
-    let (_, dw, db) = backward(x, w, dy, cfg, with_bias, false)?;
+    let (_, dw, db) = conv2d_backward_cols(x, w, dy, cfg, with_bias, false, None)?;
     Ok((dw, db))
 }
 
-/// Backward from the columns [`conv2d_forward_keep`] kept (`None`: recompute them).
-pub(crate) fn conv2d_backward_cols(
-    x: &Tensor,
-    w: &Tensor,
-    dy: &Tensor,
-    cfg: Conv2dConfig,
-    with_bias: bool,
-    need_dx: bool,
-    cols: Option<&Tensor>,
-) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
-    backward_with(x, w, dy, cfg, with_bias, need_dx, cols)
-}
-
-fn backward(x: &Tensor, w: &Tensor, dy: &Tensor, cfg: Conv2dConfig, with_bias: bool, need_dx: bool) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
-    backward_with(x, w, dy, cfg, with_bias, need_dx, None)
-}
-
+/// Backward, from the columns [`conv2d_forward_keep`] kept (`None`: rebuild
+/// them); dL/dx only when `need_dx`.
 #[allow(clippy::type_complexity)]
-fn backward_with(
+pub(crate) fn conv2d_backward_cols(
     x: &Tensor,
     w: &Tensor,
     dy: &Tensor,

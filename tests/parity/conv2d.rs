@@ -2,7 +2,7 @@
 //! convolution; the CPU backward against finite differences; hand-worked
 //! examples from the course notes; bad input.
 
-use wgpu_cnn::ops::conv2d::{backward_cpu, conv2d_backward, conv2d_forward, forward_cpu, set_max_chunk_bytes};
+use wgpu_cnn::ops::conv2d::{backward_cpu, conv2d_backward, conv2d_backward_params, conv2d_forward, forward_cpu, set_max_chunk_bytes};
 use wgpu_cnn::{Conv2dConfig, Conv2dGeometry, Device, Error, Tensor, Tolerance};
 
 use crate::harness::{numeric_grad, random};
@@ -112,6 +112,13 @@ fn check_case(dev: &Device, (i, c): (usize, &Case)) {
     assert_eq!(grads.db.is_some(), c.bias);
     if let Some(db) = grads.db {
         tol(per_dw).assert(&format!("{what}: db"), &db.to_vec().unwrap(), &db_ref);
+    }
+    // Without dx (a first layer): the same parameter gradients.
+    let (dw, db) = conv2d_backward_params(&xt, &wt, &dyt, c.cfg, c.bias).unwrap();
+    tol(per_dw).assert(&format!("{what}: dw without dx"), &dw.to_vec().unwrap(), &dw_ref);
+    assert_eq!(db.is_some(), c.bias);
+    if let Some(db) = db {
+        tol(per_dw).assert(&format!("{what}: db without dx"), &db.to_vec().unwrap(), &db_ref);
     }
 }
 
