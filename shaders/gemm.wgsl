@@ -77,6 +77,27 @@ fn strides() -> Strides {
     return s;
 }
 
+// Buffer offsets of op(A)'s rows i..i+3 and of op(B)'s columns j, j+WG_X, …,
+// j+3·WG_X, clamped onto the last valid row/column: the loads stay in bounds
+// without branches, and store_block drops the duplicates.
+fn rows4(i: u32, s: Strides, base: u32) -> vec4<u32> {
+    let last = params.m - 1u;
+    return vec4<u32>(min(i, last), min(i + 1u, last), min(i + 2u, last), min(i + 3u, last)) * s.a_i + base;
+}
+
+fn cols4(j: u32, s: Strides, base: u32) -> vec4<u32> {
+    let last = params.n - 1u;
+    return vec4<u32>(min(j, last), min(j + WG_X, last), min(j + 2u * WG_X, last), min(j + 3u * WG_X, last)) * s.b_j + base;
+}
+
+fn load_a(r: vec4<u32>, pa: u32) -> vec4<f32> {
+    return vec4<f32>(a[r.x + pa], a[r.y + pa], a[r.z + pa], a[r.w + pa]);
+}
+
+fn load_b(c: vec4<u32>, pb: u32) -> vec4<f32> {
+    return vec4<f32>(b[c.x + pb], b[c.y + pb], b[c.z + pb], b[c.w + pb]);
+}
+
 // The k range batch item `batch` sums: all of it, or its split-K slice.
 fn k_range(batch: u32) -> vec2<u32> {
     if (params.k_chunk == 0u) { return vec2<u32>(0u, params.k); }
@@ -117,14 +138,10 @@ fn gemm_blocked(
     let s = strides();
     let base_a = params.offset_a + batch * params.stride_a;
     let base_b = params.offset_b + batch * params.stride_b;
-    // Clamp edge rows/columns onto the last valid one: the loads stay in bounds
-    // without branches, and store_block drops the duplicates.
-    let last_i = params.m - 1u;
-    let last_j = params.n - 1u;
-    let ra = vec4<u32>(min(i0, last_i), min(i0 + 1u, last_i), min(i0 + 2u, last_i), min(i0 + 3u, last_i)) * s.a_i + base_a;
-    let rb = vec4<u32>(min(i0 + 4u, last_i), min(i0 + 5u, last_i), min(i0 + 6u, last_i), min(i0 + 7u, last_i)) * s.a_i + base_a;
-    let cb = vec4<u32>(j0, min(j0 + WG_X, last_j), min(j0 + 2u * WG_X, last_j), min(j0 + 3u * WG_X, last_j)) * s.b_j + base_b;
-    let cc = vec4<u32>(min(j0 + 4u * WG_X, last_j), min(j0 + 5u * WG_X, last_j), min(j0 + 6u * WG_X, last_j), min(j0 + 7u * WG_X, last_j)) * s.b_j + base_b;
+    let ra = rows4(i0, s, base_a);
+    let rb = rows4(i0 + 4u, s, base_a);
+    let cb = cols4(j0, s, base_b);
+    let cc = cols4(j0 + 4u * WG_X, s, base_b);
     var acc: array<vec4<f32>, 4>;
     var acc2: array<vec4<f32>, 4>;
     var acc3: array<vec4<f32>, 4>;
@@ -133,10 +150,10 @@ fn gemm_blocked(
     for (var p = kr.x; p < kr.y; p++) {
         let pa = p * s.a_p;
         let pb = p * s.b_p;
-        let av = vec4<f32>(a[ra.x + pa], a[ra.y + pa], a[ra.z + pa], a[ra.w + pa]);
-        let aw = vec4<f32>(a[rb.x + pa], a[rb.y + pa], a[rb.z + pa], a[rb.w + pa]);
-        let bv = vec4<f32>(b[cb.x + pb], b[cb.y + pb], b[cb.z + pb], b[cb.w + pb]);
-        let bw = vec4<f32>(b[cc.x + pb], b[cc.y + pb], b[cc.z + pb], b[cc.w + pb]);
+        let av = load_a(ra, pa);
+        let aw = load_a(rb, pa);
+        let bv = load_b(cb, pb);
+        let bw = load_b(cc, pb);
         acc[0] += av.x * bv;
         acc[1] += av.y * bv;
         acc[2] += av.z * bv;
@@ -177,16 +194,14 @@ fn gemm_blocked_wide(
     let s = strides();
     let base_a = params.offset_a + batch * params.stride_a;
     let base_b = params.offset_b + batch * params.stride_b;
-    let last_i = params.m - 1u;
-    let last_j = params.n - 1u;
-    let ra0 = vec4<u32>(min(i0 + 0u, last_i), min(i0 + 1u, last_i), min(i0 + 2u, last_i), min(i0 + 3u, last_i)) * s.a_i + base_a;
-    let ra1 = vec4<u32>(min(i0 + 4u, last_i), min(i0 + 5u, last_i), min(i0 + 6u, last_i), min(i0 + 7u, last_i)) * s.a_i + base_a;
-    let ra2 = vec4<u32>(min(i0 + 8u, last_i), min(i0 + 9u, last_i), min(i0 + 10u, last_i), min(i0 + 11u, last_i)) * s.a_i + base_a;
-    let ra3 = vec4<u32>(min(i0 + 12u, last_i), min(i0 + 13u, last_i), min(i0 + 14u, last_i), min(i0 + 15u, last_i)) * s.a_i + base_a;
-    let cb0 = vec4<u32>(min(j0 + 0u * WG_X, last_j), min(j0 + 1u * WG_X, last_j), min(j0 + 2u * WG_X, last_j), min(j0 + 3u * WG_X, last_j)) * s.b_j + base_b;
-    let cb1 = vec4<u32>(min(j0 + 4u * WG_X, last_j), min(j0 + 5u * WG_X, last_j), min(j0 + 6u * WG_X, last_j), min(j0 + 7u * WG_X, last_j)) * s.b_j + base_b;
-    let cb2 = vec4<u32>(min(j0 + 8u * WG_X, last_j), min(j0 + 9u * WG_X, last_j), min(j0 + 10u * WG_X, last_j), min(j0 + 11u * WG_X, last_j)) * s.b_j + base_b;
-    let cb3 = vec4<u32>(min(j0 + 12u * WG_X, last_j), min(j0 + 13u * WG_X, last_j), min(j0 + 14u * WG_X, last_j), min(j0 + 15u * WG_X, last_j)) * s.b_j + base_b;
+    let ra0 = rows4(i0, s, base_a);
+    let ra1 = rows4(i0 + 4u, s, base_a);
+    let ra2 = rows4(i0 + 8u, s, base_a);
+    let ra3 = rows4(i0 + 12u, s, base_a);
+    let cb0 = cols4(j0, s, base_b);
+    let cb1 = cols4(j0 + 4u * WG_X, s, base_b);
+    let cb2 = cols4(j0 + 8u * WG_X, s, base_b);
+    let cb3 = cols4(j0 + 12u * WG_X, s, base_b);
     var acc00: array<vec4<f32>, 4>; var acc01: array<vec4<f32>, 4>; var acc02: array<vec4<f32>, 4>; var acc03: array<vec4<f32>, 4>;
     var acc10: array<vec4<f32>, 4>; var acc11: array<vec4<f32>, 4>; var acc12: array<vec4<f32>, 4>; var acc13: array<vec4<f32>, 4>;
     var acc20: array<vec4<f32>, 4>; var acc21: array<vec4<f32>, 4>; var acc22: array<vec4<f32>, 4>; var acc23: array<vec4<f32>, 4>;
@@ -195,14 +210,14 @@ fn gemm_blocked_wide(
     for (var p = kr.x; p < kr.y; p++) {
         let pa = p * s.a_p;
         let pb = p * s.b_p;
-        let a0 = vec4<f32>(a[ra0.x + pa], a[ra0.y + pa], a[ra0.z + pa], a[ra0.w + pa]);
-        let a1 = vec4<f32>(a[ra1.x + pa], a[ra1.y + pa], a[ra1.z + pa], a[ra1.w + pa]);
-        let a2 = vec4<f32>(a[ra2.x + pa], a[ra2.y + pa], a[ra2.z + pa], a[ra2.w + pa]);
-        let a3 = vec4<f32>(a[ra3.x + pa], a[ra3.y + pa], a[ra3.z + pa], a[ra3.w + pa]);
-        let b0 = vec4<f32>(b[cb0.x + pb], b[cb0.y + pb], b[cb0.z + pb], b[cb0.w + pb]);
-        let b1 = vec4<f32>(b[cb1.x + pb], b[cb1.y + pb], b[cb1.z + pb], b[cb1.w + pb]);
-        let b2 = vec4<f32>(b[cb2.x + pb], b[cb2.y + pb], b[cb2.z + pb], b[cb2.w + pb]);
-        let b3 = vec4<f32>(b[cb3.x + pb], b[cb3.y + pb], b[cb3.z + pb], b[cb3.w + pb]);
+        let a0 = load_a(ra0, pa);
+        let a1 = load_a(ra1, pa);
+        let a2 = load_a(ra2, pa);
+        let a3 = load_a(ra3, pa);
+        let b0 = load_b(cb0, pb);
+        let b1 = load_b(cb1, pb);
+        let b2 = load_b(cb2, pb);
+        let b3 = load_b(cb3, pb);
         acc00[0] += a0.x * b0; acc00[1] += a0.y * b0; acc00[2] += a0.z * b0; acc00[3] += a0.w * b0;
         acc01[0] += a0.x * b1; acc01[1] += a0.y * b1; acc01[2] += a0.z * b1; acc01[3] += a0.w * b1;
         acc02[0] += a0.x * b2; acc02[1] += a0.y * b2; acc02[2] += a0.z * b2; acc02[3] += a0.w * b2;
