@@ -11,8 +11,8 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use wgpu_cnn::ops::batchnorm::{batchnorm_backward, batchnorm_forward_train, Affine, BatchNormConfig};
-use wgpu_cnn::ops::optim::{adam_step, sgd_step, AdamConfig, SgdConfig};
-use wgpu_cnn::ops::softmax_xent::{softmax_cross_entropy, CrossEntropyConfig};
+use wgpu_cnn::ops::optim::{optim_adam_step, optim_sgd_step, AdamConfig, SgdConfig};
+use wgpu_cnn::ops::softmax_xent::{softmax_xent, CrossEntropyConfig};
 use wgpu_cnn::{Device, Tensor};
 
 fn filled(dev: &Device, shape: &[usize], seed: usize) -> Tensor {
@@ -59,7 +59,7 @@ fn batchnorm(c: &mut Criterion) {
     g.finish();
 }
 
-fn softmax_xent(c: &mut Criterion) {
+fn bench_softmax_xent(c: &mut Criterion) {
     let mut g = c.benchmark_group("softmax_xent");
     g.sample_size(10);
     let (n, classes) = (1024, 1000);
@@ -69,7 +69,7 @@ fn softmax_xent(c: &mut Criterion) {
         let x = filled(&dev, &[n, classes], 3);
         g.bench_function(BenchmarkId::new(name, "1024x1000"), |b| {
             b.iter(|| {
-                drop(softmax_cross_entropy(&x, &labels, CrossEntropyConfig::default()).unwrap());
+                drop(softmax_xent(&x, &labels, CrossEntropyConfig::default()).unwrap());
                 dev.synchronize().unwrap();
             })
         });
@@ -88,7 +88,7 @@ fn optim(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(5 * n as u64 * 4));
         g.bench_function(BenchmarkId::new(name, "sgd_momentum_1M"), |b| {
             b.iter(|| {
-                sgd_step(&mut p, &grad, Some(&mut buf), false, &sgd).unwrap();
+                optim_sgd_step(&mut p, &grad, Some(&mut buf), false, &sgd).unwrap();
                 dev.synchronize().unwrap();
             })
         });
@@ -96,7 +96,7 @@ fn optim(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(7 * n as u64 * 4));
         g.bench_function(BenchmarkId::new(name, "adamw_1M"), |b| {
             b.iter(|| {
-                adam_step(&mut p, &grad, &mut m, &mut v, 1, &AdamConfig::adamw(1e-3)).unwrap();
+                optim_adam_step(&mut p, &grad, &mut m, &mut v, 1, &AdamConfig::adamw(1e-3)).unwrap();
                 dev.synchronize().unwrap();
             })
         });
@@ -104,5 +104,5 @@ fn optim(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, batchnorm, softmax_xent, optim);
+criterion_group!(benches, batchnorm, bench_softmax_xent, optim);
 criterion_main!(benches);

@@ -9,8 +9,8 @@ use wgpu_cnn::ops::conv2d::{conv2d_backward, conv2d_forward};
 use wgpu_cnn::ops::dropout::{dropout_forward, DropoutConfig};
 use wgpu_cnn::ops::gemm::{gemm, GemmConfig};
 use wgpu_cnn::ops::maxpool::{maxpool_backward, maxpool_forward};
-use wgpu_cnn::ops::optim::{adam_step, sgd_step, AdamConfig, SgdConfig};
-use wgpu_cnn::ops::softmax_xent::{softmax_cross_entropy, CrossEntropyConfig};
+use wgpu_cnn::ops::optim::{optim_adam_step, optim_sgd_step, AdamConfig, SgdConfig};
+use wgpu_cnn::ops::softmax_xent::{softmax_xent, CrossEntropyConfig};
 use wgpu_cnn::{Conv2dConfig, Device, Pool2dConfig, Tensor, Tolerance};
 
 fn data(shape: &[usize], seed: u64) -> Vec<f32> {
@@ -62,7 +62,7 @@ fn main() -> wgpu_cnn::Result<()> {
     }, &gpu);
     let labels: Vec<i64> = (0..256).map(|i| i % 10).collect();
     report("softmax_xent loss / grad", "[256,10], smoothing 0.1", &[(&[256, 10], 15)], |_, t| {
-        let (l, g) = softmax_cross_entropy(&t[0], &labels, CrossEntropyConfig { label_smoothing: 0.1, ..Default::default() }).unwrap();
+        let (l, g) = softmax_xent(&t[0], &labels, CrossEntropyConfig { label_smoothing: 0.1, ..Default::default() }).unwrap();
         vec![l, g]
     }, &gpu);
     for act in Activation::ALL {
@@ -74,12 +74,12 @@ fn main() -> wgpu_cnn::Result<()> {
     report("sgd (nesterov, wd) x3", "[1000000]", &[(&[1_000_000], 19), (&[1_000_000], 20)], |dev, t| {
         let (mut p, mut buf) = (t[0].clone(), Tensor::zeros(dev, &[1_000_000]).unwrap());
         let cfg = SgdConfig { momentum: 0.9, nesterov: true, weight_decay: 1e-4, ..SgdConfig::new(0.1) };
-        (0..3).for_each(|s| sgd_step(&mut p, &t[1], Some(&mut buf), s == 0, &cfg).unwrap());
+        (0..3).for_each(|s| optim_sgd_step(&mut p, &t[1], Some(&mut buf), s == 0, &cfg).unwrap());
         vec![p]
     }, &gpu);
     report("adamw x3", "[1000000]", &[(&[1_000_000], 21), (&[1_000_000], 22)], |dev, t| {
         let (mut p, mut m, mut v) = (t[0].clone(), Tensor::zeros(dev, &[1_000_000]).unwrap(), Tensor::zeros(dev, &[1_000_000]).unwrap());
-        (1..=3).for_each(|s| adam_step(&mut p, &t[1], &mut m, &mut v, s, &AdamConfig::adamw(1e-3)).unwrap());
+        (1..=3).for_each(|s| optim_adam_step(&mut p, &t[1], &mut m, &mut v, s, &AdamConfig::adamw(1e-3)).unwrap());
         vec![p]
     }, &gpu);
     Ok(())

@@ -1,22 +1,14 @@
-// Elementwise helpers training needs. One invocation per output element
-// (bias_grad: one per channel).
-//   elementwise_add      out = alpha·a + beta·b
-//   elementwise_combine  out = alpha·a + beta·out   (in place; beta = 0 never reads out)
-//   elementwise_fill     out = alpha
-//   bias_add             out = a + b[(i / inner) mod channels]
-//   bias_grad            out[ch] = beta·out[ch] + Σ_{n,t} a[(n·channels + ch)·inner + t]
+// Elementwise arithmetic training needs. One invocation per element.
+//   elementwise_add           out = alpha·a + beta·b
+//   elementwise_combine       out = alpha·a + beta·out   (in place; beta = 0 never reads out)
+//   elementwise_fill          out = alpha
 //   elementwise_combine_sign  out = alpha·sign(a) + beta·out   (L1 regularisation)
-//   clip_scale           out ·= min(1, alpha / (sqrt(b[0]) + 1e-6))   (b[0] = the squared global norm)
 
 struct EwParams {
     len: u32,
-    inner: u32,
-    channels: u32,
-    outer: u32,
     alpha: f32,
     beta: f32,
     _pad0: u32,
-    _pad1: u32,
 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
@@ -54,35 +46,8 @@ fn elementwise_fill(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
 }
 
 @compute @workgroup_size(WG)
-fn bias_add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = index(gid, nwg);
-    if (i >= params.len) { return; }
-    out[i] = a[i] + b[(i / params.inner) % params.channels];
-}
-
-@compute @workgroup_size(WG)
-fn bias_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let ch = index(gid, nwg);
-    if (ch >= params.channels) { return; }
-    var s = 0.0;
-    for (var n = 0u; n < params.outer; n++) {
-        let base = (n * params.channels + ch) * params.inner;
-        for (var t = 0u; t < params.inner; t++) { s += a[base + t]; }
-    }
-    if (params.beta != 0.0) { s += params.beta * out[ch]; }
-    out[ch] = s;
-}
-
-@compute @workgroup_size(WG)
 fn elementwise_combine_sign(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = index(gid, nwg);
     if (i >= params.len) { return; }
     out[i] = params.alpha * sign(a[i]) + params.beta * out[i];
-}
-
-@compute @workgroup_size(WG)
-fn clip_scale(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = index(gid, nwg);
-    if (i >= params.len) { return; }
-    out[i] *= min(1.0, params.alpha / (sqrt(b[0]) + 1e-6));
 }

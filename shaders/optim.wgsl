@@ -1,9 +1,9 @@
 // Optimiser updates, one invocation per parameter element (PyTorch's formulas).
 //
-// sgd_step:  g = grad + wd·p; with momentum: buf = g on the first step, else
+// optim_sgd_step:  g = grad + wd·p; with momentum: buf = g on the first step, else
 //            momentum·buf + (1 − dampening)·g; g = nesterov ? g + momentum·buf : buf;
 //            p −= lr·g.
-// adam_step: Adam: g = grad + wd·p (coupled L2). AdamW: p ·= 1 − lr·wd first.
+// optim_adam_step: Adam: g = grad + wd·p (coupled L2). AdamW: p ·= 1 − lr·wd first.
 //            m = β1·m + (1 − β1)·g;  v = β2·v + (1 − β2)·g²;
 //            p −= (lr / bc1) · m / (sqrt(v) / sqrt(bc2) + eps)   (eps after the bias correction)
 // bc1 = 1 − β1^t and sqrt(bc2) = sqrt(1 − β2^t) are computed on the host.
@@ -37,7 +37,7 @@ const DECOUPLED: u32 = 4u;
 const MOMENTUM: u32 = 8u;
 
 @compute @workgroup_size(WG)
-fn sgd_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn optim_sgd_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let q = params;
     let i = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
     if (i >= q.len) { return; }
@@ -52,7 +52,7 @@ fn sgd_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
 }
 
 @compute @workgroup_size(WG)
-fn adam_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn optim_adam_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let q = params;
     let i = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
     if (i >= q.len) { return; }

@@ -14,7 +14,7 @@ struct XentParams {
     smoothing: f32,
     scale: f32,
     ignore_index: u32, // 0xffffffff: none
-    log: u32,          // softmax_forward: 1 writes log-softmax
+    log: u32,          // softmax_xent_probs: 1 writes log-softmax
     _pad0: u32,
     _pad1: u32,
 }
@@ -68,7 +68,7 @@ fn softmax_xent_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
 }
 
 @compute @workgroup_size(WG)
-fn softmax_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn softmax_xent_probs(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let p = params;
     let r = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
     if (r >= p.n) { return; }

@@ -14,7 +14,7 @@ use std::path::Path;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::error::{file_err, FileErrorKind as K, Result};
-use crate::nn::Layer;
+use crate::nn::{Layer, State};
 use crate::optim::OptimizerConfig;
 use crate::tensor::Tensor;
 use crate::train::Trainer;
@@ -37,16 +37,16 @@ pub fn save(path: &Path, trainer: &mut Trainer) -> Result<()> {
         tensors.insert(name, (t.shape().to_vec(), bytes));
         Ok(())
     };
-    for p in trainer.model.parameters("") {
-        put(format!("model.{}", p.name), p.value)?;
-    }
-    for (name, t) in trainer.model.buffers("") {
-        put(format!("model.{name}"), t)?;
+    let mut counters: Vec<(String, String)> = Vec::new();
+    for e in trainer.model.state("") {
+        match e.state {
+            State::Param { value: t, .. } | State::Buffer(t) => put(format!("model.{}", e.name), t)?,
+            State::Counter(c) => counters.push((format!("counter.model.{}", e.name), c.to_string())),
+        }
     }
     for (name, t) in trainer.optimizer.state_tensors() {
         put(format!("optim.{name}"), t)?;
     }
-    let counters: Vec<(String, String)> = trainer.model.counters("").into_iter().map(|(n, v)| (format!("counter.model.{n}"), v.to_string())).collect();
     let meta: HashMap<String, String> = [
         ("format", FORMAT.to_string()),
         ("fingerprint", fingerprint(trainer)),
@@ -134,19 +134,27 @@ pub fn load_bytes(path: &Path, bytes: &[u8], trainer: &mut Trainer) -> Result<()
     // Pass 1: read and check everything.
     let mut expected: Vec<String> = Vec::new();
     let mut values: Vec<Vec<f32>> = Vec::new();
-    for p in trainer.model.parameters("") {
-        let name = format!("model.{}", p.name);
-        values.push(read(&name, p.value.shape())?);
-        expected.push(name);
-    }
-    for (n, t) in trainer.model.buffers("") {
-        let name = format!("model.{n}");
-        values.push(read(&name, t.shape())?);
-        expected.push(name);
+    let mut params: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut counters = Vec::new();
+    for e in trainer.model.state("") {
+        let name = format!("model.{}", e.name);
+        let is_param = matches!(e.state, State::Param { .. });
+        match e.state {
+            State::Param { value: t, .. } | State::Buffer(t) => {
+                values.push(read(&name, t.shape())?);
+                expected.push(name);
+                if is_param {
+                    params.push((e.name, t.shape().to_vec()));
+                }
+            }
+            State::Counter(_) => {
+                let v = num(&format!("counter.model.{}", e.name))?;
+                counters.push(u32::try_from(v).or_else(|_| file_err(path, K::BadHeader, format!("counter `{}` = {v} is out of range", e.name)))?);
+            }
+        }
     }
     // Optimiser state: one or two tensors per parameter.
     let adam = matches!(trainer.optimizer.config, OptimizerConfig::Adam(_));
-    let params: Vec<(String, Vec<usize>)> = trainer.model.parameters("").into_iter().map(|p| (p.name, p.value.shape().to_vec())).collect();
     let mut states = Vec::new();
     for (pname, shape) in &params {
         let s1 = format!("optim.{pname}.state1");
@@ -168,29 +176,22 @@ pub fn load_bytes(path: &Path, bytes: &[u8], trainer: &mut Trainer) -> Result<()
     if let Some(extra) = st.names().into_iter().find(|n| !expected.contains(n)) {
         return file_err(path, K::Mismatch, format!("tensor `{extra}` is not part of this model"));
     }
-    let mut counters = Vec::new();
-    for (name, _) in trainer.model.counters("") {
-        let v = num(&format!("counter.model.{name}"))?;
-        counters.push(u32::try_from(v).or_else(|_| file_err(path, K::BadHeader, format!("counter `{name}` = {v} is out of range")))?);
-    }
     let (epoch, step, opt_steps) = (num("epoch")?, num("step")?, num("optimizer_steps")?);
     let opt_steps = u32::try_from(opt_steps).or_else(|_| file_err(path, K::BadHeader, format!("optimizer_steps = {opt_steps} is out of range")))?;
     // Pass 2: apply.
-    let mut values = values.into_iter();
-    for p in trainer.model.parameters("") {
-        p.value.write(&values.next().expect("one per parameter"))?;
-    }
-    for (_, t) in trainer.model.buffers("") {
-        t.write(&values.next().expect("one per buffer"))?;
+    // The same walk as pass 1, so values and counters come back in its order.
+    let (mut values, mut counters) = (values.into_iter(), counters.into_iter());
+    for e in trainer.model.state("") {
+        match e.state {
+            State::Param { value: t, .. } | State::Buffer(t) => t.write(&values.next().unwrap_or_default())?,
+            State::Counter(c) => *c = counters.next().unwrap_or(*c),
+        }
     }
     let dev = trainer.device.clone();
     for (pname, shape, v1, v2) in states {
         let t1 = Tensor::from_vec(&dev, &shape, v1)?;
         let t2 = v2.map(|v| Tensor::from_vec(&dev, &shape, v)).transpose()?;
         trainer.optimizer.insert_state(&pname, t1, t2);
-    }
-    for ((_, counter), v) in trainer.model.counters("").into_iter().zip(counters) {
-        *counter = v;
     }
     trainer.epoch = epoch as usize;
     trainer.step = step;

@@ -48,6 +48,11 @@ pub struct GpuOptions {
     /// Lower the workgroups-per-dimension limit below the adapter's (tests use
     /// this to run the folded-grid paths); `None` keeps the adapter's.
     pub max_workgroups_per_dimension: Option<u32>,
+    /// Cap a convolution's column matrix at this many bytes (it is also capped
+    /// by the binding limit); a batch whose columns are larger runs in chunks
+    /// of images. `None` keeps the default (512 MiB). Results do not depend on
+    /// it beyond rounding; tests lower it to run the multi-chunk path.
+    pub max_chunk_bytes: Option<u64>,
 }
 
 impl Default for GpuOptions {
@@ -60,6 +65,7 @@ impl Default for GpuOptions {
             timeout: Some(std::time::Duration::from_secs(120)),
             max_binding_bytes: None,
             max_workgroups_per_dimension: None,
+            max_chunk_bytes: None,
         }
     }
 }

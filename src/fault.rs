@@ -1,12 +1,14 @@
 //! Fault injection for the reliability tests: ways to make wgpu fail on
 //! purpose, so the tests can check that each failure comes back as an
 //! [`Error`] and that the device keeps working (or, once destroyed, that every
-//! call says so). Not part of the supported API.
+//! call says so). Compiled only with the `testing` feature, which the test
+//! suite enables; not part of the supported API.
 
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
-use crate::kernel::{compile_auto, KernelId};
+use crate::kernel::compile_auto;
+use crate::ops::elementwise::ELEMENTWISE_FILL;
 
 fn ctx<'a>(device: &'a Device, op: &'static str) -> Result<&'a GpuContext> {
     device.gpu_context().map(|c| &**c).ok_or(Error::InvalidArgument { op, msg: "needs a GPU device".into() })
@@ -24,7 +26,7 @@ pub fn compile_wgsl(device: &Device, source: &str) -> Result<()> {
 /// when the commands are submitted (the next flush).
 pub fn record_undersized_uniform(device: &Device) -> Result<()> {
     let ctx = ctx(device, "fault::record_undersized_uniform")?;
-    let kernel = ctx.kernel(KernelId::ElementwiseFill)?;
+    let kernel = ctx.compiled(&ELEMENTWISE_FILL.def)?;
     let small = ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("fault: undersized params"),
         size: 4,

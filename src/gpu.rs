@@ -10,7 +10,7 @@ use bytemuck::Pod;
 
 use crate::device::{choose_adapter, AdapterSummary, GpuOptions};
 use crate::error::{Error, Result};
-use crate::kernel::{Access, KernelCache, KernelId};
+use crate::kernel::{Access, Compiled, Kernel, KernelCache, KernelDef};
 use crate::pool::{BufferKind, BufferPool, PoolStats};
 use crate::profile::{ProfileReport, Profiler};
 
@@ -48,6 +48,11 @@ pub struct GpuContext {
     timeout: Option<Duration>,
     /// The kernels recorded since the last submit, so a failed submit can name them.
     recorded: Mutex<Vec<&'static str>>,
+    /// While a dry run is on (see [`GpuContext::dry_run`]): the kernels that
+    /// would have been dispatched, in order of first use.
+    dry: Mutex<Option<Vec<&'static KernelDef>>>,
+    /// Cap on the convolution's column-matrix bytes (`GpuOptions::max_chunk_bytes`).
+    max_chunk_bytes: Option<u64>,
 }
 
 /// Runs `f` inside validation and out-of-memory error scopes; returns what they caught.
@@ -58,6 +63,20 @@ pub(crate) fn capture<R>(device: &wgpu::Device, f: impl FnOnce() -> R) -> (R, Op
     let v = pollster::block_on(validation.pop());
     let o = pollster::block_on(oom.pop());
     (out, v.or(o))
+}
+
+/// Bind-group entries in declaration order: the params buffer for the
+/// uniform, `storage` in order for the rest (the caller checked the count).
+fn bind_entries<'a>(bindings: &[Access], uniform: &'a wgpu::Buffer, storage: &[&'a wgpu::Buffer]) -> Vec<wgpu::BindGroupEntry<'a>> {
+    let mut next = storage.iter();
+    bindings
+        .iter()
+        .enumerate()
+        .filter_map(|(i, access)| {
+            let buffer = if *access == Access::Uniform { uniform } else { next.next()? };
+            Some(wgpu::BindGroupEntry { binding: i as u32, resource: buffer.as_entire_binding() })
+        })
+        .collect()
 }
 
 /// A captured wgpu error as ours, naming what was being done.
@@ -136,6 +155,8 @@ impl GpuContext {
             lost,
             timeout: opts.timeout,
             recorded: Mutex::default(),
+            dry: Mutex::default(),
+            max_chunk_bytes: opts.max_chunk_bytes,
         })
     }
 
@@ -180,6 +201,11 @@ impl GpuContext {
         self.pool.stats()
     }
 
+    /// The cap on a convolution's column matrix set by `GpuOptions::max_chunk_bytes`.
+    pub fn max_chunk_bytes(&self) -> Option<u64> {
+        self.max_chunk_bytes
+    }
+
     /// The largest buffer one storage binding may cover.
     pub fn max_binding_bytes(&self) -> u64 {
         self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
@@ -188,16 +214,16 @@ impl GpuContext {
     /// Builds the given kernels' pipelines now rather than at their first
     /// dispatch: shader modules one by one, then pipelines on as many threads
     /// as there are cores (the driver's compiler is the slow part).
-    pub fn prepare(&self, ids: &[KernelId]) -> Result<()> {
+    pub fn prepare(&self, kernels: &[&'static KernelDef]) -> Result<()> {
         self.alive()?;
-        let mut todo: Vec<KernelId> = Vec::new();
-        for &id in ids {
-            if !todo.contains(&id) && !self.kernels.is_built(id) {
-                todo.push(id);
+        let mut todo: Vec<&'static KernelDef> = Vec::new();
+        for &def in kernels {
+            if !todo.iter().any(|d| d.name == def.name) && !self.kernels.is_built(def) {
+                todo.push(def);
             }
         }
-        for &id in &todo {
-            self.kernels.module(&self.device, id.spec())?;
+        for &def in &todo {
+            self.kernels.module(&self.device, def)?;
         }
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(todo.len().max(1));
         let next = std::sync::atomic::AtomicUsize::new(0);
@@ -205,8 +231,8 @@ impl GpuContext {
             let workers: Vec<_> = (0..threads)
                 .map(|_| {
                     s.spawn(|| -> Result<()> {
-                        while let Some(&id) = todo.get(next.fetch_add(1, Ordering::Relaxed)) {
-                            self.kernels.get(&self.device, id)?;
+                        while let Some(&def) = todo.get(next.fetch_add(1, Ordering::Relaxed)) {
+                            self.kernels.get(&self.device, def)?;
                         }
                         Ok(())
                     })
@@ -220,37 +246,28 @@ impl GpuContext {
     /// One empty dispatch per kernel (zero sizes, scratch buffers), waited
     /// for: drivers that compile at first dispatch (llvmpipe JIT-compiles its
     /// shader variants then) do it now, not inside the first training step.
-    fn warm_up(&self, ids: &[KernelId]) -> Result<()> {
-        if ids.is_empty() {
+    fn warm_up(&self, kernels: &[&'static KernelDef]) -> Result<()> {
+        if kernels.is_empty() {
             return Ok(());
         }
         let mut held = Vec::new();
-        for &id in ids {
-            let kernel = self.kernels.get(&self.device, id)?;
-            let (ubuf, uclass) = self.take(kernel.spec.name, BufferKind::Uniform, kernel.spec.params_size as u64)?;
-            self.queue.write_buffer(&ubuf, 0, &vec![0u8; kernel.spec.params_size]);
+        for &def in kernels {
+            let kernel = self.kernels.get(&self.device, def)?;
+            let (ubuf, uclass) = self.take(def.name, BufferKind::Uniform, def.params_size as u64)?;
+            self.queue.write_buffer(&ubuf, 0, &vec![0u8; def.params_size]);
             // A buffer of its own per binding: two writable bindings may not share one.
             let mut bufs = Vec::new();
-            for access in kernel.spec.bindings {
+            for access in kernel.def.bindings {
                 if *access != Access::Uniform {
-                    bufs.push(self.take(kernel.spec.name, BufferKind::Storage, 256)?);
+                    bufs.push(self.take(kernel.def.name, BufferKind::Storage, 256)?);
                 }
             }
-            let mut next = bufs.iter();
-            let entries: Vec<wgpu::BindGroupEntry> = kernel
-                .spec
-                .bindings
-                .iter()
-                .enumerate()
-                .map(|(i, access)| wgpu::BindGroupEntry {
-                    binding: i as u32,
-                    resource: if *access == Access::Uniform { ubuf.as_entire_binding() } else { next.next().unwrap().0.as_entire_binding() },
-                })
-                .collect();
+            let storage: Vec<&wgpu::Buffer> = bufs.iter().map(|(b, _)| b).collect();
+            let entries = bind_entries(def.bindings, &ubuf, &storage);
             let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("warm-up"), layout: &kernel.layout, entries: &entries });
-            self.note_kernel(kernel.spec.name);
+            self.note_kernel(kernel.def.name);
             self.record(|enc| {
-                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(kernel.spec.name), timestamp_writes: None });
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(kernel.def.name), timestamp_writes: None });
                 pass.set_pipeline(&kernel.pipeline);
                 pass.set_bind_group(0, &bind_group, &[]);
                 pass.dispatch_workgroups(1, 1, 1);
@@ -265,6 +282,30 @@ impl GpuContext {
             }
         }
         Ok(())
+    }
+
+    /// Runs `f` as a dry run: every kernel it would dispatch is noted instead
+    /// of recorded (no pass, no bind group, no params; copies and uploads into
+    /// the buffers it allocates still happen), then all of them are built in
+    /// parallel and warmed by [`GpuContext::prepare`]. No kernel runs, so no
+    /// device-side state changes: the trainer uses this to build every
+    /// pipeline a step needs without taking the step.
+    pub fn dry_run<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        self.alive()?;
+        {
+            let mut dry = self.dry.lock().unwrap();
+            if dry.is_some() {
+                return Err(Error::InvalidArgument { op: "dry_run", msg: "a dry run is already in progress on this device".into() });
+            }
+            *dry = Some(Vec::new());
+        }
+        let out = f();
+        let seen = self.dry.lock().unwrap().take().unwrap_or_default();
+        // Copies recorded in the dry run (copy-on-write, narrowing) are real: submit them.
+        self.flush()?;
+        let out = out?;
+        self.prepare(&seen)?;
+        Ok(out)
     }
 
     /// Pipelines built since the device was opened.
@@ -331,16 +372,12 @@ impl GpuContext {
 
     /// Records one dispatch of kernel `id`. `buffers` fill the kernel's storage
     /// bindings in declaration order; `params` fills its uniform.
-    pub(crate) fn dispatch<P: Pod>(&self, id: KernelId, params: &P, buffers: &[&wgpu::Buffer], groups: [u32; 3]) -> Result<()> {
+    pub(crate) fn dispatch<P: Pod>(&self, kernel: &'static Kernel<P>, params: &P, buffers: &[&wgpu::Buffer], groups: [u32; 3]) -> Result<()> {
         self.alive()?;
-        let kernel = self.kernels.get(&self.device, id)?;
-        let spec = &kernel.spec;
-        let storage = spec.bindings.iter().filter(|a| **a != Access::Uniform).count();
-        if buffers.len() != storage || size_of::<P>() != spec.params_size {
-            return Err(Error::Kernel {
-                kernel: spec.name,
-                msg: format!("{} storage buffers and {} bytes of params given; the kernel declares {storage} and {}", buffers.len(), size_of::<P>(), spec.params_size),
-            });
+        let spec = &kernel.def;
+        let storage = spec.storage_bindings();
+        if buffers.len() != storage {
+            return Err(Error::Kernel { kernel: spec.name, msg: format!("{} storage buffers given; the kernel declares {storage}", buffers.len()) });
         }
         let max = self.limits.max_compute_workgroups_per_dimension;
         if groups.iter().any(|&g| g > max) {
@@ -351,25 +388,20 @@ impl GpuContext {
                 limit: 0,
             });
         }
+        if let Some(seen) = self.dry.lock().unwrap().as_mut() {
+            if !seen.iter().any(|d| d.name == spec.name) {
+                seen.push(spec);
+            }
+            return Ok(());
+        }
         // Zero-size work never reaches a binding.
         if groups.contains(&0) {
             return Ok(());
         }
+        let kernel = self.kernels.get(&self.device, spec)?;
         let (ubuf, uclass) = self.take(spec.name, BufferKind::Uniform, size_of::<P>() as u64)?;
         self.queue.write_buffer(&ubuf, 0, bytemuck::bytes_of(params));
-        let mut next = buffers.iter();
-        let entries: Vec<wgpu::BindGroupEntry> = spec
-            .bindings
-            .iter()
-            .enumerate()
-            .map(|(i, access)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: match access {
-                    Access::Uniform => ubuf.as_entire_binding(),
-                    _ => next.next().unwrap().as_entire_binding(),
-                },
-            })
-            .collect();
+        let entries = bind_entries(spec.bindings, &ubuf, buffers);
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(spec.name),
             layout: &kernel.layout,
@@ -412,11 +444,13 @@ impl GpuContext {
         }
     }
 
-    /// The compiled kernel `id` (from the cache).
-    pub(crate) fn kernel(&self, id: KernelId) -> Result<Arc<crate::kernel::Kernel>> {
+    /// The compiled kernel (from the cache).
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    pub(crate) fn compiled(&self, def: &'static KernelDef) -> Result<Arc<Compiled>> {
         self.alive()?;
-        self.kernels.get(&self.device, id)
+        self.kernels.get(&self.device, def)
     }
+
 
     /// A placeholder for an unused read-write binding (`i` is 0 or 1).
     pub(crate) fn scratch(&self, i: usize) -> &wgpu::Buffer {

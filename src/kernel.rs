@@ -1,25 +1,26 @@
-//! Kernel plumbing: the registry of shaders and kernels, and the one place
-//! that turns WGSL into pipelines with explicit bind-group layouts.
+//! Kernel mechanism: how a kernel is described, and the one place that turns
+//! WGSL into pipelines with explicit bind-group layouts. It knows no op: each
+//! op declares its own kernels beside its wrapper (`src/ops/<stem>.rs`), as
+//! typed [`Kernel`] values, and [`crate::ops::kernels`] lists them all.
 //!
-//! Adding a kernel: write `shaders/<op>.wgsl`, add a [`Shader`] variant, add a
-//! [`KernelId`] variant with its [`KernelSpec`]. The exhaustive matches make
-//! the compiler check that every kernel has a spec and every shader a source.
+//! Adding a kernel: write `shaders/<stem>.wgsl`, then in `src/ops/<stem>.rs`
+//!
+//! ```text
+//! const SHADER: Shader = Shader::new("maxpool", include_str!("../../shaders/maxpool.wgsl"));
+//! pub(crate) static MAXPOOL_FORWARD: Kernel<PoolParams> =
+//!     Kernel::new(&SHADER, "maxpool_forward", &[Read, ReadWrite, ReadWrite, Uniform]);
+//! ```
+//!
+//! and dispatch it with `ctx.dispatch(&MAXPOOL_FORWARD, &params, &buffers, grid)`:
+//! a params struct of the wrong type does not compile. `tests/shaders.rs`
+//! checks each declaration's bindings, params size and override names
+//! against its WGSL.
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::ops::activation::ActParams;
-use crate::ops::batchnorm::BnParams;
-use crate::ops::dropout::DropoutParams;
-use crate::ops::elementwise::EwParams;
-use crate::ops::gemm::GemmParams;
-use crate::ops::optim::OptimParams;
-use crate::ops::softmax_xent::XentParams;
-use crate::ops::im2col::Im2colParams;
-use crate::ops::maxpool::PoolParams;
-use crate::ops::permute::PermuteParams;
-use crate::ops::reduce::ReduceParams;
 
 /// How a kernel binds a buffer; mirrors the WGSL declaration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,121 +33,27 @@ pub enum Access {
     Uniform,
 }
 
-/// One WGSL file under `shaders/`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Shader {
-    Gemm,
-    Im2col,
-    Col2im,
-    Permute,
-    Reduce,
-    Maxpool,
-    Avgpool,
-    Batchnorm,
-    SoftmaxXent,
-    Activation,
-    Elementwise,
-    Dropout,
-    Optim,
+/// One WGSL file: `shaders/<stem>.wgsl`, owned by `src/ops/<stem>.rs`.
+#[derive(Debug)]
+pub struct Shader {
+    pub stem: &'static str,
+    pub source: &'static str,
 }
 
 impl Shader {
-    pub const ALL: &'static [Shader] = &[
-        Shader::Gemm,
-        Shader::Im2col,
-        Shader::Col2im,
-        Shader::Permute,
-        Shader::Reduce,
-        Shader::Maxpool,
-        Shader::Avgpool,
-        Shader::Batchnorm,
-        Shader::SoftmaxXent,
-        Shader::Activation,
-        Shader::Elementwise,
-        Shader::Dropout,
-        Shader::Optim,
-    ];
-
-    /// The file stem: `shaders/<stem>.wgsl`, `src/ops/<stem>.rs`.
-    pub fn stem(self) -> &'static str {
-        match self {
-            Shader::Gemm => "gemm",
-            Shader::Im2col => "im2col",
-            Shader::Col2im => "col2im",
-            Shader::Permute => "permute",
-            Shader::Reduce => "reduce",
-            Shader::Maxpool => "maxpool",
-            Shader::Avgpool => "avgpool",
-            Shader::Batchnorm => "batchnorm",
-            Shader::SoftmaxXent => "softmax_xent",
-            Shader::Activation => "activation",
-            Shader::Elementwise => "elementwise",
-            Shader::Dropout => "dropout",
-            Shader::Optim => "optim",
-        }
-    }
-
-    pub fn source(self) -> &'static str {
-        match self {
-            Shader::Gemm => include_str!("../shaders/gemm.wgsl"),
-            Shader::Im2col => include_str!("../shaders/im2col.wgsl"),
-            Shader::Col2im => include_str!("../shaders/col2im.wgsl"),
-            Shader::Permute => include_str!("../shaders/permute.wgsl"),
-            Shader::Reduce => include_str!("../shaders/reduce.wgsl"),
-            Shader::Maxpool => include_str!("../shaders/maxpool.wgsl"),
-            Shader::Avgpool => include_str!("../shaders/avgpool.wgsl"),
-            Shader::Batchnorm => include_str!("../shaders/batchnorm.wgsl"),
-            Shader::SoftmaxXent => include_str!("../shaders/softmax_xent.wgsl"),
-            Shader::Activation => include_str!("../shaders/activation.wgsl"),
-            Shader::Elementwise => include_str!("../shaders/elementwise.wgsl"),
-            Shader::Dropout => include_str!("../shaders/dropout.wgsl"),
-            Shader::Optim => include_str!("../shaders/optim.wgsl"),
-        }
+    pub const fn new(stem: &'static str, source: &'static str) -> Shader {
+        Shader { stem, source }
     }
 }
 
-/// Every pipeline the library can create.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum KernelId {
-    GemmBlocked,
-    /// gemm_blocked with 16×16 blocks, for large GEMMs on CPU adapters.
-    GemmBlockedWide,
-    GemmTiled,
-    Im2col,
-    Col2im,
-    PermuteSwap,
-    ReduceRows,
-    MaxpoolForward,
-    MaxpoolBackward,
-    AvgpoolForward,
-    AvgpoolBackward,
-    BatchnormStats,
-    BatchnormForward,
-    BatchnormBackwardReduce,
-    BatchnormBackwardDx,
-    SoftmaxXentForward,
-    SoftmaxForward,
-    ActivationForward,
-    ActivationBackward,
-    ElementwiseAdd,
-    ElementwiseCombine,
-    ElementwiseFill,
-    BiasAdd,
-    BiasGrad,
-    CombineSign,
-    ClipScale,
-    DropoutApply,
-    SgdStep,
-    AdamStep,
-}
-
-/// What a pipeline is made of.
-#[derive(Clone, Copy, Debug)]
-pub struct KernelSpec {
-    /// Label for every wgpu object of this kernel.
+/// What a pipeline is made of, without its params type: the form the cache,
+/// the warm-up and `tests/shaders.rs` work with.
+#[derive(Debug)]
+pub struct KernelDef {
+    /// The WGSL entry point, `<stem>_<phase>`; also the label of every wgpu
+    /// object of this kernel and the cache key (unique, checked by a test).
     pub name: &'static str,
-    pub shader: Shader,
-    pub entry: &'static str,
+    pub shader: &'static Shader,
     /// One entry per `@binding(i)`, in order.
     pub bindings: &'static [Access],
     /// `size_of` the Rust params struct; `tests/shaders.rs` checks it against WGSL.
@@ -155,115 +62,52 @@ pub struct KernelSpec {
     pub constants: &'static [(&'static str, f64)],
 }
 
-impl KernelId {
-    pub const ALL: &'static [KernelId] = &[
-        KernelId::GemmBlocked,
-        KernelId::GemmBlockedWide,
-        KernelId::GemmTiled,
-        KernelId::Im2col,
-        KernelId::Col2im,
-        KernelId::PermuteSwap,
-        KernelId::ReduceRows,
-        KernelId::MaxpoolForward,
-        KernelId::MaxpoolBackward,
-        KernelId::AvgpoolForward,
-        KernelId::AvgpoolBackward,
-        KernelId::BatchnormStats,
-        KernelId::BatchnormForward,
-        KernelId::BatchnormBackwardReduce,
-        KernelId::BatchnormBackwardDx,
-        KernelId::SoftmaxXentForward,
-        KernelId::SoftmaxForward,
-        KernelId::ActivationForward,
-        KernelId::ActivationBackward,
-        KernelId::ElementwiseAdd,
-        KernelId::ElementwiseCombine,
-        KernelId::ElementwiseFill,
-        KernelId::BiasAdd,
-        KernelId::BiasGrad,
-        KernelId::CombineSign,
-        KernelId::ClipScale,
-        KernelId::DropoutApply,
-        KernelId::SgdStep,
-        KernelId::AdamStep,
-    ];
-
-    pub fn spec(self) -> KernelSpec {
-        use Access::*;
-        const GEMM_BINDINGS: &[Access] = &[Read, Read, ReadWrite, Uniform];
-        const UNARY: &[Access] = &[Read, ReadWrite, Uniform];
-        const BINARY: &[Access] = &[Read, Read, ReadWrite, Uniform];
-        const BN: &[Access] = &[Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite, Uniform];
-        const XENT: &[Access] = &[Read, Read, ReadWrite, ReadWrite, Uniform];
-        const OPTIM: &[Access] = &[ReadWrite, Read, ReadWrite, ReadWrite, Uniform];
-        // One invocation per element: 256 wide, the WGSL default.
-        let elementwise = |name: &'static str, shader: Shader, bindings: &'static [Access], params_size: usize| KernelSpec {
-            name,
-            shader,
-            entry: name,
-            bindings,
-            params_size,
-            constants: &[],
-        };
-        let gemm = |name: &'static str, constants: &'static [(&'static str, f64)]| KernelSpec {
-            name,
-            shader: Shader::Gemm,
-            entry: name,
-            bindings: GEMM_BINDINGS,
-            params_size: size_of::<GemmParams>(),
-            constants,
-        };
-        match self {
-            KernelId::GemmBlocked => gemm("gemm_blocked", &[("WG_X", 8.0), ("WG_Y", 8.0)]),
-            KernelId::GemmBlockedWide => gemm("gemm_blocked_wide", &[("WG_X", 8.0), ("WG_Y", 8.0)]),
-            KernelId::GemmTiled => gemm("gemm_tiled", &[("WG_X", 16.0), ("WG_Y", 16.0), ("TILE_K", 16.0)]),
-            KernelId::Im2col => elementwise("im2col", Shader::Im2col, UNARY, size_of::<Im2colParams>()),
-            KernelId::Col2im => elementwise("col2im", Shader::Col2im, UNARY, size_of::<Im2colParams>()),
-            KernelId::PermuteSwap => elementwise("permute_swap", Shader::Permute, &[Read, Read, ReadWrite, Uniform], size_of::<PermuteParams>()),
-            KernelId::ReduceRows => elementwise("reduce_rows", Shader::Reduce, UNARY, size_of::<ReduceParams>()),
-            KernelId::MaxpoolForward => elementwise("maxpool_forward", Shader::Maxpool, &[Read, ReadWrite, ReadWrite, Uniform], size_of::<PoolParams>()),
-            KernelId::MaxpoolBackward => elementwise("maxpool_backward", Shader::Maxpool, &[Read, ReadWrite, ReadWrite, Uniform], size_of::<PoolParams>()),
-            KernelId::AvgpoolForward => elementwise("avgpool_forward", Shader::Avgpool, UNARY, size_of::<PoolParams>()),
-            KernelId::AvgpoolBackward => elementwise("avgpool_backward", Shader::Avgpool, UNARY, size_of::<PoolParams>()),
-            KernelId::BatchnormStats => elementwise("batchnorm_stats", Shader::Batchnorm, BN, size_of::<BnParams>()),
-            KernelId::BatchnormForward => elementwise("batchnorm_forward", Shader::Batchnorm, BN, size_of::<BnParams>()),
-            KernelId::BatchnormBackwardReduce => elementwise("batchnorm_backward_reduce", Shader::Batchnorm, BN, size_of::<BnParams>()),
-            KernelId::BatchnormBackwardDx => elementwise("batchnorm_backward_dx", Shader::Batchnorm, BN, size_of::<BnParams>()),
-            KernelId::SoftmaxXentForward => elementwise("softmax_xent_forward", Shader::SoftmaxXent, XENT, size_of::<XentParams>()),
-            KernelId::SoftmaxForward => elementwise("softmax_forward", Shader::SoftmaxXent, XENT, size_of::<XentParams>()),
-            KernelId::ActivationForward => elementwise("activation_forward", Shader::Activation, BINARY, size_of::<ActParams>()),
-            KernelId::ActivationBackward => elementwise("activation_backward", Shader::Activation, BINARY, size_of::<ActParams>()),
-            KernelId::ElementwiseAdd => elementwise("elementwise_add", Shader::Elementwise, BINARY, size_of::<EwParams>()),
-            KernelId::ElementwiseCombine => elementwise("elementwise_combine", Shader::Elementwise, BINARY, size_of::<EwParams>()),
-            KernelId::ElementwiseFill => elementwise("elementwise_fill", Shader::Elementwise, BINARY, size_of::<EwParams>()),
-            KernelId::BiasAdd => elementwise("bias_add", Shader::Elementwise, BINARY, size_of::<EwParams>()),
-            KernelId::BiasGrad => elementwise("bias_grad", Shader::Elementwise, BINARY, size_of::<EwParams>()),
-            KernelId::CombineSign => elementwise("elementwise_combine_sign", Shader::Elementwise, BINARY, size_of::<EwParams>()),
-            KernelId::ClipScale => elementwise("clip_scale", Shader::Elementwise, BINARY, size_of::<EwParams>()),
-            KernelId::DropoutApply => elementwise("dropout_apply", Shader::Dropout, UNARY, size_of::<DropoutParams>()),
-            KernelId::SgdStep => elementwise("sgd_step", Shader::Optim, OPTIM, size_of::<OptimParams>()),
-            KernelId::AdamStep => elementwise("adam_step", Shader::Optim, OPTIM, size_of::<OptimParams>()),
-        }
+impl KernelDef {
+    /// The value of one of the override constants, or `default` (the WGSL's).
+    pub fn constant(&self, name: &str, default: u32) -> u32 {
+        self.constants.iter().find(|(n, _)| *n == name).map_or(default, |(_, v)| *v as u32)
     }
 
-    /// The value of one of the spec's override constants, or the WGSL default.
-    pub fn constant(self, name: &str, default: u32) -> u32 {
-        self.spec().constants.iter().find(|(n, _)| *n == name).map_or(default, |(_, v)| *v as u32)
+    /// Storage (non-uniform) bindings, which a dispatch fills in order.
+    pub fn storage_bindings(&self) -> usize {
+        self.bindings.iter().filter(|a| **a != Access::Uniform).count()
+    }
+}
+
+/// A kernel whose params struct is `P`: `GpuContext::dispatch` takes a `&P`,
+/// so the compiler checks the pairing.
+#[derive(Debug)]
+pub struct Kernel<P> {
+    pub def: KernelDef,
+    _params: PhantomData<fn(P)>,
+}
+
+impl<P: bytemuck::Pod> Kernel<P> {
+    /// A kernel of `shader` at entry point `name`, with no override constants.
+    pub const fn new(shader: &'static Shader, name: &'static str, bindings: &'static [Access]) -> Kernel<P> {
+        Kernel { def: KernelDef { name, shader, bindings, params_size: size_of::<P>(), constants: &[] }, _params: PhantomData }
+    }
+
+    /// The same kernel with values for its `override` constants.
+    pub const fn with_constants(self, constants: &'static [(&'static str, f64)]) -> Kernel<P> {
+        let KernelDef { name, shader, bindings, params_size, .. } = self.def;
+        Kernel { def: KernelDef { name, shader, bindings, params_size, constants }, _params: PhantomData }
     }
 }
 
 /// A compiled kernel.
-pub(crate) struct Kernel {
-    pub spec: KernelSpec,
+pub(crate) struct Compiled {
+    pub def: &'static KernelDef,
     pub layout: wgpu::BindGroupLayout,
     pub pipeline: wgpu::ComputePipeline,
 }
 
-/// Pipelines are created on first use (or by `GpuContext::prepare`) and kept.
+/// Pipelines are created on first use (or by `GpuContext::prepare`) and kept,
+/// keyed by kernel name.
 #[derive(Default)]
 pub(crate) struct KernelCache {
-    modules: Mutex<HashMap<Shader, wgpu::ShaderModule>>,
-    kernels: Mutex<HashMap<KernelId, Arc<Kernel>>>,
+    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    kernels: Mutex<HashMap<&'static str, Arc<Compiled>>>,
     /// Pipelines built so far (tests check that a training step builds none
     /// after the trainer has prepared its model's).
     pub built: std::sync::atomic::AtomicUsize,
@@ -287,6 +131,7 @@ pub(crate) fn compile_module(device: &wgpu::Device, label: &'static str, source:
 }
 
 /// A compute pipeline with the layout wgpu derives from the shader.
+#[cfg_attr(not(feature = "testing"), allow(dead_code))]
 pub(crate) fn compile_auto(device: &wgpu::Device, label: &'static str, source: &str, entry: &str) -> Result<wgpu::ComputePipeline> {
     let module = compile_module(device, label, source)?;
     scoped(device, label, || {
@@ -302,13 +147,12 @@ pub(crate) fn compile_auto(device: &wgpu::Device, label: &'static str, source: &
 }
 
 impl KernelCache {
-    pub(crate) fn get(&self, device: &wgpu::Device, id: KernelId) -> Result<Arc<Kernel>> {
-        if let Some(k) = self.kernels.lock().unwrap().get(&id) {
+    pub(crate) fn get(&self, device: &wgpu::Device, def: &'static KernelDef) -> Result<Arc<Compiled>> {
+        if let Some(k) = self.kernels.lock().unwrap().get(def.name) {
             return Ok(k.clone());
         }
-        let spec = id.spec();
-        let module = self.module(device, spec)?;
-        let entries: Vec<wgpu::BindGroupLayoutEntry> = spec
+        let module = self.module(device, def)?;
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = def
             .bindings
             .iter()
             .enumerate()
@@ -327,48 +171,48 @@ impl KernelCache {
                 count: None,
             })
             .collect();
-        let kernel = scoped(device, spec.name, || {
-            let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(spec.name), entries: &entries });
+        let kernel = scoped(device, def.name, || {
+            let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(def.name), entries: &entries });
             let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some(spec.name),
+                label: Some(def.name),
                 bind_group_layouts: &[Some(&layout)],
                 immediate_size: 0,
             });
             let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(spec.name),
+                label: Some(def.name),
                 layout: Some(&pipeline_layout),
                 module: &module,
-                entry_point: Some(spec.entry),
+                entry_point: Some(def.name),
                 compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: spec.constants,
+                    constants: def.constants,
                     // Kernels initialise the workgroup memory they read; zeroing it
                     // costs a barrier-heavy prologue on CPU adapters.
                     zero_initialize_workgroup_memory: false,
                 },
                 cache: None,
             });
-            Arc::new(Kernel { spec, layout, pipeline })
+            Arc::new(Compiled { def, layout, pipeline })
         })?;
         let mut map = self.kernels.lock().unwrap();
         // Two threads may have built the same kernel at once; keep the first.
-        if let Some(k) = map.get(&id) {
+        if let Some(k) = map.get(def.name) {
             return Ok(k.clone());
         }
-        map.insert(id, kernel.clone());
+        map.insert(def.name, kernel.clone());
         self.built.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(kernel)
     }
 
-    pub(crate) fn is_built(&self, id: KernelId) -> bool {
-        self.kernels.lock().unwrap().contains_key(&id)
+    pub(crate) fn is_built(&self, def: &KernelDef) -> bool {
+        self.kernels.lock().unwrap().contains_key(def.name)
     }
 
-    pub(crate) fn module(&self, device: &wgpu::Device, spec: KernelSpec) -> Result<wgpu::ShaderModule> {
-        if let Some(m) = self.modules.lock().unwrap().get(&spec.shader) {
+    pub(crate) fn module(&self, device: &wgpu::Device, def: &'static KernelDef) -> Result<wgpu::ShaderModule> {
+        if let Some(m) = self.modules.lock().unwrap().get(def.shader.stem) {
             return Ok(m.clone());
         }
-        let module = compile_module(device, spec.name, spec.shader.source())?;
-        self.modules.lock().unwrap().insert(spec.shader, module.clone());
+        let module = compile_module(device, def.name, def.shader.source)?;
+        self.modules.lock().unwrap().insert(def.shader.stem, module.clone());
         Ok(module)
     }
 }

@@ -16,6 +16,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod error;
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod fault;
 pub mod gpu;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
 use crate::nn::Layer;
-use crate::ops::optim::{adam_step, sgd_step, AdamConfig, SgdConfig};
+use crate::ops::optim::{optim_adam_step, optim_sgd_step, AdamConfig, SgdConfig};
 use crate::tensor::Tensor;
 
 /// Which update rule.
@@ -73,25 +73,41 @@ impl Optimizer {
     /// Updates every parameter of `model` from its gradient.
     pub fn step(&mut self, model: &mut dyn Layer) -> Result<()> {
         self.steps += 1;
-        for p in model.parameters("") {
-            if !self.state.contains_key(&p.name) {
-                let dev = p.value.device();
-                let second = matches!(self.config, OptimizerConfig::Adam(_)).then(|| Tensor::zeros(&dev, p.value.shape())).transpose()?;
-                self.state.insert(p.name.clone(), (Tensor::zeros(&dev, p.value.shape())?, second));
-            }
-            let (s1, s2) = self.state.get_mut(&p.name).expect("inserted above");
+        for p in model.parameters("")? {
+            let (s1, s2) = match self.state.entry(p.name.clone()) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let dev = p.value.device();
+                    let second = matches!(self.config, OptimizerConfig::Adam(_)).then(|| Tensor::zeros(&dev, p.value.shape())).transpose()?;
+                    e.insert((Tensor::zeros(&dev, p.value.shape())?, second))
+                }
+            };
             match &self.config {
                 OptimizerConfig::Sgd(c) => {
                     let buf = (c.momentum > 0.0).then_some(s1);
-                    sgd_step(p.value, p.grad, buf, self.steps == 1, c)?;
+                    optim_sgd_step(p.value, p.grad, buf, self.steps == 1, c)?;
                 }
                 OptimizerConfig::Adam(c) => {
-                    let v = s2.as_mut().expect("Adam keeps a second moment");
-                    adam_step(p.value, p.grad, s1, v, self.steps, c)?;
+                    let Some(v) = s2.as_mut() else {
+                        return Err(Error::InvalidArgument { op: "Optimizer::step", msg: format!("`{}` has no second moment (restored from an SGD checkpoint?)", p.name) });
+                    };
+                    optim_adam_step(p.value, p.grad, s1, v, self.steps, c)?;
                 }
             }
         }
         Ok(())
+    }
+
+    /// The step count and which parameters have state, to undo a dry run's step.
+    pub(crate) fn checkpoint_marks(&self) -> (u32, Vec<String>) {
+        (self.steps, self.state.keys().cloned().collect())
+    }
+
+    /// Undoes what a step changed on the host since [`Optimizer::checkpoint_marks`]:
+    /// the step count and state created since (a dry run's state was never written).
+    pub(crate) fn restore_marks(&mut self, (steps, names): (u32, Vec<String>)) {
+        self.steps = steps;
+        self.state.retain(|k, _| names.contains(k));
     }
 
     /// State tensors by name (`"<param>.state1"`, `"<param>.state2"`), for checkpoints.

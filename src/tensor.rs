@@ -131,7 +131,7 @@ impl Tensor {
     /// work and waits: call it when you need the numbers, not per op.
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         match &self.data {
-            Data::Cpu(a) => Ok(a.as_slice().expect("contiguous").to_vec()),
+            Data::Cpu(_) => Ok(self.host("Tensor::to_vec")?.to_vec()),
             Data::Gpu(buf) => buf.context().read(buf.buffer(), self.numel()),
         }
     }
@@ -139,7 +139,7 @@ impl Tensor {
     /// Copies the data to the host as an ndarray array.
     pub fn to_array(&self) -> Result<ArrayD<f32>> {
         let v = self.to_vec()?;
-        Ok(ArrayD::from_shape_vec(IxDyn(&self.shape), v).expect("numel matches shape"))
+        ArrayD::from_shape_vec(IxDyn(&self.shape), v).map_err(|e| Error::Shape { op: "Tensor::to_array", msg: e.to_string() })
     }
 
     /// A copy of this tensor on `device`.
@@ -160,8 +160,8 @@ impl Tensor {
         let mut shape = self.shape.clone();
         shape[0] = len;
         match &self.data {
-            Data::Cpu(a) => {
-                let v = a.as_slice().expect("contiguous")[start * row..(start + len) * row].to_vec();
+            Data::Cpu(_) => {
+                let v = self.host("Tensor::narrow")?[start * row..(start + len) * row].to_vec();
                 Tensor::from_vec(&Device::Cpu, &shape, v)
             }
             Data::Gpu(src) => {
@@ -179,7 +179,7 @@ impl Tensor {
             return Err(Error::DataLength { op: "Tensor::write", shape: self.shape.clone(), expected: self.numel(), got: data.len() });
         }
         match &mut self.data {
-            Data::Cpu(a) => a.as_slice_mut().expect("contiguous").copy_from_slice(data),
+            Data::Cpu(_) => self.host_mut("Tensor::write")?.copy_from_slice(data),
             // Shared: the whole content is replaced, so a fresh buffer needs no copy.
             Data::Gpu(buf) if Arc::strong_count(buf) > 1 => {
                 let ctx = buf.context().clone();
@@ -213,14 +213,16 @@ impl Tensor {
             return Err(Error::Shape { op: "Tensor::set_from", msg: format!("element {at} of a tensor of shape {:?}", self.shape) });
         }
         self.make_unique()?;
-        match (&mut self.data, &src.data) {
-            (Data::Cpu(d), Data::Cpu(s)) => d.as_slice_mut().expect("contiguous")[at] = s.as_slice().expect("contiguous")[0],
-            (Data::Gpu(d), Data::Gpu(s)) => {
-                let ctx = d.context();
-                ctx.alive()?;
-                ctx.record(|enc| enc.copy_buffer_to_buffer(s.buffer(), 0, d.buffer(), (at * 4) as u64, 4));
+        match self.device() {
+            Device::Cpu => {
+                let v = src.host("Tensor::set_from")?[0];
+                self.host_mut("Tensor::set_from")?[at] = v;
             }
-            _ => unreachable!("same_device checked"),
+            Device::Gpu(ctx) => {
+                ctx.alive()?;
+                let (s, d) = (src.buffer("Tensor::set_from")?, self.buffer("Tensor::set_from")?);
+                ctx.record(|enc| enc.copy_buffer_to_buffer(s, 0, d, (at * 4) as u64, 4));
+            }
         }
         Ok(())
     }
@@ -231,6 +233,45 @@ impl Tensor {
             Data::Cpu(_) => None,
         }
     }
+
+    /// The CPU data, row-major, for `op`'s CPU twin; an error if the tensor lives on a GPU.
+    pub(crate) fn host(&self, op: &'static str) -> Result<&[f32]> {
+        match &self.data {
+            Data::Cpu(a) => a.as_slice().ok_or_else(|| not_contiguous(op, &self.shape)),
+            Data::Gpu(_) => Err(wrong_device(op, "the CPU", self)),
+        }
+    }
+
+    /// [`Tensor::host`], writable (a shared array is copied first).
+    pub(crate) fn host_mut(&mut self, op: &'static str) -> Result<&mut [f32]> {
+        let dev = self.device();
+        match &mut self.data {
+            Data::Cpu(a) => a.as_slice_mut().ok_or_else(|| not_contiguous(op, &self.shape)),
+            Data::Gpu(_) => Err(Error::DeviceMismatch { op, a: "the CPU".into(), b: dev.to_string() }),
+        }
+    }
+
+    /// The GPU buffer, for `op`'s kernels; an error if the tensor lives on the CPU.
+    pub(crate) fn buffer(&self, op: &'static str) -> Result<&wgpu::Buffer> {
+        match &self.data {
+            Data::Gpu(b) => Ok(b.buffer()),
+            Data::Cpu(_) => Err(wrong_device(op, "a GPU", self)),
+        }
+    }
+
+    /// A GPU tensor of `shape` whose contents are unspecified until a kernel writes them.
+    pub(crate) fn uninit_gpu(ctx: &Arc<crate::gpu::GpuContext>, op: &'static str, shape: &[usize]) -> Result<Tensor> {
+        let n = check_nonempty(op, "the output", shape)?;
+        Ok(Tensor { shape: shape.to_vec(), data: Data::Gpu(Arc::new(ctx.alloc(op, n)?)) })
+    }
+}
+
+fn wrong_device(op: &'static str, want: &str, t: &Tensor) -> Error {
+    Error::DeviceMismatch { op, a: want.to_string(), b: t.device().to_string() }
+}
+
+fn not_contiguous(op: &'static str, shape: &[usize]) -> Error {
+    Error::Shape { op, msg: format!("a tensor of shape {shape:?} is not contiguous in memory") }
 }
 
 impl Clone for Tensor {

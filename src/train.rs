@@ -18,8 +18,10 @@ use crate::data::{Augment, Dataset};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::nn::{Layer, Mode, Sequential};
-use crate::ops::elementwise::{clip_global_norm, combine_into, combine_sign_into, sum_squares_each};
-use crate::ops::softmax_xent::{softmax_cpu, softmax_cross_entropy, CrossEntropyConfig};
+use crate::ops::clip::clip_global_norm;
+use crate::ops::elementwise::{elementwise_combine, elementwise_combine_sign};
+use crate::ops::reduce::reduce_sum_squares;
+use crate::ops::softmax_xent::{softmax_xent, softmax_xent_probs_cpu, CrossEntropyConfig};
 use crate::optim::{check_schedule, LrSchedule, Optimizer};
 use crate::tensor::Tensor;
 
@@ -110,6 +112,8 @@ pub struct Trainer {
     pub epoch: usize,
     /// Optimiser steps taken.
     pub step: u64,
+    /// Input shapes whose pipelines have been built: (shape, training).
+    prepared: std::collections::HashSet<(Vec<usize>, bool)>,
 }
 
 impl Trainer {
@@ -118,55 +122,93 @@ impl Trainer {
         if config.batch_size == 0 || config.l1 < 0.0 || config.l2 < 0.0 {
             return Err(Error::InvalidArgument { op: "Trainer", msg: format!("batch_size {} must be ≥ 1, l1 {} and l2 {} ≥ 0", config.batch_size, config.l1, config.l2) });
         }
-        let trainer = Trainer { model, optimizer, config, device, epoch: 0, step: 0 };
-        trainer.prepare()?;
-        Ok(trainer)
+        Ok(Trainer { model, optimizer, config, device, epoch: 0, step: 0, prepared: Default::default() })
     }
 
-    /// On the GPU, builds every pipeline a training step and evaluation will
-    /// use, in parallel, so the first step does not pay for them.
-    pub fn prepare(&self) -> Result<()> {
+    /// On the GPU, builds every pipeline that training on `train` and
+    /// evaluating on `val` will use, in parallel, so the first step does not
+    /// pay for them. It records one training step per batch shape (and one
+    /// evaluation forward) as a dry run: every kernel is noted, none runs, and
+    /// no state changes (weights, running statistics, optimiser state,
+    /// dropout counters, the step count). [`Trainer::fit`] calls it; a no-op
+    /// on the CPU and for shapes already prepared.
+    pub fn prepare(&mut self, train: &Dataset, val: Option<&Dataset>) -> Result<()> {
+        let item = train.item_shape;
+        let eval_batch = self.eval_batch_size();
+        for n in batch_sizes(train.len(), self.config.batch_size) {
+            self.prepare_shape(&[n, item[0], item[1], item[2]], true)?;
+        }
+        if let Some(v) = val {
+            let item = v.item_shape;
+            for n in batch_sizes(v.len(), eval_batch) {
+                self.prepare_shape(&[n, item[0], item[1], item[2]], false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The dry run behind [`Trainer::prepare`] for one input shape: a
+    /// training step (`training`) or an evaluation forward.
+    fn prepare_shape(&mut self, shape: &[usize], training: bool) -> Result<()> {
         let Device::Gpu(ctx) = &self.device else { return Ok(()) };
-        use crate::kernel::KernelId as K;
-        let mut ids = self.model.kernels(ctx);
-        ids.extend([K::SoftmaxXentForward, K::ElementwiseFill]);
-        ids.push(match self.optimizer.config {
-            crate::optim::OptimizerConfig::Sgd(_) => K::SgdStep,
-            crate::optim::OptimizerConfig::Adam(_) => K::AdamStep,
+        let key = (shape.to_vec(), training);
+        if self.prepared.contains(&key) {
+            return Ok(());
+        }
+        let ctx = ctx.clone();
+        let x = Tensor::uninit(&self.device, "Trainer::prepare", shape)?;
+        let labels = vec![0i64; shape[0]];
+        // Host-side state a step changes; the device-side state cannot change (no kernel runs).
+        let counters: Vec<u32> = self.model.counters("").into_iter().map(|(_, c)| *c).collect();
+        let marks = self.optimizer.checkpoint_marks();
+        let out = ctx.dry_run(|| {
+            if training {
+                self.step_inner(&x, &labels, true).map(drop)
+            } else {
+                self.model.forward(&x, Mode::Eval).map(drop)
+            }
         });
-        if self.config.l2 > 0.0 {
-            ids.push(K::ElementwiseCombine);
+        for ((_, c), v) in self.model.counters("").into_iter().zip(counters) {
+            *c = v;
         }
-        if self.config.l1 > 0.0 {
-            ids.push(K::CombineSign);
-        }
-        if self.config.clip_grad_norm.is_some() {
-            ids.extend([K::ReduceRows, K::ClipScale]);
-        }
-        if self.config.check_gradients {
-            ids.push(K::ReduceRows);
-        }
-        ctx.prepare(&ids)
+        self.optimizer.restore_marks(marks);
+        self.model.zero_grad();
+        out?;
+        self.prepared.insert(key);
+        Ok(())
+    }
+
+    fn eval_batch_size(&self) -> usize {
+        self.config.batch_size.max(256)
     }
 
     /// One step on one batch: forward, loss, backward, regularisation,
     /// clipping, update. Returns the loss as a `[1]` tensor on the device
     /// (reading it is the caller's choice); on the GPU this is one submit.
+    /// The first step of each input shape builds its pipelines first (see
+    /// [`Trainer::prepare`]).
     pub fn train_step(&mut self, x: &Tensor, labels: &[i64]) -> Result<Tensor> {
+        self.prepare_shape(x.shape(), true)?;
+        self.step_inner(x, labels, false)
+    }
+
+    /// [`Trainer::train_step`]; a `dry` step (inside a dry run) skips the
+    /// gradient check's verdict (nothing was computed) and counts no step.
+    fn step_inner(&mut self, x: &Tensor, labels: &[i64], dry: bool) -> Result<Tensor> {
         self.model.zero_grad();
         let logits = self.model.forward(x, Mode::Train)?;
-        let (loss, dlogits) = softmax_cross_entropy(&logits, labels, self.config.loss)?;
+        let (loss, dlogits) = softmax_xent(&logits, labels, self.config.loss)?;
         // The input needs no gradient: the first layer computes its parameters' only.
         self.model.backward_params(&dlogits)?;
         let (l1, l2) = (self.config.l1, self.config.l2);
         if l1 > 0.0 || l2 > 0.0 || self.config.clip_grad_norm.is_some() {
-            let mut params = self.model.parameters("");
+            let mut params = self.model.parameters("")?;
             for p in params.iter_mut() {
                 if l2 > 0.0 {
-                    combine_into(p.grad, p.value, l2, 1.0)?;
+                    elementwise_combine(p.grad, p.value, l2, 1.0)?;
                 }
                 if l1 > 0.0 {
-                    combine_sign_into(p.grad, p.value, l1, 1.0)?;
+                    elementwise_combine_sign(p.grad, p.value, l1, 1.0)?;
                 }
             }
             if let Some(max) = self.config.clip_grad_norm {
@@ -175,10 +217,10 @@ impl Trainer {
             }
         }
         if self.config.check_gradients {
-            let params = self.model.parameters("");
+            let params = self.model.parameters("")?;
             let grads: Vec<&Tensor> = params.iter().map(|p| &*p.grad).collect();
-            let norms = sum_squares_each(&grads)?;
-            if let Some(i) = norms.iter().position(|v| !v.is_finite()) {
+            let norms = reduce_sum_squares(&grads)?;
+            if let Some(i) = norms.iter().position(|v| !v.is_finite()).filter(|_| !dry) {
                 return Err(Error::NonFinite {
                     what: format!("the gradient of `{}` (squared norm {})", params[i].name, norms[i]),
                     epoch: self.epoch + 1,
@@ -190,7 +232,9 @@ impl Trainer {
         if let Device::Gpu(ctx) = &self.device {
             ctx.flush()?;
         }
-        self.step += 1;
+        if !dry {
+            self.step += 1;
+        }
         Ok(loss)
     }
 
@@ -236,7 +280,12 @@ impl Trainer {
 
     /// Loss and accuracy in eval mode (logits are read back per batch).
     pub fn evaluate(&mut self, data: &Dataset) -> Result<Metrics> {
-        evaluate(&mut self.model, &self.device, data, self.config.batch_size.max(256))
+        let batch = self.eval_batch_size();
+        for n in batch_sizes(data.len(), batch) {
+            let item = data.item_shape;
+            self.prepare_shape(&[n, item[0], item[1], item[2]], false)?;
+        }
+        evaluate(&mut self.model, &self.device, data, batch)
     }
 
     /// Trains for `config.epochs` epochs (from the current one), evaluating
@@ -244,6 +293,9 @@ impl Trainer {
     pub fn fit(&mut self, train: &Dataset, val: Option<&Dataset>, mut hook: impl FnMut(&EpochStats) -> Control) -> Result<Vec<EpochStats>> {
         let mut history = Vec::new();
         let (mut best, mut since_best) = (f32::NEG_INFINITY, 0);
+        if self.epoch < self.config.epochs {
+            self.prepare(train, val)?;
+        }
         while self.epoch < self.config.epochs {
             let lr = self.config.schedule.lr(self.optimizer.base_lr, self.epoch, self.config.epochs, self.config.warmup_epochs);
             self.optimizer.set_lr(lr)?;
@@ -280,6 +332,20 @@ impl Trainer {
     }
 }
 
+/// The distinct batch sizes of `len` items in batches of `batch`: the full
+/// one and the remainder.
+fn batch_sizes(len: usize, batch: usize) -> Vec<usize> {
+    let batch = batch.max(1);
+    let mut v = Vec::new();
+    if len >= batch {
+        v.push(batch);
+    }
+    if len % batch != 0 {
+        v.push(len % batch);
+    }
+    v
+}
+
 /// Loss and accuracy of `model` on `data` in eval mode.
 pub fn evaluate(model: &mut Sequential, device: &Device, data: &Dataset, batch_size: usize) -> Result<Metrics> {
     let (mut loss, mut correct) = (0f64, 0usize);
@@ -287,7 +353,7 @@ pub fn evaluate(model: &mut Sequential, device: &Device, data: &Dataset, batch_s
         let (x, labels) = data.batch(device, &idx, None)?;
         let logits = model.forward(&x, Mode::Eval)?;
         let c = logits.shape()[1];
-        let logp = softmax_cpu(&logits.to_vec()?, idx.len(), c, true);
+        let logp = softmax_xent_probs_cpu(&logits.to_vec()?, idx.len(), c, true);
         for (r, &l) in labels.iter().enumerate() {
             let row = &logp[r * c..(r + 1) * c];
             loss -= row[l as usize] as f64;
@@ -309,7 +375,7 @@ pub fn predict(model: &mut Sequential, x: &Tensor, tta: bool) -> Result<Vec<usiz
     for v in views {
         let logits = model.forward(&Tensor::from_vec(&x.device(), &shape, v)?, Mode::Eval)?;
         let c = logits.shape()[1];
-        let p = softmax_cpu(&logits.to_vec()?, n, c, false);
+        let p = softmax_xent_probs_cpu(&logits.to_vec()?, n, c, false);
         if probs.is_empty() {
             probs = p;
         } else {

@@ -25,7 +25,7 @@ fn trainer() -> Trainer {
 }
 
 fn weights(t: &mut Trainer) -> Vec<Vec<f32>> {
-    t.model.parameters("").into_iter().map(|p| p.value.to_vec().unwrap()).collect()
+    t.model.parameters("").unwrap().into_iter().map(|p| p.value.to_vec().unwrap()).collect()
 }
 
 fuzz_target!(|data: &[u8]| {

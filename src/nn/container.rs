@@ -3,10 +3,8 @@
 use std::fmt;
 
 use crate::error::Result;
-use crate::nn::{join, Layer, Mode, Param};
-use crate::gpu::GpuContext;
-use crate::kernel::KernelId;
-use crate::ops::elementwise::add;
+use crate::nn::{join, Layer, Mode, StateEntry};
+use crate::ops::elementwise::elementwise_add;
 use crate::tensor::Tensor;
 
 /// Layers applied in order; parameters are named `"<index>.<name>"`.
@@ -27,10 +25,10 @@ impl Sequential {
     }
 
     /// Each layer's output shape and parameter count for an input shape.
-    pub fn summary(&self, input: &[usize]) -> Result<Summary> {
+    pub fn summary(&mut self, input: &[usize]) -> Result<Summary> {
         let mut rows = Vec::new();
         let mut shape = input.to_vec();
-        for layer in &self.layers {
+        for layer in &mut self.layers {
             shape = layer.output_shape(&shape)?;
             rows.push(SummaryRow { kind: layer.kind(), description: layer.describe(), output: shape.clone(), params: layer.param_count() });
         }
@@ -39,15 +37,6 @@ impl Sequential {
 }
 
 impl Layer for Sequential {
-    fn kernels(&self, ctx: &GpuContext) -> Vec<KernelId> {
-        let mut k: Vec<KernelId> = Vec::new();
-        for id in self.layers.iter().flat_map(|l| l.kernels(ctx)) {
-            if !k.contains(&id) {
-                k.push(id);
-            }
-        }
-        k
-    }
     fn kind(&self) -> &'static str {
         "Sequential"
     }
@@ -73,7 +62,7 @@ impl Layer for Sequential {
     }
     /// Stops at the first layer with parameters: nothing before it needs a gradient.
     fn backward_params(&mut self, dy: &Tensor) -> Result<()> {
-        let Some(first) = self.layers.iter().position(|l| l.param_count() > 0) else { return Ok(()) };
+        let Some(first) = self.layers.iter_mut().position(|l| l.param_count() > 0) else { return Ok(()) };
         let mut g = dy.clone();
         for (i, layer) in self.layers.iter_mut().enumerate().rev() {
             if i == first {
@@ -83,20 +72,8 @@ impl Layer for Sequential {
         }
         Ok(())
     }
-    fn parameters(&mut self, prefix: &str) -> Vec<Param<'_>> {
-        self.layers.iter_mut().enumerate().flat_map(|(i, l)| l.parameters(&join(prefix, &i.to_string()))).collect()
-    }
-    fn buffers(&mut self, prefix: &str) -> Vec<(String, &mut Tensor)> {
-        self.layers.iter_mut().enumerate().flat_map(|(i, l)| l.buffers(&join(prefix, &i.to_string()))).collect()
-    }
-    fn counters(&mut self, prefix: &str) -> Vec<(String, &mut u32)> {
-        self.layers.iter_mut().enumerate().flat_map(|(i, l)| l.counters(&join(prefix, &i.to_string()))).collect()
-    }
-    fn param_count(&self) -> usize {
-        self.layers.iter().map(|l| l.param_count()).sum()
-    }
-    fn zero_grad(&mut self) {
-        self.layers.iter_mut().for_each(|l| l.zero_grad());
+    fn state(&mut self, prefix: &str) -> Vec<StateEntry<'_>> {
+        self.layers.iter_mut().enumerate().flat_map(|(i, l)| l.state(&join(prefix, &i.to_string()))).collect()
     }
 }
 
@@ -115,13 +92,6 @@ impl Residual {
 }
 
 impl Layer for Residual {
-    fn kernels(&self, ctx: &GpuContext) -> Vec<KernelId> {
-        // The two paths are summed forward and backward.
-        let mut k = self.body.kernels(ctx);
-        k.extend(self.shortcut.as_ref().map(|s| s.kernels(ctx)).unwrap_or_default());
-        k.push(KernelId::ElementwiseAdd);
-        k
-    }
     fn kind(&self) -> &'static str {
         "Residual"
     }
@@ -147,7 +117,7 @@ impl Layer for Residual {
             Some(sc) => sc.forward(x, mode)?,
             None => x.clone(),
         };
-        add(&b, &s, 1.0, 1.0)
+        elementwise_add(&b, &s, 1.0, 1.0)
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
         let db = self.body.backward(dy)?;
@@ -155,37 +125,14 @@ impl Layer for Residual {
             Some(sc) => sc.backward(dy)?,
             None => dy.clone(),
         };
-        add(&db, &ds, 1.0, 1.0)
+        elementwise_add(&db, &ds, 1.0, 1.0)
     }
-    fn parameters(&mut self, prefix: &str) -> Vec<Param<'_>> {
-        let mut v = self.body.parameters(&join(prefix, "body"));
+    fn state(&mut self, prefix: &str) -> Vec<StateEntry<'_>> {
+        let mut v = self.body.state(&join(prefix, "body"));
         if let Some(s) = &mut self.shortcut {
-            v.extend(s.parameters(&join(prefix, "shortcut")));
+            v.extend(s.state(&join(prefix, "shortcut")));
         }
         v
-    }
-    fn buffers(&mut self, prefix: &str) -> Vec<(String, &mut Tensor)> {
-        let mut v = self.body.buffers(&join(prefix, "body"));
-        if let Some(s) = &mut self.shortcut {
-            v.extend(s.buffers(&join(prefix, "shortcut")));
-        }
-        v
-    }
-    fn counters(&mut self, prefix: &str) -> Vec<(String, &mut u32)> {
-        let mut v = self.body.counters(&join(prefix, "body"));
-        if let Some(s) = &mut self.shortcut {
-            v.extend(s.counters(&join(prefix, "shortcut")));
-        }
-        v
-    }
-    fn param_count(&self) -> usize {
-        self.body.param_count() + self.shortcut.as_ref().map_or(0, |s| s.param_count())
-    }
-    fn zero_grad(&mut self) {
-        self.body.zero_grad();
-        if let Some(s) = &mut self.shortcut {
-            s.zero_grad();
-        }
     }
 }
 

@@ -2,15 +2,13 @@
 
 use crate::device::Device;
 use crate::error::{shape_err, Error, Result};
-use crate::nn::{join, Grad, Initializer, Layer, Mode, Param};
-use crate::gpu::GpuContext;
-use crate::kernel::KernelId;
+use crate::nn::{join, Grad, Initializer, Layer, Mode, StateEntry};
 use crate::ops::activation::{activation_backward, activation_forward, Activation};
-use crate::ops::avgpool::{avgpool_backward, avgpool_forward, global_avg_pool_backward, global_avg_pool_forward};
+use crate::ops::avgpool::{avgpool_backward, avgpool_forward, avgpool_global_backward, avgpool_global_forward};
 use crate::ops::batchnorm::{batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train, Affine, BatchNormConfig};
 use crate::ops::conv2d::{conv2d_backward_cols, conv2d_forward, conv2d_forward_keep};
 use crate::ops::dropout::{dropout_backward, dropout_forward, DropoutConfig};
-use crate::ops::elementwise::{bias_add, bias_grad};
+use crate::ops::bias::{bias_add, bias_grad};
 use crate::ops::gemm::{gemm, GemmConfig};
 use crate::ops::maxpool::{maxpool_backward, maxpool_forward};
 use crate::shape::{Conv2dConfig, Conv2dGeometry, Pool2dConfig, Pool2dGeometry};
@@ -56,23 +54,12 @@ impl WeightBias {
         Ok(())
     }
 
-    fn parameters(&mut self, prefix: &str) -> Vec<Param<'_>> {
-        let mut v = vec![Param { name: join(prefix, "weight"), value: &mut self.weight, grad: self.gw.get() }];
+    fn state(&mut self, prefix: &str) -> Vec<StateEntry<'_>> {
+        let mut v = vec![StateEntry::param(join(prefix, "weight"), &mut self.weight, &mut self.gw)];
         if let (Some(b), Some(gb)) = (self.bias.as_mut(), self.gb.as_mut()) {
-            v.push(Param { name: join(prefix, "bias"), value: b, grad: gb.get() });
+            v.push(StateEntry::param(join(prefix, "bias"), b, gb));
         }
         v
-    }
-
-    fn param_count(&self) -> usize {
-        self.weight.numel() + self.bias.as_ref().map_or(0, Tensor::numel)
-    }
-
-    fn zero_grad(&mut self) {
-        self.gw.fresh = true;
-        if let Some(g) = self.gb.as_mut() {
-            g.fresh = true;
-        }
     }
 }
 
@@ -112,11 +99,6 @@ impl Conv2d {
 }
 
 impl Layer for Conv2d {
-    fn kernels(&self, ctx: &GpuContext) -> Vec<KernelId> {
-        let mut k = crate::ops::conv2d::kernels(ctx);
-        k.extend_from_slice(super::GRAD_KERNELS);
-        k
-    }
     fn kind(&self) -> &'static str {
         "Conv2d"
     }
@@ -151,20 +133,13 @@ impl Layer for Conv2d {
         Ok(y)
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
-        let dx = self.backward_inner(dy, true)?;
-        Ok(dx.expect("asked for dx"))
+        self.backward_inner(dy, true)?.ok_or_else(|| Error::InvalidArgument { op: "Conv2d", msg: "dx was asked for but not computed".into() })
     }
     fn backward_params(&mut self, dy: &Tensor) -> Result<()> {
         self.backward_inner(dy, false).map(drop)
     }
-    fn parameters(&mut self, prefix: &str) -> Vec<Param<'_>> {
-        self.params.parameters(prefix)
-    }
-    fn param_count(&self) -> usize {
-        self.params.param_count()
-    }
-    fn zero_grad(&mut self) {
-        self.params.zero_grad();
+    fn state(&mut self, prefix: &str) -> Vec<StateEntry<'_>> {
+        self.params.state(prefix)
     }
 }
 
@@ -183,11 +158,6 @@ impl Linear {
 }
 
 impl Layer for Linear {
-    fn kernels(&self, ctx: &GpuContext) -> Vec<KernelId> {
-        let mut k = crate::ops::gemm::kernels(ctx);
-        k.extend([KernelId::BiasAdd, KernelId::BiasGrad, KernelId::ElementwiseCombine, KernelId::ElementwiseFill]);
-        k
-    }
     fn kind(&self) -> &'static str {
         "Linear"
     }
@@ -223,14 +193,8 @@ impl Layer for Linear {
         let db = self.params.bias.as_ref().map(|_| bias_grad(dy)).transpose()?;
         self.params.accumulate(dw, db)
     }
-    fn parameters(&mut self, prefix: &str) -> Vec<Param<'_>> {
-        self.params.parameters(prefix)
-    }
-    fn param_count(&self) -> usize {
-        self.params.param_count()
-    }
-    fn zero_grad(&mut self) {
-        self.params.zero_grad();
+    fn state(&mut self, prefix: &str) -> Vec<StateEntry<'_>> {
+        self.params.state(prefix)
     }
 }
 
@@ -249,9 +213,6 @@ impl MaxPool2d {
 }
 
 impl Layer for MaxPool2d {
-    fn kernels(&self, _ctx: &GpuContext) -> Vec<KernelId> {
-        vec![KernelId::MaxpoolForward, KernelId::MaxpoolBackward]
-    }
     fn kind(&self) -> &'static str {
         "MaxPool2d"
     }
@@ -287,9 +248,6 @@ impl AvgPool2d {
 }
 
 impl Layer for AvgPool2d {
-    fn kernels(&self, _ctx: &GpuContext) -> Vec<KernelId> {
-        vec![KernelId::AvgpoolForward, KernelId::AvgpoolBackward]
-    }
     fn kind(&self) -> &'static str {
         "AvgPool2d"
     }
@@ -323,9 +281,6 @@ impl GlobalAvgPool {
 }
 
 impl Layer for GlobalAvgPool {
-    fn kernels(&self, _ctx: &GpuContext) -> Vec<KernelId> {
-        vec![KernelId::AvgpoolForward, KernelId::AvgpoolBackward]
-    }
     fn kind(&self) -> &'static str {
         "GlobalAvgPool"
     }
@@ -337,10 +292,10 @@ impl Layer for GlobalAvgPool {
     }
     fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         self.input = (mode == Mode::Train).then(|| x.shape().to_vec());
-        global_avg_pool_forward(x)
+        avgpool_global_forward(x)
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
-        global_avg_pool_backward(dy, self.input.as_ref().ok_or_else(|| no_cache("GlobalAvgPool"))?)
+        avgpool_global_backward(dy, self.input.as_ref().ok_or_else(|| no_cache("GlobalAvgPool"))?)
     }
 }
 
@@ -379,9 +334,6 @@ impl BatchNorm {
 }
 
 impl Layer for BatchNorm {
-    fn kernels(&self, _ctx: &GpuContext) -> Vec<KernelId> {
-        vec![KernelId::BatchnormStats, KernelId::BatchnormForward, KernelId::BatchnormBackwardReduce, KernelId::BatchnormBackwardDx, KernelId::ElementwiseCombine, KernelId::ElementwiseFill]
-    }
     fn kind(&self) -> &'static str {
         if self.spatial {
             "BatchNorm2d"
@@ -422,21 +374,12 @@ impl Layer for BatchNorm {
         self.gbeta.accumulate(g.dbeta)?;
         Ok(g.dx)
     }
-    fn parameters(&mut self, prefix: &str) -> Vec<Param<'_>> {
+    fn state(&mut self, prefix: &str) -> Vec<StateEntry<'_>> {
         vec![
-            Param { name: join(prefix, "weight"), value: &mut self.gamma, grad: self.gg.get() },
-            Param { name: join(prefix, "bias"), value: &mut self.beta, grad: self.gbeta.get() },
+            StateEntry::param(join(prefix, "weight"), &mut self.gamma, &mut self.gg),
+            StateEntry::param(join(prefix, "bias"), &mut self.beta, &mut self.gbeta),
+            StateEntry::buffer(join(prefix, "running_stats"), &mut self.running),
         ]
-    }
-    fn buffers(&mut self, prefix: &str) -> Vec<(String, &mut Tensor)> {
-        vec![(join(prefix, "running_stats"), &mut self.running)]
-    }
-    fn param_count(&self) -> usize {
-        2 * self.gamma.numel()
-    }
-    fn zero_grad(&mut self) {
-        self.gg.fresh = true;
-        self.gbeta.fresh = true;
     }
 }
 
@@ -460,9 +403,6 @@ impl Dropout {
 }
 
 impl Layer for Dropout {
-    fn kernels(&self, _ctx: &GpuContext) -> Vec<KernelId> {
-        vec![KernelId::DropoutApply]
-    }
     fn kind(&self) -> &'static str {
         "Dropout"
     }
@@ -483,8 +423,8 @@ impl Layer for Dropout {
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
         dropout_backward(dy, self.last.ok_or_else(|| no_cache("Dropout"))?)
     }
-    fn counters(&mut self, prefix: &str) -> Vec<(String, &mut u32)> {
-        vec![(join(prefix, "step"), &mut self.step)]
+    fn state(&mut self, prefix: &str) -> Vec<StateEntry<'_>> {
+        vec![StateEntry::counter(join(prefix, "step"), &mut self.step)]
     }
 }
 
@@ -503,9 +443,6 @@ impl ActivationLayer {
 }
 
 impl Layer for ActivationLayer {
-    fn kernels(&self, _ctx: &GpuContext) -> Vec<KernelId> {
-        vec![KernelId::ActivationForward, KernelId::ActivationBackward]
-    }
     fn kind(&self) -> &'static str {
         "Activation"
     }

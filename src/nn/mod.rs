@@ -12,9 +12,7 @@ pub use init::{Init, Initializer};
 pub use layers::{ActivationLayer, AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, GlobalAvgPool, Linear, MaxPool2d, WeightBias};
 
 use crate::error::Result;
-use crate::gpu::GpuContext;
-use crate::kernel::KernelId;
-use crate::ops::elementwise::{combine_into, fill};
+use crate::ops::elementwise::{elementwise_combine, elementwise_fill};
 use crate::tensor::Tensor;
 
 /// Training or inference: batch-norm and dropout behave differently.
@@ -32,7 +30,40 @@ pub struct Param<'a> {
     pub grad: &'a mut Tensor,
 }
 
+/// One named piece of a layer's state, as [`Layer::state`] lists it.
+pub struct StateEntry<'a> {
+    /// The PyTorch-style dotted name.
+    pub name: String,
+    pub state: State<'a>,
+}
+
+/// What a piece of state is.
+pub enum State<'a> {
+    /// A learnable tensor and its gradient.
+    Param { value: &'a mut Tensor, grad: &'a mut Grad },
+    /// Saved but not learned (batch-norm running statistics).
+    Buffer(&'a mut Tensor),
+    /// Integer state that must be saved (dropout's step counter, which picks its masks).
+    Counter(&'a mut u32),
+}
+
+impl<'a> StateEntry<'a> {
+    pub fn param(name: String, value: &'a mut Tensor, grad: &'a mut Grad) -> StateEntry<'a> {
+        StateEntry { name, state: State::Param { value, grad } }
+    }
+    pub fn buffer(name: String, t: &'a mut Tensor) -> StateEntry<'a> {
+        StateEntry { name, state: State::Buffer(t) }
+    }
+    pub fn counter(name: String, c: &'a mut u32) -> StateEntry<'a> {
+        StateEntry { name, state: State::Counter(c) }
+    }
+}
+
 /// The one interface every layer and container implements.
+///
+/// A layer lists its state once, in [`Layer::state`]; parameters, buffers,
+/// counters, parameter counts and `zero_grad` are all derived from that walk
+/// (do not override them).
 pub trait Layer: Send {
     /// Kind for summaries and parameter breakdowns: "Conv2d", "Linear", ….
     fn kind(&self) -> &'static str;
@@ -49,64 +80,74 @@ pub trait Layer: Send {
     fn backward_params(&mut self, dy: &Tensor) -> Result<()> {
         self.backward(dy).map(drop)
     }
-    /// Learnable parameters with their gradients, names prefixed by `prefix`.
-    fn parameters(&mut self, _prefix: &str) -> Vec<Param<'_>> {
+    /// Every piece of state (parameters with their gradients, buffers,
+    /// counters), names prefixed by `prefix`. Containers visit their children.
+    fn state(&mut self, _prefix: &str) -> Vec<StateEntry<'_>> {
         Vec::new()
+    }
+
+    /// Learnable parameters with their gradients (a gradient no backward has
+    /// written since `zero_grad` reads as zeros, which costs a fill).
+    fn parameters(&mut self, prefix: &str) -> Result<Vec<Param<'_>>> {
+        self.state(prefix)
+            .into_iter()
+            .filter_map(|e| match e.state {
+                State::Param { value, grad } => Some(grad.get().map(|grad| Param { name: e.name, value, grad })),
+                _ => None,
+            })
+            .collect()
     }
     /// State that is not learned but must be saved (batch-norm running statistics).
-    fn buffers(&mut self, _prefix: &str) -> Vec<(String, &mut Tensor)> {
-        Vec::new()
+    fn buffers(&mut self, prefix: &str) -> Vec<(String, &mut Tensor)> {
+        self.state(prefix).into_iter().filter_map(|e| if let State::Buffer(t) = e.state { Some((e.name, t)) } else { None }).collect()
     }
-    /// Integer state that must be saved (dropout's step counter, which picks its masks).
-    fn counters(&mut self, _prefix: &str) -> Vec<(String, &mut u32)> {
-        Vec::new()
+    /// Integer state that must be saved.
+    fn counters(&mut self, prefix: &str) -> Vec<(String, &mut u32)> {
+        self.state(prefix).into_iter().filter_map(|e| if let State::Counter(c) = e.state { Some((e.name, c)) } else { None }).collect()
     }
     /// Number of learnable scalars.
-    fn param_count(&self) -> usize {
-        0
+    fn param_count(&mut self) -> usize {
+        self.state("").iter().map(|e| if let State::Param { value, .. } = &e.state { value.numel() } else { 0 }).sum()
     }
     /// Forget accumulated gradients (the next backward overwrites them).
-    fn zero_grad(&mut self) {}
-    /// The GPU kernels forward and backward (in either mode) may dispatch, so
-    /// their pipelines can be built with the model instead of at the first step.
-    fn kernels(&self, _ctx: &GpuContext) -> Vec<KernelId> {
-        Vec::new()
+    fn zero_grad(&mut self) {
+        for e in self.state("") {
+            if let State::Param { grad, .. } = e.state {
+                grad.fresh = true;
+            }
+        }
     }
 }
-
-/// Kernels every layer with parameters uses: gradient accumulation and zeroing.
-pub(crate) const GRAD_KERNELS: &[KernelId] = &[KernelId::ElementwiseCombine, KernelId::ElementwiseFill];
 
 /// A parameter gradient that the next backward either replaces (after
 /// `zero_grad`) or adds to, so the usual step costs no extra dispatch.
-pub(crate) struct Grad {
-    pub tensor: Tensor,
-    pub fresh: bool,
+pub struct Grad {
+    tensor: Tensor,
+    fresh: bool,
 }
 
 impl Grad {
-    pub fn new(like: &Tensor) -> Result<Grad> {
+    pub(crate) fn new(like: &Tensor) -> Result<Grad> {
         Ok(Grad { tensor: Tensor::zeros(&like.device(), like.shape())?, fresh: true })
     }
 
-    pub fn accumulate(&mut self, g: Tensor) -> Result<()> {
+    pub(crate) fn accumulate(&mut self, g: Tensor) -> Result<()> {
         if self.fresh {
             self.tensor = g;
             self.fresh = false;
             Ok(())
         } else {
-            combine_into(&mut self.tensor, &g, 1.0, 1.0)
+            elementwise_combine(&mut self.tensor, &g, 1.0, 1.0)
         }
     }
 
     /// The gradient as a tensor; zero if no backward ran since `zero_grad`.
-    pub fn get(&mut self) -> &mut Tensor {
+    pub fn get(&mut self) -> Result<&mut Tensor> {
         if self.fresh {
-            // Cannot fail for a tensor that already exists on its device.
-            fill(&mut self.tensor, 0.0).expect("filling an existing gradient");
+            elementwise_fill(&mut self.tensor, 0.0)?;
             self.fresh = false;
         }
-        &mut self.tensor
+        Ok(&mut self.tensor)
     }
 }
 

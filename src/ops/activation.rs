@@ -3,10 +3,16 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::device::Device;
 use crate::error::Result;
-use crate::kernel::KernelId;
+use crate::kernel::{Access::*, Kernel, Shader};
 use crate::ops::check_shape;
-use crate::tensor::{same_device, Data, Tensor};
+use crate::tensor::{same_device, Tensor};
+
+const SHADER: Shader = Shader::new("activation", include_str!("../../shaders/activation.wgsl"));
+pub(crate) static ACTIVATION_FORWARD: Kernel<ActParams> = Kernel::new(&SHADER, "activation_forward", &[Read, Read, ReadWrite, Uniform]);
+pub(crate) static ACTIVATION_BACKWARD: Kernel<ActParams> = Kernel::new(&SHADER, "activation_backward", &[Read, Read, ReadWrite, Uniform]);
+pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&ACTIVATION_FORWARD.def, &ACTIVATION_BACKWARD.def];
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Activation {
@@ -49,35 +55,33 @@ pub struct ActParams {
 
 /// `y = f(x)`.
 pub fn activation_forward(x: &Tensor, act: Activation) -> Result<Tensor> {
-    run(x, None, act)
+    run("activation_forward", x, None, act)
 }
 
 /// `dx = dy · f'(x)`, from the input x the forward saw.
 pub fn activation_backward(x: &Tensor, dy: &Tensor, act: Activation) -> Result<Tensor> {
-    check_shape("activation", "dy", dy.shape(), x.shape())?;
-    same_device("activation", &[x, dy])?;
-    run(x, Some(dy), act)
+    check_shape("activation_backward", "dy", dy.shape(), x.shape())?;
+    run("activation_backward", x, Some(dy), act)
 }
 
-fn run(x: &Tensor, dy: Option<&Tensor>, act: Activation) -> Result<Tensor> {
-    let len = x.numel();
-    Ok(match (&x.data, dy.map(|d| &d.data)) {
-        (Data::Cpu(xs), None) => Tensor::from_cpu(x.shape(), map_cpu(act, xs.as_slice().expect("contiguous"), None)),
-        (Data::Cpu(xs), Some(Data::Cpu(ds))) => Tensor::from_cpu(x.shape(), map_cpu(act, xs.as_slice().expect("contiguous"), Some(ds.as_slice().expect("contiguous")))),
-        (Data::Gpu(xb), dy) => {
-            let out = Tensor::uninit(&x.device(), "activation", x.shape())?;
-            let ctx = xb.context();
+fn run(op: &'static str, x: &Tensor, dy: Option<&Tensor>, act: Activation) -> Result<Tensor> {
+    let operands: Vec<&Tensor> = std::iter::once(x).chain(dy).collect();
+    match same_device(op, &operands)? {
+        Device::Cpu => Ok(Tensor::from_cpu(x.shape(), map_cpu(act, x.host(op)?, dy.map(|d| d.host(op)).transpose()?))),
+        Device::Gpu(ctx) => {
+            let out = Tensor::uninit_gpu(&ctx, op, x.shape())?;
             let (kind, slope) = act.kind();
-            let p = ActParams { len: len as u32, kind, slope, _pad0: 0 };
-            let (id, dyb) = match dy {
-                Some(Data::Gpu(d)) => (KernelId::ActivationBackward, d.buffer()),
-                _ => (KernelId::ActivationForward, xb.buffer()),
+            let p = ActParams { len: x.numel() as u32, kind, slope, _pad0: 0 };
+            let xb = x.buffer(op)?;
+            // Forward binds x in dy's slot too; the kernel does not read it.
+            let (kernel, dyb) = match dy {
+                Some(d) => (&ACTIVATION_BACKWARD, d.buffer(op)?),
+                None => (&ACTIVATION_FORWARD, xb),
             };
-            ctx.dispatch(id, &p, &[xb.buffer(), dyb, out.gpu().unwrap().buffer()], ctx.grid_1d(len, 256))?;
-            out
+            ctx.dispatch(kernel, &p, &[xb, dyb, out.buffer(op)?], ctx.grid_1d(x.numel(), 256))?;
+            Ok(out)
         }
-        _ => unreachable!("same_device checked"),
-    })
+    }
 }
 
 // ---------------------------------------------------------------- CPU reference
@@ -92,8 +96,8 @@ fn map_cpu(act: Activation, xs: &[f32], dy: Option<&[f32]>) -> Vec<f32> {
         }
     }
     match act {
-        Activation::Relu => go(xs, dy, |v| forward_cpu(Activation::Relu, v), |v| derivative_cpu(Activation::Relu, v)),
-        other => go(xs, dy, |v| forward_cpu(other, v), |v| derivative_cpu(other, v)),
+        Activation::Relu => go(xs, dy, |v| activation_forward_cpu(Activation::Relu, v), |v| activation_derivative_cpu(Activation::Relu, v)),
+        other => go(xs, dy, |v| activation_forward_cpu(other, v), |v| activation_derivative_cpu(other, v)),
     }
 }
 
@@ -112,7 +116,7 @@ fn tanh_stable(v: f32) -> f32 {
 }
 
 /// Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), as in the shader.
-pub fn erf_approx(v: f32) -> f32 {
+pub(crate) fn erf_approx(v: f32) -> f32 {
     let a = v.abs();
     let t = 1.0 / (1.0 + 0.3275911 * a);
     let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
@@ -122,7 +126,7 @@ pub fn erf_approx(v: f32) -> f32 {
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 
 #[inline]
-pub fn forward_cpu(act: Activation, v: f32) -> f32 {
+pub fn activation_forward_cpu(act: Activation, v: f32) -> f32 {
     match act {
         // f32::max drops a NaN; PyTorch's ReLU passes it on.
         Activation::Relu => if v.is_nan() { v } else { v.max(0.0) },
@@ -141,7 +145,7 @@ pub fn forward_cpu(act: Activation, v: f32) -> f32 {
 }
 
 #[inline]
-pub fn derivative_cpu(act: Activation, v: f32) -> f32 {
+pub fn activation_derivative_cpu(act: Activation, v: f32) -> f32 {
     match act {
         Activation::Relu => (v > 0.0) as u8 as f32,
         Activation::LeakyRelu(s) => {

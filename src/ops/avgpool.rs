@@ -1,55 +1,57 @@
 //! Average pooling, forward and backward (gather form), with PyTorch's two
 //! divisor rules; global average pooling is the window covering the plane.
 
+use crate::device::Device;
 use crate::error::Result;
-use crate::kernel::KernelId;
+use crate::kernel::{Access::*, Kernel, Shader};
 use crate::ops::maxpool::{window, PoolParams};
 use crate::shape::{Pool2dConfig, Pool2dGeometry};
-use crate::tensor::{Data, Tensor};
+use crate::tensor::Tensor;
+
+const SHADER: Shader = Shader::new("avgpool", include_str!("../../shaders/avgpool.wgsl"));
+pub(crate) static AVGPOOL_FORWARD: Kernel<PoolParams> = Kernel::new(&SHADER, "avgpool_forward", &[Read, ReadWrite, Uniform]);
+pub(crate) static AVGPOOL_BACKWARD: Kernel<PoolParams> = Kernel::new(&SHADER, "avgpool_backward", &[Read, ReadWrite, Uniform]);
+pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&AVGPOOL_FORWARD.def, &AVGPOOL_BACKWARD.def];
 
 /// Forward: `[n, c, h, w] → [n, c, oh, ow]`.
 pub fn avgpool_forward(x: &Tensor, cfg: Pool2dConfig) -> Result<Tensor> {
-    let g = Pool2dGeometry::new("avgpool", x.shape(), cfg)?;
-    run(x, &g, true)
+    let g = Pool2dGeometry::new("avgpool_forward", x.shape(), cfg)?;
+    run("avgpool_forward", x, &g, true)
 }
 
 /// Backward: `dx [n, c, h, w]` from `dy [n, c, oh, ow]`.
 pub fn avgpool_backward(dy: &Tensor, input_shape: &[usize], cfg: Pool2dConfig) -> Result<Tensor> {
-    let g = Pool2dGeometry::new("avgpool", input_shape, cfg)?;
-    crate::ops::check_shape("avgpool", "dy", dy.shape(), &g.output_shape())?;
-    run(dy, &g, false)
+    let g = Pool2dGeometry::new("avgpool_backward", input_shape, cfg)?;
+    crate::ops::check_shape("avgpool_backward", "dy", dy.shape(), &g.output_shape())?;
+    run("avgpool_backward", dy, &g, false)
 }
 
 /// Global average pooling: `[n, c, h, w] → [n, c, 1, 1]`.
-pub fn global_avg_pool_forward(x: &Tensor) -> Result<Tensor> {
-    run(x, &Pool2dGeometry::global(x.shape())?, true)
+pub fn avgpool_global_forward(x: &Tensor) -> Result<Tensor> {
+    run("avgpool_global_forward", x, &Pool2dGeometry::global(x.shape())?, true)
 }
 
-/// Backward of [`global_avg_pool_forward`].
-pub fn global_avg_pool_backward(dy: &Tensor, input_shape: &[usize]) -> Result<Tensor> {
+/// Backward of [`avgpool_global_forward`].
+pub fn avgpool_global_backward(dy: &Tensor, input_shape: &[usize]) -> Result<Tensor> {
     let g = Pool2dGeometry::global(input_shape)?;
-    crate::ops::check_shape("global_avg_pool", "dy", dy.shape(), &g.output_shape())?;
-    run(dy, &g, false)
+    crate::ops::check_shape("avgpool_global_backward", "dy", dy.shape(), &g.output_shape())?;
+    run("avgpool_global_backward", dy, &g, false)
 }
 
-fn run(src: &Tensor, g: &Pool2dGeometry, forward: bool) -> Result<Tensor> {
+fn run(op: &'static str, src: &Tensor, g: &Pool2dGeometry, forward: bool) -> Result<Tensor> {
     let out_shape = if forward { g.output_shape() } else { [g.n, g.c, g.h, g.w] };
-    let mut out = Tensor::uninit(&src.device(), "avgpool", &out_shape)?;
-    let total = out.numel();
-    match (&src.data, &mut out.data) {
-        (Data::Cpu(s), Data::Cpu(o)) => {
-            let s = s.as_slice().unwrap();
-            let v = if forward { avgpool_forward_cpu(s, g) } else { avgpool_backward_cpu(s, g) };
-            o.as_slice_mut().unwrap().copy_from_slice(&v);
+    match src.device() {
+        Device::Cpu => {
+            let s = src.host(op)?;
+            Ok(Tensor::from_cpu(&out_shape, if forward { avgpool_forward_cpu(s, g) } else { avgpool_backward_cpu(s, g) }))
         }
-        (Data::Gpu(sb), Data::Gpu(ob)) => {
-            let ctx = sb.context();
-            let id = if forward { KernelId::AvgpoolForward } else { KernelId::AvgpoolBackward };
-            ctx.dispatch(id, &PoolParams::new(g), &[sb.buffer(), ob.buffer()], ctx.grid_1d(total, 256))?;
+        Device::Gpu(ctx) => {
+            let out = Tensor::uninit_gpu(&ctx, op, &out_shape)?;
+            let kernel = if forward { &AVGPOOL_FORWARD } else { &AVGPOOL_BACKWARD };
+            ctx.dispatch(kernel, &PoolParams::new(g), &[src.buffer(op)?, out.buffer(op)?], ctx.grid_1d(out.numel(), 256))?;
+            Ok(out)
         }
-        _ => unreachable!(),
     }
-    Ok(out)
 }
 
 // ---------------------------------------------------------------- CPU reference

@@ -6,10 +6,20 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::device::Device;
 use crate::error::{shape_err, Error, Result};
-use crate::kernel::KernelId;
+use crate::kernel::{Access::*, Kernel, Shader};
 use crate::ops::check_shape;
-use crate::tensor::{same_device, Data, Tensor};
+use crate::tensor::{same_device, Tensor};
+
+const SHADER: Shader = Shader::new("batchnorm", include_str!("../../shaders/batchnorm.wgsl"));
+const BINDINGS: &[crate::kernel::Access] = &[Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite, Uniform];
+pub(crate) static BATCHNORM_STATS: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_stats", BINDINGS);
+pub(crate) static BATCHNORM_FORWARD: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_forward", BINDINGS);
+pub(crate) static BATCHNORM_BACKWARD_REDUCE: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_backward_reduce", BINDINGS);
+pub(crate) static BATCHNORM_BACKWARD_DX: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_backward_dx", BINDINGS);
+pub(crate) const KERNELS: &[&crate::kernel::KernelDef] =
+    &[&BATCHNORM_STATS.def, &BATCHNORM_FORWARD.def, &BATCHNORM_BACKWARD_REDUCE.def, &BATCHNORM_BACKWARD_DX.def];
 
 /// Settings shared by forward and backward.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -55,15 +65,16 @@ fn dims(x: &Tensor) -> Result<(usize, usize, usize)> {
     Ok((s[0], s[1], s[2..].iter().product()))
 }
 
-fn check_operands(x: &Tensor, affine: Option<Affine>, running: &Tensor, c: usize) -> Result<()> {
+/// Shapes and devices of the operands every phase shares; returns their device.
+fn check_operands(x: &Tensor, affine: Option<Affine>, running: &Tensor, c: usize) -> Result<Device> {
     check_shape("batchnorm", "running statistics [mean; var]", running.shape(), &[2, c])?;
-    same_device("batchnorm", &[x, running])?;
+    let dev = same_device("batchnorm", &[x, running])?;
     if let Some(a) = affine {
         check_shape("batchnorm", "gamma", a.gamma.shape(), &[c])?;
         check_shape("batchnorm", "beta", a.beta.shape(), &[c])?;
         same_device("batchnorm", &[x, a.gamma, a.beta])?;
     }
-    Ok(())
+    Ok(dev)
 }
 
 fn params(n: usize, c: usize, inner: usize, training: bool, affine: bool, cfg: BatchNormConfig) -> BnParams {
@@ -82,8 +93,9 @@ fn params(n: usize, c: usize, inner: usize, training: bool, affine: bool, cfg: B
 /// Training forward: returns `(y, stats)` (stats `[3, c]` = shift, mean offset,
 /// 1/std, kept for backward) and updates `running` (`[2, c]`: mean; var) in place.
 pub fn batchnorm_forward_train(x: &Tensor, affine: Option<Affine>, running: &mut Tensor, cfg: BatchNormConfig) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "batchnorm_forward_train";
     let (n, c, inner) = dims(x)?;
-    check_operands(x, affine, running, c)?;
+    let dev = check_operands(x, affine, running, c)?;
     if n * inner < 2 {
         return Err(Error::InvalidArgument {
             op: "batchnorm",
@@ -91,51 +103,45 @@ pub fn batchnorm_forward_train(x: &Tensor, affine: Option<Affine>, running: &mut
         });
     }
     running.make_unique()?;
-    let dev = x.device();
-    let mut y = Tensor::uninit(&dev, "batchnorm", x.shape())?;
-    let mut stats = Tensor::uninit(&dev, "batchnorm", &[3, c])?;
-    match (&x.data, &mut running.data) {
-        (Data::Cpu(xs), Data::Cpu(rs)) => {
-            let (g, b) = affine_host(affine)?;
-            let (yv, sv) = forward_train_cpu(xs.as_slice().unwrap(), (n, c, inner), g.as_deref().zip(b.as_deref()), rs.as_slice_mut().unwrap(), cfg);
-            y.write(&yv)?;
-            stats.write(&sv)?;
+    match dev {
+        Device::Cpu => {
+            let (g, b) = affine_host(OP, affine)?;
+            let (y, stats) = batchnorm_forward_train_cpu(x.host(OP)?, (n, c, inner), g.zip(b), running.host_mut(OP)?, cfg);
+            Ok((Tensor::from_cpu(x.shape(), y), Tensor::from_cpu(&[3, c], stats)))
         }
-        (Data::Gpu(xb), Data::Gpu(rb)) => {
-            let ctx = xb.context();
+        Device::Gpu(ctx) => {
+            let y = Tensor::uninit_gpu(&ctx, OP, x.shape())?;
+            let stats = Tensor::uninit_gpu(&ctx, OP, &[3, c])?;
             let p = params(n, c, inner, true, affine.is_some(), cfg);
-            let (gb, bb) = affine_bufs(affine, xb.buffer());
-            let (yb, sb) = (y.gpu().unwrap().buffer(), stats.gpu().unwrap().buffer());
-            let all = [xb.buffer(), xb.buffer(), gb, bb, sb, rb.buffer(), yb, ctx.scratch(0)];
-            ctx.dispatch(KernelId::BatchnormStats, &p, &all, ctx.grid_1d(c, 1))?;
-            ctx.dispatch(KernelId::BatchnormForward, &p, &all, ctx.grid_1d(n * c * inner, 256))?;
+            let xb = x.buffer(OP)?;
+            let (gb, bb) = affine_bufs(OP, affine, xb)?;
+            let all = [xb, xb, gb, bb, stats.buffer(OP)?, running.buffer(OP)?, y.buffer(OP)?, ctx.scratch(0)];
+            ctx.dispatch(&BATCHNORM_STATS, &p, &all, ctx.grid_1d(c, 1))?;
+            ctx.dispatch(&BATCHNORM_FORWARD, &p, &all, ctx.grid_1d(n * c * inner, 256))?;
+            Ok((y, stats))
         }
-        _ => unreachable!("same_device checked"),
     }
-    Ok((y, stats))
 }
 
 /// Eval forward with the running statistics.
 pub fn batchnorm_forward_eval(x: &Tensor, affine: Option<Affine>, running: &Tensor, cfg: BatchNormConfig) -> Result<Tensor> {
+    const OP: &str = "batchnorm_forward_eval";
     let (n, c, inner) = dims(x)?;
-    check_operands(x, affine, running, c)?;
-    let dev = x.device();
-    let mut y = Tensor::uninit(&dev, "batchnorm", x.shape())?;
-    match (&x.data, &running.data) {
-        (Data::Cpu(xs), Data::Cpu(rs)) => {
-            let (g, b) = affine_host(affine)?;
-            y.write(&forward_eval_cpu(xs.as_slice().unwrap(), (n, c, inner), g.as_deref().zip(b.as_deref()), rs.as_slice().unwrap(), cfg))?;
+    match check_operands(x, affine, running, c)? {
+        Device::Cpu => {
+            let (g, b) = affine_host(OP, affine)?;
+            Ok(Tensor::from_cpu(x.shape(), batchnorm_forward_eval_cpu(x.host(OP)?, (n, c, inner), g.zip(b), running.host(OP)?, cfg)))
         }
-        (Data::Gpu(xb), Data::Gpu(rb)) => {
-            let ctx = xb.context();
+        Device::Gpu(ctx) => {
+            let y = Tensor::uninit_gpu(&ctx, OP, x.shape())?;
             let p = params(n, c, inner, false, affine.is_some(), cfg);
-            let (gb, bb) = affine_bufs(affine, xb.buffer());
-            let all = [xb.buffer(), xb.buffer(), gb, bb, ctx.scratch(0), rb.buffer(), y.gpu().unwrap().buffer(), ctx.scratch(1)];
-            ctx.dispatch(KernelId::BatchnormForward, &p, &all, ctx.grid_1d(n * c * inner, 256))?;
+            let xb = x.buffer(OP)?;
+            let (gb, bb) = affine_bufs(OP, affine, xb)?;
+            let all = [xb, xb, gb, bb, ctx.scratch(0), running.buffer(OP)?, y.buffer(OP)?, ctx.scratch(1)];
+            ctx.dispatch(&BATCHNORM_FORWARD, &p, &all, ctx.grid_1d(n * c * inner, 256))?;
+            Ok(y)
         }
-        _ => unreachable!("same_device checked"),
     }
-    Ok(y)
 }
 
 /// Gradients of batch-norm.
@@ -158,63 +164,51 @@ pub fn batchnorm_backward(
     training: bool,
     cfg: BatchNormConfig,
 ) -> Result<BatchNormGrads> {
+    const OP: &str = "batchnorm_backward";
     let (n, c, inner) = dims(x)?;
     check_operands(x, affine, running, c)?;
     check_shape("batchnorm", "dy", dy.shape(), x.shape())?;
     check_shape("batchnorm", "saved statistics", stats.shape(), &[3, c])?;
-    same_device("batchnorm", &[x, dy, stats])?;
-    let dev = x.device();
-    let mut dx = Tensor::uninit(&dev, "batchnorm", x.shape())?;
-    let mut grads = Tensor::uninit(&dev, "batchnorm", &[2, c])?;
-    match (&x.data, &dy.data, &stats.data, &running.data) {
-        (Data::Cpu(xs), Data::Cpu(ds), Data::Cpu(ss), Data::Cpu(rs)) => {
-            let (g, _) = affine_host(affine)?;
-            let (dxv, gv) = backward_cpu(
-                xs.as_slice().unwrap(),
-                ds.as_slice().unwrap(),
-                (n, c, inner),
-                g.as_deref(),
-                ss.as_slice().unwrap(),
-                rs.as_slice().unwrap(),
-                training,
-                cfg,
-            );
-            dx.write(&dxv)?;
-            grads.write(&gv)?;
+    let (dx, grads) = match same_device("batchnorm", &[x, dy, stats])? {
+        Device::Cpu => {
+            let (g, _) = affine_host(OP, affine)?;
+            let (dx, grads) = batchnorm_backward_cpu(x.host(OP)?, dy.host(OP)?, (n, c, inner), g, stats.host(OP)?, running.host(OP)?, training, cfg);
+            (Tensor::from_cpu(x.shape(), dx), Tensor::from_cpu(&[2, c], grads))
         }
-        (Data::Gpu(xb), Data::Gpu(db), Data::Gpu(sb), Data::Gpu(rb)) => {
-            let ctx = xb.context();
+        Device::Gpu(ctx) => {
+            let dx = Tensor::uninit_gpu(&ctx, OP, x.shape())?;
+            let grads = Tensor::uninit_gpu(&ctx, OP, &[2, c])?;
             let mut p = params(n, c, inner, training, affine.is_some(), cfg);
             p.update_running = 0;
-            let (gb, bb) = affine_bufs(affine, xb.buffer());
+            let xb = x.buffer(OP)?;
+            let (gb, bb) = affine_bufs(OP, affine, xb)?;
             // `stats` and `running` are only read here; the layout declares them
             // read-write, and binding read-only data that way is allowed.
-            let all = [xb.buffer(), db.buffer(), gb, bb, sb.buffer(), rb.buffer(), dx.gpu().unwrap().buffer(), grads.gpu().unwrap().buffer()];
-            ctx.dispatch(KernelId::BatchnormBackwardReduce, &p, &all, ctx.grid_1d(c, 1))?;
-            ctx.dispatch(KernelId::BatchnormBackwardDx, &p, &all, ctx.grid_1d(n * c * inner, 256))?;
+            let all = [xb, dy.buffer(OP)?, gb, bb, stats.buffer(OP)?, running.buffer(OP)?, dx.buffer(OP)?, grads.buffer(OP)?];
+            ctx.dispatch(&BATCHNORM_BACKWARD_REDUCE, &p, &all, ctx.grid_1d(c, 1))?;
+            ctx.dispatch(&BATCHNORM_BACKWARD_DX, &p, &all, ctx.grid_1d(n * c * inner, 256))?;
+            (dx, grads)
         }
-        _ => unreachable!("same_device checked"),
-    }
+    };
     let dgamma = grads.narrow(0, 1)?.reshape(&[c])?;
     let dbeta = grads.narrow(1, 1)?.reshape(&[c])?;
     Ok(BatchNormGrads { dx, dgamma, dbeta })
 }
 
-type HostAffine = (Option<Vec<f32>>, Option<Vec<f32>>);
-
-fn affine_host(affine: Option<Affine>) -> Result<HostAffine> {
+/// γ and β on the host (CPU tensors).
+fn affine_host<'a>(op: &'static str, affine: Option<Affine<'a>>) -> Result<(Option<&'a [f32]>, Option<&'a [f32]>)> {
     Ok(match affine {
-        Some(a) => (Some(a.gamma.to_vec()?), Some(a.beta.to_vec()?)),
+        Some(a) => (Some(a.gamma.host(op)?), Some(a.beta.host(op)?)),
         None => (None, None),
     })
 }
 
 /// γ and β buffers, or `x` (read-only, never read) when there is no affine part.
-fn affine_bufs<'a>(affine: Option<Affine<'a>>, x: &'a wgpu::Buffer) -> (&'a wgpu::Buffer, &'a wgpu::Buffer) {
-    match affine {
-        Some(a) => (a.gamma.gpu().unwrap().buffer(), a.beta.gpu().unwrap().buffer()),
+fn affine_bufs<'a>(op: &'static str, affine: Option<Affine<'a>>, x: &'a wgpu::Buffer) -> Result<(&'a wgpu::Buffer, &'a wgpu::Buffer)> {
+    Ok(match affine {
+        Some(a) => (a.gamma.buffer(op)?, a.beta.buffer(op)?),
         None => (x, x),
-    }
+    })
 }
 
 // ---------------------------------------------------------------- CPU reference
@@ -226,7 +220,7 @@ fn channel(ch: usize, (n, c, inner): (usize, usize, usize)) -> impl Iterator<Ite
 
 /// x: (n, c, inner) → (y, stats [shift; mean_lo; invstd]); updates running (2, c).
 /// Sums in f64 over the same shifted values as the GPU.
-pub fn forward_train_cpu(
+pub fn batchnorm_forward_train_cpu(
     x: &[f32],
     dims: (usize, usize, usize),
     affine: Option<(&[f32], &[f32])>,
@@ -237,7 +231,7 @@ pub fn forward_train_cpu(
     let count = (n * inner) as f64;
     let mut stats = vec![0f32; 3 * c];
     for ch in 0..c {
-        let shift = x[channel(ch, dims).next().unwrap()];
+        let shift = channel(ch, dims).next().map_or(0.0, |i| x[i]);
         let mean_lo = (channel(ch, dims).map(|i| (x[i] - shift) as f64).sum::<f64>() / count) as f32;
         let var = channel(ch, dims).map(|i| (((x[i] - shift) - mean_lo) as f64).powi(2)).sum::<f64>() / count;
         stats[ch] = shift;
@@ -258,7 +252,7 @@ pub fn forward_train_cpu(
 }
 
 /// Eval: y = γ·(x − running_mean)/sqrt(running_var + eps) + β.
-pub fn forward_eval_cpu(x: &[f32], dims: (usize, usize, usize), affine: Option<(&[f32], &[f32])>, running: &[f32], cfg: BatchNormConfig) -> Vec<f32> {
+pub fn batchnorm_forward_eval_cpu(x: &[f32], dims: (usize, usize, usize), affine: Option<(&[f32], &[f32])>, running: &[f32], cfg: BatchNormConfig) -> Vec<f32> {
     let c = dims.1;
     let mut y = vec![0f32; x.len()];
     for ch in 0..c {
@@ -273,7 +267,7 @@ pub fn forward_eval_cpu(x: &[f32], dims: (usize, usize, usize), affine: Option<(
 
 /// Returns (dx, [dγ; dβ]). Training: dx = γ·invstd/m·(m·dy − Σdy − x̂·Σ(dy·x̂)).
 #[allow(clippy::too_many_arguments)]
-pub fn backward_cpu(
+pub fn batchnorm_backward_cpu(
     x: &[f32],
     dy: &[f32],
     dims: (usize, usize, usize),

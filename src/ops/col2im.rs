@@ -1,26 +1,31 @@
 //! col2im: column-matrix gradients back to NCHW input gradients — the adjoint
 //! of im2col, in gather form (each input element sums what it fed).
 
+use crate::device::Device;
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::kernel::KernelId;
+use crate::kernel::{Access::*, Kernel, Shader};
 use crate::ops::im2col::{valid_range, Im2colParams};
 use crate::shape::Conv2dGeometry;
-use crate::tensor::{Data, Tensor};
+use crate::tensor::Tensor;
+
+const SHADER: Shader = Shader::new("col2im", include_str!("../../shaders/col2im.wgsl"));
+pub(crate) static COL2IM: Kernel<Im2colParams> = Kernel::new(&SHADER, "col2im", &[Read, ReadWrite, Uniform]);
+pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&COL2IM.def];
 
 /// Input gradients `[n, c, h, w]` from column gradients `[c·kh·kw, n·oh·ow]`.
 pub fn col2im(cols: &Tensor, geo: &Conv2dGeometry) -> Result<Tensor> {
+    const OP: &str = "col2im";
     let want = [geo.c_in * geo.kh * geo.kw, geo.n * geo.out_pixels()];
-    crate::ops::check_shape("col2im", "columns", cols.shape(), &want)?;
-    let dx = match &cols.data {
-        Data::Cpu(c) => Tensor::from_cpu(&geo.input_shape(), col2im_cpu(c.as_slice().expect("contiguous"), geo)),
-        Data::Gpu(cb) => {
-            let dx = Tensor::uninit(&cols.device(), "col2im", &geo.input_shape())?;
-            col2im_gpu(cb.context(), cb.buffer(), dx.gpu().unwrap().buffer(), 0, geo)?;
-            dx
+    crate::ops::check_shape(OP, "columns", cols.shape(), &want)?;
+    match cols.device() {
+        Device::Cpu => Ok(Tensor::from_cpu(&geo.input_shape(), col2im_cpu(cols.host(OP)?, geo))),
+        Device::Gpu(ctx) => {
+            let dx = Tensor::uninit_gpu(&ctx, OP, &geo.input_shape())?;
+            col2im_gpu(&ctx, cols.buffer(OP)?, dx.buffer(OP)?, 0, geo)?;
+            Ok(dx)
         }
-    };
-    Ok(dx)
+    }
 }
 
 // ---------------------------------------------------------------- CPU reference
@@ -67,5 +72,5 @@ pub fn col2im_cpu(cols: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
 /// Records col2im, writing `geo.n` images at element `dx_offset` of `dx`.
 pub(crate) fn col2im_gpu(ctx: &GpuContext, cols: &wgpu::Buffer, dx: &wgpu::Buffer, dx_offset: usize, geo: &Conv2dGeometry) -> Result<()> {
     let total = geo.n * geo.c_in * geo.h * geo.w;
-    ctx.dispatch(KernelId::Col2im, &Im2colParams::new(geo, dx_offset), &[cols, dx], ctx.grid_1d(total, 256))
+    ctx.dispatch(&COL2IM, &Im2colParams::new(geo, dx_offset), &[cols, dx], ctx.grid_1d(total, 256))
 }

@@ -15,41 +15,27 @@
 //! training layer keeps the forward's columns (one chunk, ≤ 64 MB) for its
 //! backward; otherwise backward rebuilds them. The first layer skips dx.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
 
+use std::sync::Arc;
+
+use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::gpu::GpuContext;
 use crate::ops::col2im::{col2im_cpu, col2im_gpu};
 use crate::ops::gemm::{gemm_gpu_strided, GemmConfig, GemmLayout, GemmShape};
 use crate::ops::im2col::{im2col_cpu_into, im2col_gpu};
-use crate::ops::permute::{swap_leading_cpu, swap_leading_gpu};
-use crate::ops::reduce::{sum_rows_cpu, sum_rows_gpu};
+use crate::ops::permute::{permute_swap_cpu, permute_swap_gpu};
+use crate::ops::reduce::{reduce_rows_cpu, reduce_rows_gpu};
 use crate::shape::{Conv2dConfig, Conv2dGeometry};
-use crate::tensor::{same_device, Data, Tensor};
+use crate::tensor::{same_device, Tensor};
 
-/// Column-matrix budget on the CPU path.
-const CPU_CHUNK_BYTES: u64 = 256 << 20;
-/// Column-matrix budget on the GPU (also capped by the binding limit).
+/// Column-matrix budget on the CPU path (the `_in_chunks` twins take another).
+pub const CPU_CHUNK_BYTES: u64 = 256 << 20;
+/// Column-matrix budget on the GPU, also capped by the binding limit and
+/// `GpuOptions::max_chunk_bytes`.
 const GPU_CHUNK_BYTES: u64 = 512 << 20;
-
-static CHUNK_BYTES_OVERRIDE: AtomicU64 = AtomicU64::new(0);
-
-/// Caps the column-matrix budget (bytes) on both paths; `None` restores the
-/// defaults. Results do not depend on it beyond rounding; tests use it to run
-/// the multi-chunk path on small inputs.
-pub fn set_max_chunk_bytes(bytes: Option<u64>) {
-    CHUNK_BYTES_OVERRIDE.store(bytes.unwrap_or(0), Ordering::Relaxed);
-}
-
-fn chunk_budget(default: u64) -> u64 {
-    match CHUNK_BYTES_OVERRIDE.load(Ordering::Relaxed) {
-        0 => default,
-        cap => cap.min(default),
-    }
-}
 
 /// Gradients of a convolution.
 pub struct Conv2dGrads {
@@ -77,30 +63,30 @@ pub(crate) fn conv2d_forward_keep(x: &Tensor, w: &Tensor, bias: Option<&Tensor>,
 }
 
 fn forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: Conv2dConfig, keep: bool) -> Result<(Tensor, Option<Tensor>)> {
+    const OP: &str = "conv2d_forward";
     let geo = Conv2dGeometry::new(x.shape(), w.shape(), cfg)?;
-    same_device("conv2d", &[x, w])?;
+    let mut operands = vec![x, w];
     if let Some(b) = bias {
-        same_device("conv2d", &[x, b])?;
         if b.shape() != [geo.c_out] {
-            return shape_err("conv2d", format!("bias has shape {:?} but the weight {:?} has {} output channels", b.shape(), w.shape(), geo.c_out));
+            return shape_err(OP, format!("bias has shape {:?} but the weight {:?} has {} output channels", b.shape(), w.shape(), geo.c_out));
+        }
+        operands.push(b);
+    }
+    match same_device(OP, &operands)? {
+        Device::Cpu => {
+            let b = bias.map(|b| b.host(OP)).transpose()?;
+            Ok((Tensor::from_cpu(&geo.output_shape(), conv2d_forward_cpu(x.host(OP)?, w.host(OP)?, b, &geo)), None))
+        }
+        Device::Gpu(ctx) => {
+            let y = Tensor::uninit_gpu(&ctx, OP, &geo.output_shape())?;
+            let b = bias.map(|b| b.buffer(OP)).transpose()?;
+            let keep = keep && !geo.is_pointwise() && gpu_chunk(&ctx, &geo) >= geo.n && col_elems(&geo) * 4 <= KEEP_COLS_BYTES;
+            let cols = keep.then(|| Tensor::uninit_gpu(&ctx, OP, &[col_elems(&geo)])).transpose()?;
+            let kept = cols.as_ref().map(|c| c.buffer(OP)).transpose()?;
+            conv2d_forward_gpu(&ctx, x.buffer(OP)?, w.buffer(OP)?, b, y.buffer(OP)?, &geo, kept)?;
+            Ok((y, cols))
         }
     }
-    Ok(match (&x.data, &w.data) {
-        (Data::Cpu(xs), Data::Cpu(ws)) => {
-            let b = bias.map(|b| b.to_vec()).transpose()?;
-            (Tensor::from_cpu(&geo.output_shape(), forward_cpu(xs.as_slice().unwrap(), ws.as_slice().unwrap(), b.as_deref(), &geo)), None)
-        }
-        (Data::Gpu(xb), Data::Gpu(wb)) => {
-            let y = Tensor::uninit(&x.device(), "conv2d", &geo.output_shape())?;
-            let b = bias.map(|b| b.gpu().unwrap().buffer());
-            let ctx = xb.context();
-            let keep = keep && !geo.is_pointwise() && gpu_chunk(ctx, &geo) >= geo.n && col_elems(&geo) * 4 <= KEEP_COLS_BYTES;
-            let cols = keep.then(|| Tensor::uninit(&x.device(), "conv2d", &[col_elems(&geo)])).transpose()?;
-            forward_gpu(ctx, xb.buffer(), wb.buffer(), b, y.gpu().unwrap().buffer(), &geo, cols.as_ref().map(|c| c.gpu().unwrap().buffer()))?;
-            (y, cols)
-        }
-        _ => unreachable!("same_device checked"),
-    })
 }
 
 /// Elements of the whole batch's columns.
@@ -110,8 +96,10 @@ fn col_elems(geo: &Conv2dGeometry) -> usize {
 
 /// Gradients of the loss with respect to x, w and (when `with_bias`) b, given dL/dy.
 pub fn conv2d_backward(x: &Tensor, w: &Tensor, dy: &Tensor, cfg: Conv2dConfig, with_bias: bool) -> Result<Conv2dGrads> {
-    let (dx, dw, db) = conv2d_backward_cols(x, w, dy, cfg, with_bias, true, None)?;
-    Ok(Conv2dGrads { dx: dx.expect("asked for dx"), dw, db })
+    match conv2d_backward_cols(x, w, dy, cfg, with_bias, true, None)? {
+        (Some(dx), dw, db) => Ok(Conv2dGrads { dx, dw, db }),
+        (None, ..) => Err(crate::Error::InvalidArgument { op: "conv2d_backward", msg: "dx was asked for but not computed".into() }),
+    }
 }
 
 /// [`conv2d_backward`] without dL/dx: for a first layer, whose input needs no
@@ -133,27 +121,26 @@ pub(crate) fn conv2d_backward_cols(
     need_dx: bool,
     kept: Option<&Tensor>,
 ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
+    const OP: &str = "conv2d_backward";
     let geo = Conv2dGeometry::new(x.shape(), w.shape(), cfg)?;
-    same_device("conv2d", &[x, w, dy])?;
-    crate::ops::check_shape("conv2d", "dy", dy.shape(), &geo.output_shape())?;
-    match (&x.data, &w.data, &dy.data) {
-        (Data::Cpu(xs), Data::Cpu(ws), Data::Cpu(ds)) => {
-            let (gx, gw, gb) = backward_cpu_opt(xs.as_slice().unwrap(), ws.as_slice().unwrap(), ds.as_slice().unwrap(), &geo, need_dx);
+    let dev = same_device(OP, &[x, w, dy])?;
+    crate::ops::check_shape(OP, "dy", dy.shape(), &geo.output_shape())?;
+    match dev {
+        Device::Cpu => {
+            let (gx, gw, gb) = backward_cpu_opt(x.host(OP)?, w.host(OP)?, dy.host(OP)?, &geo, need_dx, CPU_CHUNK_BYTES);
             let db = with_bias.then(|| Tensor::from_cpu(&[geo.c_out], gb));
             Ok((gx.map(|gx| Tensor::from_cpu(x.shape(), gx)), Tensor::from_cpu(w.shape(), gw), db))
         }
-        (Data::Gpu(xb), Data::Gpu(wb), Data::Gpu(db_)) => {
-            let dev = x.device();
-            let dx = if need_dx { Some(Tensor::uninit(&dev, "conv2d", x.shape())?) } else { None };
-            let dw = Tensor::uninit(&dev, "conv2d", w.shape())?;
-            let db = if with_bias { Some(Tensor::uninit(&dev, "conv2d", &[geo.c_out])?) } else { None };
-            let bias_buf = db.as_ref().map(|t| t.gpu().unwrap().buffer());
-            let dxb = dx.as_ref().map(|t| t.gpu().unwrap().buffer());
-            let kept = kept.filter(|c| c.numel() == col_elems(&geo)).and_then(|c| c.gpu()).map(|c| c.buffer());
-            backward_gpu(xb.context(), xb.buffer(), wb.buffer(), db_.buffer(), dxb, dw.gpu().unwrap().buffer(), bias_buf, &geo, kept)?;
+        Device::Gpu(ctx) => {
+            let dx = need_dx.then(|| Tensor::uninit_gpu(&ctx, OP, x.shape())).transpose()?;
+            let dw = Tensor::uninit_gpu(&ctx, OP, w.shape())?;
+            let db = with_bias.then(|| Tensor::uninit_gpu(&ctx, OP, &[geo.c_out])).transpose()?;
+            let kept = kept.filter(|c| c.numel() == col_elems(&geo)).map(|c| c.buffer(OP)).transpose()?;
+            let dxb = dx.as_ref().map(|t| t.buffer(OP)).transpose()?;
+            let dbb = db.as_ref().map(|t| t.buffer(OP)).transpose()?;
+            conv2d_backward_gpu(&ctx, x.buffer(OP)?, w.buffer(OP)?, dy.buffer(OP)?, dxb, dw.buffer(OP)?, dbb, &geo, kept)?;
             Ok((dx, dw, db))
         }
-        _ => unreachable!("same_device checked"),
     }
 }
 
@@ -177,8 +164,8 @@ thread_local! {
 /// columns are large enough for glibc to map them afresh each time (above
 /// 16 MB), fresh vectors otherwise (reusing small ones measured slower: the
 /// held memory pushes other buffers onto cold pages).
-fn with_cols<R>(geo: &Conv2dGeometry, f: impl FnOnce(&mut Vec<f32>, &mut Vec<f32>) -> R) -> R {
-    let chunk = geo.images_per_chunk(chunk_budget(CPU_CHUNK_BYTES)).min(geo.n);
+fn with_cols<R>(geo: &Conv2dGeometry, budget: u64, f: impl FnOnce(&mut Vec<f32>, &mut Vec<f32>) -> R) -> R {
+    let chunk = geo.images_per_chunk(budget).min(geo.n);
     let bytes = geo.cfg.groups * geo.col_rows() * chunk * geo.out_pixels() * 4;
     if bytes >= 16 << 20 {
         SCRATCH.with_borrow_mut(|(a, b)| f(a, b))
@@ -193,6 +180,7 @@ fn gemm_groups_cpu(a: &[f32], b: &[f32], c: &mut [f32], s: GemmShape, l: GemmLay
     for gi in 0..s.batch {
         let (ar, ac) = if ta { (s.k, s.m) } else { (s.m, s.k) };
         let (br, bc) = if tb { (s.n, s.k) } else { (s.k, s.n) };
+        // Slices of exactly the view's size: from_shape cannot fail.
         let av = ArrayView2::from_shape((ar, ac), &a[gi * l.stride_a..gi * l.stride_a + ar * ac]).unwrap();
         let bv = ArrayView2::from_shape((br, bc), &b[gi * l.stride_b..gi * l.stride_b + br * bc]).unwrap();
         let mut cv = ArrayViewMut2::from_shape((s.m, s.n), &mut c[gi * l.stride_c..gi * l.stride_c + s.m * s.n]).unwrap();
@@ -203,15 +191,21 @@ fn gemm_groups_cpu(a: &[f32], b: &[f32], c: &mut [f32], s: GemmShape, l: GemmLay
 }
 
 /// x: (n, c_in, h, w), w: (c_out, c_in/g, kh, kw), b: (c_out) → y: (n, c_out, oh, ow).
-pub fn forward_cpu(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo: &Conv2dGeometry) -> Vec<f32> {
-    with_cols(geo, |cols, _| forward_cpu_with(x, w, bias, geo, cols))
+pub fn conv2d_forward_cpu(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo: &Conv2dGeometry) -> Vec<f32> {
+    conv2d_forward_cpu_in_chunks(x, w, bias, geo, CPU_CHUNK_BYTES)
 }
 
-fn forward_cpu_with(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo: &Conv2dGeometry, cols: &mut Vec<f32>) -> Vec<f32> {
+/// [`conv2d_forward_cpu`] with the column matrix capped at `chunk_bytes`
+/// (whole images per chunk, at least one): the same result up to rounding.
+pub fn conv2d_forward_cpu_in_chunks(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo: &Conv2dGeometry, chunk_bytes: u64) -> Vec<f32> {
+    with_cols(geo, chunk_bytes, |cols, _| forward_cpu_with(x, w, bias, geo, cols, chunk_bytes))
+}
+
+fn forward_cpu_with(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo: &Conv2dGeometry, cols: &mut Vec<f32>, budget: u64) -> Vec<f32> {
     let (groups, kc, p) = (geo.cfg.groups, geo.col_rows(), geo.out_pixels());
     let cog = geo.c_out / groups;
     let (in_img, out_img) = (geo.c_in * geo.h * geo.w, geo.c_out * p);
-    let chunk = geo.images_per_chunk(chunk_budget(CPU_CHUNK_BYTES));
+    let chunk = geo.images_per_chunk(budget);
     let mut y = if chunk >= geo.n { Vec::new() } else { vec![0f32; geo.n * out_img] };
     for img0 in (0..geo.n).step_by(chunk) {
         let nb = chunk.min(geo.n - img0);
@@ -220,7 +214,7 @@ fn forward_cpu_with(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo: &Conv2dGeom
         let mut yc = vec![0f32; geo.c_out * nb * p]; // (c_out, nb·p)
         let (s, l) = group_gemm(groups, cog, nb * p, kc, [cog * kc, kc * nb * p, cog * nb * p]);
         gemm_groups_cpu(w, cols, &mut yc, s, l, false, false, 0.0);
-        let out = swap_leading_cpu(&yc, geo.c_out, nb, p, bias); // (nb, c_out, p)
+        let out = permute_swap_cpu(&yc, geo.c_out, nb, p, bias); // (nb, c_out, p)
         if nb == geo.n {
             return out; // one chunk: no zero-fill and copy
         }
@@ -229,18 +223,23 @@ fn forward_cpu_with(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo: &Conv2dGeom
     y
 }
 
-/// Returns (dx, dw, db) for x, w and dy as in [`forward_cpu`].
-pub fn backward_cpu(x: &[f32], w: &[f32], dy: &[f32], geo: &Conv2dGeometry) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let (dx, dw, db) = backward_cpu_opt(x, w, dy, geo, true);
-    (dx.expect("asked for dx"), dw, db)
+/// Returns (dx, dw, db) for x, w and dy as in [`conv2d_forward_cpu`].
+pub fn conv2d_backward_cpu(x: &[f32], w: &[f32], dy: &[f32], geo: &Conv2dGeometry) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    conv2d_backward_cpu_in_chunks(x, w, dy, geo, CPU_CHUNK_BYTES)
 }
 
-/// [`backward_cpu`], computing dx only when asked.
-fn backward_cpu_opt(x: &[f32], w: &[f32], dy: &[f32], geo: &Conv2dGeometry, need_dx: bool) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
-    with_cols(geo, |cols, dcols| backward_cpu_with(x, w, dy, geo, need_dx, cols, dcols))
+/// [`conv2d_backward_cpu`] with the column matrix capped at `chunk_bytes`.
+pub fn conv2d_backward_cpu_in_chunks(x: &[f32], w: &[f32], dy: &[f32], geo: &Conv2dGeometry, chunk_bytes: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (dx, dw, db) = backward_cpu_opt(x, w, dy, geo, true, chunk_bytes);
+    (dx.unwrap_or_default(), dw, db)
 }
 
-#[allow(clippy::type_complexity)]
+/// The CPU backward, computing dx only when asked.
+fn backward_cpu_opt(x: &[f32], w: &[f32], dy: &[f32], geo: &Conv2dGeometry, need_dx: bool, budget: u64) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+    with_cols(geo, budget, |cols, dcols| backward_cpu_with(x, w, dy, geo, need_dx, cols, dcols, budget))
+}
+
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 fn backward_cpu_with(
     x: &[f32],
     w: &[f32],
@@ -249,11 +248,12 @@ fn backward_cpu_with(
     need_dx: bool,
     cols: &mut Vec<f32>,
     dcols: &mut Vec<f32>,
+    budget: u64,
 ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
     let (groups, kc, p) = (geo.cfg.groups, geo.col_rows(), geo.out_pixels());
     let cog = geo.c_out / groups;
     let (in_img, out_img) = (geo.c_in * geo.h * geo.w, geo.c_out * p);
-    let chunk = geo.images_per_chunk(chunk_budget(CPU_CHUNK_BYTES));
+    let chunk = geo.images_per_chunk(budget);
     // One chunk: col2im's output is dx itself, no zero-fill and copy.
     let mut dx = if need_dx && chunk < geo.n { vec![0f32; geo.n * in_img] } else { Vec::new() };
     let mut dw = vec![0f32; geo.c_out * kc];
@@ -261,8 +261,8 @@ fn backward_cpu_with(
     for img0 in (0..geo.n).step_by(chunk) {
         let nb = chunk.min(geo.n - img0);
         let sub = geo.with_batch(nb);
-        let dyc = swap_leading_cpu(&dy[img0 * out_img..(img0 + nb) * out_img], nb, geo.c_out, p, None); // (c_out, nb·p)
-        for (acc, v) in db.iter_mut().zip(sum_rows_cpu(&dyc, geo.c_out, nb * p)) {
+        let dyc = permute_swap_cpu(&dy[img0 * out_img..(img0 + nb) * out_img], nb, geo.c_out, p, None); // (c_out, nb·p)
+        for (acc, v) in db.iter_mut().zip(reduce_rows_cpu(&dyc, geo.c_out, nb * p)) {
             *acc += v;
         }
         im2col_cpu_into(&x[img0 * in_img..(img0 + nb) * in_img], &sub, cols);
@@ -292,19 +292,12 @@ fn backward_cpu_with(
 // ---------------------------------------------------------------- GPU wrapper
 
 fn gpu_chunk(ctx: &GpuContext, geo: &Conv2dGeometry) -> usize {
-    geo.images_per_chunk(chunk_budget(ctx.max_binding_bytes().min(GPU_CHUNK_BYTES)))
+    let budget = ctx.max_binding_bytes().min(GPU_CHUNK_BYTES).min(ctx.max_chunk_bytes().unwrap_or(u64::MAX));
+    geo.images_per_chunk(budget)
 }
 
-/// Every kernel forward and backward dispatch (see the module docs).
-pub(crate) fn kernels(ctx: &GpuContext) -> Vec<crate::kernel::KernelId> {
-    use crate::kernel::KernelId as K;
-    let mut k = crate::ops::gemm::kernels(ctx);
-    k.extend([K::Im2col, K::Col2im, K::PermuteSwap, K::ReduceRows]);
-    k
-}
-
-pub(crate) fn forward_gpu(
-    ctx: &std::sync::Arc<GpuContext>,
+pub(crate) fn conv2d_forward_gpu(
+    ctx: &Arc<GpuContext>,
     x: &wgpu::Buffer,
     w: &wgpu::Buffer,
     bias: Option<&wgpu::Buffer>,
@@ -326,12 +319,18 @@ pub(crate) fn forward_gpu(
         let tmp = ctx.alloc("conv2d", geo.n * geo.c_out * p)?;
         gemm_gpu_strided(ctx, w, x, tmp.buffer(), s, l, plain)?;
         // A copy (a = 1) that adds the bias of each channel.
-        return swap_leading_gpu(ctx, tmp.buffer(), 0, y, 0, [1, geo.n * geo.c_out, p], bias);
+        return permute_swap_gpu(ctx, tmp.buffer(), 0, y, 0, [1, geo.n * geo.c_out, p], bias);
     }
     let chunk = gpu_chunk(ctx, geo);
     // Kept columns (one chunk) go straight into the caller's buffer.
-    let own = if keep.is_none() { Some(ctx.alloc("conv2d", groups * kc * chunk * p)?) } else { None };
-    let cols = keep.unwrap_or_else(|| own.as_ref().unwrap().buffer());
+    let own;
+    let cols = match keep {
+        Some(kept) => kept,
+        None => {
+            own = ctx.alloc("conv2d", groups * kc * chunk * p)?;
+            own.buffer()
+        }
+    };
     let yc = ctx.alloc("conv2d", geo.c_out * chunk * p)?;
     for img0 in (0..geo.n).step_by(chunk) {
         let nb = chunk.min(geo.n - img0);
@@ -339,14 +338,14 @@ pub(crate) fn forward_gpu(
         im2col_gpu(ctx, x, img0 * geo.c_in * geo.h * geo.w, cols, &sub)?;
         let (s, l) = group_gemm(groups, cog, nb * p, kc, [cog * kc, kc * nb * p, cog * nb * p]);
         gemm_gpu_strided(ctx, w, cols, yc.buffer(), s, l, plain)?;
-        swap_leading_gpu(ctx, yc.buffer(), 0, y, img0 * geo.c_out * p, [geo.c_out, nb, p], bias)?;
+        permute_swap_gpu(ctx, yc.buffer(), 0, y, img0 * geo.c_out * p, [geo.c_out, nb, p], bias)?;
     }
     Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn backward_gpu(
-    ctx: &std::sync::Arc<GpuContext>,
+pub(crate) fn conv2d_backward_gpu(
+    ctx: &Arc<GpuContext>,
     x: &wgpu::Buffer,
     w: &wgpu::Buffer,
     dy: &wgpu::Buffer,
@@ -363,20 +362,26 @@ pub(crate) fn backward_gpu(
     // Columns kept by the forward pass cover the whole batch in one chunk.
     let kept = kept.filter(|_| chunk >= geo.n && !geo.is_pointwise());
     let dyc = ctx.alloc("conv2d", geo.c_out * chunk * p)?;
-    let own = if kept.is_none() { Some(ctx.alloc("conv2d", groups * kc * chunk * p)?) } else { None };
-    let cols_buf = kept.unwrap_or_else(|| own.as_ref().unwrap().buffer());
+    let own;
+    let cols_buf = match kept {
+        Some(kept) => kept,
+        None => {
+            own = ctx.alloc("conv2d", groups * kc * chunk * p)?;
+            own.buffer()
+        }
+    };
     let dcols = if dx.is_some() { Some(ctx.alloc("conv2d", groups * kc * chunk * p)?) } else { None };
     for img0 in (0..geo.n).step_by(chunk) {
         let nb = chunk.min(geo.n - img0);
         let sub = geo.with_batch(nb);
         let beta = if img0 == 0 { 0.0 } else { 1.0 };
-        swap_leading_gpu(ctx, dy, img0 * out_img, dyc.buffer(), 0, [nb, geo.c_out, p], None)?;
+        permute_swap_gpu(ctx, dy, img0 * out_img, dyc.buffer(), 0, [nb, geo.c_out, p], None)?;
         if let Some(db) = db {
-            sum_rows_gpu(ctx, dyc.buffer(), db, geo.c_out, nb * p, beta)?;
+            reduce_rows_gpu(ctx, dyc.buffer(), db, geo.c_out, nb * p, beta)?;
         }
         if geo.is_pointwise() {
             // For a 1×1 stride-1 convolution im2col is exactly this swap.
-            swap_leading_gpu(ctx, x, img0 * in_img, cols_buf, 0, [nb, geo.c_in, p], None)?;
+            permute_swap_gpu(ctx, x, img0 * in_img, cols_buf, 0, [nb, geo.c_in, p], None)?;
         } else if kept.is_none() {
             im2col_gpu(ctx, x, img0 * in_img, cols_buf, &sub)?;
         }
@@ -386,7 +391,7 @@ pub(crate) fn backward_gpu(
         let (s, l) = group_gemm(groups, kc, nb * p, cog, [cog * kc, cog * nb * p, kc * nb * p]);
         gemm_gpu_strided(ctx, w, dyc.buffer(), dcols.buffer(), s, l, GemmConfig { trans_a: true, ..GemmConfig::default() })?;
         if geo.is_pointwise() {
-            swap_leading_gpu(ctx, dcols.buffer(), 0, dx, img0 * in_img, [geo.c_in, nb, p], None)?;
+            permute_swap_gpu(ctx, dcols.buffer(), 0, dx, img0 * in_img, [geo.c_in, nb, p], None)?;
         } else {
             col2im_gpu(ctx, dcols.buffer(), dx, img0 * in_img, &sub)?;
         }

@@ -3,9 +3,14 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::kernel::KernelId;
-use crate::tensor::{Data, Tensor};
+use crate::kernel::{Access::*, Kernel, Shader};
+use crate::tensor::Tensor;
+
+const SHADER: Shader = Shader::new("dropout", include_str!("../../shaders/dropout.wgsl"));
+pub(crate) static DROPOUT_APPLY: Kernel<DropoutParams> = Kernel::new(&SHADER, "dropout_apply", &[Read, ReadWrite, Uniform]);
+pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&DROPOUT_APPLY.def];
 
 /// Matches `DropoutParams` in `shaders/dropout.wgsl`.
 #[repr(C)]
@@ -33,7 +38,7 @@ pub struct DropoutConfig {
 
 fn params(cfg: &DropoutConfig, len: usize) -> Result<DropoutParams> {
     if !(0.0..1.0).contains(&cfg.p) {
-        return Err(Error::InvalidArgument { op: "dropout", msg: format!("p = {} must be in [0, 1)", cfg.p) });
+        return Err(Error::InvalidArgument { op: "dropout_apply", msg: format!("p = {} must be in [0, 1)", cfg.p) });
     }
     Ok(DropoutParams {
         len: len as u32,
@@ -61,15 +66,15 @@ pub fn dropout_backward(dy: &Tensor, cfg: DropoutConfig) -> Result<Tensor> {
 }
 
 fn apply(src: &Tensor, p: DropoutParams) -> Result<Tensor> {
-    let mut out = Tensor::uninit(&src.device(), "dropout", src.shape())?;
-    match &src.data {
-        Data::Cpu(s) => out = Tensor::from_cpu(&out.shape().to_vec(), s.as_slice().expect("contiguous").iter().enumerate().map(|(i, v)| if keep(&p, i as u32) { v * p.scale } else { 0.0 }).collect()),
-        Data::Gpu(sb) => {
-            let ctx = sb.context();
-            ctx.dispatch(KernelId::DropoutApply, &p, &[sb.buffer(), out.gpu().unwrap().buffer()], ctx.grid_1d(src.numel(), 256))?;
+    const OP: &str = "dropout_apply";
+    match src.device() {
+        Device::Cpu => Ok(Tensor::from_cpu(src.shape(), dropout_apply_cpu(src.host(OP)?, &p))),
+        Device::Gpu(ctx) => {
+            let out = Tensor::uninit_gpu(&ctx, OP, src.shape())?;
+            ctx.dispatch(&DROPOUT_APPLY, &p, &[src.buffer(OP)?, out.buffer(OP)?], ctx.grid_1d(src.numel(), 256))?;
+            Ok(out)
         }
     }
-    Ok(out)
 }
 
 // ---------------------------------------------------------------- CPU reference
@@ -84,6 +89,11 @@ fn pcg(v: u32) -> u32 {
 fn keep(p: &DropoutParams, i: u32) -> bool {
     let h = pcg(pcg(pcg(pcg(p.seed_hi) ^ p.seed_lo) ^ p.step) ^ i);
     (h >> 8) >= p.threshold
+}
+
+/// x·mask/(1 − p), elementwise.
+fn dropout_apply_cpu(x: &[f32], p: &DropoutParams) -> Vec<f32> {
+    x.iter().enumerate().map(|(i, v)| if keep(p, i as u32) { v * p.scale } else { 0.0 }).collect()
 }
 
 /// The keep-mask of `len` elements for this configuration.

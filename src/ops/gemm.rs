@@ -5,15 +5,27 @@
 use std::sync::Arc;
 
 use bytemuck::{Pod, Zeroable};
-use ndarray::{linalg::general_mat_mul, ArrayView2, ArrayView3, ArrayViewD, ArrayViewMutD, Axis};
+use ndarray::{linalg::general_mat_mul, ArrayView2, ArrayView3, Axis};
 
+use crate::device::Device;
 use crate::error::{shape_err, Error, Result};
 use crate::gpu::{GemmVariant, GpuContext};
-use crate::kernel::KernelId;
-use crate::ops::permute::swap_leading_gpu;
-use crate::ops::reduce::sum_rows_gpu_at;
+use crate::kernel::{Access::*, Kernel, Shader};
+use crate::ops::permute::permute_swap_gpu;
+use crate::ops::reduce::reduce_rows_gpu_at;
 use crate::shape::check_nonempty;
-use crate::tensor::{same_device, Data, Tensor};
+use crate::tensor::{same_device, Tensor};
+
+const SHADER: Shader = Shader::new("gemm", include_str!("../../shaders/gemm.wgsl"));
+const BINDINGS: &[crate::kernel::Access] = &[Read, Read, ReadWrite, Uniform];
+/// Barrier-free, an 8×8 block per invocation: for CPU-type adapters.
+pub(crate) static GEMM_BLOCKED: Kernel<GemmParams> = Kernel::new(&SHADER, "gemm_blocked", BINDINGS).with_constants(&[("WG_X", 8.0), ("WG_Y", 8.0)]);
+/// gemm_blocked with 16×16 blocks, for large GEMMs on CPU adapters.
+pub(crate) static GEMM_BLOCKED_WIDE: Kernel<GemmParams> = Kernel::new(&SHADER, "gemm_blocked_wide", BINDINGS).with_constants(&[("WG_X", 8.0), ("WG_Y", 8.0)]);
+/// Workgroup-memory tiles with 4×4 register blocks: for real GPUs.
+pub(crate) static GEMM_TILED: Kernel<GemmParams> =
+    Kernel::new(&SHADER, "gemm_tiled", BINDINGS).with_constants(&[("WG_X", 16.0), ("WG_Y", 16.0), ("TILE_K", 16.0)]);
+pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&GEMM_BLOCKED.def, &GEMM_BLOCKED_WIDE.def, &GEMM_TILED.def];
 
 /// How to combine the operands.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -145,26 +157,27 @@ pub fn gemm_into(a: &Tensor, b: &Tensor, c: &mut Tensor, cfg: GemmConfig) -> Res
 }
 
 fn run(a: &Tensor, b: &Tensor, c: &mut Tensor, s: GemmShape, cfg: GemmConfig) -> Result<()> {
-    match (&a.data, &b.data, &mut c.data) {
-        (Data::Cpu(a), Data::Cpu(b), Data::Cpu(c)) => {
-            gemm_cpu(&a.view(), &b.view(), &mut c.view_mut(), s, cfg);
-            Ok(())
+    const OP: &str = "gemm";
+    match a.device() {
+        Device::Cpu => {
+            gemm_cpu(a.host(OP)?, b.host(OP)?, c.host_mut(OP)?, s, cfg)
         }
-        (Data::Gpu(ab), Data::Gpu(bb), Data::Gpu(cb)) => {
-            let ctx = ab.context();
-            gemm_gpu(ctx, ab.buffer(), bb.buffer(), cb.buffer(), s, cfg)
-        }
-        _ => unreachable!("same_device checked"),
+        Device::Gpu(ctx) => gemm_gpu(&ctx, a.buffer(OP)?, b.buffer(OP)?, c.buffer(OP)?, s, cfg),
     }
 }
 
 // ---------------------------------------------------------------- CPU reference
 
-/// The reference: ndarray's GEMM (matrixmultiply) per batch item.
-/// a: (Ba, rows, cols) with Ba ∈ {1, B}; likewise b; c: (B, M, N).
-pub fn gemm_cpu(a: &ArrayViewD<f32>, b: &ArrayViewD<f32>, c: &mut ArrayViewMutD<f32>, s: GemmShape, cfg: GemmConfig) {
-    let (a3, b3) = (as3(a), as3(b));
-    let mut c3 = c.view_mut().into_shape_with_order((s.batch, s.m, s.n)).expect("contiguous");
+/// The reference: ndarray's GEMM (matrixmultiply) per batch item, on
+/// row-major slices. a: (Ba, rows, cols) with Ba ∈ {1, B} (rows × cols is
+/// M × K, or K × M with `trans_a`); likewise b; c: (B, M, N).
+pub fn gemm_cpu(a: &[f32], b: &[f32], c: &mut [f32], s: GemmShape, cfg: GemmConfig) -> Result<()> {
+    let (ar, ac) = if cfg.trans_a { (s.k, s.m) } else { (s.m, s.k) };
+    let (br, bc) = if cfg.trans_b { (s.n, s.k) } else { (s.k, s.n) };
+    let items = |batched: bool| if batched { s.batch } else { 1 };
+    let a3 = ArrayView3::from_shape((items(s.a_batched), ar, ac), a).map_err(|e| layout_err("A", &e))?;
+    let b3 = ArrayView3::from_shape((items(s.b_batched), br, bc), b).map_err(|e| layout_err("B", &e))?;
+    let mut c3 = ndarray::ArrayViewMut3::from_shape((s.batch, s.m, s.n), c).map_err(|e| layout_err("C", &e))?;
     if cfg.beta == 0.0 {
         c3.fill(0.0); // BLAS convention: beta = 0 ignores C, even NaN.
     }
@@ -176,13 +189,11 @@ pub fn gemm_cpu(a: &ArrayViewD<f32>, b: &ArrayViewD<f32>, c: &mut ArrayViewMutD<
         let mut ci = c3.index_axis_mut(Axis(0), i);
         general_mat_mul(cfg.alpha, &ai, &bi, cfg.beta, &mut ci);
     }
+    Ok(())
 }
 
-/// A 2-D or 3-D array viewed as (batch, rows, cols).
-fn as3<'a>(x: &ArrayViewD<'a, f32>) -> ArrayView3<'a, f32> {
-    let sh = x.shape();
-    let (r, c) = (sh[sh.len() - 2], sh[sh.len() - 1]);
-    x.clone().into_shape_with_order((x.len() / (r * c), r, c)).expect("tensors are contiguous")
+fn layout_err(what: &str, e: &ndarray::ShapeError) -> Error {
+    Error::Shape { op: "gemm", msg: format!("{what} does not hold the elements its shape needs: {e}") }
 }
 
 // ---------------------------------------------------------------- GPU wrapper
@@ -210,25 +221,11 @@ impl GemmLayout {
     }
 }
 
-fn variant_kernel(v: GemmVariant) -> KernelId {
+fn variant_kernel(v: GemmVariant) -> &'static Kernel<GemmParams> {
     match v {
-        GemmVariant::Blocked => KernelId::GemmBlocked,
-        GemmVariant::Tiled => KernelId::GemmTiled,
+        GemmVariant::Blocked => &GEMM_BLOCKED,
+        GemmVariant::Tiled => &GEMM_TILED,
     }
-}
-
-/// The GEMM kernel this adapter uses by default.
-pub(crate) fn kernel(ctx: &GpuContext) -> KernelId {
-    variant_kernel(ctx.gemm_variant())
-}
-
-/// Every kernel a GEMM may dispatch on this adapter (split-K adds a permute and a reduction).
-pub(crate) fn kernels(ctx: &GpuContext) -> Vec<KernelId> {
-    let mut k = vec![kernel(ctx), KernelId::PermuteSwap, KernelId::ReduceRows];
-    if k[0] == KernelId::GemmBlocked {
-        k.push(KernelId::GemmBlockedWide);
-    }
-    k
 }
 
 /// Records the GEMM dispatches; batches beyond the grid limit are split.
@@ -247,23 +244,20 @@ pub(crate) fn gemm_gpu_strided(
     l: GemmLayout,
     cfg: GemmConfig,
 ) -> Result<()> {
-    let id = match variant_kernel(cfg.variant.unwrap_or(ctx.gemm_variant())) {
-        // Big enough to fill 16×16 blocks without much waste: the wide kernel
-        // loads half as much per FMA (VGG-small's step 10.0 → 7.3 s on lavapipe),
-        // but LeNet-5's small GEMMs ran 10% slower with it throughout.
-        KernelId::GemmBlocked if s.m >= 32 && s.n >= 256 => KernelId::GemmBlockedWide,
-        id => id,
-    };
+    let blocked = std::ptr::eq(variant_kernel(cfg.variant.unwrap_or(ctx.gemm_variant())), &GEMM_BLOCKED);
+    // Big enough to fill 16×16 blocks without much waste: the wide kernel
+    // loads half as much per FMA (VGG-small's step 10.0 → 7.3 s on lavapipe),
+    // but LeNet-5's small GEMMs ran 10% slower with it throughout.
     // A workgroup covers (b·WG_Y) rows × (b·WG_X) columns, b the block each
     // invocation owns: 8×8 in gemm_blocked, 16×16 in gemm_blocked_wide, 4×4 in
     // gemm_tiled (see the shader).
-    let block = match id {
-        KernelId::GemmBlocked => 8,
-        KernelId::GemmBlockedWide => 16,
-        _ => 4,
+    let (kernel, block) = match blocked {
+        true if s.m >= 32 && s.n >= 256 => (&GEMM_BLOCKED_WIDE, 16),
+        true => (&GEMM_BLOCKED, 8),
+        false => (&GEMM_TILED, 4),
     };
-    let tile_n = block * id.constant("WG_X", 8) as usize;
-    let tile_m = block * id.constant("WG_Y", 8) as usize;
+    let tile_n = block * kernel.def.constant("WG_X", 8) as usize;
+    let tile_m = block * kernel.def.constant("WG_Y", 8) as usize;
     let (m, n, k) = (s.m, s.n, s.k);
     let params = GemmParams {
         m: m as u32,
@@ -289,12 +283,12 @@ pub(crate) fn gemm_gpu_strided(
         let splits = k.div_ceil(k_chunk);
         let partial = ctx.alloc("gemm", splits * m * n)?;
         let split = GemmParams { batch: splits as u32, beta: 0.0, stride_a: 0, stride_b: 0, stride_c: (m * n) as u32, offset_c: 0, k_chunk: k_chunk as u32, ..params };
-        dispatch_tiles(ctx, id, split, [a, b, partial.buffer()], splits, [tile_m, tile_n])?;
+        dispatch_tiles(ctx, kernel, split, [a, b, partial.buffer()], splits, [tile_m, tile_n])?;
         let per_element = ctx.alloc("gemm", splits * m * n)?;
-        swap_leading_gpu(ctx, partial.buffer(), 0, per_element.buffer(), 0, [splits, m * n, 1], None)?;
-        return sum_rows_gpu_at(ctx, per_element.buffer(), c, l.offset_c, m * n, splits, cfg.beta);
+        permute_swap_gpu(ctx, partial.buffer(), 0, per_element.buffer(), 0, [splits, m * n, 1], None)?;
+        return reduce_rows_gpu_at(ctx, per_element.buffer(), c, l.offset_c, m * n, splits, cfg.beta);
     }
-    dispatch_tiles(ctx, id, params, [a, b, c], s.batch, [tile_m, tile_n])
+    dispatch_tiles(ctx, kernel, params, [a, b, c], s.batch, [tile_m, tile_n])
 }
 
 /// How many k slices a single (batch 1) GEMM with `tiles` output tiles should
@@ -315,7 +309,7 @@ fn split_k(ctx: &GpuContext, s: &GemmShape, tiles: usize) -> Option<usize> {
 /// Records `params` over `batch` items; grids past the per-dimension limit are
 /// split: batches along z, row and column blocks into dispatches that start at
 /// row_base / col_base.
-fn dispatch_tiles(ctx: &GpuContext, id: KernelId, params: GemmParams, [a, b, c]: [&wgpu::Buffer; 3], batch: usize, [tile_m, tile_n]: [usize; 2]) -> Result<()> {
+fn dispatch_tiles(ctx: &GpuContext, kernel: &'static Kernel<GemmParams>, params: GemmParams, [a, b, c]: [&wgpu::Buffer; 3], batch: usize, [tile_m, tile_n]: [usize; 2]) -> Result<()> {
     let (m, n) = (params.m as usize, params.n as usize);
     let max = ctx.limits().max_compute_workgroups_per_dimension as usize;
     let (rows_per, cols_per) = (max * tile_m, max * tile_n);
@@ -336,7 +330,7 @@ fn dispatch_tiles(ctx: &GpuContext, id: KernelId, params: GemmParams, [a, b, c]:
                     ..params
                 };
                 let groups = [(n - col_base).min(cols_per).div_ceil(tile_n) as u32, (m - row_base).min(rows_per).div_ceil(tile_m) as u32, chunk as u32];
-                ctx.dispatch(id, &p, &[a, b, c], groups)?;
+                ctx.dispatch(kernel, &p, &[a, b, c], groups)?;
             }
         }
         start += chunk;

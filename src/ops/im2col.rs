@@ -4,11 +4,16 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::device::Device;
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::kernel::KernelId;
+use crate::kernel::{Access::*, Kernel, Shader};
 use crate::shape::Conv2dGeometry;
-use crate::tensor::{Data, Tensor};
+use crate::tensor::Tensor;
+
+const SHADER: Shader = Shader::new("im2col", include_str!("../../shaders/im2col.wgsl"));
+pub(crate) static IM2COL: Kernel<Im2colParams> = Kernel::new(&SHADER, "im2col", &[Read, ReadWrite, Uniform]);
+pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&IM2COL.def];
 
 /// Matches `Im2colParams` in `shaders/im2col.wgsl` and `shaders/col2im.wgsl`
 /// (`offset` is `in_offset` for im2col, `out_offset` for col2im).
@@ -60,17 +65,17 @@ impl Im2colParams {
 /// The column matrix of `x` (`[n, c, h, w]` as described by `geo`):
 /// shape `[c·kh·kw, n·oh·ow]`.
 pub fn im2col(x: &Tensor, geo: &Conv2dGeometry) -> Result<Tensor> {
-    crate::ops::check_shape("im2col", "input", x.shape(), &geo.input_shape())?;
+    const OP: &str = "im2col";
+    crate::ops::check_shape(OP, "input", x.shape(), &geo.input_shape())?;
     let shape = [geo.c_in * geo.kh * geo.kw, geo.n * geo.out_pixels()];
-    let cols = match &x.data {
-        Data::Cpu(x) => Tensor::from_cpu(&shape, im2col_cpu(x.as_slice().expect("contiguous"), geo)),
-        Data::Gpu(xb) => {
-            let cols = Tensor::uninit(&x.device(), "im2col", &shape)?;
-            im2col_gpu(xb.context(), xb.buffer(), 0, cols.gpu().unwrap().buffer(), geo)?;
-            cols
+    match x.device() {
+        Device::Cpu => Ok(Tensor::from_cpu(&shape, im2col_cpu(x.host(OP)?, geo))),
+        Device::Gpu(ctx) => {
+            let cols = Tensor::uninit_gpu(&ctx, OP, &shape)?;
+            im2col_gpu(&ctx, x.buffer(OP)?, 0, cols.buffer(OP)?, geo)?;
+            Ok(cols)
         }
-    };
-    Ok(cols)
+    }
 }
 
 // ---------------------------------------------------------------- CPU reference
@@ -135,5 +140,5 @@ pub fn im2col_cpu_into(x: &[f32], g: &Conv2dGeometry, cols: &mut Vec<f32>) {
 pub(crate) fn im2col_gpu(ctx: &GpuContext, x: &wgpu::Buffer, x_offset: usize, cols: &wgpu::Buffer, geo: &Conv2dGeometry) -> Result<()> {
     // One invocation per row segment (ow entries): see the shader.
     let segments = geo.c_in * geo.kh * geo.kw * geo.n * geo.oh;
-    ctx.dispatch(KernelId::Im2col, &Im2colParams::new(geo, x_offset), &[x, cols], ctx.grid_1d(segments, 256))
+    ctx.dispatch(&IM2COL, &Im2colParams::new(geo, x_offset), &[x, cols], ctx.grid_1d(segments, 256))
 }

@@ -4,10 +4,16 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::error::Result;
-use crate::kernel::KernelId;
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::kernel::{Access::*, Kernel, Shader};
 use crate::shape::{Pool2dConfig, Pool2dGeometry};
-use crate::tensor::{Data, IndexData, Indices, Tensor};
+use crate::tensor::{IndexData, Indices, Tensor};
+
+const SHADER: Shader = Shader::new("maxpool", include_str!("../../shaders/maxpool.wgsl"));
+pub(crate) static MAXPOOL_FORWARD: Kernel<PoolParams> = Kernel::new(&SHADER, "maxpool_forward", &[Read, ReadWrite, ReadWrite, Uniform]);
+pub(crate) static MAXPOOL_BACKWARD: Kernel<PoolParams> = Kernel::new(&SHADER, "maxpool_backward", &[Read, ReadWrite, ReadWrite, Uniform]);
+pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&MAXPOOL_FORWARD.def, &MAXPOOL_BACKWARD.def];
 
 /// Matches `PoolParams` in `shaders/maxpool.wgsl` and `shaders/avgpool.wgsl`.
 #[repr(C)]
@@ -54,52 +60,38 @@ pub(crate) fn window(o: usize, k: usize, stride: usize, pad: usize, len: usize) 
 
 /// Forward: `(y [n, c, oh, ow], argmax [n, c, oh, ow])`.
 pub fn maxpool_forward(x: &Tensor, cfg: Pool2dConfig) -> Result<(Tensor, Indices)> {
-    let g = Pool2dGeometry::new("maxpool", x.shape(), cfg)?;
-    let dev = x.device();
+    const OP: &str = "maxpool_forward";
+    let g = Pool2dGeometry::new(OP, x.shape(), cfg)?;
     let out_shape = g.output_shape();
-    let mut y = Tensor::uninit(&dev, "maxpool", &out_shape)?;
-    let total = y.numel();
-    let mask = match (&x.data, &mut y.data) {
-        (Data::Cpu(xs), Data::Cpu(ys)) => {
-            let (v, m) = maxpool_forward_cpu(xs.as_slice().unwrap(), &g);
-            ys.as_slice_mut().unwrap().copy_from_slice(&v);
-            IndexData::Cpu(m)
+    match x.device() {
+        Device::Cpu => {
+            let (y, mask) = maxpool_forward_cpu(x.host(OP)?, &g);
+            Ok((Tensor::from_cpu(&out_shape, y), Indices::new(&out_shape, IndexData::Cpu(mask))))
         }
-        (Data::Gpu(xb), Data::Gpu(yb)) => {
-            let ctx = xb.context();
-            let mask = ctx.alloc("maxpool", total)?;
-            let groups = ctx.grid_1d(total, 256);
-            ctx.dispatch(KernelId::MaxpoolForward, &PoolParams::new(&g), &[xb.buffer(), mask.buffer(), yb.buffer()], groups)?;
-            IndexData::Gpu(mask)
+        Device::Gpu(ctx) => {
+            let y = Tensor::uninit_gpu(&ctx, OP, &out_shape)?;
+            let mask = ctx.alloc(OP, y.numel())?;
+            ctx.dispatch(&MAXPOOL_FORWARD, &PoolParams::new(&g), &[x.buffer(OP)?, mask.buffer(), y.buffer(OP)?], ctx.grid_1d(y.numel(), 256))?;
+            Ok((y, Indices::new(&out_shape, IndexData::Gpu(mask))))
         }
-        _ => unreachable!(),
-    };
-    Ok((y, Indices::new(&out_shape, mask)))
+    }
 }
 
 /// Backward: `dx [n, c, h, w]` from `dy` and the forward's argmax mask.
 pub fn maxpool_backward(dy: &Tensor, mask: &Indices, input_shape: &[usize], cfg: Pool2dConfig) -> Result<Tensor> {
-    let g = Pool2dGeometry::new("maxpool", input_shape, cfg)?;
-    crate::ops::check_shape("maxpool", "dy", dy.shape(), &g.output_shape())?;
-    crate::ops::check_shape("maxpool", "argmax mask", mask.shape(), &g.output_shape())?;
-    let dev = dy.device();
-    let mut dx = Tensor::uninit(&dev, "maxpool", input_shape)?;
-    let total = dx.numel();
-    match (&dy.data, &mask.data, &mut dx.data) {
-        (Data::Cpu(d), IndexData::Cpu(m), Data::Cpu(o)) => {
-            let v = maxpool_backward_cpu(d.as_slice().unwrap(), m, &g);
-            o.as_slice_mut().unwrap().copy_from_slice(&v);
+    const OP: &str = "maxpool_backward";
+    let g = Pool2dGeometry::new(OP, input_shape, cfg)?;
+    crate::ops::check_shape(OP, "dy", dy.shape(), &g.output_shape())?;
+    crate::ops::check_shape(OP, "argmax mask", mask.shape(), &g.output_shape())?;
+    match (dy.device(), &mask.data) {
+        (Device::Cpu, IndexData::Cpu(m)) => Ok(Tensor::from_cpu(input_shape, maxpool_backward_cpu(dy.host(OP)?, m, &g))),
+        (Device::Gpu(ctx), IndexData::Gpu(mb)) => {
+            let dx = Tensor::uninit_gpu(&ctx, OP, input_shape)?;
+            ctx.dispatch(&MAXPOOL_BACKWARD, &PoolParams::new(&g), &[dy.buffer(OP)?, mb.buffer(), dx.buffer(OP)?], ctx.grid_1d(dx.numel(), 256))?;
+            Ok(dx)
         }
-        (Data::Gpu(db), IndexData::Gpu(mb), Data::Gpu(ob)) => {
-            let ctx = db.context();
-            let groups = ctx.grid_1d(total, 256);
-            ctx.dispatch(KernelId::MaxpoolBackward, &PoolParams::new(&g), &[db.buffer(), mb.buffer(), ob.buffer()], groups)?;
-        }
-        _ => {
-            return Err(crate::Error::DeviceMismatch { op: "maxpool", a: dy.device().to_string(), b: "the mask's device".into() });
-        }
+        (dev, _) => Err(Error::DeviceMismatch { op: OP, a: dev.to_string(), b: "the mask's device".into() }),
     }
-    Ok(dx)
 }
 
 // ---------------------------------------------------------------- CPU reference

@@ -4,10 +4,17 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::kernel::KernelId;
+use crate::kernel::{Access::*, Kernel, Shader};
 use crate::ops::check_shape;
-use crate::tensor::{same_device, Data, Tensor};
+use crate::tensor::{same_device, Tensor};
+
+const SHADER: Shader = Shader::new("optim", include_str!("../../shaders/optim.wgsl"));
+const BINDINGS: &[crate::kernel::Access] = &[ReadWrite, Read, ReadWrite, ReadWrite, Uniform];
+pub(crate) static OPTIM_SGD_STEP: Kernel<OptimParams> = Kernel::new(&SHADER, "optim_sgd_step", BINDINGS);
+pub(crate) static OPTIM_ADAM_STEP: Kernel<OptimParams> = Kernel::new(&SHADER, "optim_adam_step", BINDINGS);
+pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&OPTIM_SGD_STEP.def, &OPTIM_ADAM_STEP.def];
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SgdConfig {
@@ -103,7 +110,7 @@ const MOMENTUM: u32 = 8;
 
 /// One SGD step in place. `momentum_buf` (same shape as `param`) is needed
 /// when `cfg.momentum > 0`; on `first_step` it is initialised to the gradient.
-pub fn sgd_step(param: &mut Tensor, grad: &Tensor, momentum_buf: Option<&mut Tensor>, first_step: bool, cfg: &SgdConfig) -> Result<()> {
+pub fn optim_sgd_step(param: &mut Tensor, grad: &Tensor, momentum_buf: Option<&mut Tensor>, first_step: bool, cfg: &SgdConfig) -> Result<()> {
     cfg.validate()?;
     check_shape("sgd", "gradient", grad.shape(), param.shape())?;
     same_device("sgd", &[param, grad])?;
@@ -131,26 +138,22 @@ pub fn sgd_step(param: &mut Tensor, grad: &Tensor, momentum_buf: Option<&mut Ten
         weight_decay: cfg.weight_decay,
         ..Default::default()
     };
-    match (&mut param.data, &grad.data) {
-        (Data::Cpu(p), Data::Cpu(g)) => {
-            let b = buf.as_mut().map(|b| match &mut b.data {
-                Data::Cpu(a) => a.as_slice_mut().unwrap(),
-                Data::Gpu(_) => unreachable!("same_device checked"),
-            });
-            sgd_cpu(p.as_slice_mut().unwrap(), g.as_slice().unwrap(), b, &q);
+    const OP: &str = "optim_sgd_step";
+    match param.device() {
+        Device::Cpu => {
+            let b = buf.map(|b| b.host_mut(OP)).transpose()?;
+            optim_sgd_step_cpu(param.host_mut(OP)?, grad.host(OP)?, b, &q);
         }
-        (Data::Gpu(p), Data::Gpu(g)) => {
-            let ctx = p.context().clone();
-            let s1 = buf.as_ref().map_or(ctx.scratch(0), |b| b.gpu().unwrap().buffer());
-            ctx.dispatch(KernelId::SgdStep, &q, &[p.buffer(), g.buffer(), s1, ctx.scratch(1)], ctx.grid_1d(q.len as usize, 256))?;
+        Device::Gpu(ctx) => {
+            let s1 = buf.as_ref().map_or(Ok(ctx.scratch(0)), |b| b.buffer(OP))?;
+            ctx.dispatch(&OPTIM_SGD_STEP, &q, &[param.buffer(OP)?, grad.buffer(OP)?, s1, ctx.scratch(1)], ctx.grid_1d(q.len as usize, 256))?;
         }
-        _ => unreachable!("same_device checked"),
     }
     Ok(())
 }
 
 /// One Adam/AdamW step in place; `step` counts from 1; `m` and `v` start at zero.
-pub fn adam_step(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, step: u32, cfg: &AdamConfig) -> Result<()> {
+pub fn optim_adam_step(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, step: u32, cfg: &AdamConfig) -> Result<()> {
     cfg.validate()?;
     if step == 0 {
         return Err(Error::InvalidArgument { op: "adam", msg: "step counts from 1".into() });
@@ -174,22 +177,20 @@ pub fn adam_step(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tens
         bc2_sqrt: (1.0 - cfg.beta2.powi(step as i32)).sqrt(),
         ..Default::default()
     };
-    match (&mut param.data, &grad.data, &mut m.data, &mut v.data) {
-        (Data::Cpu(p), Data::Cpu(g), Data::Cpu(m), Data::Cpu(v)) => {
-            adam_cpu(p.as_slice_mut().unwrap(), g.as_slice().unwrap(), m.as_slice_mut().unwrap(), v.as_slice_mut().unwrap(), &q)
+    const OP: &str = "optim_adam_step";
+    match param.device() {
+        Device::Cpu => optim_adam_step_cpu(param.host_mut(OP)?, grad.host(OP)?, m.host_mut(OP)?, v.host_mut(OP)?, &q),
+        Device::Gpu(ctx) => {
+            let bufs = [param.buffer(OP)?, grad.buffer(OP)?, m.buffer(OP)?, v.buffer(OP)?];
+            ctx.dispatch(&OPTIM_ADAM_STEP, &q, &bufs, ctx.grid_1d(q.len as usize, 256))?;
         }
-        (Data::Gpu(p), Data::Gpu(g), Data::Gpu(m), Data::Gpu(v)) => {
-            let ctx = p.context();
-            ctx.dispatch(KernelId::AdamStep, &q, &[p.buffer(), g.buffer(), m.buffer(), v.buffer()], ctx.grid_1d(q.len as usize, 256))?;
-        }
-        _ => unreachable!("same_device checked"),
     }
     Ok(())
 }
 
 // ---------------------------------------------------------------- CPU reference
 
-pub fn sgd_cpu(p: &mut [f32], grad: &[f32], mut buf: Option<&mut [f32]>, q: &OptimParams) {
+pub fn optim_sgd_step_cpu(p: &mut [f32], grad: &[f32], mut buf: Option<&mut [f32]>, q: &OptimParams) {
     for i in 0..p.len() {
         let mut g = grad[i] + q.weight_decay * p[i];
         if let Some(b) = buf.as_deref_mut() {
@@ -200,7 +201,7 @@ pub fn sgd_cpu(p: &mut [f32], grad: &[f32], mut buf: Option<&mut [f32]>, q: &Opt
     }
 }
 
-pub fn adam_cpu(p: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], q: &OptimParams) {
+pub fn optim_adam_step_cpu(p: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], q: &OptimParams) {
     for i in 0..p.len() {
         let mut g = grad[i];
         if q.flags & DECOUPLED != 0 {

@@ -3,10 +3,15 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::gpu::GpuContext;
-use crate::kernel::KernelId;
-use crate::tensor::{same_device, Data, Tensor};
+use crate::kernel::{Access::*, Kernel, Shader};
+use crate::tensor::{same_device, Tensor};
+
+const SHADER: Shader = Shader::new("permute", include_str!("../../shaders/permute.wgsl"));
+pub(crate) static PERMUTE_SWAP: Kernel<PermuteParams> = Kernel::new(&SHADER, "permute_swap", &[Read, Read, ReadWrite, Uniform]);
+pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&PERMUTE_SWAP.def];
 
 /// Matches `PermuteParams` in `shaders/permute.wgsl`.
 #[repr(C)]
@@ -23,41 +28,41 @@ pub struct PermuteParams {
 }
 
 /// `[a, b, rest…] → [b, a, rest…]`; `bias` (length `a`) is added along the new axis 1.
-pub fn swap_leading(x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+pub fn permute_swap(x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    const OP: &str = "permute_swap";
     let s = x.shape();
     if s.len() < 2 {
-        return shape_err("permute", format!("need at least 2 axes to swap, got {s:?}"));
+        return shape_err(OP, format!("need at least 2 axes to swap, got {s:?}"));
     }
     let (a, b, inner) = (s[0], s[1], s[2..].iter().product::<usize>());
+    let mut operands = vec![x];
     if let Some(bias) = bias {
-        same_device("permute", &[x, bias])?;
         if bias.shape() != [a] {
-            return shape_err("permute", format!("bias has shape {:?}, expected [{a}] for input {s:?}", bias.shape()));
+            return shape_err(OP, format!("bias has shape {:?}, expected [{a}] for input {s:?}", bias.shape()));
         }
+        operands.push(bias);
     }
     let mut out_shape = vec![b, a];
     out_shape.extend_from_slice(&s[2..]);
-    let mut out = Tensor::uninit(&x.device(), "permute", &out_shape)?;
-    match (&x.data, &mut out.data) {
-        (Data::Cpu(xs), Data::Cpu(o)) => {
-            let bias = bias.map(|t| t.to_vec()).transpose()?;
-            let v = swap_leading_cpu(xs.as_slice().unwrap(), a, b, inner, bias.as_deref());
-            o.as_slice_mut().unwrap().copy_from_slice(&v);
+    match same_device(OP, &operands)? {
+        Device::Cpu => {
+            let bias = bias.map(|t| t.host(OP)).transpose()?;
+            Ok(Tensor::from_cpu(&out_shape, permute_swap_cpu(x.host(OP)?, a, b, inner, bias)))
         }
-        (Data::Gpu(xb), Data::Gpu(ob)) => {
-            let bias = bias.map(|t| (t.gpu().unwrap().buffer(), a));
-            swap_leading_gpu(xb.context(), xb.buffer(), 0, ob.buffer(), 0, [a, b, inner], bias)?;
+        Device::Gpu(ctx) => {
+            let out = Tensor::uninit_gpu(&ctx, OP, &out_shape)?;
+            let bias = bias.map(|t| Ok((t.buffer(OP)?, a))).transpose()?;
+            permute_swap_gpu(&ctx, x.buffer(OP)?, 0, out.buffer(OP)?, 0, [a, b, inner], bias)?;
+            Ok(out)
         }
-        _ => unreachable!(),
     }
-    Ok(out)
 }
 
 // ---------------------------------------------------------------- CPU reference
 
 /// x: (a, b, inner) → (b, a, inner), plus `bias[channel]` where the output's
 /// channel is `(index / inner) mod bias.len()`.
-pub fn swap_leading_cpu(x: &[f32], a: usize, b: usize, inner: usize, bias: Option<&[f32]>) -> Vec<f32> {
+pub fn permute_swap_cpu(x: &[f32], a: usize, b: usize, inner: usize, bias: Option<&[f32]>) -> Vec<f32> {
     let mut out = vec![0f32; a * b * inner];
     for j in 0..b {
         for i in 0..a {
@@ -76,7 +81,7 @@ pub fn swap_leading_cpu(x: &[f32], a: usize, b: usize, inner: usize, bias: Optio
 // ---------------------------------------------------------------- GPU wrapper
 
 /// Records the swap of `[a, b, inner]` read at `in_offset`, written at `out_offset`.
-pub(crate) fn swap_leading_gpu(
+pub(crate) fn permute_swap_gpu(
     ctx: &GpuContext,
     x: &wgpu::Buffer,
     in_offset: usize,
@@ -98,6 +103,6 @@ pub(crate) fn swap_leading_gpu(
     };
     // Without a bias the binding still needs a buffer; the kernel never reads it.
     // One invocation per SEG elements of a row (see the shader).
-    let seg = KernelId::PermuteSwap.constant("SEG", 32) as usize;
-    ctx.dispatch(KernelId::PermuteSwap, &params, &[x, bias.map_or(x, |(bb, _)| bb), out], ctx.grid_1d(a * b * inner.div_ceil(seg), 256))
+    let seg = PERMUTE_SWAP.def.constant("SEG", 32) as usize;
+    ctx.dispatch(&PERMUTE_SWAP, &params, &[x, bias.map_or(x, |(bb, _)| bb), out], ctx.grid_1d(a * b * inner.div_ceil(seg), 256))
 }

@@ -1,11 +1,17 @@
-//! Row sums of a `[rows, len]` matrix (bias gradients, per-channel statistics).
+//! Row sums of a `[rows, len]` matrix (bias gradients, per-channel
+//! statistics) and squared norms (gradient clipping and checking).
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::gpu::GpuContext;
-use crate::kernel::KernelId;
-use crate::tensor::{Data, Tensor};
+use crate::kernel::{Access::*, Kernel, Shader};
+use crate::tensor::{same_device, Tensor};
+
+const SHADER: Shader = Shader::new("reduce", include_str!("../../shaders/reduce.wgsl"));
+pub(crate) static REDUCE_ROWS: Kernel<ReduceParams> = Kernel::new(&SHADER, "reduce_rows", &[Read, ReadWrite, Uniform]);
+pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&REDUCE_ROWS.def];
 
 /// Matches `ReduceParams` in `shaders/reduce.wgsl`.
 #[repr(C)]
@@ -22,49 +28,72 @@ pub struct ReduceParams {
 }
 
 /// `[rows, rest…] → [rows]`: the sum over everything after the first axis.
-pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
+pub fn reduce_rows(x: &Tensor) -> Result<Tensor> {
+    const OP: &str = "reduce_rows";
     let s = x.shape();
     if s.is_empty() {
-        return shape_err("reduce", "sum_rows needs at least one axis, got a scalar");
+        return shape_err(OP, "needs at least one axis, got a scalar");
     }
     let (rows, len) = (s[0], s[1..].iter().product::<usize>());
-    let mut out = Tensor::uninit(&x.device(), "reduce", &[rows])?;
-    match (&x.data, &mut out.data) {
-        (Data::Cpu(xs), Data::Cpu(o)) => {
-            let v = sum_rows_cpu(xs.as_slice().unwrap(), rows, len);
-            o.as_slice_mut().unwrap().copy_from_slice(&v);
+    match x.device() {
+        Device::Cpu => Ok(Tensor::from_cpu(&[rows], reduce_rows_cpu(x.host(OP)?, rows, len))),
+        Device::Gpu(ctx) => {
+            let out = Tensor::uninit_gpu(&ctx, OP, &[rows])?;
+            reduce_rows_gpu(&ctx, x.buffer(OP)?, out.buffer(OP)?, rows, len, 0.0)?;
+            Ok(out)
         }
-        (Data::Gpu(xb), Data::Gpu(ob)) => sum_rows_gpu(xb.context(), xb.buffer(), ob.buffer(), rows, len, 0.0)?,
-        _ => unreachable!(),
     }
-    Ok(out)
+}
+
+/// Σ x² of each tensor, read back in one go (one readback on the GPU). The
+/// trainer's gradient check uses it; a non-finite entry means a NaN or
+/// infinity (or a norm past f32's range) somewhere in that tensor.
+pub fn reduce_sum_squares(tensors: &[&Tensor]) -> Result<Vec<f32>> {
+    const OP: &str = "reduce_sum_squares";
+    if tensors.is_empty() {
+        return Ok(Vec::new());
+    }
+    match same_device(OP, tensors)? {
+        Device::Cpu => tensors.iter().map(|t| Ok(reduce_sum_squares_cpu(t.host(OP)?))).collect(),
+        Device::Gpu(ctx) => {
+            let slots = ctx.alloc(OP, tensors.len())?;
+            for (i, t) in tensors.iter().enumerate() {
+                reduce_sum_squares_gpu(&ctx, t.buffer(OP)?, t.numel(), slots.buffer(), i)?;
+            }
+            ctx.read(slots.buffer(), tensors.len())
+        }
+    }
 }
 
 // ---------------------------------------------------------------- CPU reference
 
 /// x: (rows, len) → (rows,). Summed in f64: the reference should not be the
 /// less accurate side of a comparison.
-pub fn sum_rows_cpu(x: &[f32], rows: usize, len: usize) -> Vec<f32> {
+pub fn reduce_rows_cpu(x: &[f32], rows: usize, len: usize) -> Vec<f32> {
     (0..rows).map(|r| x[r * len..(r + 1) * len].iter().map(|&v| v as f64).sum::<f64>() as f32).collect()
+}
+
+/// Σ x², summed in f64.
+pub fn reduce_sum_squares_cpu(x: &[f32]) -> f32 {
+    x.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() as f32
 }
 
 // ---------------------------------------------------------------- GPU wrapper
 
 /// Records `out = beta·out + Σ_j x[r, j]`; beta = 1 accumulates.
-pub(crate) fn sum_rows_gpu(ctx: &GpuContext, x: &wgpu::Buffer, out: &wgpu::Buffer, rows: usize, len: usize, beta: f32) -> Result<()> {
-    let params = ReduceParams { rows: rows as u32, len: len as u32, beta, ..Default::default() };
-    // One workgroup per row.
-    ctx.dispatch(KernelId::ReduceRows, &params, &[x, out], ctx.grid_1d(rows, 1))
+pub(crate) fn reduce_rows_gpu(ctx: &GpuContext, x: &wgpu::Buffer, out: &wgpu::Buffer, rows: usize, len: usize, beta: f32) -> Result<()> {
+    reduce_rows_gpu_at(ctx, x, out, 0, rows, len, beta)
 }
 
-/// [`sum_rows_gpu`] writing rows from element `out_offset` of `out` on.
-pub(crate) fn sum_rows_gpu_at(ctx: &GpuContext, x: &wgpu::Buffer, out: &wgpu::Buffer, out_offset: usize, rows: usize, len: usize, beta: f32) -> Result<()> {
+/// [`reduce_rows_gpu`] writing rows from element `out_offset` of `out` on.
+pub(crate) fn reduce_rows_gpu_at(ctx: &GpuContext, x: &wgpu::Buffer, out: &wgpu::Buffer, out_offset: usize, rows: usize, len: usize, beta: f32) -> Result<()> {
     let params = ReduceParams { rows: rows as u32, len: len as u32, beta, out_offset: out_offset as u32, ..Default::default() };
-    ctx.dispatch(KernelId::ReduceRows, &params, &[x, out], ctx.grid_1d(rows, 1))
+    // One workgroup per row.
+    ctx.dispatch(&REDUCE_ROWS, &params, &[x, out], ctx.grid_1d(rows, 1))
 }
 
 /// Records `out[slot] = Σ x²` over the first `len` elements of `x`.
-pub(crate) fn sum_squares_gpu(ctx: &GpuContext, x: &wgpu::Buffer, len: usize, out: &wgpu::Buffer, slot: usize) -> Result<()> {
+pub(crate) fn reduce_sum_squares_gpu(ctx: &GpuContext, x: &wgpu::Buffer, len: usize, out: &wgpu::Buffer, slot: usize) -> Result<()> {
     let params = ReduceParams { rows: 1, len: len as u32, square: 1, out_offset: slot as u32, ..Default::default() };
-    ctx.dispatch(KernelId::ReduceRows, &params, &[x, out], [1, 1, 1])
+    ctx.dispatch(&REDUCE_ROWS, &params, &[x, out], [1, 1, 1])
 }

@@ -3,11 +3,17 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::device::Device;
 use crate::error::{shape_err, Error, Result};
-use crate::gpu::GpuContext;
-use crate::kernel::KernelId;
-use crate::ops::reduce::sum_rows_gpu;
-use crate::tensor::{Data, Tensor};
+use crate::kernel::{Access::*, Kernel, Shader};
+use crate::ops::reduce::reduce_rows_gpu;
+use crate::tensor::Tensor;
+
+const SHADER: Shader = Shader::new("softmax_xent", include_str!("../../shaders/softmax_xent.wgsl"));
+const BINDINGS: &[crate::kernel::Access] = &[Read, Read, ReadWrite, ReadWrite, Uniform];
+pub(crate) static SOFTMAX_XENT_FORWARD: Kernel<XentParams> = Kernel::new(&SHADER, "softmax_xent_forward", BINDINGS);
+pub(crate) static SOFTMAX_XENT_PROBS: Kernel<XentParams> = Kernel::new(&SHADER, "softmax_xent_probs", BINDINGS);
+pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&SOFTMAX_XENT_FORWARD.def, &SOFTMAX_XENT_PROBS.def];
 
 /// How the per-row losses are combined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +57,7 @@ const NO_IGNORE: u32 = u32::MAX;
 /// Checks labels against the logits on the host, before anything is
 /// dispatched; returns them as u32 (ignored rows as `NO_IGNORE`'s twin) and the scale.
 fn prepare(logits: &Tensor, labels: &[i64], cfg: &CrossEntropyConfig) -> Result<(usize, usize, Vec<u32>, f32)> {
-    const OP: &str = "softmax_cross_entropy";
+    const OP: &str = "softmax_xent";
     let &[n, c] = logits.shape() else {
         return shape_err(OP, format!("logits must be [batch, classes], got {:?}", logits.shape()));
     };
@@ -84,47 +90,45 @@ fn prepare(logits: &Tensor, labels: &[i64], cfg: &CrossEntropyConfig) -> Result<
 
 /// Loss (a `[1]` tensor, left on the device) and dL/dlogits `[n, c]` in one pass.
 /// `labels` are class indices; any out of range is an error before any GPU work.
-pub fn softmax_cross_entropy(logits: &Tensor, labels: &[i64], cfg: CrossEntropyConfig) -> Result<(Tensor, Tensor)> {
+pub fn softmax_xent(logits: &Tensor, labels: &[i64], cfg: CrossEntropyConfig) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "softmax_xent";
     let (n, c, labels, scale) = prepare(logits, labels, &cfg)?;
-    let dev = logits.device();
-    let mut loss = Tensor::uninit(&dev, "softmax_cross_entropy", &[1])?;
-    let mut grad = Tensor::uninit(&dev, "softmax_cross_entropy", &[n, c])?;
-    match &logits.data {
-        Data::Cpu(x) => {
-            let (l, g) = softmax_xent_cpu(x.as_slice().unwrap(), n, c, &labels, cfg.label_smoothing, scale);
-            loss.write(&[l])?;
-            grad.write(&g)?;
+    match logits.device() {
+        Device::Cpu => {
+            let (l, g) = softmax_xent_cpu(logits.host(OP)?, n, c, &labels, cfg.label_smoothing, scale);
+            Ok((Tensor::from_cpu(&[1], vec![l]), Tensor::from_cpu(&[n, c], g)))
         }
-        Data::Gpu(xb) => {
-            let ctx = xb.context();
-            let label_buf = ctx.alloc("softmax_cross_entropy", n)?;
+        Device::Gpu(ctx) => {
+            let loss = Tensor::uninit_gpu(&ctx, OP, &[1])?;
+            let grad = Tensor::uninit_gpu(&ctx, OP, &[n, c])?;
+            let label_buf = ctx.alloc(OP, n)?;
             ctx.upload_bytes(&label_buf, bytemuck::cast_slice(&labels))?;
-            let rows = ctx.alloc("softmax_cross_entropy", n)?;
+            let rows = ctx.alloc(OP, n)?;
             let p = XentParams { n: n as u32, c: c as u32, smoothing: cfg.label_smoothing, scale, ignore_index: NO_IGNORE, ..Default::default() };
-            let bufs = [xb.buffer(), label_buf.buffer(), rows.buffer(), grad.gpu().unwrap().buffer()];
-            ctx.dispatch(KernelId::SoftmaxXentForward, &p, &bufs, ctx.grid_1d(n, 64))?;
-            sum_rows_gpu(ctx, rows.buffer(), loss.gpu().unwrap().buffer(), 1, n, 0.0)?;
+            let bufs = [logits.buffer(OP)?, label_buf.buffer(), rows.buffer(), grad.buffer(OP)?];
+            ctx.dispatch(&SOFTMAX_XENT_FORWARD, &p, &bufs, ctx.grid_1d(n, 64))?;
+            reduce_rows_gpu(&ctx, rows.buffer(), loss.buffer(OP)?, 1, n, 0.0)?;
+            Ok((loss, grad))
         }
     }
-    Ok((loss, grad))
 }
 
 /// Softmax (or log-softmax) along the last axis of `[n, c]`.
-pub fn softmax(x: &Tensor, log: bool) -> Result<Tensor> {
+pub fn softmax_xent_probs(x: &Tensor, log: bool) -> Result<Tensor> {
+    const OP: &str = "softmax_xent_probs";
     let &[n, c] = x.shape() else {
-        return shape_err("softmax", format!("input must be [batch, classes], got {:?}", x.shape()));
+        return shape_err(OP, format!("input must be [batch, classes], got {:?}", x.shape()));
     };
-    let mut y = Tensor::uninit(&x.device(), "softmax", &[n, c])?;
-    match &x.data {
-        Data::Cpu(xs) => y.write(&softmax_cpu(xs.as_slice().unwrap(), n, c, log))?,
-        Data::Gpu(xb) => {
-            let ctx: &GpuContext = xb.context();
+    match x.device() {
+        Device::Cpu => Ok(Tensor::from_cpu(&[n, c], softmax_xent_probs_cpu(x.host(OP)?, n, c, log))),
+        Device::Gpu(ctx) => {
+            let y = Tensor::uninit_gpu(&ctx, OP, &[n, c])?;
             let p = XentParams { n: n as u32, c: c as u32, log: log as u32, ignore_index: NO_IGNORE, ..Default::default() };
-            let yb = y.gpu().unwrap().buffer();
-            ctx.dispatch(KernelId::SoftmaxForward, &p, &[xb.buffer(), xb.buffer(), ctx.scratch(0), yb], ctx.grid_1d(n, 64))?;
+            let xb = x.buffer(OP)?;
+            ctx.dispatch(&SOFTMAX_XENT_PROBS, &p, &[xb, xb, ctx.scratch(0), y.buffer(OP)?], ctx.grid_1d(n, 64))?;
+            Ok(y)
         }
     }
-    Ok(y)
 }
 
 // ---------------------------------------------------------------- CPU reference
@@ -152,7 +156,7 @@ pub fn softmax_xent_cpu(x: &[f32], n: usize, c: usize, labels: &[u32], smoothing
 }
 
 /// x: (n, c) → softmax or log-softmax per row.
-pub fn softmax_cpu(x: &[f32], n: usize, c: usize, log: bool) -> Vec<f32> {
+pub fn softmax_xent_probs_cpu(x: &[f32], n: usize, c: usize, log: bool) -> Vec<f32> {
     let mut y = vec![0f32; n * c];
     for r in 0..n {
         let row = &x[r * c..(r + 1) * c];

@@ -1,7 +1,7 @@
 //! Activations: every kind on every device against the CPU twin, known values,
 //! gradients at exactly 0, stability at ±100, finite differences.
 
-use wgpu_cnn::ops::activation::{activation_backward, activation_forward, derivative_cpu, forward_cpu, Activation};
+use wgpu_cnn::ops::activation::{activation_backward, activation_forward, activation_derivative_cpu, activation_forward_cpu, Activation};
 use wgpu_cnn::{Device, Tensor, Tolerance};
 
 use crate::harness::{numeric_grad, random};
@@ -22,8 +22,8 @@ fn parity(dev: &Device) {
         let y = activation_forward(&xt, act).unwrap().to_vec().unwrap();
         let dx = activation_backward(&xt, &dyt, act).unwrap().to_vec().unwrap();
         assert!(y.iter().chain(&dx).all(|v| v.is_finite()), "{act:?} on {dev}: non-finite output");
-        let want_y: Vec<f32> = x.iter().map(|&v| forward_cpu(act, v)).collect();
-        let want_dx: Vec<f32> = x.iter().zip(&dy).map(|(&v, &d)| d * derivative_cpu(act, v)).collect();
+        let want_y: Vec<f32> = x.iter().map(|&v| activation_forward_cpu(act, v)).collect();
+        let want_dx: Vec<f32> = x.iter().zip(&dy).map(|(&v, &d)| d * activation_derivative_cpu(act, v)).collect();
         // exp/erf differ by a few ulp between the GPU and Rust's libm.
         Tolerance::new(1e-6, 1e-5).assert(&format!("{act:?} forward on {dev}"), &y, &want_y);
         Tolerance::new(1e-6, 1e-5).assert(&format!("{act:?} backward on {dev}"), &dx, &want_dx);
@@ -54,8 +54,8 @@ fn cpu_gradients_match_finite_differences() {
     let x: Vec<f32> = random(5, 64).iter().map(|v| if v.abs() < 0.05 { v + 0.2 } else { *v } * 3.0).collect();
     let r = random(6, 64);
     for act in Activation::ALL {
-        let analytic: Vec<f32> = x.iter().zip(&r).map(|(&v, &r)| r * derivative_cpu(act, v)).collect();
-        let loss = |x: &[f32]| -> f64 { x.iter().zip(&r).map(|(&v, &r)| forward_cpu(act, v) as f64 * r as f64).sum() };
+        let analytic: Vec<f32> = x.iter().zip(&r).map(|(&v, &r)| r * activation_derivative_cpu(act, v)).collect();
+        let loss = |x: &[f32]| -> f64 { x.iter().zip(&r).map(|(&v, &r)| activation_forward_cpu(act, v) as f64 * r as f64).sum() };
         Tolerance::new(2e-3, 1e-2).assert(&format!("{act:?} vs finite differences"), &analytic, &numeric_grad(&x, 1e-2, &loss));
     }
 }

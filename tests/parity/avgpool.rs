@@ -1,7 +1,7 @@
 //! Average pooling: both divisor rules, ceil mode, global pooling; backward as
 //! the adjoint of forward.
 
-use wgpu_cnn::ops::avgpool::{avgpool_backward, avgpool_forward, global_avg_pool_backward, global_avg_pool_forward};
+use wgpu_cnn::ops::avgpool::{avgpool_backward, avgpool_forward, avgpool_global_backward, avgpool_global_forward};
 use wgpu_cnn::{Device, Pool2dGeometry, Tensor, Tolerance};
 
 use crate::harness::{assert_adjoint, random};
@@ -65,11 +65,11 @@ test_device!(avgpool_divisor_rules, divisors);
 fn global(dev: &Device) {
     let x = random(5, 2 * 3 * 5 * 4);
     let xt = Tensor::from_slice(dev, &[2, 3, 5, 4], &x).unwrap();
-    let y = global_avg_pool_forward(&xt).unwrap();
+    let y = avgpool_global_forward(&xt).unwrap();
     assert_eq!(y.shape(), [2, 3, 1, 1]);
     let want: Vec<f32> = x.chunks(20).map(|p| (p.iter().map(|&v| v as f64).sum::<f64>() / 20.0) as f32).collect();
     Tolerance::new(1e-6, 1e-5).assert("global_avg_pool", &y.to_vec().unwrap(), &want);
     let dy = Tensor::from_vec(dev, &[2, 3, 1, 1], vec![20.0; 6]).unwrap();
-    assert_eq!(global_avg_pool_backward(&dy, &[2, 3, 5, 4]).unwrap().to_vec().unwrap(), vec![1.0; 120]);
+    assert_eq!(avgpool_global_backward(&dy, &[2, 3, 5, 4]).unwrap().to_vec().unwrap(), vec![1.0; 120]);
 }
 test_device!(avgpool_global, global);

@@ -1,7 +1,7 @@
 //! Batch-norm: training and eval forward, running statistics, backward, on every
 //! device against an f64 oracle; finite differences; data far from zero.
 
-use wgpu_cnn::ops::batchnorm::{backward_cpu, batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train, forward_train_cpu, Affine, BatchNormConfig};
+use wgpu_cnn::ops::batchnorm::{batchnorm_backward_cpu, batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train, batchnorm_forward_train_cpu, Affine, BatchNormConfig};
 use wgpu_cnn::{Device, Tensor, Tolerance};
 
 use crate::harness::{numeric_grad, random};
@@ -117,12 +117,12 @@ fn cpu_backward_matches_finite_differences() {
     let (g, b) = (vec![0.7, -1.3], vec![0.2, 0.4]);
     let loss = |x: &[f32], g: &[f32], b: &[f32]| -> f64 {
         let mut run = vec![0.0, 0.0, 1.0, 1.0];
-        let (y, _) = forward_train_cpu(x, dims, Some((g, b)), &mut run, cfg);
+        let (y, _) = batchnorm_forward_train_cpu(x, dims, Some((g, b)), &mut run, cfg);
         y.iter().zip(&r).map(|(y, r)| *y as f64 * *r as f64).sum()
     };
     let mut run = vec![0.0, 0.0, 1.0, 1.0];
-    let (_, stats) = forward_train_cpu(&x, dims, Some((&g, &b)), &mut run, cfg);
-    let (dx, grads) = backward_cpu(&x, &r, dims, Some(&g), &stats, &run, true, cfg);
+    let (_, stats) = batchnorm_forward_train_cpu(&x, dims, Some((&g, &b)), &mut run, cfg);
+    let (dx, grads) = batchnorm_backward_cpu(&x, &r, dims, Some(&g), &stats, &run, true, cfg);
     let tol = Tolerance::new(3e-3, 1e-2);
     tol.assert("batchnorm dx vs finite differences", &dx, &numeric_grad(&x, 1e-2, &|x| loss(x, &g, &b)));
     tol.assert("batchnorm dgamma vs finite differences", &grads[..2], &numeric_grad(&g, 1e-2, &|g| loss(&x, g, &b)));

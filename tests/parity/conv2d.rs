@@ -2,8 +2,10 @@
 //! convolution; the CPU backward against finite differences; hand-worked
 //! examples from the course notes; bad input.
 
-use wgpu_cnn::ops::conv2d::{backward_cpu, conv2d_backward, conv2d_backward_params, conv2d_forward, forward_cpu, set_max_chunk_bytes};
-use wgpu_cnn::{Conv2dConfig, Conv2dGeometry, Device, Error, Tensor, Tolerance};
+use wgpu_cnn::ops::conv2d::{
+    conv2d_backward, conv2d_backward_cpu, conv2d_backward_cpu_in_chunks, conv2d_backward_params, conv2d_forward, conv2d_forward_cpu, conv2d_forward_cpu_in_chunks,
+};
+use wgpu_cnn::{Conv2dConfig, Conv2dGeometry, Device, Error, GpuOptions, Tensor, Tolerance};
 
 use crate::harness::{numeric_grad, random};
 use crate::test_device;
@@ -128,16 +130,41 @@ fn grid(dev: &Device) {
 test_device!(conv2d_grid, grid);
 
 /// A batch split into several chunks gives the same results (dW and db
-/// accumulate across chunks; dX and y land at the right offsets).
+/// accumulate across chunks; dX and y land at the right offsets). The GPU's
+/// budget is a device option; the CPU twin takes it as an argument.
 fn chunked(dev: &Device) {
     // 3×3 pad 1 on [5, 2, 6, 6]: one image's columns are 18·36·4 bytes, so a
-    // 3000-byte budget gives chunks of one image.
-    set_max_chunk_bytes(Some(3000));
-    let c = case([5, 2, 6, 6], 3, [3, 3], Conv2dConfig::default().padding(1), true);
-    check_case(dev, (77, &c));
-    let c = case([5, 3, 4, 5], 2, [1, 1], Conv2dConfig::default(), true); // pointwise backward chunks too
-    check_case(dev, (78, &c));
-    set_max_chunk_bytes(None);
+    // 480-byte budget gives chunks of one image; the 1×1 case's are 3·20·4,
+    // so chunks of two images and a last one of one.
+    const BUDGET: u64 = 480;
+    let cases = [
+        (77, case([5, 2, 6, 6], 3, [3, 3], Conv2dConfig::default().padding(1), true)),
+        (78, case([5, 3, 4, 5], 2, [1, 1], Conv2dConfig::default(), true)), // pointwise backward chunks too
+    ];
+    match dev {
+        Device::Gpu(_) => {
+            let small = Device::gpu_with(&GpuOptions { max_chunk_bytes: Some(BUDGET), ..GpuOptions::default() }).unwrap();
+            assert_eq!(small.gpu_context().unwrap().max_chunk_bytes(), Some(BUDGET));
+            cases.iter().for_each(|(i, c)| check_case(&small, (*i, c)));
+        }
+        Device::Cpu => {
+            for (i, c) in &cases {
+                let [n, c_in, h, w] = c.x;
+                let wshape = [c.c_out, c_in / c.cfg.groups, c.k[0], c.k[1]];
+                let geo = Conv2dGeometry::new(&c.x, &wshape, c.cfg).unwrap();
+                assert!(geo.images_per_chunk(BUDGET) < n, "case {i} must take several chunks");
+                let (xv, wv, bv) = (random(*i as u64, n * c_in * h * w), random(*i as u64 + 1, wshape.iter().product()), random(*i as u64 + 2, c.c_out));
+                let dyv = random(*i as u64 + 3, geo.output_shape().iter().product());
+                let [y_ref, dx_ref, dw_ref, db_ref] = oracle(&xv, &wv, Some(&bv), &dyv, &geo);
+                let y = conv2d_forward_cpu_in_chunks(&xv, &wv, Some(&bv), &geo, BUDGET);
+                tol(geo.col_rows()).assert(&format!("chunked case {i}: forward"), &y, &y_ref);
+                let (dx, dw, db) = conv2d_backward_cpu_in_chunks(&xv, &wv, &dyv, &geo, BUDGET);
+                tol(c.k[0] * c.k[1] * c.c_out).assert(&format!("chunked case {i}: dx"), &dx, &dx_ref);
+                tol(n * geo.out_pixels()).assert(&format!("chunked case {i}: dw"), &dw, &dw_ref);
+                tol(n * geo.out_pixels()).assert(&format!("chunked case {i}: db"), &db, &db_ref);
+            }
+        }
+    }
 }
 test_device!(conv2d_chunked_batch, chunked);
 
@@ -184,9 +211,9 @@ fn cpu_backward_matches_finite_differences() {
         let b = random(3, c.c_out);
         let r = random(4, geo.output_shape().iter().product());
         let loss = |x: &[f32], w: &[f32], b: &[f32]| -> f64 {
-            forward_cpu(x, w, Some(b), &geo).iter().zip(&r).map(|(y, r)| *y as f64 * *r as f64).sum()
+            conv2d_forward_cpu(x, w, Some(b), &geo).iter().zip(&r).map(|(y, r)| *y as f64 * *r as f64).sum()
         };
-        let (dx, dw, db) = backward_cpu(&x, &wv, &r, &geo);
+        let (dx, dw, db) = conv2d_backward_cpu(&x, &wv, &r, &geo);
         let numeric = |v: &[f32], f: &dyn Fn(&[f32]) -> f64| numeric_grad(v, 1e-2, f);
         tol.assert("conv2d dx vs finite differences", &dx, &numeric(&x, &|x| loss(x, &wv, &b)));
         tol.assert("conv2d dw vs finite differences", &dw, &numeric(&wv, &|w| loss(&x, w, &b)));

@@ -155,7 +155,7 @@ fn small_trainer() -> Trainer {
 }
 
 fn state(t: &mut Trainer) -> (Vec<Vec<f32>>, usize, u64) {
-    let mut v: Vec<Vec<f32>> = t.model.parameters("").into_iter().map(|p| p.value.to_vec().unwrap()).collect();
+    let mut v: Vec<Vec<f32>> = t.model.parameters("").unwrap().into_iter().map(|p| p.value.to_vec().unwrap()).collect();
     v.extend(t.model.buffers("").into_iter().map(|(_, b)| b.to_vec().unwrap()));
     (v, t.epoch, t.step)
 }

@@ -11,6 +11,8 @@ static ALLOC: alloc::Tracking = alloc::Tracking;
 mod activation;
 mod avgpool;
 mod batchnorm;
+mod bias;
+mod clip;
 mod col2im;
 mod conv2d;
 mod corrupt;

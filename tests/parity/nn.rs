@@ -4,7 +4,7 @@
 use wgpu_cnn::nn::{models, ActivationLayer, BatchNorm, Conv2d, Flatten, GlobalAvgPool, Init, Initializer, Layer, Linear, Mode, Residual, Sequential};
 use wgpu_cnn::ops::activation::Activation;
 use wgpu_cnn::ops::optim::SgdConfig;
-use wgpu_cnn::ops::softmax_xent::softmax_cross_entropy;
+use wgpu_cnn::ops::softmax_xent::softmax_xent;
 use wgpu_cnn::optim::{Optimizer, OptimizerConfig};
 use wgpu_cnn::train::{TrainConfig, Trainer};
 use wgpu_cnn::{Conv2dConfig, Device, Tensor, Tolerance};
@@ -13,7 +13,7 @@ use crate::harness::{random, with_gpu};
 
 #[test]
 fn summary_of_the_course_notes_network() {
-    let net = models::course_notes_net(&Device::Cpu, &mut Initializer::new(0, Init::PytorchDefault)).unwrap();
+    let mut net = models::course_notes_net(&Device::Cpu, &mut Initializer::new(0, Init::PytorchDefault)).unwrap();
     let s = net.summary(&[1, 3, 128, 128]).unwrap();
     let shapes: Vec<Vec<usize>> = s.rows.iter().map(|r| r.output.clone()).collect();
     assert_eq!(shapes, vec![vec![1, 3, 64, 64], vec![1, 12, 48, 48], vec![1, 12, 16, 16], vec![1, 3072], vec![1, 128], vec![1, 128], vec![1, 10]]);
@@ -21,7 +21,7 @@ fn summary_of_the_course_notes_network() {
     assert_eq!(s.params_of("Linear"), 394_634);
     let table = s.to_string();
     assert!(table.contains("12@48×48") && table.contains("394,634") && table.contains("10,416"), "{table}");
-    let lenet = models::lenet5(&Device::Cpu, &mut Initializer::new(0, Init::PytorchDefault)).unwrap();
+    let mut lenet = models::lenet5(&Device::Cpu, &mut Initializer::new(0, Init::PytorchDefault)).unwrap();
     assert_eq!(lenet.summary(&[1, 1, 28, 28]).unwrap().total_params(), 61_706);
     assert!(net.summary(&[1, 3, 32, 32]).is_err(), "a 17×17 kernel does not fit 16×16");
 }
@@ -30,15 +30,15 @@ fn summary_of_the_course_notes_network() {
 fn grads(model: &mut Sequential, x: &Tensor, labels: &[i64]) -> (f32, Vec<(String, Vec<f32>)>) {
     model.zero_grad();
     let logits = model.forward(x, Mode::Train).unwrap();
-    let (loss, dlogits) = softmax_cross_entropy(&logits, labels, Default::default()).unwrap();
+    let (loss, dlogits) = softmax_xent(&logits, labels, Default::default()).unwrap();
     model.backward(&dlogits).unwrap();
-    let g = model.parameters("").into_iter().map(|p| (p.name, p.grad.to_vec().unwrap())).collect();
+    let g = model.parameters("").unwrap().into_iter().map(|p| (p.name, p.grad.to_vec().unwrap())).collect();
     (loss.to_vec().unwrap()[0], g)
 }
 
 fn loss_of(model: &mut Sequential, x: &Tensor, labels: &[i64]) -> f64 {
     let logits = model.forward(x, Mode::Train).unwrap();
-    softmax_cross_entropy(&logits, labels, Default::default()).unwrap().0.to_vec().unwrap()[0] as f64
+    softmax_xent(&logits, labels, Default::default()).unwrap().0.to_vec().unwrap()[0] as f64
 }
 
 /// CPU gradients against central differences at a few coordinates of each parameter.
@@ -47,7 +47,7 @@ fn check_fd(model: &mut Sequential, x: &Tensor, labels: &[i64], analytic: &[(Str
     for (pi, (name, g)) in analytic.iter().enumerate() {
         for &k in &[0, g.len() / 2, g.len() - 1] {
             let bump = |model: &mut Sequential, d: f32| {
-                let mut ps = model.parameters("");
+                let mut ps = model.parameters("").unwrap();
                 let p = &mut ps[pi];
                 let mut v = p.value.to_vec().unwrap();
                 v[k] += d;
@@ -149,7 +149,7 @@ fn five_sgd_steps_cpu_and_gpu() {
     let cpu_steps: Vec<(f32, Vec<Vec<f32>>)> = (0..5)
         .map(|_| {
             let l = cpu.train_step(&xc, &labels).unwrap().to_vec().unwrap()[0];
-            (l, cpu.model.parameters("").iter().map(|p| p.value.to_vec().unwrap()).collect())
+            (l, cpu.model.parameters("").unwrap().iter().map(|p| p.value.to_vec().unwrap()).collect())
         })
         .collect();
     let losses: Vec<f32> = cpu_steps.iter().map(|s| s.0).collect();
@@ -160,7 +160,7 @@ fn five_sgd_steps_cpu_and_gpu() {
         for (step, (cl, cw)) in cpu_steps.iter().enumerate() {
             let l = gpu.train_step(&xg, &labels).unwrap().to_vec().unwrap()[0];
             Tolerance::new(1e-5, 1e-4).assert(&format!("loss at step {}", step + 1), &[l], &[*cl]);
-            for (p, w) in gpu.model.parameters("").iter().zip(cw) {
+            for (p, w) in gpu.model.parameters("").unwrap().iter().zip(cw) {
                 Tolerance::new(1e-5, 1e-4).assert(&format!("{} after step {}", p.name, step + 1), &p.value.to_vec().unwrap(), w);
             }
         }
@@ -183,9 +183,9 @@ fn backward_params_matches_backward(dev: &Device) {
         let mut m = build(dev);
         m.zero_grad();
         let logits = m.forward(&x, Mode::Train).unwrap();
-        let (_, dlogits) = softmax_cross_entropy(&logits, &labels, Default::default()).unwrap();
+        let (_, dlogits) = softmax_xent(&logits, &labels, Default::default()).unwrap();
         m.backward_params(&dlogits).unwrap();
-        for (p, (name, g)) in m.parameters("").into_iter().zip(&full) {
+        for (p, (name, g)) in m.parameters("").unwrap().into_iter().zip(&full) {
             assert_eq!(&p.grad.to_vec().unwrap(), g, "{name} on {dev}");
         }
     }

@@ -1,7 +1,7 @@
 //! Optimisers: three steps against a hand-written f64 reference (PyTorch's
 //! documented algorithms), on every device.
 
-use wgpu_cnn::ops::optim::{adam_step, sgd_step, AdamConfig, SgdConfig};
+use wgpu_cnn::ops::optim::{optim_adam_step, optim_sgd_step, AdamConfig, SgdConfig};
 use wgpu_cnn::{Device, Tensor, Tolerance};
 
 use crate::harness::random;
@@ -75,7 +75,7 @@ fn sgd(dev: &Device) {
         for (t, g) in gs.iter().enumerate() {
             let g = Tensor::from_slice(dev, &[len], g).unwrap();
             let b = (cfg.momentum > 0.0).then_some(&mut buf);
-            sgd_step(&mut p, &g, b, t == 0, &cfg).unwrap();
+            optim_sgd_step(&mut p, &g, b, t == 0, &cfg).unwrap();
             Tolerance::new(1e-6, 1e-5).assert(&format!("sgd {cfg:?} step {} on {dev}", t + 1), &p.to_vec().unwrap(), &want[t]);
         }
     }
@@ -99,7 +99,7 @@ fn adam(dev: &Device) {
         let (mut m, mut v) = (Tensor::zeros(dev, &[len]).unwrap(), Tensor::zeros(dev, &[len]).unwrap());
         for (t, g) in gs.iter().enumerate() {
             let g = Tensor::from_slice(dev, &[len], g).unwrap();
-            adam_step(&mut p, &g, &mut m, &mut v, t as u32 + 1, &cfg).unwrap();
+            optim_adam_step(&mut p, &g, &mut m, &mut v, t as u32 + 1, &cfg).unwrap();
             Tolerance::new(1e-6, 1e-5).assert(&format!("adam {cfg:?} step {} on {dev}", t + 1), &p.to_vec().unwrap(), &want[t]);
         }
     }
@@ -110,13 +110,13 @@ fn bad_settings(dev: &Device) {
     let mut p = Tensor::zeros(dev, &[3]).unwrap();
     let g = Tensor::zeros(dev, &[3]).unwrap();
     for lr in [f32::NAN, -0.1, f32::INFINITY] {
-        let e = sgd_step(&mut p, &g, None, true, &SgdConfig::new(lr)).unwrap_err().to_string();
+        let e = optim_sgd_step(&mut p, &g, None, true, &SgdConfig::new(lr)).unwrap_err().to_string();
         assert!(e.contains("learning rate"), "{e}");
         let (mut m, mut v) = (Tensor::zeros(dev, &[3]).unwrap(), Tensor::zeros(dev, &[3]).unwrap());
-        assert!(adam_step(&mut p, &g, &mut m, &mut v, 1, &AdamConfig::adam(lr)).is_err());
+        assert!(optim_adam_step(&mut p, &g, &mut m, &mut v, 1, &AdamConfig::adam(lr)).is_err());
     }
-    let e = sgd_step(&mut p, &g, None, true, &SgdConfig { momentum: 0.9, ..SgdConfig::new(0.1) }).unwrap_err().to_string();
+    let e = optim_sgd_step(&mut p, &g, None, true, &SgdConfig { momentum: 0.9, ..SgdConfig::new(0.1) }).unwrap_err().to_string();
     assert!(e.contains("momentum buffer"), "{e}");
-    assert!(sgd_step(&mut p, &Tensor::zeros(dev, &[4]).unwrap(), None, true, &SgdConfig::new(0.1)).is_err());
+    assert!(optim_sgd_step(&mut p, &Tensor::zeros(dev, &[4]).unwrap(), None, true, &SgdConfig::new(0.1)).is_err());
 }
 test_device!(optim_bad_settings, bad_settings);

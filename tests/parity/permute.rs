@@ -1,6 +1,6 @@
 //! Swapping leading axes, with and without a bias.
 
-use wgpu_cnn::ops::permute::swap_leading;
+use wgpu_cnn::ops::permute::permute_swap;
 use wgpu_cnn::{Device, Tensor};
 
 use crate::harness::random;
@@ -12,9 +12,9 @@ fn swap(dev: &Device) {
     let bias = random(2, a);
     let xt = Tensor::from_slice(dev, &[a, b, inner], &x).unwrap();
     let bt = Tensor::from_slice(dev, &[a], &bias).unwrap();
-    let plain = swap_leading(&xt, None).unwrap();
+    let plain = permute_swap(&xt, None).unwrap();
     assert_eq!(plain.shape(), [b, a, inner]);
-    let with_bias = swap_leading(&xt, Some(&bt)).unwrap().to_vec().unwrap();
+    let with_bias = permute_swap(&xt, Some(&bt)).unwrap().to_vec().unwrap();
     let plain = plain.to_vec().unwrap();
     for j in 0..b {
         for i in 0..a {
@@ -27,8 +27,8 @@ fn swap(dev: &Device) {
     }
     // 2-D: a transpose.
     let m = Tensor::from_vec(dev, &[2, 3], vec![1., 2., 3., 4., 5., 6.]).unwrap();
-    assert_eq!(swap_leading(&m, None).unwrap().to_vec().unwrap(), vec![1., 4., 2., 5., 3., 6.]);
-    let bad = swap_leading(&xt, Some(&Tensor::zeros(dev, &[b]).unwrap())).unwrap_err().to_string();
+    assert_eq!(permute_swap(&m, None).unwrap().to_vec().unwrap(), vec![1., 4., 2., 5., 3., 6.]);
+    let bad = permute_swap(&xt, Some(&Tensor::zeros(dev, &[b]).unwrap())).unwrap_err().to_string();
     assert!(bad.contains("permute") && bad.contains("expected [3]"), "{bad}");
 }
 test_device!(permute_swap_leading, swap);

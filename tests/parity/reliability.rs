@@ -250,7 +250,7 @@ fn deterministic(dev: &Device) {
         };
         let mut t = Trainer::new(model, Optimizer::new(OptimizerConfig::Adam(AdamConfig::adamw(1e-3))).unwrap(), cfg, dev.clone()).unwrap();
         t.fit(&data, None, |_| Control::Continue).unwrap();
-        t.model.parameters("").into_iter().map(|p| p.value.to_vec().unwrap().iter().map(|v| v.to_bits()).collect()).collect()
+        t.model.parameters("").unwrap().into_iter().map(|p| p.value.to_vec().unwrap().iter().map(|v| v.to_bits()).collect()).collect()
     };
     for mlp in [true, false] {
         let (a, b) = (run(mlp), run(mlp));
@@ -287,10 +287,11 @@ fn trainer_builds_all_pipelines_up_front() {
             let model = build(&dev, &mut Initializer::new(1, Init::KaimingUniform));
             let cfg = TrainConfig { batch_size: 4, epochs: 1, progress: false, ..cfg };
             let mut t = Trainer::new(model, Optimizer::new(opt).unwrap(), cfg, dev.clone()).unwrap();
+            t.prepare(data, Some(data)).unwrap();
             let built = ctx.pipelines_built();
             assert!(built > 0, "{name}: nothing was built up front");
             t.fit(data, Some(data), |_| Control::Continue).unwrap();
-            assert_eq!(ctx.pipelines_built(), built, "{name}: the first step built pipelines that Trainer::new did not");
+            assert_eq!(ctx.pipelines_built(), built, "{name}: the first step built pipelines that Trainer::prepare did not");
         }
     });
 }

@@ -70,15 +70,15 @@ fn gpu_pool_reuses_buffers() {
 /// Clones are values: an in-place write through one never shows in the other
 /// (on the GPU the buffer is shared until the first such write).
 fn copy_on_write(dev: &Device) {
-    use wgpu_cnn::ops::elementwise::{combine_into, fill};
+    use wgpu_cnn::ops::elementwise::{elementwise_combine, elementwise_fill};
     use wgpu_cnn::ops::gemm::gemm_into;
     let a = Tensor::from_vec(dev, &[2, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
     let mut b = a.clone();
     b.write(&[9.0; 4]).unwrap();
     let mut c = a.clone();
-    fill(&mut c, 5.0).unwrap();
+    elementwise_fill(&mut c, 5.0).unwrap();
     let mut d = a.clone();
-    combine_into(&mut d, &a, 1.0, 1.0).unwrap();
+    elementwise_combine(&mut d, &a, 1.0, 1.0).unwrap();
     let mut e = a.clone();
     gemm_into(&a, &a, &mut e, GemmConfig { beta: 1.0, ..GemmConfig::default() }).unwrap();
     assert_eq!(a.to_vec().unwrap(), vec![1.0, 2.0, 3.0, 4.0], "the original changed on {dev}");

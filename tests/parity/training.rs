@@ -60,7 +60,7 @@ fn gpu_learns_mnist_slice() {
 }
 
 pub(crate) fn weights(t: &mut Trainer) -> Vec<Vec<f32>> {
-    let mut v: Vec<Vec<f32>> = t.model.parameters("").iter().map(|p| p.value.to_vec().unwrap()).collect();
+    let mut v: Vec<Vec<f32>> = t.model.parameters("").unwrap().iter().map(|p| p.value.to_vec().unwrap()).collect();
     v.extend(t.optimizer.state_tensors().iter().map(|(_, s)| s.to_vec().unwrap()));
     v
 }
@@ -390,7 +390,7 @@ fn gpu_profile_and_trace() {
         assert_eq!(calls("im2col"), 4, "{report}");
         // Only conv2 folds its input gradient back: conv1's input (the images) needs none.
         assert_eq!(calls("col2im"), 2, "{report}");
-        assert_eq!(calls("sgd_step"), 2 * 10, "ten parameter tensors: {report}");
+        assert_eq!(calls("optim_sgd_step"), 2 * 10, "ten parameter tensors: {report}");
         assert!(report.total_ms > 0.0 && (report.rows.iter().map(|r| r.share).sum::<f64>() - 1.0).abs() < 1e-6);
         let path = tmp("trace.json");
         ctx.write_trace(&path).unwrap();
