@@ -91,6 +91,16 @@ fn lost_device_fails_every_call_promptly() {
         }
         assert!(start.elapsed() < Duration::from_secs(5), "calls on a lost device took {:?}", start.elapsed());
         assert!(dev.gpu_context().unwrap().is_lost());
+        // The model's state walk and a checkpoint save say so too, instead of panicking:
+        // after zero_grad, reading the parameters must zero-fill their gradients on the device.
+        use wgpu_cnn::nn::Layer;
+        t.model.zero_grad();
+        let e = t.model.parameters("").err().expect("parameters() on a lost device");
+        assert!(matches!(e, Error::DeviceLost(_)), "parameters after the loss: {e}");
+        let path = std::env::temp_dir().join(format!("wgpu-cnn-lost-{}.safetensors", std::process::id()));
+        let e = wgpu_cnn::checkpoint::save(&path, &mut t).unwrap_err();
+        assert!(matches!(e, Error::DeviceLost(_)), "checkpoint save after the loss: {e}");
+        assert!(!path.exists(), "a failed save left a file");
     });
 }
 
@@ -262,6 +272,48 @@ crate::test_device!(same_seed_gives_identical_weights, deterministic);
 /// `Trainer::new` builds every pipeline its model, loss and optimiser use: a
 /// training epoch and an evaluation afterwards build none (a kernel missing
 /// from a layer's `kernels()` list would show up here).
+/// `Trainer::prepare` records a step as a dry run: pipelines get built, but
+/// weights, running statistics, dropout counters, optimiser state and the
+/// step count are exactly as before, and training afterwards matches a
+/// trainer that was never prepared.
+#[test]
+fn prepare_changes_no_state() {
+    with_gpu("reliability::prepare_changes_no_state", |_| {
+        use wgpu_cnn::nn::{models, Init, Initializer, Layer};
+        use wgpu_cnn::ops::optim::AdamConfig;
+        use wgpu_cnn::optim::{Optimizer, OptimizerConfig};
+        use wgpu_cnn::train::Trainer;
+        let data = mnist_slice(Split::Train, 12);
+        let dev = private(GpuOptions::default());
+        let make = || {
+            let model = models::mlp(&dev, 16, 0.2, &mut Initializer::new(3, Init::KaimingUniform)).unwrap();
+            let cfg = TrainConfig { batch_size: 8, epochs: 1, progress: false, clip_grad_norm: Some(1.0), check_gradients: true, l1: 1e-5, ..Default::default() };
+            Trainer::new(model, Optimizer::new(OptimizerConfig::Adam(AdamConfig::adamw(1e-3))).unwrap(), cfg, dev.clone()).unwrap()
+        };
+        let snapshot = |t: &mut Trainer| -> (Vec<Vec<u32>>, Vec<u32>, u32, u64, usize) {
+            let mut tensors: Vec<Vec<u32>> = t.model.parameters("").unwrap().iter().map(|p| bits(p.value)).collect();
+            tensors.extend(t.model.buffers("").into_iter().map(|(_, b)| bits(b)));
+            let counters = t.model.counters("").into_iter().map(|(_, c)| *c).collect();
+            (tensors, counters, t.optimizer.steps, t.step, t.optimizer.state_tensors().len())
+        };
+        let mut t = make();
+        let before = snapshot(&mut t);
+        let built = dev.gpu_context().unwrap().pipelines_built();
+        t.prepare(&data, Some(&data)).unwrap();
+        assert!(dev.gpu_context().unwrap().pipelines_built() > built, "prepare built nothing");
+        assert!(before == snapshot(&mut t), "prepare changed the trainer's state");
+        // One epoch from the prepared trainer equals one from a fresh one.
+        let mut fresh = make();
+        t.fit(&data, None, |_| Control::Continue).unwrap();
+        fresh.fit(&data, None, |_| Control::Continue).unwrap();
+        assert!(snapshot(&mut t) == snapshot(&mut fresh), "training after prepare differs");
+    });
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.to_vec().unwrap().iter().map(|v| v.to_bits()).collect()
+}
+
 #[test]
 fn trainer_builds_all_pipelines_up_front() {
     with_gpu("reliability::trainer_builds_all_pipelines_up_front", |_| {
