@@ -27,26 +27,34 @@ struct Args {
     /// Skip the training-step table.
     #[arg(long)]
     no_train: bool,
-    /// Training-step models to run (default: lenet5,vgg_small).
-    #[arg(long, value_delimiter = ',', default_value = "lenet5,vgg_small")]
+    /// Training-step models to run: lenet5, vgg_small, resnet20.
+    #[arg(long, value_delimiter = ',', default_value = "lenet5,vgg_small,resnet20")]
     models: Vec<String>,
     /// Skip the GEMM table.
     #[arg(long)]
     no_gemm: bool,
 }
 
-/// Training-step rows: (model, device, build = model + trainer with every
-/// pipeline, first step, median step).
+/// Training-step rows: model, device, build (model + trainer), first step
+/// (on the GPU it builds every pipeline first: see `Trainer::prepare`),
+/// median step, and on the GPU the host side of one steady step: dispatches,
+/// compute passes, bind groups created, queue writes (and bytes) and the host
+/// time to record and submit it (timed around `train_step`, which ends in the
+/// submit; the wait for the GPU is outside), median over steps.
 fn train_steps(devices: &[(&str, Device)], seconds: f64, json: bool, models: &[String]) -> wgpu_cnn::Result<()> {
     use wgpu_cnn::nn::{models, Init, Initializer};
     use wgpu_cnn::ops::optim::SgdConfig;
     use wgpu_cnn::optim::{Optimizer, OptimizerConfig};
     use wgpu_cnn::train::{TrainConfig, Trainer};
     if !json {
-        println!("\n{:<18} {:<14} {:>10} {:>12} {:>11} {:>10}", "train step (b64)", "device", "build", "first step", "step", "images/s");
+        println!(
+            "\n{:<18} {:<8} {:>9} {:>11} {:>10} {:>9} | {:>6} {:>6} {:>6} {:>6} {:>9} {:>9}",
+            "train step (b64)", "device", "build", "first step", "step", "images/s", "disp", "passes", "bgs", "writes", "bytes up", "host µs"
+        );
     }
     type Build = fn(&Device, &mut Initializer) -> wgpu_cnn::Result<wgpu_cnn::nn::Sequential>;
-    let nets: [(&str, Build, [usize; 3]); 2] = [("lenet5", models::lenet5, [1, 28, 28]), ("vgg_small", models::vgg_small, [3, 32, 32])];
+    let nets: [(&str, Build, [usize; 3]); 3] =
+        [("lenet5", models::lenet5, [1, 28, 28]), ("vgg_small", models::vgg_small, [3, 32, 32]), ("resnet20", models::resnet20, [3, 32, 32])];
     for (name, build, item) in nets.into_iter().filter(|n| models.iter().any(|m| m == n.0)) {
         for (dname, dev) in devices {
             let t_build = Instant::now();
@@ -65,14 +73,42 @@ fn train_steps(devices: &[(&str, Device)], seconds: f64, json: bool, models: &[S
                 t.train_step(&x, &labels).unwrap();
                 dev.synchronize().unwrap();
             });
+            let host = host_side(dev, || t.train_step(&x, &labels).map(drop))?;
             if json {
-                println!("{{\"op\":\"train_step\",\"model\":\"{name}\",\"batch\":64,\"device\":\"{dname}\",\"build_s\":{built:.4},\"first_step_s\":{first:.4},\"step_s\":{step:.6},\"images_per_s\":{:.1}}}", 64.0 / step);
+                let h = host.map_or(String::new(), |(c, us)| {
+                    format!(
+                        ",\"dispatches_per_step\":{},\"passes_per_step\":{},\"bind_groups_per_step\":{},\"queue_writes_per_step\":{},\"bytes_uploaded_per_step\":{},\"submits_per_step\":{},\"host_us_per_step\":{us:.1}",
+                        c.dispatches, c.passes, c.bind_groups, c.queue_writes, c.bytes_uploaded, c.submits
+                    )
+                });
+                println!("{{\"op\":\"train_step\",\"model\":\"{name}\",\"batch\":64,\"device\":\"{dname}\",\"build_s\":{built:.4},\"first_step_s\":{first:.4},\"step_s\":{step:.6},\"images_per_s\":{:.1}{h}}}", 64.0 / step);
             } else {
-                println!("{:<18} {:<14} {:>8.1}ms {:>10.1}ms {:>9.2}ms {:>10.0}", name, dname, built * 1e3, first * 1e3, step * 1e3, 64.0 / step);
+                let h = host.map_or(format!("{:>6} {:>6} {:>6} {:>6} {:>9} {:>9}", "-", "-", "-", "-", "-", "-"), |(c, us)| {
+                    format!("{:>6} {:>6} {:>6} {:>6} {:>9} {:>9.0}", c.dispatches, c.passes, c.bind_groups, c.queue_writes, c.bytes_uploaded, us)
+                });
+                println!("{:<18} {:<8} {:>7.1}ms {:>9.1}ms {:>8.2}ms {:>9.0} | {h}", name, dname, built * 1e3, first * 1e3, step * 1e3, 64.0 / step);
             }
         }
     }
     Ok(())
+}
+
+/// On the GPU: what one steady step asks of wgpu (the counters of the last
+/// of 7 steps) and the median host time to record and submit it, in µs.
+fn host_side(dev: &Device, mut step: impl FnMut() -> wgpu_cnn::Result<()>) -> wgpu_cnn::Result<Option<(wgpu_cnn::HostCounters, f64)>> {
+    let Some(ctx) = dev.gpu_context() else { return Ok(None) };
+    let (mut times, mut per_step) = (Vec::new(), Default::default());
+    for _ in 0..7 {
+        dev.synchronize()?;
+        let before = ctx.host_counters();
+        let t = Instant::now();
+        step()?;
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+        per_step = ctx.host_counters() - before;
+    }
+    dev.synchronize()?;
+    times.sort_by(f64::total_cmp);
+    Ok(Some((per_step, times[times.len() / 2])))
 }
 
 /// Median seconds per call of `f`, after two warm-up calls.

@@ -23,6 +23,39 @@ pub enum GemmVariant {
     Tiled,
 }
 
+/// What the host has asked of wgpu since the device opened: the per-step
+/// costs that decide speed on a real GPU, where a small model's step is a
+/// few dozen tiny dispatches. Subtract two snapshots for one step's figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostCounters {
+    /// Kernel dispatches recorded.
+    pub dispatches: u64,
+    /// Compute passes begun.
+    pub passes: u64,
+    /// Bind groups created.
+    pub bind_groups: u64,
+    /// `queue.write_buffer` calls (params, uploads, overwrites).
+    pub queue_writes: u64,
+    /// Bytes those writes carried.
+    pub bytes_uploaded: u64,
+    /// Queue submits.
+    pub submits: u64,
+}
+
+impl std::ops::Sub for HostCounters {
+    type Output = HostCounters;
+    fn sub(self, o: HostCounters) -> HostCounters {
+        HostCounters {
+            dispatches: self.dispatches - o.dispatches,
+            passes: self.passes - o.passes,
+            bind_groups: self.bind_groups - o.bind_groups,
+            queue_writes: self.queue_writes - o.queue_writes,
+            bytes_uploaded: self.bytes_uploaded - o.bytes_uploaded,
+            submits: self.submits - o.submits,
+        }
+    }
+}
+
 /// An open GPU: create it once (through [`crate::Device::gpu`]) and share it.
 pub struct GpuContext {
     pub(crate) device: wgpu::Device,
@@ -53,6 +86,7 @@ pub struct GpuContext {
     dry: Mutex<Option<Vec<&'static KernelDef>>>,
     /// Cap on the convolution's column-matrix bytes (`GpuOptions::max_chunk_bytes`).
     max_chunk_bytes: Option<u64>,
+    counters: Mutex<HostCounters>,
 }
 
 /// Runs `f` inside validation and out-of-memory error scopes; returns what they caught.
@@ -157,6 +191,7 @@ impl GpuContext {
             recorded: Mutex::default(),
             dry: Mutex::default(),
             max_chunk_bytes: opts.max_chunk_bytes,
+            counters: Mutex::default(),
         })
     }
 
@@ -194,6 +229,24 @@ impl GpuContext {
         if let Some(p) = &self.profiler {
             p.lock().unwrap().reset();
         }
+    }
+
+    /// Dispatches, passes, bind groups, queue writes and submits so far.
+    pub fn host_counters(&self) -> HostCounters {
+        *self.counters.lock().unwrap()
+    }
+
+    fn count(&self, f: impl FnOnce(&mut HostCounters)) {
+        f(&mut self.counters.lock().unwrap());
+    }
+
+    /// `queue.write_buffer`, counted.
+    fn write(&self, buffer: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
+        self.count(|c| {
+            c.queue_writes += 1;
+            c.bytes_uploaded += bytes.len() as u64;
+        });
+        self.queue.write_buffer(buffer, offset, bytes);
     }
 
     /// Buffer-pool counters.
@@ -400,8 +453,13 @@ impl GpuContext {
         }
         let kernel = self.kernels.get(&self.device, spec)?;
         let (ubuf, uclass) = self.take(spec.name, BufferKind::Uniform, size_of::<P>() as u64)?;
-        self.queue.write_buffer(&ubuf, 0, bytemuck::bytes_of(params));
+        self.write(&ubuf, 0, bytemuck::bytes_of(params));
         let entries = bind_entries(spec.bindings, &ubuf, buffers);
+        self.count(|c| {
+            c.dispatches += 1;
+            c.passes += 1;
+            c.bind_groups += 1;
+        });
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(spec.name),
             layout: &kernel.layout,
@@ -460,7 +518,7 @@ impl GpuContext {
     /// Uploads raw bytes into a buffer fresh from the pool (see [`Self::upload`]).
     pub(crate) fn upload_bytes(&self, dst: &GpuBuffer, bytes: &[u8]) -> Result<()> {
         self.alive()?;
-        self.queue.write_buffer(dst.buffer(), 0, bytes);
+        self.write(dst.buffer(), 0, bytes);
         Ok(())
     }
 
@@ -488,6 +546,7 @@ impl GpuContext {
                 p.lock().unwrap().resolve(&mut enc);
             }
             // Encoding errors (a bad binding in some pass) surface here.
+            self.count(|c| c.submits += 1);
             caught = capture(&self.device, || self.queue.submit(Some(enc.finish()))).1;
         }
         // Under the lock, so no new recording can claim a buffer parked here.
@@ -578,7 +637,7 @@ impl GpuContext {
         if self.recording.load(Ordering::SeqCst) {
             self.flush()?;
         }
-        self.queue.write_buffer(dst, 0, bytemuck::cast_slice(data));
+        self.write(dst, 0, bytemuck::cast_slice(data));
         Ok(())
     }
 }

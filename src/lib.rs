@@ -35,7 +35,7 @@ pub mod train;
 pub use device::{AdapterSummary, Device, GpuOptions};
 pub use error::{Error, FileErrorKind, Result};
 pub use shape::{Conv2dConfig, Conv2dGeometry, Pool2dConfig, Pool2dGeometry};
-pub use gpu::{GemmVariant, GpuContext};
+pub use gpu::{GemmVariant, GpuContext, HostCounters};
 pub use tensor::{Indices, Tensor};
 pub use tolerance::Tolerance;
 
