@@ -44,7 +44,7 @@ pub fn record_undersized_uniform(device: &Device) -> Result<()> {
     ctx.record(|enc| {
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("elementwise_fill"), timestamp_writes: None });
         pass.set_pipeline(&kernel.pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
+        pass.set_bind_group(0, &bind_group, &[0]);
         pass.dispatch_workgroups(1, 1, 1);
     });
     Ok(())

@@ -2,6 +2,7 @@
 //! the recorder that batches every dispatch into one command encoder until
 //! the next flush (one submit per training step).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -65,9 +66,13 @@ pub struct GpuContext {
     pub(crate) pool: BufferPool,
     kernels: KernelCache,
     gemm_variant: GemmVariant,
-    /// Commands recorded since the last submit.
-    encoder: Mutex<Option<wgpu::CommandEncoder>>,
-    /// True while `encoder` holds unsubmitted work; written only under its lock.
+    /// Commands recorded since the last submit: the encoder, its open
+    /// compute pass and the params of its dispatches.
+    rec: Mutex<Recorder>,
+    /// Bind groups by kernel, storage buffers and params chunk: pooled buffers
+    /// come back in the same order every step, so a steady step creates none.
+    bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
+    /// True while `rec` holds unsubmitted work; written only under its lock.
     recording: AtomicBool,
     /// wgpu errors raised outside an error scope, reported at the next flush.
     errors: Arc<Mutex<Vec<String>>>,
@@ -99,18 +104,53 @@ pub(crate) fn capture<R>(device: &wgpu::Device, f: impl FnOnce() -> R) -> (R, Op
     (out, v.or(o))
 }
 
-/// Bind-group entries in declaration order: the params buffer for the
-/// uniform, `storage` in order for the rest (the caller checked the count).
-fn bind_entries<'a>(bindings: &[Access], uniform: &'a wgpu::Buffer, storage: &[&'a wgpu::Buffer]) -> Vec<wgpu::BindGroupEntry<'a>> {
+/// Bind-group entries in declaration order: `params_size` bytes of the
+/// params chunk for the uniform (bound at a dynamic offset), `storage` in
+/// order for the rest (the caller checked the count).
+fn bind_entries<'a>(bindings: &[Access], uniform: &'a wgpu::Buffer, params_size: usize, storage: &[&'a wgpu::Buffer]) -> Vec<wgpu::BindGroupEntry<'a>> {
     let mut next = storage.iter();
     bindings
         .iter()
         .enumerate()
         .filter_map(|(i, access)| {
-            let buffer = if *access == Access::Uniform { uniform } else { next.next()? };
-            Some(wgpu::BindGroupEntry { binding: i as u32, resource: buffer.as_entire_binding() })
+            let resource = if *access == Access::Uniform {
+                wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: uniform, offset: 0, size: wgpu::BufferSize::new(params_size as u64) })
+            } else {
+                next.next()?.as_entire_binding()
+            };
+            Some(wgpu::BindGroupEntry { binding: i as u32, resource })
         })
         .collect()
+}
+
+/// A cached bind group's identity: kernel, storage buffers, params chunk.
+type BindKey = (&'static str, Vec<wgpu::Buffer>, usize);
+
+/// More cached bind groups than this and the cache starts over (a model
+/// whose buffers never repeat would otherwise grow it without bound).
+const BIND_GROUP_CACHE: usize = 16 * 1024;
+
+/// Params of one submission's dispatches: each takes an aligned slot of a
+/// uniform chunk, bound at a dynamic offset; the chunks are written with one
+/// queue write each just before the submit.
+const PARAMS_CHUNK_BYTES: u64 = 256 << 10;
+
+#[derive(Default)]
+struct Recorder {
+    encoder: Option<wgpu::CommandEncoder>,
+    /// The open pass: dispatches share it until a copy or a flush ends it.
+    pass: Option<wgpu::ComputePass<'static>>,
+    /// Uniform chunks, kept across submissions.
+    chunks: Vec<wgpu::Buffer>,
+    /// This submission's params, chunk by chunk.
+    staged: Vec<Vec<u8>>,
+}
+
+impl Recorder {
+    /// Ends the open pass, so the encoder can record something else.
+    fn end_pass(&mut self) {
+        self.pass = None;
+    }
 }
 
 /// A captured wgpu error as ours, naming what was being done.
@@ -181,7 +221,8 @@ impl GpuContext {
             pool: BufferPool::default(),
             kernels: KernelCache::default(),
             gemm_variant,
-            encoder: Mutex::new(None),
+            rec: Mutex::default(),
+            bind_groups: Mutex::default(),
             recording: AtomicBool::new(false),
             errors,
             scratch,
@@ -304,32 +345,19 @@ impl GpuContext {
             return Ok(());
         }
         let mut held = Vec::new();
+        let zeros = [0u8; 256];
         for &def in kernels {
-            let kernel = self.kernels.get(&self.device, def)?;
-            let (ubuf, uclass) = self.take(def.name, BufferKind::Uniform, def.params_size as u64)?;
-            self.queue.write_buffer(&ubuf, 0, &vec![0u8; def.params_size]);
             // A buffer of its own per binding: two writable bindings may not share one.
             let mut bufs = Vec::new();
-            for access in kernel.def.bindings {
-                if *access != Access::Uniform {
-                    bufs.push(self.take(kernel.def.name, BufferKind::Storage, 256)?);
-                }
+            for _ in 0..def.storage_bindings() {
+                bufs.push(self.take(def.name, BufferKind::Storage, 256)?);
             }
             let storage: Vec<&wgpu::Buffer> = bufs.iter().map(|(b, _)| b).collect();
-            let entries = bind_entries(def.bindings, &ubuf, &storage);
-            let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("warm-up"), layout: &kernel.layout, entries: &entries });
-            self.note_kernel(kernel.def.name);
-            self.record(|enc| {
-                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(kernel.def.name), timestamp_writes: None });
-                pass.set_pipeline(&kernel.pipeline);
-                pass.set_bind_group(0, &bind_group, &[]);
-                pass.dispatch_workgroups(1, 1, 1);
-            });
-            held.push((ubuf, uclass, bufs));
+            self.dispatch_raw(def, &zeros[..def.params_size], &storage, [1, 1, 1], false)?;
+            held.push(bufs);
         }
         self.synchronize()?;
-        for (ubuf, uclass, bufs) in held {
-            self.pool.give(BufferKind::Uniform, uclass, ubuf, false);
+        for bufs in held {
             for (b, class) in bufs {
                 self.pool.give(BufferKind::Storage, class, b, false);
             }
@@ -415,22 +443,31 @@ impl GpuContext {
 
     /// Runs `f` on the pending command encoder, creating it if needed.
     pub(crate) fn record<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
-        let mut guard = self.encoder.lock().unwrap();
-        let enc = guard.get_or_insert_with(|| {
+        let mut rec = self.rec.lock().unwrap();
+        rec.end_pass();
+        let enc = rec.encoder.get_or_insert_with(|| {
             self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-cnn step") })
         });
         self.recording.store(true, Ordering::SeqCst);
         f(enc)
     }
 
-    /// Records one dispatch of kernel `id`. `buffers` fill the kernel's storage
+    /// Records one dispatch of `kernel`. `buffers` fill the kernel's storage
     /// bindings in declaration order; `params` fills its uniform.
     pub(crate) fn dispatch<P: Pod>(&self, kernel: &'static Kernel<P>, params: &P, buffers: &[&wgpu::Buffer], groups: [u32; 3]) -> Result<()> {
+        self.dispatch_raw(&kernel.def, bytemuck::bytes_of(params), buffers, groups, true)
+    }
+
+    /// [`GpuContext::dispatch`] with the params as bytes (`def.params_size`
+    /// of them); `profiled`: timed when profiling is on (warm-ups are not).
+    fn dispatch_raw(&self, spec: &'static KernelDef, params: &[u8], buffers: &[&wgpu::Buffer], groups: [u32; 3], profiled: bool) -> Result<()> {
         self.alive()?;
-        let spec = &kernel.def;
         let storage = spec.storage_bindings();
-        if buffers.len() != storage {
-            return Err(Error::Kernel { kernel: spec.name, msg: format!("{} storage buffers given; the kernel declares {storage}", buffers.len()) });
+        if buffers.len() != storage || params.len() != spec.params_size {
+            return Err(Error::Kernel {
+                kernel: spec.name,
+                msg: format!("{} storage buffers and {} bytes of params given; the kernel declares {storage} and {}", buffers.len(), params.len(), spec.params_size),
+            });
         }
         let max = self.limits.max_compute_workgroups_per_dimension;
         if groups.iter().any(|&g| g > max) {
@@ -452,46 +489,97 @@ impl GpuContext {
             return Ok(());
         }
         let kernel = self.kernels.get(&self.device, spec)?;
-        let (ubuf, uclass) = self.take(spec.name, BufferKind::Uniform, size_of::<P>() as u64)?;
-        self.write(&ubuf, 0, bytemuck::bytes_of(params));
-        let entries = bind_entries(spec.bindings, &ubuf, buffers);
-        self.count(|c| {
-            c.dispatches += 1;
-            c.passes += 1;
-            c.bind_groups += 1;
-        });
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(spec.name),
-            layout: &kernel.layout,
-            entries: &entries,
-        });
-        // With profiling on, the pass writes begin/end timestamps (a full set forces a flush).
+        // With profiling on, each dispatch gets a pass that writes begin/end
+        // timestamps (a full set forces a flush).
         let mut slots = None;
-        if let Some(p) = &self.profiler {
+        if let Some(p) = self.profiler.as_ref().filter(|_| profiled) {
             slots = p.lock().unwrap().next(spec.name);
             if slots.is_none() {
                 self.flush()?;
                 slots = p.lock().unwrap().next(spec.name);
             }
         }
-        // A handle, so no profiler lock is held while the encoder lock is taken
+        // A handle, so no profiler lock is held while the recorder lock is taken
         // (flush takes them in the other order).
         let query_set = self.profiler.as_ref().map(|p| p.lock().unwrap().query_set.clone());
-        let timestamp_writes = match (&query_set, slots) {
-            (Some(qs), Some((b, e))) => Some(wgpu::ComputePassTimestampWrites { query_set: qs, beginning_of_pass_write_index: Some(b), end_of_pass_write_index: Some(e) }),
-            _ => None,
-        };
         self.note_kernel(spec.name);
-        self.record(|enc| {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(spec.name), timestamp_writes });
-            pass.set_pipeline(&kernel.pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        let mut rec = self.rec.lock().unwrap();
+        let (chunk, offset) = self.params_slot(&mut rec, params)?;
+        let bind_group = self.bind_group(&kernel, buffers, &rec.chunks[chunk], chunk);
+        let rec = &mut *rec;
+        let enc = rec.encoder.get_or_insert_with(|| {
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-cnn step") })
         });
-        // The queued write above lands before this submission runs; the buffer
-        // must not be rewritten until then, so it is parked.
-        self.pool.give(BufferKind::Uniform, uclass, ubuf, true);
+        self.recording.store(true, Ordering::SeqCst);
+        let mut new_pass = |timestamp_writes| {
+            self.count(|c| c.passes += 1);
+            enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("wgpu-cnn"), timestamp_writes }).forget_lifetime()
+        };
+        let pass = match (&query_set, slots) {
+            (Some(qs), Some((b, e))) => {
+                rec.pass = None;
+                let ts = wgpu::ComputePassTimestampWrites { query_set: qs, beginning_of_pass_write_index: Some(b), end_of_pass_write_index: Some(e) };
+                rec.pass.insert(new_pass(Some(ts)))
+            }
+            _ => rec.pass.get_or_insert_with(|| new_pass(None)),
+        };
+        pass.set_pipeline(&kernel.pipeline);
+        pass.set_bind_group(0, &bind_group, &[offset]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        if query_set.is_some() {
+            rec.pass = None;
+        }
+        self.count(|c| c.dispatches += 1);
         Ok(())
+    }
+
+    /// Copies `params` into the next aligned slot of this submission's
+    /// params chunks (creating a chunk when they are full): (chunk, offset).
+    fn params_slot(&self, rec: &mut Recorder, params: &[u8]) -> Result<(usize, u32)> {
+        let align = self.limits.min_uniform_buffer_offset_alignment.max(16) as usize;
+        let fits = |staged: &Vec<u8>| staged.len().next_multiple_of(align) + params.len() <= PARAMS_CHUNK_BYTES as usize;
+        if rec.staged.last().is_none_or(|s| !fits(s)) {
+            rec.staged.push(Vec::with_capacity(PARAMS_CHUNK_BYTES as usize));
+        }
+        let chunk = rec.staged.len() - 1;
+        if chunk == rec.chunks.len() {
+            let (buf, err) = capture(&self.device, || {
+                self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("wgpu-cnn params"),
+                    size: PARAMS_CHUNK_BYTES,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            });
+            if let Some(e) = err {
+                rec.staged.pop();
+                return Err(self.explain(from_wgpu("params", e)));
+            }
+            rec.chunks.push(buf);
+        }
+        let staged = &mut rec.staged[chunk];
+        let offset = staged.len().next_multiple_of(align);
+        staged.resize(offset, 0);
+        staged.extend_from_slice(params);
+        Ok((chunk, offset as u32))
+    }
+
+    /// The bind group of `kernel` over `buffers` and params chunk `chunk`,
+    /// from the cache or created (and counted).
+    fn bind_group(&self, kernel: &Compiled, buffers: &[&wgpu::Buffer], params: &wgpu::Buffer, chunk: usize) -> wgpu::BindGroup {
+        let key: BindKey = (kernel.def.name, buffers.iter().map(|b| (*b).clone()).collect(), chunk);
+        let mut cache = self.bind_groups.lock().unwrap();
+        if let Some(bg) = cache.get(&key) {
+            return bg.clone();
+        }
+        if cache.len() >= BIND_GROUP_CACHE {
+            cache.clear();
+        }
+        let entries = bind_entries(kernel.def.bindings, params, kernel.def.params_size, buffers);
+        let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(kernel.def.name), layout: &kernel.layout, entries: &entries });
+        self.count(|c| c.bind_groups += 1);
+        cache.insert(key, bg.clone());
+        bg
     }
 
     /// Remembers that a pass of `kernel` is in the pending submission.
@@ -538,10 +626,16 @@ impl GpuContext {
 
     /// Submits everything recorded so far (one submit), without waiting.
     pub fn flush(&self) -> Result<()> {
-        let mut guard = self.encoder.lock().unwrap();
+        let mut guard = self.rec.lock().unwrap();
         let mut caught = None;
         let kernels = std::mem::take(&mut *self.recorded.lock().unwrap());
-        if let Some(mut enc) = guard.take() {
+        guard.end_pass();
+        // This submission's params, one write per chunk used, land before its commands run.
+        let staged = std::mem::take(&mut guard.staged);
+        for (chunk, bytes) in staged.iter().enumerate() {
+            self.write(&guard.chunks[chunk], 0, bytes);
+        }
+        if let Some(mut enc) = guard.encoder.take() {
             if let Some(p) = &self.profiler {
                 p.lock().unwrap().resolve(&mut enc);
             }

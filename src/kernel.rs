@@ -165,7 +165,8 @@ impl KernelCache {
                         Access::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
                         Access::Uniform => wgpu::BufferBindingType::Uniform,
                     },
-                    has_dynamic_offset: false,
+                    // The params uniform is a slot of a per-submission chunk.
+                    has_dynamic_offset: *access == Access::Uniform,
                     min_binding_size: None,
                 },
                 count: None,

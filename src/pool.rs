@@ -5,7 +5,7 @@
 //! read by them, so it is parked and only becomes reusable once that work has
 //! been submitted (queue order then protects it: later writes land after).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
 /// What a pooled buffer is for; buffers of different kinds never mix.
@@ -63,7 +63,10 @@ pub struct PoolStats {
 
 #[derive(Default)]
 struct Inner {
-    free: HashMap<(BufferKind, u64), Vec<wgpu::Buffer>>,
+    /// Free buffers by kind and class, in a fixed order (wgpu's, by identity):
+    /// `take` hands out the first, so a step that allocates and frees the same
+    /// way as the last gets the same buffers, and its cached bind groups hit.
+    free: HashMap<(BufferKind, u64), BTreeSet<wgpu::Buffer>>,
     parked: Vec<(BufferKind, u64, wgpu::Buffer)>,
     stats: PoolStats,
 }
@@ -85,7 +88,7 @@ impl BufferPool {
     ) -> crate::Result<(wgpu::Buffer, u64)> {
         let class = size_class(bytes);
         let mut inner = self.inner.lock().unwrap();
-        if let Some(buf) = inner.free.get_mut(&(kind, class)).and_then(Vec::pop) {
+        if let Some(buf) = inner.free.get_mut(&(kind, class)).and_then(BTreeSet::pop_first) {
             inner.stats.reuses += 1;
             return Ok((buf, class));
         }
@@ -110,7 +113,7 @@ impl BufferPool {
         if recording {
             inner.parked.push((kind, class, buf));
         } else {
-            inner.free.entry((kind, class)).or_default().push(buf);
+            inner.free.entry((kind, class)).or_default().insert(buf);
         }
     }
 
@@ -119,7 +122,7 @@ impl BufferPool {
         let mut inner = self.inner.lock().unwrap();
         let parked = std::mem::take(&mut inner.parked);
         for (kind, class, buf) in parked {
-            inner.free.entry((kind, class)).or_default().push(buf);
+            inner.free.entry((kind, class)).or_default().insert(buf);
         }
     }
 
