@@ -94,11 +94,11 @@ fn train_steps(devices: &[(&str, Device)], seconds: f64, json: bool, models: &[S
 }
 
 /// On the GPU: what one steady step asks of wgpu (the counters of the last
-/// of 7 steps) and the median host time to record and submit it, in µs.
+/// of 15 steps) and the median host time to record and submit it, in µs.
 fn host_side(dev: &Device, mut step: impl FnMut() -> wgpu_cnn::Result<()>) -> wgpu_cnn::Result<Option<(wgpu_cnn::HostCounters, f64)>> {
     let Some(ctx) = dev.gpu_context() else { return Ok(None) };
     let (mut times, mut per_step) = (Vec::new(), Default::default());
-    for _ in 0..7 {
+    for _ in 0..15 {
         dev.synchronize()?;
         let before = ctx.host_counters();
         let t = Instant::now();

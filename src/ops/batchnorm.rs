@@ -10,6 +10,7 @@ use crate::device::Device;
 use crate::error::{shape_err, Error, Result};
 use crate::kernel::{Access::*, Kernel, Shader};
 use crate::ops::check_shape;
+use crate::ops::permute::permute_swap_gpu;
 use crate::tensor::{same_device, Tensor};
 
 const SHADER: Shader = Shader::new("batchnorm", include_str!("../../shaders/batchnorm.wgsl"));
@@ -169,11 +170,12 @@ pub fn batchnorm_backward(
     check_operands(x, affine, running, c)?;
     check_shape("batchnorm", "dy", dy.shape(), x.shape())?;
     check_shape("batchnorm", "saved statistics", stats.shape(), &[3, c])?;
-    let (dx, grads) = match same_device("batchnorm", &[x, dy, stats])? {
+    match same_device("batchnorm", &[x, dy, stats])? {
         Device::Cpu => {
             let (g, _) = affine_host(OP, affine)?;
             let (dx, grads) = batchnorm_backward_cpu(x.host(OP)?, dy.host(OP)?, (n, c, inner), g, stats.host(OP)?, running.host(OP)?, training, cfg);
-            (Tensor::from_cpu(x.shape(), dx), Tensor::from_cpu(&[2, c], grads))
+            let dx = Tensor::from_cpu(x.shape(), dx);
+            Ok(BatchNormGrads { dx, dgamma: Tensor::from_cpu(&[c], grads[..c].to_vec()), dbeta: Tensor::from_cpu(&[c], grads[c..].to_vec()) })
         }
         Device::Gpu(ctx) => {
             let dx = Tensor::uninit_gpu(&ctx, OP, x.shape())?;
@@ -187,12 +189,15 @@ pub fn batchnorm_backward(
             let all = [xb, dy.buffer(OP)?, gb, bb, stats.buffer(OP)?, running.buffer(OP)?, dx.buffer(OP)?, grads.buffer(OP)?];
             ctx.dispatch(&BATCHNORM_BACKWARD_REDUCE, &p, &all, ctx.grid_1d(c, 1))?;
             ctx.dispatch(&BATCHNORM_BACKWARD_DX, &p, &all, ctx.grid_1d(n * c * inner, 256))?;
-            (dx, grads)
+            // The two rows split by a kernel, not a buffer copy: a copy would
+            // end the step's compute pass.
+            let (dgamma, dbeta) = (Tensor::uninit_gpu(&ctx, OP, &[c])?, Tensor::uninit_gpu(&ctx, OP, &[c])?);
+            let g = grads.buffer(OP)?;
+            permute_swap_gpu(&ctx, g, 0, dgamma.buffer(OP)?, 0, [1, c, 1], None)?;
+            permute_swap_gpu(&ctx, g, c, dbeta.buffer(OP)?, 0, [1, c, 1], None)?;
+            Ok(BatchNormGrads { dx, dgamma, dbeta })
         }
-    };
-    let dgamma = grads.narrow(0, 1)?.reshape(&[c])?;
-    let dbeta = grads.narrow(1, 1)?.reshape(&[c])?;
-    Ok(BatchNormGrads { dx, dgamma, dbeta })
+    }
 }
 
 /// γ and β on the host (CPU tensors).

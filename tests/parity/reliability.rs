@@ -374,5 +374,20 @@ fn host_counters_count_a_step() {
         // The labels go up every step (16 × 4 bytes), and every dispatch's params.
         assert!(s.bytes_uploaded >= 64 + 16 * s.dispatches, "{s:?}");
         assert!(steps[0].bind_groups > 0, "the first step creates its bind groups");
+        // Batch-norm's backward splits its gradients with a kernel, not a copy: still one pass.
+        use wgpu_cnn::nn::{models, Init, Initializer};
+        use wgpu_cnn::optim::{Optimizer, OptimizerConfig};
+        use wgpu_cnn::train::Trainer;
+        use wgpu_cnn::ops::optim::SgdConfig;
+        let mlp = models::mlp(&dev, 16, 0.2, &mut Initializer::new(2, Init::KaimingUniform)).unwrap();
+        let mut t = Trainer::new(mlp, Optimizer::new(OptimizerConfig::Sgd(SgdConfig::new(0.01))).unwrap(), TrainConfig { progress: false, ..Default::default() }, dev.clone()).unwrap();
+        let mut last = Default::default();
+        for _ in 0..10 {
+            dev.synchronize().unwrap();
+            let before = ctx.host_counters();
+            t.train_step(&x, &labels).unwrap();
+            last = ctx.host_counters() - before;
+        }
+        assert_eq!((last.bind_groups, last.passes, last.queue_writes), (0, 1, 2), "MLP with batch-norm and dropout: {last:?}");
     });
 }
