@@ -58,6 +58,33 @@ def vgg_small():
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(128 * 4 * 4, 10))
 
 
+class Residual(nn.Module):
+    """y = body(x) + shortcut(x), as wgpu_cnn::nn::Residual."""
+
+    def __init__(self, body, shortcut):
+        super().__init__()
+        self.body, self.shortcut = body, shortcut
+
+    def forward(self, x):
+        return self.body(x) + (self.shortcut(x) if self.shortcut is not None else x)
+
+
+def resnet20():
+    """The same network as wgpu_cnn::nn::models::resnet20."""
+    layers, c_in = [nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU()], 16
+    for stage, c in enumerate((16, 32, 64)):
+        for block in range(3):
+            stride = 2 if stage > 0 and block == 0 else 1
+            body = nn.Sequential(nn.Conv2d(c_in, c, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+                                 nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+            short = None
+            if stride != 1 or c_in != c:
+                short = nn.Sequential(nn.Conv2d(c_in, c, 1, stride=stride, bias=False), nn.BatchNorm2d(c))
+            layers += [Residual(body, short), nn.ReLU()]
+            c_in = c
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true", help="one JSON object per row")
@@ -105,7 +132,7 @@ def main():
         return
     if not args.json:
         print(f"\n{'train step (b64)':<18} {'device':<14} {'first step':>12} {'step':>11} {'images/s':>10}")
-    for name, build, item in (("lenet5", lenet5, (1, 28, 28)), ("vgg_small", vgg_small, (3, 32, 32))):
+    for name, build, item in (("lenet5", lenet5, (1, 28, 28)), ("vgg_small", vgg_small, (3, 32, 32)), ("resnet20", resnet20, (3, 32, 32))):
         for dev in devices:
             torch.manual_seed(0)
             model = build().to(dev).train()

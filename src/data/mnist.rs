@@ -28,8 +28,14 @@ impl Split {
 }
 
 /// The copy of MNIST committed with the crate (`data/mnist`, see its PROVENANCE.json).
+///
+/// `WGPU_CNN_MNIST_DIR` overrides it: a binary built here and run from
+/// another checkout (the device kit, `benches/device/run.sh`) points it there.
 pub fn embedded_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist")
+    match std::env::var_os("WGPU_CNN_MNIST_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist"),
+    }
 }
 
 /// `raw` itself, or its gzip decompression capped at `limit` bytes (a small
