@@ -11,7 +11,7 @@ use bytemuck::Pod;
 
 use crate::device::{choose_adapter, AdapterSummary, GpuOptions};
 use crate::error::{Error, Result};
-use crate::kernel::{Access, Compiled, Kernel, KernelCache, KernelDef};
+use crate::kernel::{Access, Compiled, Kernel, KernelCache, KernelDef, Work};
 use crate::pool::{BufferKind, BufferPool, PoolStats};
 use crate::profile::{ProfileReport, Profiler};
 
@@ -353,7 +353,7 @@ impl GpuContext {
                 bufs.push(self.take(def.name, BufferKind::Storage, 256)?);
             }
             let storage: Vec<&wgpu::Buffer> = bufs.iter().map(|(b, _)| b).collect();
-            self.dispatch_raw(def, &zeros[..def.params_size], &storage, [1, 1, 1], false)?;
+            self.dispatch_raw(def, &zeros[..def.params_size], &storage, [1, 1, 1], None)?;
             held.push(bufs);
         }
         self.synchronize()?;
@@ -455,12 +455,14 @@ impl GpuContext {
     /// Records one dispatch of `kernel`. `buffers` fill the kernel's storage
     /// bindings in declaration order; `params` fills its uniform.
     pub(crate) fn dispatch<P: Pod>(&self, kernel: &'static Kernel<P>, params: &P, buffers: &[&wgpu::Buffer], groups: [u32; 3]) -> Result<()> {
-        self.dispatch_raw(&kernel.def, bytemuck::bytes_of(params), buffers, groups, true)
+        // The napkin math is only wanted by the profile.
+        let work = self.profiler.as_ref().map(|_| (kernel.work)(params));
+        self.dispatch_raw(&kernel.def, bytemuck::bytes_of(params), buffers, groups, work)
     }
 
     /// [`GpuContext::dispatch`] with the params as bytes (`def.params_size`
-    /// of them); `profiled`: timed when profiling is on (warm-ups are not).
-    fn dispatch_raw(&self, spec: &'static KernelDef, params: &[u8], buffers: &[&wgpu::Buffer], groups: [u32; 3], profiled: bool) -> Result<()> {
+    /// of them); timed when profiling is on and `work` is given (warm-ups are not).
+    fn dispatch_raw(&self, spec: &'static KernelDef, params: &[u8], buffers: &[&wgpu::Buffer], groups: [u32; 3], work: Option<Work>) -> Result<()> {
         self.alive()?;
         let storage = spec.storage_bindings();
         if buffers.len() != storage || params.len() != spec.params_size {
@@ -492,11 +494,11 @@ impl GpuContext {
         // With profiling on, each dispatch gets a pass that writes begin/end
         // timestamps (a full set forces a flush).
         let mut slots = None;
-        if let Some(p) = self.profiler.as_ref().filter(|_| profiled) {
-            slots = p.lock().unwrap().next(spec.name);
+        if let (Some(p), Some(work)) = (&self.profiler, work) {
+            slots = p.lock().unwrap().next(spec.name, work);
             if slots.is_none() {
                 self.flush()?;
-                slots = p.lock().unwrap().next(spec.name);
+                slots = p.lock().unwrap().next(spec.name, work);
             }
         }
         // A handle, so no profiler lock is held while the recorder lock is taken

@@ -74,24 +74,51 @@ impl KernelDef {
     }
 }
 
+/// What one dispatch must do at the least: floating-point operations and
+/// bytes moved to and from memory (each operand once). The profile divides
+/// these by a GPU's peaks for a napkin estimate of its time there.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Work {
+    pub flops: f64,
+    pub bytes: f64,
+}
+
+impl Work {
+    /// `f32s` values moved, `flops` operations.
+    pub fn f32s(f32s: usize, flops: usize) -> Work {
+        Work { flops: flops as f64, bytes: 4.0 * f32s as f64 }
+    }
+}
+
+fn no_work<P>(_: &P) -> Work {
+    Work::default()
+}
+
 /// A kernel whose params struct is `P`: `GpuContext::dispatch` takes a `&P`,
-/// so the compiler checks the pairing.
+/// so the compiler checks the pairing. `work` is its napkin math, from the
+/// same params.
 #[derive(Debug)]
 pub struct Kernel<P> {
     pub def: KernelDef,
+    pub work: fn(&P) -> Work,
     _params: PhantomData<fn(P)>,
 }
 
 impl<P: bytemuck::Pod> Kernel<P> {
     /// A kernel of `shader` at entry point `name`, with no override constants.
     pub const fn new(shader: &'static Shader, name: &'static str, bindings: &'static [Access]) -> Kernel<P> {
-        Kernel { def: KernelDef { name, shader, bindings, params_size: size_of::<P>(), constants: &[] }, _params: PhantomData }
+        Kernel { def: KernelDef { name, shader, bindings, params_size: size_of::<P>(), constants: &[] }, work: no_work::<P>, _params: PhantomData }
     }
 
     /// The same kernel with values for its `override` constants.
     pub const fn with_constants(self, constants: &'static [(&'static str, f64)]) -> Kernel<P> {
         let KernelDef { name, shader, bindings, params_size, .. } = self.def;
-        Kernel { def: KernelDef { name, shader, bindings, params_size, constants }, _params: PhantomData }
+        Kernel { def: KernelDef { name, shader, bindings, params_size, constants }, work: self.work, _params: PhantomData }
+    }
+
+    /// The same kernel with its napkin math: the work one dispatch with these params does.
+    pub const fn with_work(self, work: fn(&P) -> Work) -> Kernel<P> {
+        Kernel { def: self.def, work, _params: PhantomData }
     }
 }
 

@@ -10,6 +10,7 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::kernel::Work;
 
 /// Passes timed per flush; a flush is forced when a step records more.
 pub(crate) const CAPACITY: u32 = 2048;
@@ -18,10 +19,11 @@ pub(crate) struct Profiler {
     pub query_set: wgpu::QuerySet,
     resolve: wgpu::Buffer,
     readback: wgpu::Buffer,
-    /// Kernel names of the passes recorded since the last flush, in order.
-    pub pending: Vec<&'static str>,
+    /// Kernel names (and napkin work) of the passes recorded since the last flush, in order.
+    pub pending: Vec<(&'static str, Work)>,
     period_ns: f64,
-    totals: BTreeMap<&'static str, (u64, f64)>,
+    /// Per kernel: calls, GPU ns, and the work those calls did.
+    totals: BTreeMap<&'static str, (u64, f64, Work)>,
     events: Vec<(&'static str, f64, f64)>,
     origin: Option<u64>,
 }
@@ -52,10 +54,10 @@ impl Profiler {
     }
 
     /// The timestamp slots of the next pass, or None when the set is full.
-    pub fn next(&mut self, name: &'static str) -> Option<(u32, u32)> {
+    pub fn next(&mut self, name: &'static str, work: Work) -> Option<(u32, u32)> {
         let i = self.pending.len() as u32;
         (i < CAPACITY).then(|| {
-            self.pending.push(name);
+            self.pending.push((name, work));
             (2 * i, 2 * i + 1)
         })
     }
@@ -89,13 +91,15 @@ impl Profiler {
             bytemuck::cast_slice::<u8, u64>(&view).to_vec()
         };
         self.readback.unmap();
-        for (name, pair) in self.pending.drain(..).zip(stamps.chunks(2)) {
+        for ((name, work), pair) in self.pending.drain(..).zip(stamps.chunks(2)) {
             let origin = *self.origin.get_or_insert(pair[0]);
             let start = pair[0].saturating_sub(origin) as f64 * self.period_ns;
             let dur = pair[1].saturating_sub(pair[0]) as f64 * self.period_ns;
             let t = self.totals.entry(name).or_default();
             t.0 += 1;
             t.1 += dur;
+            t.2.flops += work.flops;
+            t.2.bytes += work.bytes;
             self.events.push((name, start, dur));
         }
         Ok(())
@@ -103,13 +107,24 @@ impl Profiler {
 
     pub fn report(&self) -> ProfileReport {
         let total: f64 = self.totals.values().map(|t| t.1).sum();
+        let peak = H100_SXM;
         let mut rows: Vec<ProfileRow> = self
             .totals
             .iter()
-            .map(|(name, &(calls, ns))| ProfileRow { kernel: name, calls, total_ms: ns / 1e6, share: if total > 0.0 { ns / total } else { 0.0 } })
+            .map(|(name, &(calls, ns, work))| ProfileRow {
+                kernel: name,
+                calls,
+                total_ms: ns / 1e6,
+                share: if total > 0.0 { ns / total } else { 0.0 },
+                gflops: work.flops / 1e9,
+                megabytes: work.bytes / 1e6,
+                napkin_ms: peak.ms(work),
+                memory_bound: work.bytes / peak.bytes_per_s >= work.flops / peak.flops_per_s,
+            })
             .collect();
         rows.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms).then(a.kernel.cmp(b.kernel)));
-        ProfileReport { rows, total_ms: total / 1e6 }
+        let napkin_ms = rows.iter().map(|r| r.napkin_ms).sum();
+        ProfileReport { rows, total_ms: total / 1e6, peak, napkin_ms }
     }
 
     /// Writes the recorded passes as a Chrome/Perfetto trace (`chrome://tracing`, ui.perfetto.dev).
@@ -132,11 +147,36 @@ impl Profiler {
     }
 }
 
-/// Time per kernel, largest first.
+/// A GPU's peak rates, for the napkin column of a profile.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Peak {
+    pub name: &'static str,
+    /// fp32 FLOP/s (no tensor cores: the kernels are plain fp32).
+    pub flops_per_s: f64,
+    /// Memory bandwidth, bytes/s.
+    pub bytes_per_s: f64,
+}
+
+/// NVIDIA H100 SXM: 66.9 TFLOP/s fp32, 3.35 TB/s HBM3 (the datasheet's figures).
+pub const H100_SXM: Peak = Peak { name: "H100 SXM", flops_per_s: 66.9e12, bytes_per_s: 3.35e12 };
+
+impl Peak {
+    /// The time `work` takes at these peaks: whichever of compute and memory is longer.
+    pub fn ms(&self, work: Work) -> f64 {
+        1e3 * (work.flops / self.flops_per_s).max(work.bytes / self.bytes_per_s)
+    }
+}
+
+/// Time per kernel, largest first, beside the napkin estimate of the same
+/// work on a real GPU (`peak`): where its step would go, and which kernels
+/// memory bounds.
 #[derive(Clone, Debug)]
 pub struct ProfileReport {
     pub rows: Vec<ProfileRow>,
     pub total_ms: f64,
+    pub peak: Peak,
+    /// Σ of the rows' `napkin_ms`.
+    pub napkin_ms: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -146,14 +186,35 @@ pub struct ProfileRow {
     pub total_ms: f64,
     /// Fraction of all timed GPU work.
     pub share: f64,
+    /// FLOPs of all calls, in 10⁹ (see `Kernel::with_work`).
+    pub gflops: f64,
+    /// Bytes all calls must move at the least, in 10⁶.
+    pub megabytes: f64,
+    /// The time that work takes at the report's `peak`.
+    pub napkin_ms: f64,
+    /// At that peak, moving the bytes takes longer than the arithmetic.
+    pub memory_bound: bool,
 }
 
 impl fmt::Display for ProfileReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{:<28} {:>8} {:>11} {:>7}", "kernel", "calls", "GPU ms", "share")?;
+        let peak = format!("{} ms", self.peak.name);
+        writeln!(f, "{:<28} {:>8} {:>11} {:>7} {:>10} {:>10} {:>13} {:>7}", "kernel", "calls", "GPU ms", "share", "GFLOP", "MB", peak, "bound")?;
         for r in &self.rows {
-            writeln!(f, "{:<28} {:>8} {:>11.3} {:>6.1}%", r.kernel, r.calls, r.total_ms, 100.0 * r.share)?;
+            let bound = if r.memory_bound { "memory" } else { "compute" };
+            writeln!(
+                f,
+                "{:<28} {:>8} {:>11.3} {:>6.1}% {:>10.3} {:>10.2} {:>13.4} {:>7}",
+                r.kernel,
+                r.calls,
+                r.total_ms,
+                100.0 * r.share,
+                r.gflops,
+                r.megabytes,
+                r.napkin_ms,
+                bound
+            )?;
         }
-        write!(f, "{:<28} {:>8} {:>11.3}", "total", "", self.total_ms)
+        write!(f, "{:<28} {:>8} {:>11.3} {:>7} {:>10} {:>10} {:>13.4}", "total", "", self.total_ms, "", "", "", self.napkin_ms)
     }
 }

@@ -4,13 +4,13 @@
 use crate::device::Device;
 use crate::error::Result;
 use crate::kernel::{Access::*, Kernel, Shader};
-use crate::ops::maxpool::{window, PoolParams};
+use crate::ops::maxpool::{pool_work, window, PoolParams};
 use crate::shape::{Pool2dConfig, Pool2dGeometry};
 use crate::tensor::Tensor;
 
 const SHADER: Shader = Shader::new("avgpool", include_str!("../../shaders/avgpool.wgsl"));
-pub(crate) static AVGPOOL_FORWARD: Kernel<PoolParams> = Kernel::new(&SHADER, "avgpool_forward", &[Read, ReadWrite, Uniform]);
-pub(crate) static AVGPOOL_BACKWARD: Kernel<PoolParams> = Kernel::new(&SHADER, "avgpool_backward", &[Read, ReadWrite, Uniform]);
+pub(crate) static AVGPOOL_FORWARD: Kernel<PoolParams> = Kernel::new(&SHADER, "avgpool_forward", &[Read, ReadWrite, Uniform]).with_work(pool_work);
+pub(crate) static AVGPOOL_BACKWARD: Kernel<PoolParams> = Kernel::new(&SHADER, "avgpool_backward", &[Read, ReadWrite, Uniform]).with_work(pool_work);
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&AVGPOOL_FORWARD.def, &AVGPOOL_BACKWARD.def];
 
 /// Forward: `[n, c, h, w] → [n, c, oh, ow]`.

@@ -8,17 +8,21 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::device::Device;
 use crate::error::{shape_err, Error, Result};
-use crate::kernel::{Access::*, Kernel, Shader};
+use crate::kernel::{Access::*, Kernel, Shader, Work};
 use crate::ops::check_shape;
 use crate::ops::permute::permute_swap_gpu;
 use crate::tensor::{same_device, Tensor};
 
 const SHADER: Shader = Shader::new("batchnorm", include_str!("../../shaders/batchnorm.wgsl"));
 const BINDINGS: &[crate::kernel::Access] = &[Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite, Uniform];
-pub(crate) static BATCHNORM_STATS: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_stats", BINDINGS);
-pub(crate) static BATCHNORM_FORWARD: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_forward", BINDINGS);
-pub(crate) static BATCHNORM_BACKWARD_REDUCE: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_backward_reduce", BINDINGS);
-pub(crate) static BATCHNORM_BACKWARD_DX: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_backward_dx", BINDINGS);
+pub(crate) static BATCHNORM_STATS: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_stats", BINDINGS).with_work(|p| Work::f32s(2 * bn_len(p), 4 * bn_len(p)));
+pub(crate) static BATCHNORM_FORWARD: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_forward", BINDINGS).with_work(|p| Work::f32s(2 * bn_len(p), 2 * bn_len(p)));
+pub(crate) static BATCHNORM_BACKWARD_REDUCE: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_backward_reduce", BINDINGS).with_work(|p| Work::f32s(2 * bn_len(p), 4 * bn_len(p)));
+pub(crate) static BATCHNORM_BACKWARD_DX: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_backward_dx", BINDINGS).with_work(|p| Work::f32s(3 * bn_len(p), 5 * bn_len(p)));
+/// Elements normalised: each batch-norm kernel streams x (and dy) once or twice.
+fn bn_len(p: &BnParams) -> usize {
+    (p.n * p.c * p.inner) as usize
+}
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] =
     &[&BATCHNORM_STATS.def, &BATCHNORM_FORWARD.def, &BATCHNORM_BACKWARD_REDUCE.def, &BATCHNORM_BACKWARD_DX.def];
 

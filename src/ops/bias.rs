@@ -5,14 +5,17 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::device::Device;
 use crate::error::{shape_err, Result};
-use crate::kernel::{Access::*, Kernel, Shader};
+use crate::kernel::{Access::*, Kernel, Shader, Work};
 use crate::ops::check_shape;
 use crate::tensor::{same_device, Tensor};
 
 const SHADER: Shader = Shader::new("bias", include_str!("../../shaders/bias.wgsl"));
 const BINDINGS: &[crate::kernel::Access] = &[Read, Read, ReadWrite, Uniform];
-pub(crate) static BIAS_ADD: Kernel<BiasParams> = Kernel::new(&SHADER, "bias_add", BINDINGS);
-pub(crate) static BIAS_GRAD: Kernel<BiasParams> = Kernel::new(&SHADER, "bias_grad", BINDINGS);
+pub(crate) static BIAS_ADD: Kernel<BiasParams> = Kernel::new(&SHADER, "bias_add", BINDINGS).with_work(|p| Work::f32s(2 * p.len as usize, p.len as usize));
+pub(crate) static BIAS_GRAD: Kernel<BiasParams> = Kernel::new(&SHADER, "bias_grad", BINDINGS).with_work(|p| {
+    let n = (p.outer * p.channels * p.inner) as usize;
+    Work::f32s(n + p.channels as usize, n)
+});
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&BIAS_ADD.def, &BIAS_GRAD.def];
 
 /// Matches `BiasParams` in `shaders/bias.wgsl`.

@@ -6,12 +6,12 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::kernel::{Access::*, Kernel, Shader};
+use crate::kernel::{Access::*, Kernel, Shader, Work};
 use crate::ops::reduce::{reduce_rows_gpu, reduce_sum_squares_cpu, reduce_sum_squares_gpu};
 use crate::tensor::{same_device, Tensor};
 
 const SHADER: Shader = Shader::new("clip", include_str!("../../shaders/clip.wgsl"));
-pub(crate) static CLIP_SCALE: Kernel<ClipParams> = Kernel::new(&SHADER, "clip_scale", &[Read, ReadWrite, Uniform]);
+pub(crate) static CLIP_SCALE: Kernel<ClipParams> = Kernel::new(&SHADER, "clip_scale", &[Read, ReadWrite, Uniform]).with_work(|p| Work::f32s(2 * p.len as usize, p.len as usize));
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&CLIP_SCALE.def];
 
 /// Matches `ClipParams` in `shaders/clip.wgsl`.

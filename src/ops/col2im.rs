@@ -4,13 +4,15 @@
 use crate::device::Device;
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::kernel::{Access::*, Kernel, Shader};
-use crate::ops::im2col::{valid_range, Im2colParams};
+use crate::kernel::{Access::*, Kernel, Shader, Work};
+use crate::ops::im2col::{im2col_work, valid_range, Im2colParams};
 use crate::shape::Conv2dGeometry;
 use crate::tensor::Tensor;
 
 const SHADER: Shader = Shader::new("col2im", include_str!("../../shaders/col2im.wgsl"));
-pub(crate) static COL2IM: Kernel<Im2colParams> = Kernel::new(&SHADER, "col2im", &[Read, ReadWrite, Uniform]);
+pub(crate) static COL2IM: Kernel<Im2colParams> = Kernel::new(&SHADER, "col2im", &[Read, ReadWrite, Uniform])
+    // The same elements as im2col, the other way, plus one add per column entry.
+    .with_work(|p| Work { flops: (p.c * p.kh * p.kw * p.n * p.oh * p.ow) as f64, ..im2col_work(p) });
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&COL2IM.def];
 
 /// Input gradients `[n, c, h, w]` from column gradients `[c·kh·kw, n·oh·ow]`.

@@ -5,11 +5,11 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::kernel::{Access::*, Kernel, Shader};
+use crate::kernel::{Access::*, Kernel, Shader, Work};
 use crate::tensor::Tensor;
 
 const SHADER: Shader = Shader::new("dropout", include_str!("../../shaders/dropout.wgsl"));
-pub(crate) static DROPOUT_APPLY: Kernel<DropoutParams> = Kernel::new(&SHADER, "dropout_apply", &[Read, ReadWrite, Uniform]);
+pub(crate) static DROPOUT_APPLY: Kernel<DropoutParams> = Kernel::new(&SHADER, "dropout_apply", &[Read, ReadWrite, Uniform]).with_work(|p| Work::f32s(2 * p.len as usize, 20 * p.len as usize));
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&DROPOUT_APPLY.def];
 
 /// Matches `DropoutParams` in `shaders/dropout.wgsl`.

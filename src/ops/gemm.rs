@@ -10,7 +10,7 @@ use ndarray::{linalg::general_mat_mul, ArrayView2, ArrayView3, Axis};
 use crate::device::Device;
 use crate::error::{shape_err, Error, Result};
 use crate::gpu::{GemmVariant, GpuContext};
-use crate::kernel::{Access::*, Kernel, Shader};
+use crate::kernel::{Access::*, Kernel, Shader, Work};
 use crate::ops::permute::permute_swap_gpu;
 use crate::ops::reduce::reduce_rows_gpu_at;
 use crate::shape::check_nonempty;
@@ -19,12 +19,23 @@ use crate::tensor::{same_device, Tensor};
 const SHADER: Shader = Shader::new("gemm", include_str!("../../shaders/gemm.wgsl"));
 const BINDINGS: &[crate::kernel::Access] = &[Read, Read, ReadWrite, Uniform];
 /// Barrier-free, an 8×8 block per invocation: for CPU-type adapters.
-pub(crate) static GEMM_BLOCKED: Kernel<GemmParams> = Kernel::new(&SHADER, "gemm_blocked", BINDINGS).with_constants(&[("WG_X", 8.0), ("WG_Y", 8.0)]);
+pub(crate) static GEMM_BLOCKED: Kernel<GemmParams> = Kernel::new(&SHADER, "gemm_blocked", BINDINGS).with_constants(&[("WG_X", 8.0), ("WG_Y", 8.0)]).with_work(gemm_work);
 /// gemm_blocked with 16×16 blocks, for large GEMMs on CPU adapters.
-pub(crate) static GEMM_BLOCKED_WIDE: Kernel<GemmParams> = Kernel::new(&SHADER, "gemm_blocked_wide", BINDINGS).with_constants(&[("WG_X", 8.0), ("WG_Y", 8.0)]);
+pub(crate) static GEMM_BLOCKED_WIDE: Kernel<GemmParams> = Kernel::new(&SHADER, "gemm_blocked_wide", BINDINGS).with_constants(&[("WG_X", 8.0), ("WG_Y", 8.0)]).with_work(gemm_work);
 /// Workgroup-memory tiles with 4×4 register blocks: for real GPUs.
 pub(crate) static GEMM_TILED: Kernel<GemmParams> =
-    Kernel::new(&SHADER, "gemm_tiled", BINDINGS).with_constants(&[("WG_X", 16.0), ("WG_Y", 16.0), ("TILE_K", 16.0)]);
+    Kernel::new(&SHADER, "gemm_tiled", BINDINGS).with_constants(&[("WG_X", 16.0), ("WG_Y", 16.0), ("TILE_K", 16.0)]).with_work(gemm_work);
+/// 2·m·n·k FLOPs per batch item; A, B and C each moved once (C twice when
+/// beta ≠ 0). A split-K dispatch's items each take a k slice of one product.
+/// (A grid split into row/column dispatches counts the whole product in each.)
+fn gemm_work(p: &GemmParams) -> Work {
+    let (m, n, k, batch) = (p.m as usize, p.n as usize, p.k as usize, p.batch as usize);
+    let products = if p.k_chunk > 0 { 1 } else { batch };
+    let a = m * k * if p.stride_a != 0 { batch } else { 1 };
+    let b = k * n * if p.stride_b != 0 { batch } else { 1 };
+    let c = m * n * batch * if p.beta != 0.0 { 2 } else { 1 };
+    Work::f32s(a + b + c, 2 * m * n * k * products)
+}
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&GEMM_BLOCKED.def, &GEMM_BLOCKED_WIDE.def, &GEMM_TILED.def];
 
 /// How to combine the operands.

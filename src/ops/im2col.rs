@@ -7,12 +7,16 @@ use bytemuck::{Pod, Zeroable};
 use crate::device::Device;
 use crate::error::Result;
 use crate::gpu::GpuContext;
-use crate::kernel::{Access::*, Kernel, Shader};
+use crate::kernel::{Access::*, Kernel, Shader, Work};
 use crate::shape::Conv2dGeometry;
 use crate::tensor::Tensor;
 
 const SHADER: Shader = Shader::new("im2col", include_str!("../../shaders/im2col.wgsl"));
-pub(crate) static IM2COL: Kernel<Im2colParams> = Kernel::new(&SHADER, "im2col", &[Read, ReadWrite, Uniform]);
+pub(crate) static IM2COL: Kernel<Im2colParams> = Kernel::new(&SHADER, "im2col", &[Read, ReadWrite, Uniform]).with_work(im2col_work);
+/// Reads the images once, writes every column entry.
+pub(crate) fn im2col_work(p: &Im2colParams) -> Work {
+    Work::f32s((p.n * p.c * p.h * p.w + p.c * p.kh * p.kw * p.n * p.oh * p.ow) as usize, 0)
+}
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&IM2COL.def];
 
 /// Matches `Im2colParams` in `shaders/im2col.wgsl` and `shaders/col2im.wgsl`

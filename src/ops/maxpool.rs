@@ -6,13 +6,19 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::kernel::{Access::*, Kernel, Shader};
+use crate::kernel::{Access::*, Kernel, Shader, Work};
 use crate::shape::{Pool2dConfig, Pool2dGeometry};
 use crate::tensor::{IndexData, Indices, Tensor};
 
 const SHADER: Shader = Shader::new("maxpool", include_str!("../../shaders/maxpool.wgsl"));
-pub(crate) static MAXPOOL_FORWARD: Kernel<PoolParams> = Kernel::new(&SHADER, "maxpool_forward", &[Read, ReadWrite, ReadWrite, Uniform]);
-pub(crate) static MAXPOOL_BACKWARD: Kernel<PoolParams> = Kernel::new(&SHADER, "maxpool_backward", &[Read, ReadWrite, ReadWrite, Uniform]);
+pub(crate) static MAXPOOL_FORWARD: Kernel<PoolParams> = Kernel::new(&SHADER, "maxpool_forward", &[Read, ReadWrite, ReadWrite, Uniform]).with_work(pool_work);
+pub(crate) static MAXPOOL_BACKWARD: Kernel<PoolParams> = Kernel::new(&SHADER, "maxpool_backward", &[Read, ReadWrite, ReadWrite, Uniform]).with_work(pool_work);
+/// Pooling, either way: the input plane once, the output and its mask (or divisor) once,
+/// a compare or add per window element.
+pub(crate) fn pool_work(p: &PoolParams) -> Work {
+    let (input, output) = ((p.planes * p.h * p.w) as usize, (p.planes * p.oh * p.ow) as usize);
+    Work::f32s(input + 2 * output, output * (p.kh * p.kw) as usize)
+}
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&MAXPOOL_FORWARD.def, &MAXPOOL_BACKWARD.def];
 
 /// Matches `PoolParams` in `shaders/maxpool.wgsl` and `shaders/avgpool.wgsl`.

@@ -6,14 +6,14 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::kernel::{Access::*, Kernel, Shader};
+use crate::kernel::{Access::*, Kernel, Shader, Work};
 use crate::ops::check_shape;
 use crate::tensor::{same_device, Tensor};
 
 const SHADER: Shader = Shader::new("optim", include_str!("../../shaders/optim.wgsl"));
 const BINDINGS: &[crate::kernel::Access] = &[ReadWrite, Read, ReadWrite, ReadWrite, Uniform];
-pub(crate) static OPTIM_SGD_STEP: Kernel<OptimParams> = Kernel::new(&SHADER, "optim_sgd_step", BINDINGS);
-pub(crate) static OPTIM_ADAM_STEP: Kernel<OptimParams> = Kernel::new(&SHADER, "optim_adam_step", BINDINGS);
+pub(crate) static OPTIM_SGD_STEP: Kernel<OptimParams> = Kernel::new(&SHADER, "optim_sgd_step", BINDINGS).with_work(|p| Work::f32s(5 * p.len as usize, 6 * p.len as usize));
+pub(crate) static OPTIM_ADAM_STEP: Kernel<OptimParams> = Kernel::new(&SHADER, "optim_adam_step", BINDINGS).with_work(|p| Work::f32s(7 * p.len as usize, 15 * p.len as usize));
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&OPTIM_SGD_STEP.def, &OPTIM_ADAM_STEP.def];
 
 #[derive(Clone, Copy, Debug, PartialEq)]

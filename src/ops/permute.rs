@@ -6,11 +6,12 @@ use bytemuck::{Pod, Zeroable};
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::gpu::GpuContext;
-use crate::kernel::{Access::*, Kernel, Shader};
+use crate::kernel::{Access::*, Kernel, Shader, Work};
 use crate::tensor::{same_device, Tensor};
 
 const SHADER: Shader = Shader::new("permute", include_str!("../../shaders/permute.wgsl"));
-pub(crate) static PERMUTE_SWAP: Kernel<PermuteParams> = Kernel::new(&SHADER, "permute_swap", &[Read, Read, ReadWrite, Uniform]);
+pub(crate) static PERMUTE_SWAP: Kernel<PermuteParams> = Kernel::new(&SHADER, "permute_swap", &[Read, Read, ReadWrite, Uniform])
+    .with_work(|p| Work::f32s(2 * (p.a * p.b * p.inner) as usize, if p.bias_len > 0 { (p.a * p.b * p.inner) as usize } else { 0 }));
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&PERMUTE_SWAP.def];
 
 /// Matches `PermuteParams` in `shaders/permute.wgsl`.

@@ -6,11 +6,12 @@ use bytemuck::{Pod, Zeroable};
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::gpu::GpuContext;
-use crate::kernel::{Access::*, Kernel, Shader};
+use crate::kernel::{Access::*, Kernel, Shader, Work};
 use crate::tensor::{same_device, Tensor};
 
 const SHADER: Shader = Shader::new("reduce", include_str!("../../shaders/reduce.wgsl"));
-pub(crate) static REDUCE_ROWS: Kernel<ReduceParams> = Kernel::new(&SHADER, "reduce_rows", &[Read, ReadWrite, Uniform]);
+pub(crate) static REDUCE_ROWS: Kernel<ReduceParams> = Kernel::new(&SHADER, "reduce_rows", &[Read, ReadWrite, Uniform])
+    .with_work(|p| Work::f32s((p.rows * p.len + p.rows) as usize, (p.rows * p.len * (1 + p.square)) as usize));
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&REDUCE_ROWS.def];
 
 /// Matches `ReduceParams` in `shaders/reduce.wgsl`.

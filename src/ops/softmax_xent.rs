@@ -5,14 +5,14 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::device::Device;
 use crate::error::{shape_err, Error, Result};
-use crate::kernel::{Access::*, Kernel, Shader};
+use crate::kernel::{Access::*, Kernel, Shader, Work};
 use crate::ops::reduce::reduce_rows_gpu;
 use crate::tensor::Tensor;
 
 const SHADER: Shader = Shader::new("softmax_xent", include_str!("../../shaders/softmax_xent.wgsl"));
 const BINDINGS: &[crate::kernel::Access] = &[Read, Read, ReadWrite, ReadWrite, Uniform];
-pub(crate) static SOFTMAX_XENT_FORWARD: Kernel<XentParams> = Kernel::new(&SHADER, "softmax_xent_forward", BINDINGS);
-pub(crate) static SOFTMAX_XENT_PROBS: Kernel<XentParams> = Kernel::new(&SHADER, "softmax_xent_probs", BINDINGS);
+pub(crate) static SOFTMAX_XENT_FORWARD: Kernel<XentParams> = Kernel::new(&SHADER, "softmax_xent_forward", BINDINGS).with_work(|p| Work::f32s((2 * p.n * p.c + 2 * p.n) as usize, 6 * (p.n * p.c) as usize));
+pub(crate) static SOFTMAX_XENT_PROBS: Kernel<XentParams> = Kernel::new(&SHADER, "softmax_xent_probs", BINDINGS).with_work(|p| Work::f32s(2 * (p.n * p.c) as usize, 5 * (p.n * p.c) as usize));
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&SOFTMAX_XENT_FORWARD.def, &SOFTMAX_XENT_PROBS.def];
 
 /// How the per-row losses are combined.

@@ -400,5 +400,25 @@ fn gpu_profile_and_trace() {
         assert!(events.iter().all(|e| e["ph"] == "X" && e["dur"].as_f64().unwrap() >= 0.0));
         // Without profiling there is no report, and asking for a trace is an error.
         assert!(Device::gpu().unwrap().gpu_context().unwrap().profile_report().is_none());
+        // The napkin columns: column building only moves bytes, so it is memory-bound anywhere.
+        let im2col = report.rows.iter().find(|r| r.kernel == "im2col").unwrap();
+        assert!(im2col.memory_bound && im2col.gflops == 0.0 && im2col.megabytes > 0.0, "{report}");
+        assert!(report.napkin_ms > 0.0 && report.to_string().contains("H100 SXM ms"), "{report}");
+
+        // A GEMM's work is exact: 2·m·n·k FLOPs, each operand moved once.
+        use wgpu_cnn::ops::gemm::{gemm, GemmConfig};
+        use wgpu_cnn::Tensor;
+        ctx.reset_profile();
+        let (m, n, k) = (64, 48, 32);
+        let a = Tensor::zeros(&dev, &[m, k]).unwrap();
+        let b = Tensor::zeros(&dev, &[k, n]).unwrap();
+        gemm(&a, &b, GemmConfig::default()).unwrap();
+        ctx.flush().unwrap();
+        let report = ctx.profile_report().unwrap();
+        let row = report.rows.iter().find(|r| r.kernel.starts_with("gemm_")).unwrap();
+        assert_eq!((row.calls, row.gflops * 1e9, row.megabytes * 1e6), (1, (2 * m * n * k) as f64, (4 * (m * k + k * n + m * n)) as f64), "{report}");
+        let peak = wgpu_cnn::profile::H100_SXM;
+        let want = 1e3 * ((2 * m * n * k) as f64 / peak.flops_per_s).max((4 * (m * k + k * n + m * n)) as f64 / peak.bytes_per_s);
+        assert!((row.napkin_ms - want).abs() <= 1e-12, "{} vs {want}", row.napkin_ms);
     });
 }
