@@ -150,19 +150,23 @@ fn main() -> wgpu_cnn::Result<()> {
         }
         if let Some(dev) = &gpu {
             let ctx = dev.gpu_context().unwrap();
-            for variant in [GemmVariant::Blocked, GemmVariant::Tiled] {
+            // Each kernel the tuner may choose, forced; then `tuned`, what a GEMM gets.
+            let variants: Vec<Option<GemmVariant>> = GemmVariant::ALL.into_iter().map(Some).chain([None]).collect();
+            for variant in variants {
+                let tiled = matches!(variant, Some(GemmVariant::Tiled | GemmVariant::Tiled32 | GemmVariant::TiledK32));
                 // Barrier-heavy tiles crawl on a CPU adapter; see shaders/gemm.wgsl.
-                if !real_gpu && variant == GemmVariant::Tiled && n > 256 {
+                if !real_gpu && tiled && n > 256 {
                     continue;
                 }
                 let (a, b, mut c) = (filled(dev, n, 1), filled(dev, n, 2), filled(dev, n, 3));
-                let cfg = GemmConfig { variant: Some(variant), ..GemmConfig::default() };
+                let cfg = GemmConfig { variant, ..GemmConfig::default() };
                 let t = time(args.seconds, || {
                     gemm_into(&a, &b, &mut c, cfg).unwrap();
                     dev.synchronize().unwrap();
                 });
-                let chosen = if variant == ctx.gemm_variant() { "*" } else { "" };
-                rows.push((format!("gpu-{variant:?}{chosen}").to_lowercase(), t));
+                let name = variant.map_or("tuned", |v| v.name());
+                let chosen = if variant == Some(ctx.gemm_variant()) { "*" } else { "" };
+                rows.push((format!("gpu-{name}{chosen}"), t));
             }
         }
         let cpu_time = rows.iter().find(|(d, _)| d == "cpu").map(|(_, t)| *t);
@@ -182,7 +186,7 @@ fn main() -> wgpu_cnn::Result<()> {
         }
     }
     if !args.json && gpu.is_some() && !args.no_gemm {
-        println!("(* = the kernel this adapter uses by default; GPU/CPU = CPU time / GPU time)");
+        println!("(* = the adapter's kernel without tuning; tuned = what a GEMM gets, the fastest per shape class; GPU/CPU = CPU time / GPU time)");
     }
     if !args.no_train {
         let mut devices = vec![("cpu", Device::Cpu)];

@@ -53,6 +53,24 @@ pub struct GpuOptions {
     /// of images. `None` keeps the default (512 MiB). Results do not depend on
     /// it beyond rounding; tests lower it to run the multi-chunk path.
     pub max_chunk_bytes: Option<u64>,
+    /// Let ops time their candidate kernels on this adapter at first use per
+    /// shape class and keep the fastest (the GEMM does). `WGPU_CNN_AUTOTUNE=0`
+    /// turns it off whatever this says. Off, each op uses its fixed choice.
+    pub autotune: bool,
+    /// Where tuned choices are kept between runs.
+    pub tuning_cache: TuningCache,
+}
+
+/// Where a device keeps its tuned choices.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TuningCache {
+    /// `tuning-<adapter>.json` in the platform's cache directory
+    /// (`$XDG_CACHE_HOME/wgpu-cnn`, `~/.cache/wgpu-cnn`, …).
+    Default,
+    /// This file.
+    File(std::path::PathBuf),
+    /// In memory only, for this device.
+    Memory,
 }
 
 impl Default for GpuOptions {
@@ -66,6 +84,8 @@ impl Default for GpuOptions {
             max_binding_bytes: None,
             max_workgroups_per_dimension: None,
             max_chunk_bytes: None,
+            autotune: true,
+            tuning_cache: TuningCache::Default,
         }
     }
 }
@@ -169,6 +189,14 @@ impl AdapterSummary {
     }
 
     /// A CPU implementation of the API (lavapipe and friends).
+    /// Adapter name, backend and driver as a file-name-safe key (tuning files).
+    pub fn file_key(&self) -> String {
+        format!("{}-{:?}-{}", self.name, self.backend, self.driver_info)
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+            .collect()
+    }
+
     pub fn is_software(&self) -> bool {
         self.device_type == wgpu::DeviceType::Cpu
     }

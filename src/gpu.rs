@@ -9,19 +9,51 @@ use std::time::Duration;
 
 use bytemuck::Pod;
 
-use crate::device::{choose_adapter, AdapterSummary, GpuOptions};
+use crate::device::{choose_adapter, AdapterSummary, GpuOptions, TuningCache};
 use crate::error::{Error, Result};
 use crate::kernel::{Access, Compiled, Kernel, KernelCache, KernelDef, Work};
 use crate::pool::{BufferKind, BufferPool, PoolStats};
 use crate::profile::{ProfileReport, Profiler};
 
-/// Which GEMM kernel the adapter gets (see `shaders/gemm.wgsl`).
+/// The GEMM kernels (see `shaders/gemm.wgsl`). Without tuning an adapter
+/// gets `Blocked` (CPU-type) or `Tiled` (GPUs); with tuning, the fastest of
+/// its candidates per shape class (see `ops::gemm`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GemmVariant {
-    /// Barrier-free, register-blocked: for CPU-type adapters.
+    /// Barrier-free, register-blocked: 8×8 blocks per invocation, 16×16 for
+    /// large GEMMs (m ≥ 32, n ≥ 256). For CPU-type adapters.
     Blocked,
-    /// Workgroup-memory tiles with register blocking: for real GPUs.
+    /// Always 8×8 register blocks.
+    Blocked8,
+    /// Always 16×16 register blocks.
+    Blocked16,
+    /// Workgroup-memory tiles of 64×64, k-slabs of 16, 4×4 per invocation: for real GPUs.
     Tiled,
+    /// Tiles of 32×32 (more workgroups for small GEMMs).
+    Tiled32,
+    /// Tiles of 64×64 with k-slabs of 32 (fewer barriers per FMA).
+    TiledK32,
+}
+
+impl GemmVariant {
+    pub const ALL: [GemmVariant; 6] =
+        [GemmVariant::Blocked, GemmVariant::Blocked8, GemmVariant::Blocked16, GemmVariant::Tiled, GemmVariant::Tiled32, GemmVariant::TiledK32];
+
+    /// The name kept in the tuning table.
+    pub fn name(self) -> &'static str {
+        match self {
+            GemmVariant::Blocked => "blocked",
+            GemmVariant::Blocked8 => "blocked8",
+            GemmVariant::Blocked16 => "blocked16",
+            GemmVariant::Tiled => "tiled",
+            GemmVariant::Tiled32 => "tiled32",
+            GemmVariant::TiledK32 => "tiled_k32",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<GemmVariant> {
+        GemmVariant::ALL.into_iter().find(|v| v.name() == name)
+    }
 }
 
 /// What the host has asked of wgpu since the device opened: the per-step
@@ -88,10 +120,19 @@ pub struct GpuContext {
     recorded: Mutex<Vec<&'static str>>,
     /// While a dry run is on (see [`GpuContext::dry_run`]): the kernels that
     /// would have been dispatched, in order of first use.
-    dry: Mutex<Option<Vec<&'static KernelDef>>>,
+    /// Per thread, since threads share a device and only the one in a dry
+    /// run may have its dispatches noted instead of recorded.
+    dry: Mutex<HashMap<std::thread::ThreadId, Vec<&'static KernelDef>>>,
+    /// Threads whose dispatches the profile leaves out (tuning runs).
+    untimed: Mutex<std::collections::HashSet<std::thread::ThreadId>>,
     /// Cap on the convolution's column-matrix bytes (`GpuOptions::max_chunk_bytes`).
     max_chunk_bytes: Option<u64>,
     counters: Mutex<HostCounters>,
+    /// Tuned choices by key (an op's name for a shape class → a variant's
+    /// name), loaded from and saved to `tuning_file`.
+    tuning: Mutex<HashMap<String, String>>,
+    tuning_file: Option<std::path::PathBuf>,
+    autotune: bool,
 }
 
 /// Runs `f` inside validation and out-of-memory error scopes; returns what they caught.
@@ -153,6 +194,27 @@ impl Recorder {
     }
 }
 
+/// A tuning table saved by an earlier run; an unreadable one is ignored (and
+/// overwritten by the next choice).
+fn load_tuning(path: &std::path::Path) -> HashMap<String, String> {
+    std::fs::read_to_string(path).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default()
+}
+
+/// The platform's cache directory for this library: `$XDG_CACHE_HOME` or
+/// `~/.cache` on Linux, `~/Library/Caches` on macOS, `%LOCALAPPDATA%` on Windows.
+fn default_cache_dir() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let base = if cfg!(target_os = "windows") {
+        env("LOCALAPPDATA")
+    } else if cfg!(target_os = "macos") {
+        env("HOME").map(|h| h.join("Library/Caches"))
+    } else {
+        env("XDG_CACHE_HOME").or_else(|| env("HOME").map(|h| h.join(".cache")))
+    };
+    base.map(|b| b.join("wgpu-cnn"))
+}
+
 /// A captured wgpu error as ours, naming what was being done.
 pub(crate) fn from_wgpu(op: &'static str, e: wgpu::Error) -> Error {
     match e {
@@ -212,6 +274,12 @@ impl GpuContext {
         });
         let profiler = opts.profile.then(|| Mutex::new(Profiler::new(&device, &queue)));
         let gemm_variant = if summary.is_software() { GemmVariant::Blocked } else { GemmVariant::Tiled };
+        let autotune = opts.autotune && std::env::var("WGPU_CNN_AUTOTUNE").map_or(true, |v| v != "0");
+        let tuning_file = match &opts.tuning_cache {
+            TuningCache::Default => default_cache_dir().map(|d| d.join(format!("tuning-{}.json", summary.file_key()))),
+            TuningCache::File(p) => Some(p.clone()),
+            TuningCache::Memory => None,
+        };
         log::info!("opened {summary}; GEMM kernel {gemm_variant:?}");
         Ok(GpuContext {
             device,
@@ -231,8 +299,12 @@ impl GpuContext {
             timeout: opts.timeout,
             recorded: Mutex::default(),
             dry: Mutex::default(),
+            untimed: Mutex::default(),
             max_chunk_bytes: opts.max_chunk_bytes,
             counters: Mutex::default(),
+            tuning: Mutex::new(tuning_file.as_deref().map(load_tuning).unwrap_or_default()),
+            tuning_file,
+            autotune,
         })
     }
 
@@ -270,6 +342,60 @@ impl GpuContext {
         if let Some(p) = &self.profiler {
             p.lock().unwrap().reset();
         }
+    }
+
+    /// Whether ops may time candidate kernels and keep the fastest
+    /// (`GpuOptions::autotune`, unless `WGPU_CNN_AUTOTUNE=0`).
+    pub fn autotune(&self) -> bool {
+        self.autotune
+    }
+
+    /// The tuned choices so far (key → choice), as saved in the tuning file.
+    pub fn tuning_table(&self) -> Vec<(String, String)> {
+        let mut v: Vec<_> = self.tuning.lock().unwrap().iter().map(|(k, c)| (k.clone(), c.clone())).collect();
+        v.sort();
+        v
+    }
+
+    /// A tuned choice, if one was made for `key` (here or in an earlier run).
+    pub(crate) fn tuned(&self, key: &str) -> Option<String> {
+        self.tuning.lock().unwrap().get(key).cloned()
+    }
+
+    /// Keeps a tuned choice, and saves the table (atomically: temp file,
+    /// rename) so later runs on this adapter reuse it. A file that cannot be
+    /// written costs only the reuse; it is logged, not an error.
+    pub(crate) fn remember_tuned(&self, key: String, choice: String) {
+        let table = {
+            let mut t = self.tuning.lock().unwrap();
+            t.insert(key, choice);
+            serde_json::to_string_pretty(&*t).unwrap_or_default()
+        };
+        let Some(path) = &self.tuning_file else { return };
+        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        let saved = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|_| std::fs::write(&tmp, table))
+            .and_then(|_| std::fs::rename(&tmp, path));
+        if let Err(e) = saved {
+            let _ = std::fs::remove_file(&tmp);
+            log::warn!("could not save the tuning table to {}: {e}", path.display());
+        }
+    }
+
+    /// Runs an op's timing of its candidates: for real even inside a dry run
+    /// (the trainer prepares with one), and left out of the profile.
+    pub(crate) fn tuning_run<R>(&self, f: impl FnOnce() -> R) -> R {
+        let me = std::thread::current().id();
+        let saved = self.dry.lock().unwrap().remove(&me);
+        self.untimed.lock().unwrap().insert(me);
+        let out = f();
+        self.untimed.lock().unwrap().remove(&me);
+        if let Some(seen) = saved {
+            self.dry.lock().unwrap().insert(me, seen);
+        }
+        out
     }
 
     /// Dispatches, passes, bind groups, queue writes and submits so far.
@@ -375,13 +501,14 @@ impl GpuContext {
         self.alive()?;
         {
             let mut dry = self.dry.lock().unwrap();
-            if dry.is_some() {
-                return Err(Error::InvalidArgument { op: "dry_run", msg: "a dry run is already in progress on this device".into() });
+            let me = std::thread::current().id();
+            if dry.contains_key(&me) {
+                return Err(Error::InvalidArgument { op: "dry_run", msg: "a dry run is already in progress on this thread".into() });
             }
-            *dry = Some(Vec::new());
+            dry.insert(me, Vec::new());
         }
         let out = f();
-        let seen = self.dry.lock().unwrap().take().unwrap_or_default();
+        let seen = self.dry.lock().unwrap().remove(&std::thread::current().id()).unwrap_or_default();
         // Copies recorded in the dry run (copy-on-write, narrowing) are real: submit them.
         self.flush()?;
         let out = out?;
@@ -456,7 +583,8 @@ impl GpuContext {
     /// bindings in declaration order; `params` fills its uniform.
     pub(crate) fn dispatch<P: Pod>(&self, kernel: &'static Kernel<P>, params: &P, buffers: &[&wgpu::Buffer], groups: [u32; 3]) -> Result<()> {
         // The napkin math is only wanted by the profile.
-        let work = self.profiler.as_ref().map(|_| (kernel.work)(params));
+        let timed = self.profiler.is_some() && !self.untimed.lock().unwrap().contains(&std::thread::current().id());
+        let work = timed.then(|| (kernel.work)(params));
         self.dispatch_raw(&kernel.def, bytemuck::bytes_of(params), buffers, groups, work)
     }
 
@@ -480,7 +608,7 @@ impl GpuContext {
                 limit: 0,
             });
         }
-        if let Some(seen) = self.dry.lock().unwrap().as_mut() {
+        if let Some(seen) = self.dry.lock().unwrap().get_mut(&std::thread::current().id()) {
             if !seen.iter().any(|d| d.name == spec.name) {
                 seen.push(spec);
             }

@@ -50,9 +50,12 @@ impl Shader {
 /// the warm-up and `tests/shaders.rs` work with.
 #[derive(Debug)]
 pub struct KernelDef {
-    /// The WGSL entry point, `<stem>_<phase>`; also the label of every wgpu
-    /// object of this kernel and the cache key (unique, checked by a test).
+    /// `<stem>_<phase>`: the label of every wgpu object of this kernel and
+    /// the pipeline cache key (unique, checked by a test). Usually the entry point too.
     pub name: &'static str,
+    /// The WGSL entry point; differs from `name` for a variant of an entry
+    /// point with other override constants.
+    pub entry: &'static str,
     pub shader: &'static Shader,
     /// One entry per `@binding(i)`, in order.
     pub bindings: &'static [Access],
@@ -107,13 +110,19 @@ pub struct Kernel<P> {
 impl<P: bytemuck::Pod> Kernel<P> {
     /// A kernel of `shader` at entry point `name`, with no override constants.
     pub const fn new(shader: &'static Shader, name: &'static str, bindings: &'static [Access]) -> Kernel<P> {
-        Kernel { def: KernelDef { name, shader, bindings, params_size: size_of::<P>(), constants: &[] }, work: no_work::<P>, _params: PhantomData }
+        Kernel { def: KernelDef { name, entry: name, shader, bindings, params_size: size_of::<P>(), constants: &[] }, work: no_work::<P>, _params: PhantomData }
+    }
+
+    /// The same entry point under another name (a variant with its own constants).
+    pub const fn named(self, name: &'static str) -> Kernel<P> {
+        let KernelDef { entry, shader, bindings, params_size, constants, .. } = self.def;
+        Kernel { def: KernelDef { name, entry, shader, bindings, params_size, constants }, work: self.work, _params: PhantomData }
     }
 
     /// The same kernel with values for its `override` constants.
     pub const fn with_constants(self, constants: &'static [(&'static str, f64)]) -> Kernel<P> {
-        let KernelDef { name, shader, bindings, params_size, .. } = self.def;
-        Kernel { def: KernelDef { name, shader, bindings, params_size, constants }, work: self.work, _params: PhantomData }
+        let KernelDef { name, entry, shader, bindings, params_size, .. } = self.def;
+        Kernel { def: KernelDef { name, entry, shader, bindings, params_size, constants }, work: self.work, _params: PhantomData }
     }
 
     /// The same kernel with its napkin math: the work one dispatch with these params does.
@@ -210,7 +219,7 @@ impl KernelCache {
                 label: Some(def.name),
                 layout: Some(&pipeline_layout),
                 module: &module,
-                entry_point: Some(def.name),
+                entry_point: Some(def.entry),
                 compilation_options: wgpu::PipelineCompilationOptions {
                     constants: def.constants,
                     // Kernels initialise the workgroup memory they read; zeroing it

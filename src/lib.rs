@@ -32,7 +32,7 @@ pub mod tensor;
 pub mod tolerance;
 pub mod train;
 
-pub use device::{AdapterSummary, Device, GpuOptions};
+pub use device::{AdapterSummary, Device, GpuOptions, TuningCache};
 pub use error::{Error, FileErrorKind, Result};
 pub use shape::{Conv2dConfig, Conv2dGeometry, Pool2dConfig, Pool2dGeometry};
 pub use gpu::{GemmVariant, GpuContext, HostCounters};

@@ -92,11 +92,12 @@ fn check(def: &KernelDef) {
     let module = parse(def.shader);
     let stem = def.shader.stem;
     assert!(
-        module.entry_points.iter().any(|ep| ep.name == def.name && ep.stage == naga::ShaderStage::Compute),
+        module.entry_points.iter().any(|ep| ep.name == def.entry && ep.stage == naga::ShaderStage::Compute),
         "{}: no compute entry point `{}` in shaders/{stem}.wgsl",
         def.name,
-        def.name,
+        def.entry,
     );
+    assert!(def.entry == def.shader.stem || def.entry.starts_with(&format!("{stem}_")), "entry point `{}` is not named {stem}_<phase>", def.entry);
     let mut declared = vec![None; def.bindings.len()];
     let mut params_size = None;
     for (_, var) in module.global_variables.iter() {

@@ -36,7 +36,14 @@ fn gemm_work(p: &GemmParams) -> Work {
     let c = m * n * batch * if p.beta != 0.0 { 2 } else { 1 };
     Work::f32s(a + b + c, 2 * m * n * k * products)
 }
-pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&GEMM_BLOCKED.def, &GEMM_BLOCKED_WIDE.def, &GEMM_TILED.def];
+/// gemm_tiled with 32×32 tiles: four times the workgroups for small GEMMs.
+pub(crate) static GEMM_TILED_32: Kernel<GemmParams> =
+    Kernel::new(&SHADER, "gemm_tiled", BINDINGS).named("gemm_tiled_32").with_constants(&[("WG_X", 8.0), ("WG_Y", 8.0), ("TILE_K", 16.0)]).with_work(gemm_work);
+/// gemm_tiled with k-slabs of 32: half the barriers per FMA.
+pub(crate) static GEMM_TILED_K32: Kernel<GemmParams> =
+    Kernel::new(&SHADER, "gemm_tiled", BINDINGS).named("gemm_tiled_k32").with_constants(&[("WG_X", 16.0), ("WG_Y", 16.0), ("TILE_K", 32.0)]).with_work(gemm_work);
+pub(crate) const KERNELS: &[&crate::kernel::KernelDef] =
+    &[&GEMM_BLOCKED.def, &GEMM_BLOCKED_WIDE.def, &GEMM_TILED.def, &GEMM_TILED_32.def, &GEMM_TILED_K32.def];
 
 /// How to combine the operands.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -232,11 +239,104 @@ impl GemmLayout {
     }
 }
 
-fn variant_kernel(v: GemmVariant) -> &'static Kernel<GemmParams> {
+/// The kernel a variant uses for a shape, and the register block each
+/// invocation owns (a workgroup covers block·WG_Y rows × block·WG_X columns).
+fn kernel_for(v: GemmVariant, s: &GemmShape) -> (&'static Kernel<GemmParams>, usize) {
     match v {
-        GemmVariant::Blocked => &GEMM_BLOCKED,
-        GemmVariant::Tiled => &GEMM_TILED,
+        // Big enough to fill 16×16 blocks without much waste: the wide kernel
+        // loads half as much per FMA (VGG-small's step 10.0 → 7.3 s on lavapipe),
+        // but LeNet-5's small GEMMs ran 10% slower with it throughout.
+        GemmVariant::Blocked if s.m >= 32 && s.n >= 256 => (&GEMM_BLOCKED_WIDE, 16),
+        GemmVariant::Blocked | GemmVariant::Blocked8 => (&GEMM_BLOCKED, 8),
+        GemmVariant::Blocked16 => (&GEMM_BLOCKED_WIDE, 16),
+        GemmVariant::Tiled => (&GEMM_TILED, 4),
+        GemmVariant::Tiled32 => (&GEMM_TILED_32, 4),
+        GemmVariant::TiledK32 => (&GEMM_TILED_K32, 4),
     }
+}
+
+// ---------------------------------------------------------------- tuning
+
+/// The kernels timed per shape class. On CPU-type adapters the barrier-heavy
+/// tiles crawl (10× slower on lavapipe), so only the register-blocked ones compete.
+fn candidates(ctx: &GpuContext) -> &'static [GemmVariant] {
+    use GemmVariant::*;
+    if ctx.adapter().is_software() {
+        &[Blocked8, Blocked16]
+    } else {
+        &[Tiled, Tiled32, TiledK32, Blocked8, Blocked16]
+    }
+}
+
+/// GEMMs whose m, n and k round up to the same powers of two, with the same
+/// transposes and batching, share a tuned kernel.
+fn shape_class(s: &GemmShape, cfg: &GemmConfig) -> String {
+    let lg = |x: usize| x.next_power_of_two().trailing_zeros();
+    let flag = |b: bool| if b { 't' } else { 'n' };
+    format!(
+        "gemm/m{}/n{}/k{}/{}{}/{}",
+        lg(s.m),
+        lg(s.n),
+        lg(s.k),
+        flag(cfg.trans_a),
+        flag(cfg.trans_b),
+        if s.batch > 1 { "batched" } else { "single" }
+    )
+}
+
+/// The kernel for this GEMM: the one asked for, else the tuned one for its
+/// shape class (timing the candidates the first time a class is seen on
+/// this adapter, or reading an earlier run's choice), else the adapter's default.
+fn choose(ctx: &Arc<GpuContext>, s: &GemmShape, cfg: &GemmConfig) -> Result<GemmVariant> {
+    if let Some(v) = cfg.variant {
+        return Ok(v);
+    }
+    if !ctx.autotune() {
+        return Ok(ctx.gemm_variant());
+    }
+    let key = shape_class(s, cfg);
+    if let Some(v) = ctx.tuned(&key).and_then(|name| GemmVariant::from_name(&name)) {
+        return Ok(v);
+    }
+    let v = ctx.tuning_run(|| tune(ctx, s, cfg))?;
+    log::info!("GEMM {key}: {} is fastest on {}", v.name(), ctx.adapter());
+    ctx.remember_tuned(key, v.name().to_string());
+    Ok(v)
+}
+
+/// Times each candidate on operands of this GEMM's shape (its own buffers:
+/// nothing the caller holds is touched) and returns the fastest: the best of
+/// three runs after a warm-up that builds the pipeline.
+fn tune(ctx: &Arc<GpuContext>, s: &GemmShape, cfg: &GemmConfig) -> Result<GemmVariant> {
+    const OP: &str = "gemm (tuning)";
+    let items = |batched: bool| if batched { s.batch } else { 1 };
+    let fill = |len: usize| -> Result<crate::gpu::GpuBuffer> {
+        let buf = ctx.alloc(OP, len)?;
+        // Small normal values: zeros or NaN garbage could time differently on a CPU adapter.
+        ctx.upload(&buf, &vec![0.5; len])?;
+        Ok(buf)
+    };
+    let a = fill(s.m * s.k * items(s.a_batched))?;
+    let b = fill(s.k * s.n * items(s.b_batched))?;
+    let c = fill(s.m * s.n * s.batch)?;
+    // What the caller recorded so far runs now, outside the timings.
+    ctx.synchronize()?;
+    let mut best = (f64::INFINITY, candidates(ctx)[0]);
+    for &v in candidates(ctx) {
+        let cfg = GemmConfig { variant: Some(v), beta: 0.0, ..*cfg };
+        let run = || -> Result<f64> {
+            let t = std::time::Instant::now();
+            gemm_gpu(ctx, a.buffer(), b.buffer(), c.buffer(), *s, cfg)?;
+            ctx.synchronize()?;
+            Ok(t.elapsed().as_secs_f64())
+        };
+        run()?;
+        let t = (0..3).map(|_| run()).try_fold(f64::INFINITY, |m, t| t.map(|t| m.min(t)))?;
+        if t < best.0 {
+            best = (t, v);
+        }
+    }
+    Ok(best.1)
 }
 
 /// Records the GEMM dispatches; batches beyond the grid limit are split.
@@ -255,18 +355,7 @@ pub(crate) fn gemm_gpu_strided(
     l: GemmLayout,
     cfg: GemmConfig,
 ) -> Result<()> {
-    let blocked = std::ptr::eq(variant_kernel(cfg.variant.unwrap_or(ctx.gemm_variant())), &GEMM_BLOCKED);
-    // Big enough to fill 16×16 blocks without much waste: the wide kernel
-    // loads half as much per FMA (VGG-small's step 10.0 → 7.3 s on lavapipe),
-    // but LeNet-5's small GEMMs ran 10% slower with it throughout.
-    // A workgroup covers (b·WG_Y) rows × (b·WG_X) columns, b the block each
-    // invocation owns: 8×8 in gemm_blocked, 16×16 in gemm_blocked_wide, 4×4 in
-    // gemm_tiled (see the shader).
-    let (kernel, block) = match blocked {
-        true if s.m >= 32 && s.n >= 256 => (&GEMM_BLOCKED_WIDE, 16),
-        true => (&GEMM_BLOCKED, 8),
-        false => (&GEMM_TILED, 4),
-    };
+    let (kernel, block) = kernel_for(choose(ctx, &s, &cfg)?, &s);
     let tile_n = block * kernel.def.constant("WG_X", 8) as usize;
     let tile_m = block * kernel.def.constant("WG_Y", 8) as usize;
     let (m, n, k) = (s.m, s.n, s.k);

@@ -141,14 +141,81 @@ fn cpu() {
     all(&Device::Cpu, None);
 }
 
-#[test]
-fn gpu_blocked() {
-    with_gpu("gemm::gpu_blocked", |dev| all(dev, Some(GemmVariant::Blocked)));
+/// Every kernel the tuner may choose, forced, on every shape; then the tuned choice.
+macro_rules! gpu_variant {
+    ($($name:ident => $variant:expr),* $(,)?) => {$(
+        #[test]
+        fn $name() {
+            with_gpu(concat!("gemm::", stringify!($name)), |dev| all(dev, $variant));
+        }
+    )*};
+}
+gpu_variant! {
+    gpu_blocked => Some(GemmVariant::Blocked),
+    gpu_blocked8 => Some(GemmVariant::Blocked8),
+    gpu_blocked16 => Some(GemmVariant::Blocked16),
+    gpu_tiled => Some(GemmVariant::Tiled),
+    gpu_tiled32 => Some(GemmVariant::Tiled32),
+    gpu_tiled_k32 => Some(GemmVariant::TiledK32),
+    gpu_tuned => None,
 }
 
 #[test]
-fn gpu_tiled() {
-    with_gpu("gemm::gpu_tiled", |dev| all(dev, Some(GemmVariant::Tiled)));
+fn every_variant_is_tested() {
+    // The list above names each of GemmVariant::ALL; a new variant must join it.
+    let src = include_str!("gemm.rs");
+    for v in GemmVariant::ALL {
+        assert!(src.contains(&format!("Some(GemmVariant::{v:?})")), "GemmVariant::{v:?} has no parity test");
+    }
+}
+
+/// The tuner times its candidates once per shape class, keeps the fastest
+/// (a register-blocked kernel on a CPU adapter), saves it to the tuning file,
+/// and a device opened later reads it instead of timing again.
+#[test]
+fn gpu_tuning_is_kept_and_reused() {
+    with_gpu("gemm::gpu_tuning_is_kept_and_reused", |_| {
+        use wgpu_cnn::{GpuOptions, TuningCache};
+        let file = std::env::temp_dir().join(format!("wgpu-cnn-tuning-{}.json", std::process::id()));
+        let _ = std::fs::remove_file(&file);
+        let opts = GpuOptions { autotune: true, tuning_cache: TuningCache::File(file.clone()), ..GpuOptions::default() };
+        let dev = Device::gpu_with(&opts).unwrap();
+        let ctx = dev.gpu_context().unwrap().clone();
+        if !ctx.autotune() {
+            eprintln!("SKIPPED gemm::gpu_tuning_is_kept_and_reused: WGPU_CNN_AUTOTUNE=0");
+            return;
+        }
+        let (av, bv) = (random(1, 70 * 90), random(2, 90 * 300));
+        let a = Tensor::from_slice(&dev, &[70, 90], &av).unwrap();
+        let b = Tensor::from_slice(&dev, &[90, 300], &bv).unwrap();
+        let before = ctx.pipelines_built();
+        let c = gemm(&a, &b, GemmConfig::default()).unwrap().to_vec().unwrap();
+        let s = GemmShape::infer(&[70, 90], &[90, 300], false, false).unwrap();
+        tol(90).assert("tuned gemm", &c, &oracle(&av, &bv, None, &s, &GemmConfig::default()));
+        let table = ctx.tuning_table();
+        assert_eq!(table.len(), 1, "{table:?}");
+        let (key, choice) = &table[0];
+        assert!(key.starts_with("gemm/"), "{key}");
+        let chosen = GemmVariant::from_name(choice).unwrap();
+        if ctx.adapter().is_software() {
+            assert!(matches!(chosen, GemmVariant::Blocked8 | GemmVariant::Blocked16), "{choice}");
+            assert!(ctx.pipelines_built() >= before + 2, "both candidates were timed");
+        }
+        // Same class, another size: no more timing.
+        let built = ctx.pipelines_built();
+        gemm(&Tensor::zeros(&dev, &[65, 80]).unwrap(), &Tensor::zeros(&dev, &[80, 260]).unwrap(), GemmConfig::default()).unwrap().to_vec().unwrap();
+        assert_eq!((ctx.tuning_table().len(), ctx.pipelines_built()), (1, built));
+        // A later device reads the file.
+        let saved: std::collections::HashMap<String, String> = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        assert_eq!(saved.get(key), Some(choice));
+        let again = Device::gpu_with(&opts).unwrap();
+        assert_eq!(again.gpu_context().unwrap().tuning_table(), table);
+        // With tuning off, the adapter's fixed choice and no table.
+        let off = Device::gpu_with(&GpuOptions { autotune: false, tuning_cache: TuningCache::Memory, ..GpuOptions::default() }).unwrap();
+        gemm(&Tensor::zeros(&off, &[70, 90]).unwrap(), &Tensor::zeros(&off, &[90, 300]).unwrap(), GemmConfig::default()).unwrap().to_vec().unwrap();
+        assert!(off.gpu_context().unwrap().tuning_table().is_empty());
+        let _ = std::fs::remove_file(&file);
+    });
 }
 
 /// More batch items than one dispatch's z-dimension allows is split, not refused.

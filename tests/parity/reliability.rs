@@ -107,7 +107,8 @@ fn lost_device_fails_every_call_promptly() {
 #[test]
 fn readback_times_out() {
     with_gpu("reliability::readback_times_out", |_| {
-        let dev = private(GpuOptions { timeout: Some(Duration::from_micros(1)), ..GpuOptions::default() });
+        // No tuning: it would wait for the GPU inside the GEMM, before the readback under test.
+        let dev = private(GpuOptions { timeout: Some(Duration::from_micros(1)), autotune: false, ..GpuOptions::default() });
         // ~0.5 GFLOP: far longer than a microsecond on any adapter.
         let a = Tensor::from_vec(&dev, &[640, 640], random(3, 640 * 640)).unwrap();
         let c = gemm(&a, &a, GemmConfig::default()).unwrap();
@@ -389,5 +390,33 @@ fn host_counters_count_a_step() {
             last = ctx.host_counters() - before;
         }
         assert_eq!((last.bind_groups, last.passes, last.queue_writes), (0, 1, 2), "MLP with batch-norm and dropout: {last:?}");
+    });
+}
+
+/// A dry run belongs to the thread that started it: another thread's ops on
+/// the same device, while it is on, run for real.
+#[test]
+fn dry_runs_are_per_thread() {
+    with_gpu("reliability::dry_runs_are_per_thread", |_| {
+        let dev = private(GpuOptions::default());
+        let ctx = dev.gpu_context().unwrap().clone();
+        let barrier = std::sync::Barrier::new(2);
+        let a = Tensor::from_vec(&dev, &[2, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                ctx.dry_run(|| {
+                    barrier.wait(); // the other thread computes now
+                    barrier.wait();
+                    Ok(())
+                })
+                .unwrap();
+            });
+            barrier.wait();
+            let c = gemm(&a, &a, GemmConfig::default()).unwrap();
+            // Still inside the other thread's dry run: recorded and run, not noted.
+            let got = c.to_vec().unwrap();
+            barrier.wait();
+            assert_eq!(got, vec![7.0, 10.0, 15.0, 22.0]);
+        });
     });
 }
