@@ -47,3 +47,20 @@ fn reduce_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         dst[o] = v;
     }
 }
+
+// Column sums: out[off + e] = beta·out[off + e] + Σ_r f(in[r·len + e]) for a
+// [rows, len] matrix, one invocation per column, rows summed in order (split-K
+// adds its k-slice partial products with it: no transpose, one read of each).
+@compute @workgroup_size(WG)
+fn reduce_cols(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
+    if (e >= params.len) { return; }
+    var acc = 0.0;
+    for (var r = 0u; r < params.rows; r++) {
+        let v = src[r * params.len + e];
+        acc += select(v, v * v, params.square != 0u);
+    }
+    let o = params.out_offset + e;
+    if (params.beta != 0.0) { acc += params.beta * dst[o]; }
+    dst[o] = acc;
+}

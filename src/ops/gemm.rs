@@ -11,8 +11,7 @@ use crate::device::Device;
 use crate::error::{shape_err, Error, Result};
 use crate::gpu::{GemmVariant, GpuContext};
 use crate::kernel::{Access::*, Kernel, Shader, Work};
-use crate::ops::permute::permute_swap_gpu;
-use crate::ops::reduce::reduce_rows_gpu_at;
+use crate::ops::reduce::reduce_cols_gpu_at;
 use crate::shape::check_nonempty;
 use crate::tensor::{same_device, Tensor};
 
@@ -378,15 +377,13 @@ pub(crate) fn gemm_gpu_strided(
     if let Some(splits) = split_k(ctx, &s, m.div_ceil(tile_m) * n.div_ceil(tile_n)) {
         // Few output tiles and a long k (a weight gradient summed over every
         // pixel of the batch): each of `splits` batch items sums one k slice
-        // into its own partial product, then a row reduction adds them up.
+        // into its own partial product, then a column reduction adds them up.
         let k_chunk = k.div_ceil(splits).next_multiple_of(16);
         let splits = k.div_ceil(k_chunk);
         let partial = ctx.alloc("gemm", splits * m * n)?;
         let split = GemmParams { batch: splits as u32, beta: 0.0, stride_a: 0, stride_b: 0, stride_c: (m * n) as u32, offset_c: 0, k_chunk: k_chunk as u32, ..params };
         dispatch_tiles(ctx, kernel, split, [a, b, partial.buffer()], splits, [tile_m, tile_n])?;
-        let per_element = ctx.alloc("gemm", splits * m * n)?;
-        permute_swap_gpu(ctx, partial.buffer(), 0, per_element.buffer(), 0, [splits, m * n, 1], None)?;
-        return reduce_rows_gpu_at(ctx, per_element.buffer(), c, l.offset_c, m * n, splits, cfg.beta);
+        return reduce_cols_gpu_at(ctx, partial.buffer(), c, l.offset_c, splits, m * n, cfg.beta);
     }
     dispatch_tiles(ctx, kernel, params, [a, b, c], s.batch, [tile_m, tile_n])
 }

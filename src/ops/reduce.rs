@@ -12,7 +12,9 @@ use crate::tensor::{same_device, Tensor};
 const SHADER: Shader = Shader::new("reduce", include_str!("../../shaders/reduce.wgsl"));
 pub(crate) static REDUCE_ROWS: Kernel<ReduceParams> = Kernel::new(&SHADER, "reduce_rows", &[Read, ReadWrite, Uniform])
     .with_work(|p| Work::f32s((p.rows * p.len + p.rows) as usize, (p.rows * p.len * (1 + p.square)) as usize));
-pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&REDUCE_ROWS.def];
+pub(crate) static REDUCE_COLS: Kernel<ReduceParams> = Kernel::new(&SHADER, "reduce_cols", &[Read, ReadWrite, Uniform])
+    .with_work(|p| Work::f32s((p.rows * p.len + p.len) as usize, (p.rows * p.len * (1 + p.square)) as usize));
+pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&REDUCE_ROWS.def, &REDUCE_COLS.def];
 
 /// Matches `ReduceParams` in `shaders/reduce.wgsl`.
 #[repr(C)]
@@ -46,6 +48,24 @@ pub fn reduce_rows(x: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// `[rows, rest…] → [rest…]`: the sum over the first axis.
+pub fn reduce_cols(x: &Tensor) -> Result<Tensor> {
+    const OP: &str = "reduce_cols";
+    let s = x.shape();
+    if s.len() < 2 {
+        return shape_err(OP, format!("needs a leading axis and at least one more, got {s:?}"));
+    }
+    let (rows, len) = (s[0], s[1..].iter().product::<usize>());
+    match x.device() {
+        Device::Cpu => Ok(Tensor::from_cpu(&s[1..], reduce_cols_cpu(x.host(OP)?, rows, len))),
+        Device::Gpu(ctx) => {
+            let out = Tensor::uninit_gpu(&ctx, OP, &s[1..])?;
+            reduce_cols_gpu_at(&ctx, x.buffer(OP)?, out.buffer(OP)?, 0, rows, len, 0.0)?;
+            Ok(out)
+        }
+    }
+}
+
 /// Σ x² of each tensor, read back in one go (one readback on the GPU). The
 /// trainer's gradient check uses it; a non-finite entry means a NaN or
 /// infinity (or a norm past f32's range) somewhere in that tensor.
@@ -74,6 +94,11 @@ pub fn reduce_rows_cpu(x: &[f32], rows: usize, len: usize) -> Vec<f32> {
     (0..rows).map(|r| x[r * len..(r + 1) * len].iter().map(|&v| v as f64).sum::<f64>() as f32).collect()
 }
 
+/// x: (rows, len) → (len,), summed in f64.
+pub fn reduce_cols_cpu(x: &[f32], rows: usize, len: usize) -> Vec<f32> {
+    (0..len).map(|e| (0..rows).map(|r| x[r * len + e] as f64).sum::<f64>() as f32).collect()
+}
+
 /// Σ x², summed in f64.
 pub fn reduce_sum_squares_cpu(x: &[f32]) -> f32 {
     x.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() as f32
@@ -91,6 +116,12 @@ pub(crate) fn reduce_rows_gpu_at(ctx: &GpuContext, x: &wgpu::Buffer, out: &wgpu:
     let params = ReduceParams { rows: rows as u32, len: len as u32, beta, out_offset: out_offset as u32, ..Default::default() };
     // One workgroup per row.
     ctx.dispatch(&REDUCE_ROWS, &params, &[x, out], ctx.grid_1d(rows, 1))
+}
+
+/// Records `out[out_offset + e] = beta·out[…] + Σ_r x[r, e]` for x `[rows, len]`.
+pub(crate) fn reduce_cols_gpu_at(ctx: &GpuContext, x: &wgpu::Buffer, out: &wgpu::Buffer, out_offset: usize, rows: usize, len: usize, beta: f32) -> Result<()> {
+    let params = ReduceParams { rows: rows as u32, len: len as u32, beta, out_offset: out_offset as u32, ..Default::default() };
+    ctx.dispatch(&REDUCE_COLS, &params, &[x, out], ctx.grid_1d(len, 64))
 }
 
 /// Records `out[slot] = Σ x²` over the first `len` elements of `x`.
