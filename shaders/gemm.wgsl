@@ -16,6 +16,8 @@
 // Grid: x over column blocks, y over row blocks, z over the batch; row_base and
 // col_base offset a dispatch that covers part of a larger grid.
 // beta == 0 never reads C (pooled buffers hold stale data, possibly NaN).
+// Epilogue: bias_mode 1 adds bias[j] to column j (a linear layer's bias), 2
+// adds bias[i] to row i, 0 none (the bias binding is then never read).
 
 struct GemmParams {
     m: u32,
@@ -39,15 +41,16 @@ struct GemmParams {
     // Split-K: when non-zero, batch item z sums only p in [z·k_chunk, (z+1)·k_chunk)
     // (the host then sets stride_a = stride_b = 0 and adds the partial products).
     k_chunk: u32,
+    bias_mode: u32,
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
 @group(0) @binding(1) var<storage, read> b: array<f32>;
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
-@group(0) @binding(3) var<uniform> params: GemmParams;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<uniform> params: GemmParams;
 
 // Invocations per workgroup along x (columns) and y (rows).
 override WG_X: u32 = 8u;
@@ -117,6 +120,7 @@ fn store_block(batch: u32, i0: u32, j0: u32, di: u32, dj: u32, acc: array<vec4<f
             let idx = base + i * params.n + j;
             var v = params.alpha * acc[r][col];
             if (params.beta != 0.0) { v += params.beta * c[idx]; }
+            if (params.bias_mode == 1u) { v += bias[j]; } else if (params.bias_mode == 2u) { v += bias[i]; }
             c[idx] = v;
         }
     }

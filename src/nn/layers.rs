@@ -8,8 +8,8 @@ use crate::ops::avgpool::{avgpool_backward, avgpool_forward, avgpool_global_back
 use crate::ops::batchnorm::{batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train, Affine, BatchNormConfig};
 use crate::ops::conv2d::{conv2d_backward_cols, conv2d_forward, conv2d_forward_keep};
 use crate::ops::dropout::{dropout_backward, dropout_forward, DropoutConfig};
-use crate::ops::bias::{bias_add, bias_grad};
-use crate::ops::gemm::{gemm, GemmConfig};
+use crate::ops::bias::bias_grad;
+use crate::ops::gemm::{gemm, gemm_bias, GemmConfig};
 use crate::ops::maxpool::{maxpool_backward, maxpool_forward};
 use crate::shape::{Conv2dConfig, Conv2dGeometry, Pool2dConfig, Pool2dGeometry};
 use crate::tensor::{Indices, Tensor};
@@ -174,10 +174,11 @@ impl Layer for Linear {
     }
     fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         self.output_shape(x.shape())?;
-        let y = gemm(x, &self.params.weight, GemmConfig { trans_b: true, ..GemmConfig::default() })?;
+        let cfg = GemmConfig { trans_b: true, ..GemmConfig::default() };
+        // The bias rides in the GEMM's epilogue: one dispatch, not two.
         let y = match &self.params.bias {
-            Some(b) => bias_add(&y, b)?,
-            None => y,
+            Some(b) => gemm_bias(x, &self.params.weight, b, cfg)?,
+            None => gemm(x, &self.params.weight, cfg)?,
         };
         self.x = (mode == Mode::Train).then(|| x.clone());
         Ok(y)

@@ -16,7 +16,7 @@ use crate::shape::check_nonempty;
 use crate::tensor::{same_device, Tensor};
 
 const SHADER: Shader = Shader::new("gemm", include_str!("../../shaders/gemm.wgsl"));
-const BINDINGS: &[crate::kernel::Access] = &[Read, Read, ReadWrite, Uniform];
+const BINDINGS: &[crate::kernel::Access] = &[Read, Read, ReadWrite, Read, Uniform];
 /// Barrier-free, an 8×8 block per invocation: for CPU-type adapters.
 pub(crate) static GEMM_BLOCKED: Kernel<GemmParams> = Kernel::new(&SHADER, "gemm_blocked", BINDINGS).with_constants(&[("WG_X", 8.0), ("WG_Y", 8.0)]).with_work(gemm_work);
 /// gemm_blocked with 16×16 blocks, for large GEMMs on CPU adapters.
@@ -33,7 +33,12 @@ fn gemm_work(p: &GemmParams) -> Work {
     let a = m * k * if p.stride_a != 0 { batch } else { 1 };
     let b = k * n * if p.stride_b != 0 { batch } else { 1 };
     let c = m * n * batch * if p.beta != 0.0 { 2 } else { 1 };
-    Work::f32s(a + b + c, 2 * m * n * k * products)
+    let bias = match p.bias_mode {
+        1 => n,
+        2 => m,
+        _ => 0,
+    };
+    Work::f32s(a + b + c + bias, 2 * m * n * k * products)
 }
 /// gemm_tiled with 32×32 tiles: four times the workgroups for small GEMMs.
 pub(crate) static GEMM_TILED_32: Kernel<GemmParams> =
@@ -85,9 +90,10 @@ pub struct GemmParams {
     pub row_base: u32,
     pub col_base: u32,
     pub k_chunk: u32,
+    /// 0 no bias, 1 `bias[j]` added to column j, 2 `bias[i]` to row i.
+    pub bias_mode: u32,
     pub _pad0: u32,
     pub _pad1: u32,
-    pub _pad2: u32,
 }
 
 /// The validated geometry of one GEMM call.
@@ -160,6 +166,33 @@ pub fn gemm(a: &Tensor, b: &Tensor, cfg: GemmConfig) -> Result<Tensor> {
     Ok(c)
 }
 
+/// `alpha·op(A)·op(B) + bias`, the bias (length N) added to every row: a
+/// linear layer's forward in one dispatch (the bias is the GEMM's epilogue).
+pub fn gemm_bias(a: &Tensor, b: &Tensor, bias: &Tensor, cfg: GemmConfig) -> Result<Tensor> {
+    const OP: &str = "gemm_bias";
+    if cfg.beta != 0.0 {
+        return Err(Error::InvalidArgument { op: OP, msg: format!("beta = {} needs an existing C; use gemm_into", cfg.beta) });
+    }
+    let dev = same_device(OP, &[a, b, bias])?;
+    let s = GemmShape::infer(a.shape(), b.shape(), cfg.trans_a, cfg.trans_b)?;
+    if bias.shape() != [s.n] {
+        return shape_err(OP, format!("bias has shape {:?}, expected [{}] for A {:?} · B {:?}", bias.shape(), s.n, a.shape(), b.shape()));
+    }
+    match dev {
+        Device::Cpu => {
+            let mut c = vec![0f32; s.batch * s.m * s.n];
+            gemm_cpu(a.host(OP)?, b.host(OP)?, &mut c, s, cfg)?;
+            gemm_bias_cpu(&mut c, bias.host(OP)?);
+            Ok(Tensor::from_cpu(&s.out_shape(), c))
+        }
+        Device::Gpu(ctx) => {
+            let c = Tensor::uninit_gpu(&ctx, OP, &s.out_shape())?;
+            gemm_gpu_epilogue(&ctx, a.buffer(OP)?, b.buffer(OP)?, c.buffer(OP)?, s, GemmLayout::packed(&s), cfg, Some(bias.buffer(OP)?))?;
+            Ok(c)
+        }
+    }
+}
+
 /// `C = alpha·op(A)·op(B) + beta·C` in place.
 pub fn gemm_into(a: &Tensor, b: &Tensor, c: &mut Tensor, cfg: GemmConfig) -> Result<()> {
     same_device("gemm", &[a, b, c])?;
@@ -207,6 +240,13 @@ pub fn gemm_cpu(a: &[f32], b: &[f32], c: &mut [f32], s: GemmShape, cfg: GemmConf
         general_mat_mul(cfg.alpha, &ai, &bi, cfg.beta, &mut ci);
     }
     Ok(())
+}
+
+/// c: (…, N) += bias (N) on every row.
+pub fn gemm_bias_cpu(c: &mut [f32], bias: &[f32]) {
+    for row in c.chunks_mut(bias.len().max(1)) {
+        row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+    }
 }
 
 fn layout_err(what: &str, e: &ndarray::ShapeError) -> Error {
@@ -354,6 +394,21 @@ pub(crate) fn gemm_gpu_strided(
     l: GemmLayout,
     cfg: GemmConfig,
 ) -> Result<()> {
+    gemm_gpu_epilogue(ctx, a, b, c, s, l, cfg, None)
+}
+
+/// [`gemm_gpu_strided`] adding `bias[j]` to every column j of C in the kernel's store.
+#[allow(clippy::too_many_arguments)]
+fn gemm_gpu_epilogue(
+    ctx: &Arc<GpuContext>,
+    a: &wgpu::Buffer,
+    b: &wgpu::Buffer,
+    c: &wgpu::Buffer,
+    s: GemmShape,
+    l: GemmLayout,
+    cfg: GemmConfig,
+    bias: Option<&wgpu::Buffer>,
+) -> Result<()> {
     let (kernel, block) = kernel_for(choose(ctx, &s, &cfg)?, &s);
     let tile_n = block * kernel.def.constant("WG_X", 8) as usize;
     let tile_m = block * kernel.def.constant("WG_Y", 8) as usize;
@@ -372,9 +427,14 @@ pub(crate) fn gemm_gpu_strided(
         offset_a: l.offset_a as u32,
         offset_b: l.offset_b as u32,
         offset_c: l.offset_c as u32,
+        bias_mode: bias.is_some() as u32,
         ..GemmParams::default()
     };
-    if let Some(splits) = split_k(ctx, &s, m.div_ceil(tile_m) * n.div_ceil(tile_n)) {
+    // The bias binding is never read without a bias; A stands in.
+    let bias_buf = bias.unwrap_or(a);
+    // Split-K has no epilogue (its reduction writes C): weight gradients, its use, have no bias.
+    let tiles = m.div_ceil(tile_m) * n.div_ceil(tile_n);
+    if let Some(splits) = split_k(ctx, &s, tiles).filter(|_| bias.is_none()) {
         // Few output tiles and a long k (a weight gradient summed over every
         // pixel of the batch): each of `splits` batch items sums one k slice
         // into its own partial product, then a column reduction adds them up.
@@ -382,10 +442,10 @@ pub(crate) fn gemm_gpu_strided(
         let splits = k.div_ceil(k_chunk);
         let partial = ctx.alloc("gemm", splits * m * n)?;
         let split = GemmParams { batch: splits as u32, beta: 0.0, stride_a: 0, stride_b: 0, stride_c: (m * n) as u32, offset_c: 0, k_chunk: k_chunk as u32, ..params };
-        dispatch_tiles(ctx, kernel, split, [a, b, partial.buffer()], splits, [tile_m, tile_n])?;
+        dispatch_tiles(ctx, kernel, split, [a, b, partial.buffer(), bias_buf], splits, [tile_m, tile_n])?;
         return reduce_cols_gpu_at(ctx, partial.buffer(), c, l.offset_c, splits, m * n, cfg.beta);
     }
-    dispatch_tiles(ctx, kernel, params, [a, b, c], s.batch, [tile_m, tile_n])
+    dispatch_tiles(ctx, kernel, params, [a, b, c, bias_buf], s.batch, [tile_m, tile_n])
 }
 
 /// How many k slices a single (batch 1) GEMM with `tiles` output tiles should
@@ -406,7 +466,7 @@ fn split_k(ctx: &GpuContext, s: &GemmShape, tiles: usize) -> Option<usize> {
 /// Records `params` over `batch` items; grids past the per-dimension limit are
 /// split: batches along z, row and column blocks into dispatches that start at
 /// row_base / col_base.
-fn dispatch_tiles(ctx: &GpuContext, kernel: &'static Kernel<GemmParams>, params: GemmParams, [a, b, c]: [&wgpu::Buffer; 3], batch: usize, [tile_m, tile_n]: [usize; 2]) -> Result<()> {
+fn dispatch_tiles(ctx: &GpuContext, kernel: &'static Kernel<GemmParams>, params: GemmParams, [a, b, c, bias]: [&wgpu::Buffer; 4], batch: usize, [tile_m, tile_n]: [usize; 2]) -> Result<()> {
     let (m, n) = (params.m as usize, params.n as usize);
     let max = ctx.limits().max_compute_workgroups_per_dimension as usize;
     let (rows_per, cols_per) = (max * tile_m, max * tile_n);
@@ -427,7 +487,7 @@ fn dispatch_tiles(ctx: &GpuContext, kernel: &'static Kernel<GemmParams>, params:
                     ..params
                 };
                 let groups = [(n - col_base).min(cols_per).div_ceil(tile_n) as u32, (m - row_base).min(rows_per).div_ceil(tile_m) as u32, chunk as u32];
-                ctx.dispatch(kernel, &p, &[a, b, c], groups)?;
+                ctx.dispatch(kernel, &p, &[a, b, c, bias], groups)?;
             }
         }
         start += chunk;

@@ -1,6 +1,6 @@
 //! GEMM on every device and both GPU kernels, against an f64 triple loop.
 
-use wgpu_cnn::ops::gemm::{gemm, gemm_into, GemmConfig, GemmShape};
+use wgpu_cnn::ops::gemm::{gemm, gemm_bias, gemm_into, GemmConfig, GemmShape};
 use wgpu_cnn::{Device, GemmVariant, Tensor, Tolerance};
 
 use crate::harness::{random, with_gpu};
@@ -129,7 +129,27 @@ fn check_split_k_alpha_beta(dev: &Device, variant: Option<GemmVariant>) {
     }
 }
 
+/// The bias epilogue: `op(A)·op(B) + bias` per column, against the oracle plus the bias.
+fn check_bias(dev: &Device, variant: Option<GemmVariant>) {
+    for (i, &(m, n, k, ta, tb)) in [(1, 1, 1, false, false), (7, 13, 5, false, true), (64, 120, 400, false, true), (70, 300, 45, true, false), (33, 257, 9, false, false)].iter().enumerate() {
+        let cfg = GemmConfig { trans_a: ta, trans_b: tb, alpha: 0.5, variant, ..GemmConfig::default() };
+        let (ashape, bshape) = (if ta { [k, m] } else { [m, k] }, if tb { [n, k] } else { [k, n] });
+        let (av, bv, biasv) = (random(40 + i as u64, m * k), random(50 + i as u64, k * n), random(60 + i as u64, n));
+        let a = Tensor::from_slice(dev, &ashape, &av).unwrap();
+        let b = Tensor::from_slice(dev, &bshape, &bv).unwrap();
+        let got = gemm_bias(&a, &b, &Tensor::from_slice(dev, &[n], &biasv).unwrap(), cfg).unwrap();
+        assert_eq!(got.shape(), [m, n]);
+        let s = GemmShape::infer(&ashape, &bshape, ta, tb).unwrap();
+        let mut want = oracle(&av, &bv, None, &s, &cfg);
+        want.iter_mut().enumerate().for_each(|(e, v)| *v += biasv[e % n]);
+        tol(k).assert(&format!("gemm_bias {m}×{n}×{k} ta={ta} tb={tb} {variant:?} on {dev}"), &got.to_vec().unwrap(), &want);
+    }
+    let (a, b) = (Tensor::zeros(dev, &[2, 3]).unwrap(), Tensor::zeros(dev, &[3, 4]).unwrap());
+    assert!(gemm_bias(&a, &b, &Tensor::zeros(dev, &[3]).unwrap(), GemmConfig::default()).is_err(), "bias length must be N");
+}
+
 fn all(dev: &Device, variant: Option<GemmVariant>) {
+    check_bias(dev, variant);
     check_all(dev, variant);
     check_split_k_alpha_beta(dev, variant);
     check_alpha_beta(dev, variant);
