@@ -17,7 +17,8 @@
 // col_base offset a dispatch that covers part of a larger grid.
 // beta == 0 never reads C (pooled buffers hold stale data, possibly NaN).
 // Epilogue: bias_mode 1 adds bias[j] to column j (a linear layer's bias), 2
-// adds bias[i] to row i, 0 none (the bias binding is then never read).
+// adds bias[i] to row i, 0 none (the bias binding is then never read); relu 1
+// then applies ReLU (a layer followed by a ReLU layer, fused).
 
 struct GemmParams {
     m: u32,
@@ -42,8 +43,8 @@ struct GemmParams {
     // (the host then sets stride_a = stride_b = 0 and adds the partial products).
     k_chunk: u32,
     bias_mode: u32,
+    relu: u32,
     _pad0: u32,
-    _pad1: u32,
 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
@@ -108,6 +109,11 @@ fn k_range(batch: u32) -> vec2<u32> {
     return vec2<u32>(begin, min(params.k, begin + params.k_chunk));
 }
 
+// By the bits: WGSL lets compilers assume NaN never occurs in float comparisons.
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
 // Writes a 4×4 register block whose top-left is (i0, j0); rows step by di, columns by dj.
 fn store_block(batch: u32, i0: u32, j0: u32, di: u32, dj: u32, acc: array<vec4<f32>, 4>) {
     let base = params.offset_c + batch * params.stride_c;
@@ -121,6 +127,7 @@ fn store_block(batch: u32, i0: u32, j0: u32, di: u32, dj: u32, acc: array<vec4<f
             var v = params.alpha * acc[r][col];
             if (params.beta != 0.0) { v += params.beta * c[idx]; }
             if (params.bias_mode == 1u) { v += bias[j]; } else if (params.bias_mode == 2u) { v += bias[i]; }
+            if (params.relu != 0u) { v = select(max(v, 0.0), v, is_nan(v)); } // NaN passes, as in PyTorch
             c[idx] = v;
         }
     }

@@ -4,7 +4,8 @@
 // NCHW ([n, c, pixels]); this moves between the two, optionally adding a bias
 // indexed by (output index / inner) mod bias_len — the channel, both for the
 // swap and for a plain copy (a = 1). bias_len 0: no bias.
-// in_offset / out_offset address a chunk of a larger buffer.
+// in_offset / out_offset address a chunk of a larger buffer. relu 1 applies
+// ReLU after the bias (a convolution followed by a ReLU layer, fused).
 
 struct PermuteParams {
     a: u32,
@@ -13,8 +14,8 @@ struct PermuteParams {
     bias_len: u32,
     in_offset: u32,
     out_offset: u32,
+    relu: u32,
     _pad0: u32,
-    _pad1: u32,
 }
 
 @group(0) @binding(0) var<storage, read> src: array<f32>;
@@ -44,7 +45,19 @@ fn permute_swap(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     let src0 = p.in_offset + (i * p.b + j) * p.inner;
     let dst0 = p.out_offset + r * p.inner;
     // Indexed by the output, so writes are contiguous.
-    for (var t = t0; t < t1; t++) {
-        dst[dst0 + t] = src[src0 + t] + add;
+    if (p.relu != 0u) {
+        for (var t = t0; t < t1; t++) {
+            let v = src[src0 + t] + add;
+            dst[dst0 + t] = select(max(v, 0.0), v, is_nan(v)); // NaN passes, as in PyTorch
+        }
+    } else {
+        for (var t = t0; t < t1; t++) {
+            dst[dst0 + t] = src[src0 + t] + add;
+        }
     }
+}
+
+// By the bits: WGSL lets compilers assume NaN never occurs in float comparisons.
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
 }

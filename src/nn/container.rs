@@ -46,10 +46,22 @@ impl Layer for Sequential {
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         self.layers.iter().try_fold(input.to_vec(), |s, l| l.output_shape(&s))
     }
+    /// Runs the layers in order; a layer followed by a fusable activation
+    /// (ReLU) applies it in its own kernels when it can, and the activation
+    /// layer keeps the output for its backward.
     fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let mut h = x.clone();
-        for layer in &mut self.layers {
-            h = layer.forward(&h, mode)?;
+        let mut i = 0;
+        while i < self.layers.len() {
+            if let Some(act) = self.layers.get(i + 1).and_then(|next| next.fusable_activation()) {
+                if let Some(y) = self.layers[i].forward_fused(&h, mode, act)? {
+                    self.layers[i + 1].adopt_output(&y, mode);
+                    (h, i) = (y, i + 2);
+                    continue;
+                }
+            }
+            h = self.layers[i].forward(&h, mode)?;
+            i += 1;
         }
         Ok(h)
     }

@@ -6,10 +6,10 @@ use crate::nn::{join, Grad, Initializer, Layer, Mode, StateEntry};
 use crate::ops::activation::{activation_backward, activation_forward, Activation};
 use crate::ops::avgpool::{avgpool_backward, avgpool_forward, avgpool_global_backward, avgpool_global_forward};
 use crate::ops::batchnorm::{batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train, Affine, BatchNormConfig};
-use crate::ops::conv2d::{conv2d_backward_cols, conv2d_forward, conv2d_forward_keep};
+use crate::ops::conv2d::{conv2d_backward_cols, conv2d_forward, conv2d_forward_act, conv2d_forward_keep};
 use crate::ops::dropout::{dropout_backward, dropout_forward, DropoutConfig};
 use crate::ops::bias::bias_grad;
-use crate::ops::gemm::{gemm, gemm_bias, GemmConfig};
+use crate::ops::gemm::{gemm, gemm_epilogue, GemmConfig};
 use crate::ops::maxpool::{maxpool_backward, maxpool_forward};
 use crate::shape::{Conv2dConfig, Conv2dGeometry, Pool2dConfig, Pool2dGeometry};
 use crate::tensor::{Indices, Tensor};
@@ -88,6 +88,23 @@ impl Conv2d {
 }
 
 impl Conv2d {
+    fn forward_with(&mut self, x: &Tensor, mode: Mode, act: Option<Activation>) -> Result<Tensor> {
+        let (w, b) = (&self.params.weight, self.params.bias.as_ref());
+        let y = if mode == Mode::Train {
+            let (y, cols) = conv2d_forward_keep(x, w, b, self.cfg, act)?;
+            self.cols = cols;
+            y
+        } else {
+            self.cols = None;
+            match act {
+                Some(act) => conv2d_forward_act(x, w, b, self.cfg, act)?,
+                None => conv2d_forward(x, w, b, self.cfg)?,
+            }
+        };
+        self.x = (mode == Mode::Train).then(|| x.clone());
+        Ok(y)
+    }
+
     fn backward_inner(&mut self, dy: &Tensor, need_dx: bool) -> Result<Option<Tensor>> {
         let x = self.x.as_ref().ok_or_else(|| no_cache("Conv2d"))?;
         // The kept columns serve one backward; a second one rebuilds them.
@@ -120,17 +137,10 @@ impl Layer for Conv2d {
         Ok(Conv2dGeometry::new(input, self.params.weight.shape(), self.cfg)?.output_shape().to_vec())
     }
     fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let (w, b) = (&self.params.weight, self.params.bias.as_ref());
-        let y = if mode == Mode::Train {
-            let (y, cols) = conv2d_forward_keep(x, w, b, self.cfg)?;
-            self.cols = cols;
-            y
-        } else {
-            self.cols = None;
-            conv2d_forward(x, w, b, self.cfg)?
-        };
-        self.x = (mode == Mode::Train).then(|| x.clone());
-        Ok(y)
+        self.forward_with(x, mode, None)
+    }
+    fn forward_fused(&mut self, x: &Tensor, mode: Mode, act: Activation) -> Result<Option<Tensor>> {
+        self.forward_with(x, mode, Some(act)).map(Some)
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
         self.backward_inner(dy, true)?.ok_or_else(|| Error::InvalidArgument { op: "Conv2d", msg: "dx was asked for but not computed".into() })
@@ -157,6 +167,17 @@ impl Linear {
     }
 }
 
+impl Linear {
+    fn forward_with(&mut self, x: &Tensor, mode: Mode, act: Option<Activation>) -> Result<Tensor> {
+        self.output_shape(x.shape())?;
+        let cfg = GemmConfig { trans_b: true, ..GemmConfig::default() };
+        // Bias (and a ReLU) ride in the GEMM's epilogue: one dispatch, not two or three.
+        let y = gemm_epilogue(x, &self.params.weight, self.params.bias.as_ref(), act, cfg)?;
+        self.x = (mode == Mode::Train).then(|| x.clone());
+        Ok(y)
+    }
+}
+
 impl Layer for Linear {
     fn kind(&self) -> &'static str {
         "Linear"
@@ -173,15 +194,10 @@ impl Layer for Linear {
         }
     }
     fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.output_shape(x.shape())?;
-        let cfg = GemmConfig { trans_b: true, ..GemmConfig::default() };
-        // The bias rides in the GEMM's epilogue: one dispatch, not two.
-        let y = match &self.params.bias {
-            Some(b) => gemm_bias(x, &self.params.weight, b, cfg)?,
-            None => gemm(x, &self.params.weight, cfg)?,
-        };
-        self.x = (mode == Mode::Train).then(|| x.clone());
-        Ok(y)
+        self.forward_with(x, mode, None)
+    }
+    fn forward_fused(&mut self, x: &Tensor, mode: Mode, act: Activation) -> Result<Option<Tensor>> {
+        self.forward_with(x, mode, Some(act)).map(Some)
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
         // dW [out, in] = dyᵀ [out, n] · x [n, in];  dx [n, in] = dy [n, out] · W [out, in]
@@ -456,6 +472,13 @@ impl Layer for ActivationLayer {
     fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         self.x = (mode == Mode::Train).then(|| x.clone());
         activation_forward(x, self.act)
+    }
+    fn fusable_activation(&self) -> Option<Activation> {
+        (self.act == Activation::Relu).then_some(self.act)
+    }
+    /// ReLU's derivative from its output: y > 0 exactly where x > 0 (NaN: 0 both ways).
+    fn adopt_output(&mut self, y: &Tensor, mode: Mode) {
+        self.x = (mode == Mode::Train).then(|| y.clone());
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
         activation_backward(self.x.as_ref().ok_or_else(|| no_cache("Activation"))?, dy, self.act)

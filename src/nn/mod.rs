@@ -12,6 +12,7 @@ pub use init::{Init, Initializer};
 pub use layers::{ActivationLayer, AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, GlobalAvgPool, Linear, MaxPool2d, WeightBias};
 
 use crate::error::Result;
+use crate::ops::activation::Activation;
 use crate::ops::elementwise::{elementwise_combine, elementwise_fill};
 use crate::tensor::Tensor;
 
@@ -80,6 +81,19 @@ pub trait Layer: Send {
     fn backward_params(&mut self, dy: &Tensor) -> Result<()> {
         self.backward(dy).map(drop)
     }
+    /// The activation this layer is, when the layer before it may apply it in
+    /// its own kernels (ReLU: its backward reads the output as well as the input).
+    fn fusable_activation(&self) -> Option<Activation> {
+        None
+    }
+    /// [`Layer::forward`] with `act` applied to the output in the same
+    /// kernels; `None` when this layer cannot (the caller then runs both).
+    fn forward_fused(&mut self, _x: &Tensor, _mode: Mode, _act: Activation) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    /// For an activation layer whose work the layer before did
+    /// ([`Layer::forward_fused`]): keep what backward needs, from the output.
+    fn adopt_output(&mut self, _y: &Tensor, _mode: Mode) {}
     /// Every piece of state (parameters with their gradients, buffers,
     /// counters), names prefixed by `prefix`. Containers visit their children.
     fn state(&mut self, _prefix: &str) -> Vec<StateEntry<'_>> {

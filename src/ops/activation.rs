@@ -101,6 +101,15 @@ fn map_cpu(act: Activation, xs: &[f32], dy: Option<&[f32]>) -> Vec<f32> {
     }
 }
 
+/// f(x) in place (a layer's output, when the activation after it is fused
+/// into it); ReLU gets its own vectorised loop, as in `map_cpu`.
+pub fn activation_forward_in_place_cpu(act: Activation, xs: &mut [f32]) {
+    match act {
+        Activation::Relu => xs.iter_mut().for_each(|v| *v = activation_forward_cpu(Activation::Relu, *v)),
+        other => xs.iter_mut().for_each(|v| *v = activation_forward_cpu(other, *v)),
+    }
+}
+
 fn sigmoid(v: f32) -> f32 {
     if v >= 0.0 {
         1.0 / (1.0 + (-v).exp())

@@ -197,8 +197,8 @@ pub fn batchnorm_backward(
             // end the step's compute pass.
             let (dgamma, dbeta) = (Tensor::uninit_gpu(&ctx, OP, &[c])?, Tensor::uninit_gpu(&ctx, OP, &[c])?);
             let g = grads.buffer(OP)?;
-            permute_swap_gpu(&ctx, g, 0, dgamma.buffer(OP)?, 0, [1, c, 1], None)?;
-            permute_swap_gpu(&ctx, g, c, dbeta.buffer(OP)?, 0, [1, c, 1], None)?;
+            permute_swap_gpu(&ctx, g, 0, dgamma.buffer(OP)?, 0, [1, c, 1], None, false)?;
+            permute_swap_gpu(&ctx, g, c, dbeta.buffer(OP)?, 0, [1, c, 1], None, false)?;
             Ok(BatchNormGrads { dx, dgamma, dbeta })
         }
     }

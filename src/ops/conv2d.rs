@@ -24,7 +24,8 @@ use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::gpu::GpuContext;
 use crate::ops::col2im::{col2im_cpu, col2im_gpu};
-use crate::ops::gemm::{gemm_gpu_strided, GemmConfig, GemmLayout, GemmShape};
+use crate::ops::activation::{activation_forward, activation_forward_in_place_cpu, Activation};
+use crate::ops::gemm::{gemm_gpu_epilogue, gemm_gpu_strided, Epilogue, GemmConfig, GemmLayout, GemmShape};
 use crate::ops::im2col::{im2col_cpu_into, im2col_gpu};
 use crate::ops::permute::{permute_swap_cpu, permute_swap_gpu};
 use crate::ops::reduce::{reduce_rows_cpu, reduce_rows_gpu};
@@ -49,7 +50,14 @@ pub struct Conv2dGrads {
 
 /// `y = conv2d(x, w) + b`: x `[n, c_in, h, w]`, w `[c_out, c_in/groups, kh, kw]`, b `[c_out]`.
 pub fn conv2d_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: Conv2dConfig) -> Result<Tensor> {
-    forward(x, w, bias, cfg, false).map(|(y, _)| y)
+    forward(x, w, bias, cfg, None, false).map(|(y, _)| y)
+}
+
+/// `act(conv2d(x, w) + b)`: a convolution and the activation layer after it.
+/// On the GPU a ReLU rides in the kernel that lays out the output (no extra
+/// dispatch); another activation is applied after.
+pub fn conv2d_forward_act(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: Conv2dConfig, act: Activation) -> Result<Tensor> {
+    forward(x, w, bias, cfg, Some(act), false).map(|(y, _)| y)
 }
 
 /// Columns worth keeping from forward for backward (GPU, one chunk): backward
@@ -58,11 +66,11 @@ const KEEP_COLS_BYTES: usize = 64 << 20;
 
 /// [`conv2d_forward`] that, on the GPU, may also hand back the im2col columns
 /// for [`conv2d_backward_cols`] (training layers keep them until backward).
-pub(crate) fn conv2d_forward_keep(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: Conv2dConfig) -> Result<(Tensor, Option<Tensor>)> {
-    forward(x, w, bias, cfg, true)
+pub(crate) fn conv2d_forward_keep(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: Conv2dConfig, act: Option<Activation>) -> Result<(Tensor, Option<Tensor>)> {
+    forward(x, w, bias, cfg, act, true)
 }
 
-fn forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: Conv2dConfig, keep: bool) -> Result<(Tensor, Option<Tensor>)> {
+fn forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: Conv2dConfig, act: Option<Activation>, keep: bool) -> Result<(Tensor, Option<Tensor>)> {
     const OP: &str = "conv2d_forward";
     let geo = Conv2dGeometry::new(x.shape(), w.shape(), cfg)?;
     let mut operands = vec![x, w];
@@ -75,7 +83,11 @@ fn forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: Conv2dConfig, kee
     match same_device(OP, &operands)? {
         Device::Cpu => {
             let b = bias.map(|b| b.host(OP)).transpose()?;
-            Ok((Tensor::from_cpu(&geo.output_shape(), conv2d_forward_cpu(x.host(OP)?, w.host(OP)?, b, &geo)), None))
+            let mut y = conv2d_forward_cpu(x.host(OP)?, w.host(OP)?, b, &geo);
+            if let Some(act) = act {
+                activation_forward_in_place_cpu(act, &mut y);
+            }
+            Ok((Tensor::from_cpu(&geo.output_shape(), y), None))
         }
         Device::Gpu(ctx) => {
             let y = Tensor::uninit_gpu(&ctx, OP, &geo.output_shape())?;
@@ -83,8 +95,12 @@ fn forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: Conv2dConfig, kee
             let keep = keep && !geo.is_pointwise() && gpu_chunk(&ctx, &geo) >= geo.n && col_elems(&geo) * 4 <= KEEP_COLS_BYTES;
             let cols = keep.then(|| Tensor::uninit_gpu(&ctx, OP, &[col_elems(&geo)])).transpose()?;
             let kept = cols.as_ref().map(|c| c.buffer(OP)).transpose()?;
-            conv2d_forward_gpu(&ctx, x.buffer(OP)?, w.buffer(OP)?, b, y.buffer(OP)?, &geo, kept)?;
-            Ok((y, cols))
+            let relu = act == Some(Activation::Relu);
+            conv2d_forward_gpu(&ctx, x.buffer(OP)?, w.buffer(OP)?, b, y.buffer(OP)?, &geo, kept, relu)?;
+            match act {
+                Some(act) if !relu => Ok((activation_forward(&y, act)?, cols)),
+                _ => Ok((y, cols)),
+            }
         }
     }
 }
@@ -304,23 +320,18 @@ pub(crate) fn conv2d_forward_gpu(
     y: &wgpu::Buffer,
     geo: &Conv2dGeometry,
     keep: Option<&wgpu::Buffer>,
+    relu: bool,
 ) -> Result<()> {
     let (groups, kc, p) = (geo.cfg.groups, geo.col_rows(), geo.out_pixels());
     let cog = geo.c_out / groups;
-    let bias = bias.map(|b| (b, geo.c_out));
     let plain = GemmConfig::default();
     if geo.is_pointwise() {
-        // Y[img] (c_out, p) = W (c_out, c_in) · X[img] (c_in, p), W shared by every image.
+        // Y[img] (c_out, p) = W (c_out, c_in) · X[img] (c_in, p), W shared by every image;
+        // bias per row (channel) and ReLU in the GEMM's store.
         let s = GemmShape { batch: geo.n, m: geo.c_out, n: p, k: geo.c_in, a_batched: false, b_batched: true };
-        let l = GemmLayout::packed(&s);
-        if bias.is_none() {
-            return gemm_gpu_strided(ctx, w, x, y, s, l, plain);
-        }
-        let tmp = ctx.alloc("conv2d", geo.n * geo.c_out * p)?;
-        gemm_gpu_strided(ctx, w, x, tmp.buffer(), s, l, plain)?;
-        // A copy (a = 1) that adds the bias of each channel.
-        return permute_swap_gpu(ctx, tmp.buffer(), 0, y, 0, [1, geo.n * geo.c_out, p], bias);
+        return gemm_gpu_epilogue(ctx, w, x, y, s, GemmLayout::packed(&s), plain, Epilogue { bias, bias_per_row: true, relu });
     }
+    let bias = bias.map(|b| (b, geo.c_out));
     let chunk = gpu_chunk(ctx, geo);
     // Kept columns (one chunk) go straight into the caller's buffer.
     let own;
@@ -338,7 +349,7 @@ pub(crate) fn conv2d_forward_gpu(
         im2col_gpu(ctx, x, img0 * geo.c_in * geo.h * geo.w, cols, &sub)?;
         let (s, l) = group_gemm(groups, cog, nb * p, kc, [cog * kc, kc * nb * p, cog * nb * p]);
         gemm_gpu_strided(ctx, w, cols, yc.buffer(), s, l, plain)?;
-        permute_swap_gpu(ctx, yc.buffer(), 0, y, img0 * geo.c_out * p, [geo.c_out, nb, p], bias)?;
+        permute_swap_gpu(ctx, yc.buffer(), 0, y, img0 * geo.c_out * p, [geo.c_out, nb, p], bias, relu)?;
     }
     Ok(())
 }
@@ -375,13 +386,13 @@ pub(crate) fn conv2d_backward_gpu(
         let nb = chunk.min(geo.n - img0);
         let sub = geo.with_batch(nb);
         let beta = if img0 == 0 { 0.0 } else { 1.0 };
-        permute_swap_gpu(ctx, dy, img0 * out_img, dyc.buffer(), 0, [nb, geo.c_out, p], None)?;
+        permute_swap_gpu(ctx, dy, img0 * out_img, dyc.buffer(), 0, [nb, geo.c_out, p], None, false)?;
         if let Some(db) = db {
             reduce_rows_gpu(ctx, dyc.buffer(), db, geo.c_out, nb * p, beta)?;
         }
         if geo.is_pointwise() {
             // For a 1×1 stride-1 convolution im2col is exactly this swap.
-            permute_swap_gpu(ctx, x, img0 * in_img, cols_buf, 0, [nb, geo.c_in, p], None)?;
+            permute_swap_gpu(ctx, x, img0 * in_img, cols_buf, 0, [nb, geo.c_in, p], None, false)?;
         } else if kept.is_none() {
             im2col_gpu(ctx, x, img0 * in_img, cols_buf, &sub)?;
         }
@@ -391,7 +402,7 @@ pub(crate) fn conv2d_backward_gpu(
         let (s, l) = group_gemm(groups, kc, nb * p, cog, [cog * kc, cog * nb * p, kc * nb * p]);
         gemm_gpu_strided(ctx, w, dyc.buffer(), dcols.buffer(), s, l, GemmConfig { trans_a: true, ..GemmConfig::default() })?;
         if geo.is_pointwise() {
-            permute_swap_gpu(ctx, dcols.buffer(), 0, dx, img0 * in_img, [geo.c_in, nb, p], None)?;
+            permute_swap_gpu(ctx, dcols.buffer(), 0, dx, img0 * in_img, [geo.c_in, nb, p], None, false)?;
         } else {
             col2im_gpu(ctx, dcols.buffer(), dx, img0 * in_img, &sub)?;
         }

@@ -11,6 +11,7 @@ use crate::device::Device;
 use crate::error::{shape_err, Error, Result};
 use crate::gpu::{GemmVariant, GpuContext};
 use crate::kernel::{Access::*, Kernel, Shader, Work};
+use crate::ops::activation::{activation_forward, activation_forward_in_place_cpu, Activation};
 use crate::ops::reduce::reduce_cols_gpu_at;
 use crate::shape::check_nonempty;
 use crate::tensor::{same_device, Tensor};
@@ -92,8 +93,9 @@ pub struct GemmParams {
     pub k_chunk: u32,
     /// 0 no bias, 1 `bias[j]` added to column j, 2 `bias[i]` to row i.
     pub bias_mode: u32,
+    /// 1: ReLU after the bias.
+    pub relu: u32,
     pub _pad0: u32,
-    pub _pad1: u32,
 }
 
 /// The validated geometry of one GEMM call.
@@ -166,30 +168,41 @@ pub fn gemm(a: &Tensor, b: &Tensor, cfg: GemmConfig) -> Result<Tensor> {
     Ok(c)
 }
 
-/// `alpha·op(A)·op(B) + bias`, the bias (length N) added to every row: a
-/// linear layer's forward in one dispatch (the bias is the GEMM's epilogue).
-pub fn gemm_bias(a: &Tensor, b: &Tensor, bias: &Tensor, cfg: GemmConfig) -> Result<Tensor> {
-    const OP: &str = "gemm_bias";
+/// `act(alpha·op(A)·op(B) + bias)`, the bias (length N) added to every row: a
+/// linear layer's forward, and the activation layer after it, in one GEMM
+/// (bias and ReLU are its epilogue; another activation is applied after).
+pub fn gemm_epilogue(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, act: Option<Activation>, cfg: GemmConfig) -> Result<Tensor> {
+    const OP: &str = "gemm_epilogue";
     if cfg.beta != 0.0 {
         return Err(Error::InvalidArgument { op: OP, msg: format!("beta = {} needs an existing C; use gemm_into", cfg.beta) });
     }
-    let dev = same_device(OP, &[a, b, bias])?;
+    let dev = same_device(OP, &[a, b].into_iter().chain(bias).collect::<Vec<_>>())?;
     let s = GemmShape::infer(a.shape(), b.shape(), cfg.trans_a, cfg.trans_b)?;
-    if bias.shape() != [s.n] {
+    if let Some(bias) = bias.filter(|t| t.shape() != [s.n]) {
         return shape_err(OP, format!("bias has shape {:?}, expected [{}] for A {:?} · B {:?}", bias.shape(), s.n, a.shape(), b.shape()));
     }
-    match dev {
+    let y = match dev {
         Device::Cpu => {
             let mut c = vec![0f32; s.batch * s.m * s.n];
             gemm_cpu(a.host(OP)?, b.host(OP)?, &mut c, s, cfg)?;
-            gemm_bias_cpu(&mut c, bias.host(OP)?);
-            Ok(Tensor::from_cpu(&s.out_shape(), c))
+            if let Some(bias) = bias {
+                gemm_bias_cpu(&mut c, bias.host(OP)?);
+            }
+            if let Some(act) = act {
+                activation_forward_in_place_cpu(act, &mut c);
+            }
+            return Ok(Tensor::from_cpu(&s.out_shape(), c));
         }
         Device::Gpu(ctx) => {
             let c = Tensor::uninit_gpu(&ctx, OP, &s.out_shape())?;
-            gemm_gpu_epilogue(&ctx, a.buffer(OP)?, b.buffer(OP)?, c.buffer(OP)?, s, GemmLayout::packed(&s), cfg, Some(bias.buffer(OP)?))?;
-            Ok(c)
+            let epi = Epilogue { bias: bias.map(|t| t.buffer(OP)).transpose()?, bias_per_row: false, relu: act == Some(Activation::Relu) };
+            gemm_gpu_epilogue(&ctx, a.buffer(OP)?, b.buffer(OP)?, c.buffer(OP)?, s, GemmLayout::packed(&s), cfg, epi)?;
+            c
         }
+    };
+    match act {
+        Some(act) if act != Activation::Relu => activation_forward(&y, act),
+        _ => Ok(y),
     }
 }
 
@@ -394,12 +407,22 @@ pub(crate) fn gemm_gpu_strided(
     l: GemmLayout,
     cfg: GemmConfig,
 ) -> Result<()> {
-    gemm_gpu_epilogue(ctx, a, b, c, s, l, cfg, None)
+    gemm_gpu_epilogue(ctx, a, b, c, s, l, cfg, Epilogue::default())
 }
 
-/// [`gemm_gpu_strided`] adding `bias[j]` to every column j of C in the kernel's store.
+/// What a GEMM's store does to each result besides `alpha·acc + beta·C`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Epilogue<'a> {
+    /// Added to each column (`bias[j]`), or each row (`bias[i]`) when `bias_per_row`.
+    pub bias: Option<&'a wgpu::Buffer>,
+    pub bias_per_row: bool,
+    /// ReLU last (NaN passes).
+    pub relu: bool,
+}
+
+/// [`gemm_gpu_strided`] with an epilogue in the kernel's store.
 #[allow(clippy::too_many_arguments)]
-fn gemm_gpu_epilogue(
+pub(crate) fn gemm_gpu_epilogue(
     ctx: &Arc<GpuContext>,
     a: &wgpu::Buffer,
     b: &wgpu::Buffer,
@@ -407,7 +430,7 @@ fn gemm_gpu_epilogue(
     s: GemmShape,
     l: GemmLayout,
     cfg: GemmConfig,
-    bias: Option<&wgpu::Buffer>,
+    epi: Epilogue,
 ) -> Result<()> {
     let (kernel, block) = kernel_for(choose(ctx, &s, &cfg)?, &s);
     let tile_n = block * kernel.def.constant("WG_X", 8) as usize;
@@ -427,14 +450,19 @@ fn gemm_gpu_epilogue(
         offset_a: l.offset_a as u32,
         offset_b: l.offset_b as u32,
         offset_c: l.offset_c as u32,
-        bias_mode: bias.is_some() as u32,
+        bias_mode: match (epi.bias, epi.bias_per_row) {
+            (None, _) => 0,
+            (Some(_), false) => 1,
+            (Some(_), true) => 2,
+        },
+        relu: epi.relu as u32,
         ..GemmParams::default()
     };
     // The bias binding is never read without a bias; A stands in.
-    let bias_buf = bias.unwrap_or(a);
-    // Split-K has no epilogue (its reduction writes C): weight gradients, its use, have no bias.
+    let bias_buf = epi.bias.unwrap_or(a);
+    // Split-K has no epilogue (its reduction writes C): weight gradients, its use, have none.
     let tiles = m.div_ceil(tile_m) * n.div_ceil(tile_n);
-    if let Some(splits) = split_k(ctx, &s, tiles).filter(|_| bias.is_none()) {
+    if let Some(splits) = split_k(ctx, &s, tiles).filter(|_| epi.bias.is_none() && !epi.relu) {
         // Few output tiles and a long k (a weight gradient summed over every
         // pixel of the batch): each of `splits` batch items sums one k slice
         // into its own partial product, then a column reduction adds them up.

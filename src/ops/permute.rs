@@ -24,8 +24,9 @@ pub struct PermuteParams {
     pub bias_len: u32,
     pub in_offset: u32,
     pub out_offset: u32,
+    /// 1: ReLU after the bias.
+    pub relu: u32,
     pub _pad0: u32,
-    pub _pad1: u32,
 }
 
 /// `[a, b, rest…] → [b, a, rest…]`; `bias` (length `a`) is added along the new axis 1.
@@ -53,7 +54,7 @@ pub fn permute_swap(x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         Device::Gpu(ctx) => {
             let out = Tensor::uninit_gpu(&ctx, OP, &out_shape)?;
             let bias = bias.map(|t| Ok((t.buffer(OP)?, a))).transpose()?;
-            permute_swap_gpu(&ctx, x.buffer(OP)?, 0, out.buffer(OP)?, 0, [a, b, inner], bias)?;
+            permute_swap_gpu(&ctx, x.buffer(OP)?, 0, out.buffer(OP)?, 0, [a, b, inner], bias, false)?;
             Ok(out)
         }
     }
@@ -90,6 +91,7 @@ pub(crate) fn permute_swap_gpu(
     out_offset: usize,
     [a, b, inner]: [usize; 3],
     bias: Option<(&wgpu::Buffer, usize)>,
+    relu: bool,
 ) -> Result<()> {
     // The length is passed, not read off the buffer: pooled buffers are rounded up.
     let bias_len = bias.map_or(0, |(_, len)| len as u32);
@@ -100,6 +102,7 @@ pub(crate) fn permute_swap_gpu(
         bias_len,
         in_offset: in_offset as u32,
         out_offset: out_offset as u32,
+        relu: relu as u32,
         ..PermuteParams::default()
     };
     // Without a bias the binding still needs a buffer; the kernel never reads it.

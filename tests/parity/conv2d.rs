@@ -2,7 +2,9 @@
 //! convolution; the CPU backward against finite differences; hand-worked
 //! examples from the course notes; bad input.
 
+use wgpu_cnn::ops::activation::{activation_forward, Activation};
 use wgpu_cnn::ops::conv2d::{
+    conv2d_forward_act,
     conv2d_backward, conv2d_backward_cpu, conv2d_backward_cpu_in_chunks, conv2d_backward_params, conv2d_forward, conv2d_forward_cpu, conv2d_forward_cpu_in_chunks,
 };
 use wgpu_cnn::{Conv2dConfig, Conv2dGeometry, Device, Error, GpuOptions, Tensor, Tolerance};
@@ -106,6 +108,10 @@ fn check_case(dev: &Device, (i, c): (usize, &Case)) {
     let y = conv2d_forward(&xt, &wt, c.bias.then_some(&bt), c.cfg).unwrap();
     assert_eq!(y.shape(), geo.output_shape());
     tol(geo.col_rows()).assert(&format!("{what}: forward"), &y.to_vec().unwrap(), &y_ref);
+    // A fused ReLU (in the output layout's kernel, or the pointwise GEMM's store) is
+    // ReLU after the convolution, bit for bit.
+    let fused = conv2d_forward_act(&xt, &wt, c.bias.then_some(&bt), c.cfg, Activation::Relu).unwrap();
+    assert_eq!(fused.to_vec().unwrap(), activation_forward(&y, Activation::Relu).unwrap().to_vec().unwrap(), "{what}: forward + ReLU");
 
     let grads = conv2d_backward(&xt, &wt, &dyt, c.cfg, c.bias).unwrap();
     let per_dw = n * geo.out_pixels();

@@ -1,6 +1,7 @@
 //! GEMM on every device and both GPU kernels, against an f64 triple loop.
 
-use wgpu_cnn::ops::gemm::{gemm, gemm_bias, gemm_into, GemmConfig, GemmShape};
+use wgpu_cnn::ops::activation::{activation_forward, Activation};
+use wgpu_cnn::ops::gemm::{gemm, gemm_epilogue, gemm_into, GemmConfig, GemmShape};
 use wgpu_cnn::{Device, GemmVariant, Tensor, Tolerance};
 
 use crate::harness::{random, with_gpu};
@@ -129,7 +130,8 @@ fn check_split_k_alpha_beta(dev: &Device, variant: Option<GemmVariant>) {
     }
 }
 
-/// The bias epilogue: `op(A)·op(B) + bias` per column, against the oracle plus the bias.
+/// The epilogue: `op(A)·op(B) + bias` per column against the oracle plus the bias; a fused
+/// ReLU equals ReLU after, bit for bit.
 fn check_bias(dev: &Device, variant: Option<GemmVariant>) {
     for (i, &(m, n, k, ta, tb)) in [(1, 1, 1, false, false), (7, 13, 5, false, true), (64, 120, 400, false, true), (70, 300, 45, true, false), (33, 257, 9, false, false)].iter().enumerate() {
         let cfg = GemmConfig { trans_a: ta, trans_b: tb, alpha: 0.5, variant, ..GemmConfig::default() };
@@ -137,15 +139,25 @@ fn check_bias(dev: &Device, variant: Option<GemmVariant>) {
         let (av, bv, biasv) = (random(40 + i as u64, m * k), random(50 + i as u64, k * n), random(60 + i as u64, n));
         let a = Tensor::from_slice(dev, &ashape, &av).unwrap();
         let b = Tensor::from_slice(dev, &bshape, &bv).unwrap();
-        let got = gemm_bias(&a, &b, &Tensor::from_slice(dev, &[n], &biasv).unwrap(), cfg).unwrap();
+        let bias = Tensor::from_slice(dev, &[n], &biasv).unwrap();
+        let got = gemm_epilogue(&a, &b, Some(&bias), None, cfg).unwrap();
         assert_eq!(got.shape(), [m, n]);
+        // ReLU in the epilogue is exactly ReLU after it (same arithmetic, then max); another
+        // activation is applied after the GEMM.
+        for act in [Activation::Relu, Activation::Sigmoid] {
+            let fused = gemm_epilogue(&a, &b, Some(&bias), Some(act), cfg).unwrap().to_vec().unwrap();
+            assert_eq!(fused, activation_forward(&got, act).unwrap().to_vec().unwrap(), "gemm_epilogue + {act:?} {m}×{n}×{k} {variant:?} on {dev}");
+        }
+        let relu_only = gemm_epilogue(&a, &b, None, Some(Activation::Relu), cfg).unwrap();
+        let plain = gemm(&a, &b, cfg).unwrap();
+        assert_eq!(relu_only.to_vec().unwrap(), activation_forward(&plain, Activation::Relu).unwrap().to_vec().unwrap());
         let s = GemmShape::infer(&ashape, &bshape, ta, tb).unwrap();
         let mut want = oracle(&av, &bv, None, &s, &cfg);
         want.iter_mut().enumerate().for_each(|(e, v)| *v += biasv[e % n]);
-        tol(k).assert(&format!("gemm_bias {m}×{n}×{k} ta={ta} tb={tb} {variant:?} on {dev}"), &got.to_vec().unwrap(), &want);
+        tol(k).assert(&format!("gemm_epilogue {m}×{n}×{k} ta={ta} tb={tb} {variant:?} on {dev}"), &got.to_vec().unwrap(), &want);
     }
     let (a, b) = (Tensor::zeros(dev, &[2, 3]).unwrap(), Tensor::zeros(dev, &[3, 4]).unwrap());
-    assert!(gemm_bias(&a, &b, &Tensor::zeros(dev, &[3]).unwrap(), GemmConfig::default()).is_err(), "bias length must be N");
+    assert!(gemm_epilogue(&a, &b, Some(&Tensor::zeros(dev, &[3]).unwrap()), None, GemmConfig::default()).is_err(), "bias length must be N");
 }
 
 fn all(dev: &Device, variant: Option<GemmVariant>) {
