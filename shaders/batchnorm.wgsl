@@ -23,6 +23,11 @@ struct BnParams {
     momentum: f32,
     affine: u32,
     update_running: u32,
+    // batchnorm_forward: 1 applies ReLU to the output (a ReLU layer after, fused).
+    relu: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
@@ -105,7 +110,13 @@ fn batchnorm_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     let ch = (i / p.inner) % p.c;
     var h = x_hat(ch, i);
     if (p.affine != 0u) { h = gamma[ch] * h + beta[ch]; }
+    if (p.relu != 0u) { h = select(max(h, 0.0), h, is_nan(h)); } // NaN passes, as in PyTorch
     out[i] = h;
+}
+
+// By the bits: WGSL lets compilers assume NaN never occurs in float comparisons.
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
 }
 
 @compute @workgroup_size(WG)

@@ -5,7 +5,7 @@ use crate::error::{shape_err, Error, Result};
 use crate::nn::{join, Grad, Initializer, Layer, Mode, StateEntry};
 use crate::ops::activation::{activation_backward, activation_forward, Activation};
 use crate::ops::avgpool::{avgpool_backward, avgpool_forward, avgpool_global_backward, avgpool_global_forward};
-use crate::ops::batchnorm::{batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train, Affine, BatchNormConfig};
+use crate::ops::batchnorm::{batchnorm_backward, batchnorm_forward_eval_relu, batchnorm_forward_train_relu, Affine, BatchNormConfig};
 use crate::ops::conv2d::{conv2d_backward_cols, conv2d_forward, conv2d_forward_act, conv2d_forward_keep};
 use crate::ops::dropout::{dropout_backward, dropout_forward, DropoutConfig};
 use crate::ops::bias::bias_grad;
@@ -350,6 +350,24 @@ impl BatchNorm {
     }
 }
 
+impl BatchNorm {
+    fn forward_with(&mut self, x: &Tensor, mode: Mode, relu: bool) -> Result<Tensor> {
+        self.output_shape(x.shape())?;
+        let affine = Some(Affine { gamma: &self.gamma, beta: &self.beta });
+        match mode {
+            Mode::Train => {
+                let (y, stats) = batchnorm_forward_train_relu(x, affine, &mut self.running, self.cfg, relu)?;
+                self.cache = Some((x.clone(), stats));
+                Ok(y)
+            }
+            Mode::Eval => {
+                self.cache = None;
+                batchnorm_forward_eval_relu(x, affine, &self.running, self.cfg, relu)
+            }
+        }
+    }
+}
+
 impl Layer for BatchNorm {
     fn kind(&self) -> &'static str {
         if self.spatial {
@@ -369,19 +387,14 @@ impl Layer for BatchNorm {
         Ok(input.to_vec())
     }
     fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.output_shape(x.shape())?;
-        let affine = Some(Affine { gamma: &self.gamma, beta: &self.beta });
-        match mode {
-            Mode::Train => {
-                let (y, stats) = batchnorm_forward_train(x, affine, &mut self.running, self.cfg)?;
-                self.cache = Some((x.clone(), stats));
-                Ok(y)
-            }
-            Mode::Eval => {
-                self.cache = None;
-                batchnorm_forward_eval(x, affine, &self.running, self.cfg)
-            }
+        self.forward_with(x, mode, false)
+    }
+    /// A ReLU after batch-norm is applied by the normalising kernel.
+    fn forward_fused(&mut self, x: &Tensor, mode: Mode, act: Activation) -> Result<Option<Tensor>> {
+        if act != Activation::Relu {
+            return Ok(None);
         }
+        self.forward_with(x, mode, true).map(Some)
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
         let (x, stats) = self.cache.as_ref().ok_or_else(|| no_cache("BatchNorm"))?;

@@ -9,6 +9,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::device::Device;
 use crate::error::{shape_err, Error, Result};
 use crate::kernel::{Access::*, Kernel, Shader, Work};
+use crate::ops::activation::{activation_forward_in_place_cpu, Activation};
 use crate::ops::check_shape;
 use crate::ops::permute::permute_swap_gpu;
 use crate::tensor::{same_device, Tensor};
@@ -52,6 +53,11 @@ pub struct BnParams {
     pub momentum: f32,
     pub affine: u32,
     pub update_running: u32,
+    /// batchnorm_forward: 1 applies ReLU to the output.
+    pub relu: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+    pub _pad2: u32,
 }
 
 /// The learnable scale and shift, `[c]` each.
@@ -92,12 +98,19 @@ fn params(n: usize, c: usize, inner: usize, training: bool, affine: bool, cfg: B
         momentum: cfg.momentum,
         affine: affine as u32,
         update_running: training as u32,
+        ..BnParams::default()
     }
 }
 
 /// Training forward: returns `(y, stats)` (stats `[3, c]` = shift, mean offset,
 /// 1/std, kept for backward) and updates `running` (`[2, c]`: mean; var) in place.
 pub fn batchnorm_forward_train(x: &Tensor, affine: Option<Affine>, running: &mut Tensor, cfg: BatchNormConfig) -> Result<(Tensor, Tensor)> {
+    batchnorm_forward_train_relu(x, affine, running, cfg, false)
+}
+
+/// [`batchnorm_forward_train`], with a ReLU on `y` when `relu` (the layer after,
+/// fused into the normalising kernel; the statistics are of the input, as without).
+pub fn batchnorm_forward_train_relu(x: &Tensor, affine: Option<Affine>, running: &mut Tensor, cfg: BatchNormConfig, relu: bool) -> Result<(Tensor, Tensor)> {
     const OP: &str = "batchnorm_forward_train";
     let (n, c, inner) = dims(x)?;
     let dev = check_operands(x, affine, running, c)?;
@@ -111,13 +124,16 @@ pub fn batchnorm_forward_train(x: &Tensor, affine: Option<Affine>, running: &mut
     match dev {
         Device::Cpu => {
             let (g, b) = affine_host(OP, affine)?;
-            let (y, stats) = batchnorm_forward_train_cpu(x.host(OP)?, (n, c, inner), g.zip(b), running.host_mut(OP)?, cfg);
+            let (mut y, stats) = batchnorm_forward_train_cpu(x.host(OP)?, (n, c, inner), g.zip(b), running.host_mut(OP)?, cfg);
+            if relu {
+                activation_forward_in_place_cpu(Activation::Relu, &mut y);
+            }
             Ok((Tensor::from_cpu(x.shape(), y), Tensor::from_cpu(&[3, c], stats)))
         }
         Device::Gpu(ctx) => {
             let y = Tensor::uninit_gpu(&ctx, OP, x.shape())?;
             let stats = Tensor::uninit_gpu(&ctx, OP, &[3, c])?;
-            let p = params(n, c, inner, true, affine.is_some(), cfg);
+            let p = BnParams { relu: relu as u32, ..params(n, c, inner, true, affine.is_some(), cfg) };
             let xb = x.buffer(OP)?;
             let (gb, bb) = affine_bufs(OP, affine, xb)?;
             let all = [xb, xb, gb, bb, stats.buffer(OP)?, running.buffer(OP)?, y.buffer(OP)?, ctx.scratch(0)];
@@ -130,16 +146,25 @@ pub fn batchnorm_forward_train(x: &Tensor, affine: Option<Affine>, running: &mut
 
 /// Eval forward with the running statistics.
 pub fn batchnorm_forward_eval(x: &Tensor, affine: Option<Affine>, running: &Tensor, cfg: BatchNormConfig) -> Result<Tensor> {
+    batchnorm_forward_eval_relu(x, affine, running, cfg, false)
+}
+
+/// [`batchnorm_forward_eval`], with a ReLU on the output when `relu`.
+pub fn batchnorm_forward_eval_relu(x: &Tensor, affine: Option<Affine>, running: &Tensor, cfg: BatchNormConfig, relu: bool) -> Result<Tensor> {
     const OP: &str = "batchnorm_forward_eval";
     let (n, c, inner) = dims(x)?;
     match check_operands(x, affine, running, c)? {
         Device::Cpu => {
             let (g, b) = affine_host(OP, affine)?;
-            Ok(Tensor::from_cpu(x.shape(), batchnorm_forward_eval_cpu(x.host(OP)?, (n, c, inner), g.zip(b), running.host(OP)?, cfg)))
+            let mut y = batchnorm_forward_eval_cpu(x.host(OP)?, (n, c, inner), g.zip(b), running.host(OP)?, cfg);
+            if relu {
+                activation_forward_in_place_cpu(Activation::Relu, &mut y);
+            }
+            Ok(Tensor::from_cpu(x.shape(), y))
         }
         Device::Gpu(ctx) => {
             let y = Tensor::uninit_gpu(&ctx, OP, x.shape())?;
-            let p = params(n, c, inner, false, affine.is_some(), cfg);
+            let p = BnParams { relu: relu as u32, ..params(n, c, inner, false, affine.is_some(), cfg) };
             let xb = x.buffer(OP)?;
             let (gb, bb) = affine_bufs(OP, affine, xb)?;
             let all = [xb, xb, gb, bb, ctx.scratch(0), running.buffer(OP)?, y.buffer(OP)?, ctx.scratch(1)];

@@ -1,7 +1,11 @@
 //! Batch-norm: training and eval forward, running statistics, backward, on every
 //! device against an f64 oracle; finite differences; data far from zero.
 
-use wgpu_cnn::ops::batchnorm::{batchnorm_backward_cpu, batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train, batchnorm_forward_train_cpu, Affine, BatchNormConfig};
+use wgpu_cnn::ops::activation::{activation_forward, Activation};
+use wgpu_cnn::ops::batchnorm::{
+    batchnorm_backward, batchnorm_backward_cpu, batchnorm_forward_eval, batchnorm_forward_eval_relu, batchnorm_forward_train, batchnorm_forward_train_cpu,
+    batchnorm_forward_train_relu, Affine, BatchNormConfig,
+};
 use wgpu_cnn::{Device, Tensor, Tolerance};
 
 use crate::harness::{numeric_grad, random};
@@ -78,6 +82,16 @@ fn check(dev: &Device, shape: &[usize], affine: bool, seed: u64) {
         .collect();
     Tolerance::new(1e-5, 1e-5).assert(&format!("{what}: eval"), &ye, &want);
     assert_eq!(running.to_vec().unwrap(), r, "eval must not touch the running statistics");
+
+    // A fused ReLU (a ReLU layer after batch-norm) is ReLU after, bit for bit, and
+    // updates the running statistics the same way.
+    let relu = |v: &[f32]| activation_forward(&Tensor::from_slice(dev, shape, v).unwrap(), Activation::Relu).unwrap().to_vec().unwrap();
+    let mut running2 = Tensor::from_slice(dev, &[2, c], &running0).unwrap();
+    let (yr, _) = batchnorm_forward_train_relu(&xt, aff, &mut running2, cfg, true).unwrap();
+    assert_eq!(yr.to_vec().unwrap(), relu(&y.to_vec().unwrap()), "{what}: train + ReLU");
+    assert_eq!(running2.to_vec().unwrap(), r, "{what}: running stats with ReLU");
+    let yer = batchnorm_forward_eval_relu(&xt, aff, &running, cfg, true).unwrap().to_vec().unwrap();
+    assert_eq!(yer, relu(&ye), "{what}: eval + ReLU");
     let dxe = batchnorm_backward(&xt, &dyt, aff, &stats, &running, false, cfg).unwrap().dx;
     let want: Vec<f32> = (0..len).map(|i| dy[i] * gamma[(i / inner) % c] / (r[c + (i / inner) % c] + cfg.eps).sqrt()).collect();
     Tolerance::new(1e-5, 1e-5).assert(&format!("{what}: eval backward"), &dxe.to_vec().unwrap(), &want);
