@@ -230,7 +230,9 @@ pub fn batchnorm_backward(
 }
 
 /// γ and β on the host (CPU tensors).
-fn affine_host<'a>(op: &'static str, affine: Option<Affine<'a>>) -> Result<(Option<&'a [f32]>, Option<&'a [f32]>)> {
+type HostAffine<'a> = (Option<&'a [f32]>, Option<&'a [f32]>);
+
+fn affine_host<'a>(op: &'static str, affine: Option<Affine<'a>>) -> Result<HostAffine<'a>> {
     Ok(match affine {
         Some(a) => (Some(a.gamma.host(op)?), Some(a.beta.host(op)?)),
         None => (None, None),

@@ -312,6 +312,7 @@ fn gpu_chunk(ctx: &GpuContext, geo: &Conv2dGeometry) -> usize {
     geo.images_per_chunk(budget)
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn conv2d_forward_gpu(
     ctx: &Arc<GpuContext>,
     x: &wgpu::Buffer,

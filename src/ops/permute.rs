@@ -83,6 +83,7 @@ pub fn permute_swap_cpu(x: &[f32], a: usize, b: usize, inner: usize, bias: Optio
 // ---------------------------------------------------------------- GPU wrapper
 
 /// Records the swap of `[a, b, inner]` read at `in_offset`, written at `out_offset`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn permute_swap_gpu(
     ctx: &GpuContext,
     x: &wgpu::Buffer,
