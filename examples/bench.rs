@@ -153,7 +153,7 @@ fn main() -> wgpu_cnn::Result<()> {
             // Each kernel the tuner may choose, forced; then `tuned`, what a GEMM gets.
             let variants: Vec<Option<GemmVariant>> = GemmVariant::ALL.into_iter().map(Some).chain([None]).collect();
             for variant in variants {
-                let tiled = matches!(variant, Some(GemmVariant::Tiled | GemmVariant::Tiled32 | GemmVariant::TiledK32));
+                let tiled = matches!(variant, Some(GemmVariant::Tiled | GemmVariant::Tiled32 | GemmVariant::TiledK32 | GemmVariant::Tiled128));
                 // Barrier-heavy tiles crawl on a CPU adapter; see shaders/gemm.wgsl.
                 if !real_gpu && tiled && n > 256 {
                     continue;

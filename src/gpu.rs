@@ -33,11 +33,20 @@ pub enum GemmVariant {
     Tiled32,
     /// Tiles of 64×64 with k-slabs of 32 (fewer barriers per FMA).
     TiledK32,
+    /// Tiles of 128×128, 8×8 per invocation, k-slabs of 8.
+    Tiled128,
 }
 
 impl GemmVariant {
-    pub const ALL: [GemmVariant; 6] =
-        [GemmVariant::Blocked, GemmVariant::Blocked8, GemmVariant::Blocked16, GemmVariant::Tiled, GemmVariant::Tiled32, GemmVariant::TiledK32];
+    pub const ALL: [GemmVariant; 7] = [
+        GemmVariant::Blocked,
+        GemmVariant::Blocked8,
+        GemmVariant::Blocked16,
+        GemmVariant::Tiled,
+        GemmVariant::Tiled32,
+        GemmVariant::TiledK32,
+        GemmVariant::Tiled128,
+    ];
 
     /// The name kept in the tuning table.
     pub fn name(self) -> &'static str {
@@ -48,6 +57,7 @@ impl GemmVariant {
             GemmVariant::Tiled => "tiled",
             GemmVariant::Tiled32 => "tiled32",
             GemmVariant::TiledK32 => "tiled_k32",
+            GemmVariant::Tiled128 => "tiled128",
         }
     }
 

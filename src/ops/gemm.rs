@@ -47,8 +47,11 @@ pub(crate) static GEMM_TILED_32: Kernel<GemmParams> =
 /// gemm_tiled with k-slabs of 32: half the barriers per FMA.
 pub(crate) static GEMM_TILED_K32: Kernel<GemmParams> =
     Kernel::new(&SHADER, "gemm_tiled", BINDINGS).named("gemm_tiled_k32").with_constants(&[("WG_X", 16.0), ("WG_Y", 16.0), ("TILE_K", 32.0)]).with_work(gemm_work);
+/// 128×128 tiles, an 8×8 block per invocation.
+pub(crate) static GEMM_TILED8: Kernel<GemmParams> =
+    Kernel::new(&SHADER, "gemm_tiled8", BINDINGS).with_constants(&[("WG_X", 16.0), ("WG_Y", 16.0), ("TILE_K", 8.0)]).with_work(gemm_work);
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] =
-    &[&GEMM_BLOCKED.def, &GEMM_BLOCKED_WIDE.def, &GEMM_TILED.def, &GEMM_TILED_32.def, &GEMM_TILED_K32.def];
+    &[&GEMM_BLOCKED.def, &GEMM_BLOCKED_WIDE.def, &GEMM_TILED.def, &GEMM_TILED_32.def, &GEMM_TILED_K32.def, &GEMM_TILED8.def];
 
 /// How to combine the operands.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -304,6 +307,7 @@ fn kernel_for(v: GemmVariant, s: &GemmShape) -> (&'static Kernel<GemmParams>, us
         GemmVariant::Tiled => (&GEMM_TILED, 4),
         GemmVariant::Tiled32 => (&GEMM_TILED_32, 4),
         GemmVariant::TiledK32 => (&GEMM_TILED_K32, 4),
+        GemmVariant::Tiled128 => (&GEMM_TILED8, 8),
     }
 }
 
@@ -316,7 +320,7 @@ fn candidates(ctx: &GpuContext) -> &'static [GemmVariant] {
     if ctx.adapter().is_software() {
         &[Blocked8, Blocked16]
     } else {
-        &[Tiled, Tiled32, TiledK32, Blocked8, Blocked16]
+        &[Tiled, Tiled32, TiledK32, Tiled128, Blocked8, Blocked16]
     }
 }
 

@@ -189,6 +189,7 @@ gpu_variant! {
     gpu_tiled => Some(GemmVariant::Tiled),
     gpu_tiled32 => Some(GemmVariant::Tiled32),
     gpu_tiled_k32 => Some(GemmVariant::TiledK32),
+    gpu_tiled128 => Some(GemmVariant::Tiled128),
     gpu_tuned => None,
 }
 
