@@ -99,6 +99,10 @@ fn run(args: Args) -> wgpu_cnn::Result<()> {
         },
     };
     println!("device: {device}");
+    // Output paths fail now, not after the first epoch.
+    for path in [&args.checkpoint, &args.plot].into_iter().flatten() {
+        wgpu_cnn::checkpoint::check_writable(path)?;
+    }
     let dir = args.data.clone().unwrap_or_else(mnist::embedded_dir);
     let mut train = mnist::load(&dir, Split::Train)?;
     let test = mnist::load(&dir, Split::Test)?;

@@ -4,7 +4,10 @@
 //!
 //! Writes are atomic: a temporary file in the same directory is written,
 //! fsynced and renamed over the target, so a crash mid-save leaves the
-//! previous checkpoint intact. Loading checks names, shapes and dtypes and
+//! previous checkpoint intact (a failed save removes its temporary file).
+//! A SHA-256 over every tensor (name, shape, bytes) and the metadata is kept
+//! in the metadata and checked on load, so a flipped bit is an error, not a
+//! silently different model. Loading checks names, shapes and dtypes and
 //! names the offending tensor.
 
 use std::collections::{BTreeMap, HashMap};
@@ -59,10 +62,61 @@ pub fn save(path: &Path, trainer: &mut Trainer) -> Result<()> {
     .map(|(k, v)| (k.to_string(), v))
     .chain(counters)
     .collect();
+    let mut meta = meta;
+    let sum = digest(tensors.iter().map(|(n, (s, b))| (n.as_str(), s.as_slice(), b.as_slice())), &meta);
+    meta.insert("sha256".to_string(), sum);
     let views: Vec<(String, TensorView)> =
         tensors.iter().map(|(n, (s, b))| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).expect("length matches shape"))).collect();
-    let bytes = safetensors::serialize(views, &Some(meta)).or_else(|e| file_err(path, K::Io, e.to_string()))?;
+    let bytes = safetensors::serialize(views, &Some(meta)).or_else(|e| file_err(path, K::Write, e.to_string()))?;
     write_atomic(path, &bytes)
+}
+
+/// SHA-256 over the metadata (sorted, without the checksum itself) and every
+/// tensor in name order: name, shape, bytes.
+fn digest<'a>(tensors: impl Iterator<Item = (&'a str, &'a [usize], &'a [u8])>, meta: &HashMap<String, String>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut keys: Vec<&String> = meta.keys().filter(|k| k.as_str() != "sha256").collect();
+    keys.sort();
+    for k in keys {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(meta[k].as_bytes());
+        h.update([0]);
+    }
+    let mut tensors: Vec<_> = tensors.collect();
+    tensors.sort_by_key(|t| t.0);
+    for (name, shape, bytes) in tensors {
+        h.update(name.as_bytes());
+        h.update([0]);
+        for &d in shape {
+            h.update((d as u64).to_le_bytes());
+        }
+        h.update(bytes);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks, before a long run, that `path` can be written: its directory
+/// exists and takes a new file (created and removed again). Training
+/// examples call it for their checkpoint and plot paths before the first step.
+pub fn check_writable(path: &Path) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let err = |msg: String| file_err(path, K::Write, msg);
+    if path.is_dir() {
+        return err("is a directory; give a file name".into());
+    }
+    if !dir.is_dir() {
+        return err(format!("the directory {} does not exist", dir.display()));
+    }
+    let probe = dir.join(format!(".wgpu-cnn-probe-{}", std::process::id()));
+    match std::fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => err(e.to_string()),
+    }
 }
 
 /// Temp file in the same directory → write → fsync → rename → fsync the directory.
@@ -73,20 +127,26 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.tmp-{}-{seq}", std::process::id()));
-    let io = |e: std::io::Error| crate::Error::File { path: path.to_path_buf(), kind: K::Io, msg: e.to_string() };
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io)?;
+    let io = |e: std::io::Error| crate::Error::File { path: path.to_path_buf(), kind: K::Write, msg: e.to_string() };
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written.and_then(|_| std::fs::rename(&tmp, path)) {
+        // Nothing half-written is left behind.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all(); // best effort: makes the rename itself durable
     }
     Ok(())
 }
 
-/// The format tag saved in the metadata: this format's magic number.
-const FORMAT: &str = "wgpu-cnn checkpoint v1";
+/// The format tag saved in the metadata: this format's magic number. v2
+/// carries the checksum; v1 files (no checksum) still load.
+const FORMAT: &str = "wgpu-cnn checkpoint v2";
+const FORMAT_V1: &str = "wgpu-cnn checkpoint v1";
 
 /// Restores a trainer built with the same model and optimiser from `path`.
 /// Everything is checked before anything is written: on an error the
@@ -106,12 +166,13 @@ pub fn load_bytes(path: &Path, bytes: &[u8], trainer: &mut Trainer) -> Result<()
             E::InvalidHeaderStart => K::BadMagic,
             _ => K::BadHeader,
         };
-        file_err(path, kind, format!("not a valid safetensors file: {e}"))
+        file_err(path, kind, format!("not a checkpoint: not a safetensors file ({e})"))
     })?;
     let (_, meta) = SafeTensors::read_metadata(bytes).or_else(|e| file_err(path, K::BadHeader, e.to_string()))?;
     let meta = meta.metadata().clone().unwrap_or_default();
-    match meta.get("format") {
-        Some(f) if f == FORMAT => {}
+    match meta.get("format").map(String::as_str) {
+        Some(FORMAT) => {}
+        Some(FORMAT_V1) => log::warn!("{}: a v1 checkpoint, which has no checksum", path.display()),
         other => return file_err(path, K::BadMagic, format!("format tag {other:?}, expected {FORMAT:?}: not a wgpu-cnn checkpoint")),
     }
     let get = |k: &str| meta.get(k).cloned().ok_or(()).or_else(|_| file_err(path, K::BadHeader, format!("metadata has no `{k}`")));
@@ -178,6 +239,15 @@ pub fn load_bytes(path: &Path, bytes: &[u8], trainer: &mut Trainer) -> Result<()
     }
     let (epoch, step, opt_steps) = (num("epoch")?, num("step")?, num("optimizer_steps")?);
     let opt_steps = u32::try_from(opt_steps).or_else(|_| file_err(path, K::BadHeader, format!("optimizer_steps = {opt_steps} is out of range")))?;
+    // Everything has the names, shapes and dtypes this model expects (those
+    // errors name the tensor); now the contents must be what was saved.
+    if meta.get("format").map(String::as_str) == Some(FORMAT) {
+        let tensors: Vec<(String, Vec<usize>, &[u8])> = st.tensors().into_iter().map(|(n, v)| (n, v.shape().to_vec(), v.data())).collect();
+        let sum = digest(tensors.iter().map(|(n, s, b)| (n.as_str(), s.as_slice(), *b)), &meta);
+        if meta.get("sha256") != Some(&sum) {
+            return file_err(path, K::Checksum, "the tensors or metadata do not match the checksum saved with them: the file is corrupt");
+        }
+    }
     // Pass 2: apply.
     // The same walk as pass 1, so values and counters come back in its order.
     let (mut values, mut counters) = (values.into_iter(), counters.into_iter());

@@ -70,6 +70,8 @@ pub enum Error {
 pub enum FileErrorKind {
     /// It could not be opened or read (missing, unreadable).
     Io,
+    /// It could not be written (a missing directory, no permission, a full disk).
+    Write,
     /// It ends before its header says it should.
     Truncated,
     /// It is longer than its header says.
@@ -96,6 +98,7 @@ impl std::fmt::Display for FileErrorKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             FileErrorKind::Io => "cannot read",
+            FileErrorKind::Write => "cannot write",
             FileErrorKind::Truncated => "truncated",
             FileErrorKind::TrailingData => "unexpected trailing data",
             FileErrorKind::BadMagic => "wrong magic number",

@@ -180,13 +180,24 @@ proptest! {
     fn checkpoint_survives_corruption(cs in proptest::collection::vec(corruption(), 1..4)) {
         use std::sync::OnceLock;
         static GOOD: OnceLock<Vec<u8>> = OnceLock::new();
-        let bytes = apply(GOOD.get_or_init(checkpoint_bytes).clone(), &cs);
+        static SAVED: OnceLock<(Vec<Vec<f32>>, usize, u64)> = OnceLock::new();
+        let good = GOOD.get_or_init(checkpoint_bytes);
+        let saved = SAVED.get_or_init(|| {
+            let mut t = small_trainer();
+            checkpoint::load_bytes(Path::new("ckpt"), good, &mut t).unwrap();
+            state(&mut t)
+        });
+        let bytes = apply(good.clone(), &cs);
         let mut t = small_trainer();
         let before = state(&mut t);
         let (r, largest) = largest_allocation(|| checkpoint::load_bytes(Path::new("ckpt"), &bytes, &mut t));
-        if let Err(e) = r {
-            check_file_error(&e, &[K::Truncated, K::BadMagic, K::BadHeader, K::Overflow, K::Mismatch]);
-            prop_assert!(state(&mut t) == before, "a rejected checkpoint changed the trainer: {e}");
+        match r {
+            Err(e) => {
+                check_file_error(&e, &[K::Truncated, K::BadMagic, K::BadHeader, K::Overflow, K::Mismatch, K::Checksum]);
+                prop_assert!(state(&mut t) == before, "a rejected checkpoint changed the trainer: {e}");
+            }
+            // What loads is what was saved (a corruption of header padding, say): never silently different.
+            Ok(()) => prop_assert!(&state(&mut t) == saved, "a corrupted checkpoint loaded with different contents"),
         }
         prop_assert!(largest <= 8 * bytes.len() + 64 * 1024, "{largest} bytes allocated for a {}-byte checkpoint", bytes.len());
     }
@@ -256,4 +267,52 @@ fn checkpoint_magic_and_dtype() {
         Err(Error::File { kind: K::Mismatch, msg, .. }) => assert!(msg.contains("dtype I32"), "{msg}"),
         r => panic!("{r:?}"),
     }
+}
+
+/// A flipped bit anywhere in the tensor data, or in a metadata value, is a
+/// checksum error naming the file, not a silently different model.
+#[test]
+fn checkpoint_bit_flips_are_caught() {
+    let good = checkpoint_bytes();
+    let header_len = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let payload = 8 + header_len;
+    for (what, at) in [("first payload byte", payload), ("middle", payload + (good.len() - payload) / 2), ("last byte", good.len() - 1)] {
+        let mut bad = good.clone();
+        bad[at] ^= 0x10;
+        match checkpoint::load_bytes(Path::new("flipped.safetensors"), &bad, &mut small_trainer()) {
+            Err(e @ Error::File { kind: K::Checksum, .. }) => assert!(e.to_string().contains("flipped.safetensors"), "{e}"),
+            r => panic!("{what}: {r:?}"),
+        }
+    }
+    // The step count in the metadata: "step":"1" → "step":"3".
+    let header = String::from_utf8(good[8..payload].to_vec()).unwrap();
+    let patched = header.replacen("\"step\":\"1\"", "\"step\":\"3\"", 1);
+    assert_ne!(patched, header, "{header}");
+    let mut bad = good.clone();
+    bad[8..payload].copy_from_slice(patched.as_bytes());
+    assert!(matches!(checkpoint::load_bytes(Path::new("meta"), &bad, &mut small_trainer()), Err(Error::File { kind: K::Checksum, .. })));
+    // Not a safetensors file at all.
+    let e = checkpoint::load_bytes(Path::new("notes.txt"), b"these are my notes, not a checkpoint", &mut small_trainer()).unwrap_err();
+    assert!(e.to_string().contains("not a checkpoint"), "{e}");
+}
+
+/// A save that cannot complete says "cannot write" and leaves no temporary
+/// file; `check_writable` finds such paths before training starts.
+#[test]
+fn failed_saves_clean_up() {
+    let dir = crate::training::tmp(&format!("failed-save-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The target is a directory: the final rename fails after the temp file was written.
+    let target = dir.join("ckpt");
+    std::fs::create_dir_all(target.join("occupied")).unwrap();
+    let e = checkpoint::save(&target, &mut small_trainer()).unwrap_err();
+    assert!(matches!(e, Error::File { kind: K::Write, .. }) && e.to_string().contains("cannot write"), "{e}");
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("ckpt")], "a temp file was left behind");
+    assert!(checkpoint::check_writable(&target).is_err(), "a directory is not a file to write");
+    assert!(checkpoint::check_writable(&dir.join("missing/ckpt")).is_err(), "a missing directory");
+    checkpoint::check_writable(&dir.join("fine.safetensors")).unwrap();
+    assert!(!dir.join("fine.safetensors").exists());
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "the probe was removed");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
