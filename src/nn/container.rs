@@ -30,7 +30,7 @@ impl Sequential {
         let mut shape = input.to_vec();
         for layer in &mut self.layers {
             shape = layer.output_shape(&shape)?;
-            rows.push(SummaryRow { kind: layer.kind(), description: layer.describe(), output: shape.clone(), params: layer.param_count() });
+            rows.push(SummaryRow { kind: layer.kind(), description: layer.describe(), output: shape.clone(), params: layer.param_count(), by_kind: layer.param_kinds() });
         }
         Ok(Summary { input: input.to_vec(), rows })
     }
@@ -87,6 +87,9 @@ impl Layer for Sequential {
     fn state(&mut self, prefix: &str) -> Vec<StateEntry<'_>> {
         self.layers.iter_mut().enumerate().flat_map(|(i, l)| l.state(&join(prefix, &i.to_string()))).collect()
     }
+    fn param_kinds(&mut self) -> Vec<(&'static str, usize)> {
+        self.layers.iter_mut().flat_map(|l| l.param_kinds()).collect()
+    }
 }
 
 /// `y = body(x) + shortcut(x)`, the shortcut being the identity or a
@@ -139,6 +142,11 @@ impl Layer for Residual {
         };
         elementwise_add(&db, &ds, 1.0, 1.0)
     }
+    fn param_kinds(&mut self) -> Vec<(&'static str, usize)> {
+        let mut v = self.body.param_kinds();
+        v.extend(self.shortcut.as_mut().map(|s| s.param_kinds()).unwrap_or_default());
+        v
+    }
     fn state(&mut self, prefix: &str) -> Vec<StateEntry<'_>> {
         let mut v = self.body.state(&join(prefix, "body"));
         if let Some(s) = &mut self.shortcut {
@@ -156,6 +164,8 @@ pub struct SummaryRow {
     /// Including the batch axis.
     pub output: Vec<usize>,
     pub params: usize,
+    /// The row's parameters by the kind of layer holding them (a container's children).
+    pub by_kind: Vec<(&'static str, usize)>,
 }
 
 /// Output shapes and parameter counts, layer by layer.
@@ -170,9 +180,20 @@ impl Summary {
         self.rows.iter().map(|r| r.params).sum()
     }
 
-    /// Parameters in layers of one kind ("Conv2d", "Linear", …).
+    /// Parameters in layers of one kind ("Conv2d", "Linear", …), inside containers too.
     pub fn params_of(&self, kind: &str) -> usize {
-        self.rows.iter().filter(|r| r.kind == kind).map(|r| r.params).sum()
+        self.rows.iter().flat_map(|r| &r.by_kind).filter(|(k, _)| *k == kind).map(|(_, n)| n).sum()
+    }
+
+    /// The kinds that hold parameters, each once, in order of first appearance.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        let mut kinds: Vec<&'static str> = Vec::new();
+        for (k, _) in self.rows.iter().flat_map(|r| &r.by_kind) {
+            if !kinds.contains(k) {
+                kinds.push(k);
+            }
+        }
+        kinds
     }
 }
 
@@ -206,9 +227,7 @@ impl fmt::Display for Summary {
             writeln!(f, "{:<58} {:>14} {:>12}", r.description, shape_str(&r.output), grouped(r.params))?;
         }
         writeln!(f, "{:<58} {:>14} {:>12}", "total", "", grouped(self.total_params()))?;
-        let mut kinds: Vec<&str> = self.rows.iter().filter(|r| r.params > 0).map(|r| r.kind).collect();
-        kinds.dedup();
-        let parts: Vec<String> = kinds.iter().map(|k| format!("{k} {}", grouped(self.params_of(k)))).collect();
+        let parts: Vec<String> = self.kinds().iter().map(|k| format!("{k} {}", grouped(self.params_of(k)))).collect();
         write!(f, "parameters by kind: {}", parts.join(", "))
     }
 }

@@ -119,6 +119,16 @@ pub trait Layer: Send {
     fn counters(&mut self, prefix: &str) -> Vec<(String, &mut u32)> {
         self.state(prefix).into_iter().filter_map(|e| if let State::Counter(c) = e.state { Some((e.name, c)) } else { None }).collect()
     }
+    /// Learnable scalars by the kind of the layer that holds them; containers
+    /// report their children's (a residual block's convolutions count as `Conv2d`).
+    fn param_kinds(&mut self) -> Vec<(&'static str, usize)> {
+        let n = self.param_count();
+        if n == 0 {
+            Vec::new()
+        } else {
+            vec![(self.kind(), n)]
+        }
+    }
     /// Number of learnable scalars.
     fn param_count(&mut self) -> usize {
         self.state("").iter().map(|e| if let State::Param { value, .. } = &e.state { value.numel() } else { 0 }).sum()

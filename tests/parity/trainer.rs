@@ -104,6 +104,13 @@ fn model_zoo_shapes() {
     assert_eq!(r.rows.last().unwrap().output, [2, 10]);
     // ResNet-20 for CIFAR has about 0.27 M parameters (He et al. 2016, table 6).
     assert!((265_000..280_000).contains(&r.total_params()), "{}", r.total_params());
+    // By kind, inside the residual blocks too, each kind listed once.
+    assert_eq!(r.kinds(), ["Conv2d", "BatchNorm2d", "Linear"]);
+    assert_eq!(r.params_of("Conv2d") + r.params_of("BatchNorm2d") + r.params_of("Linear"), r.total_params());
+    assert_eq!(r.params_of("Linear"), 64 * 10 + 10);
+    let line = r.to_string().lines().last().unwrap().to_string();
+    assert_eq!(line.matches("Conv2d").count(), 1, "{line}");
+    assert!(!line.contains("Residual"), "{line}");
     let v = models::vgg_small(&Device::Cpu, init).unwrap().summary(&[2, 3, 32, 32]).unwrap();
     assert_eq!(v.rows.last().unwrap().output, [2, 10]);
     let m = models::mlp(&Device::Cpu, 64, 0.2, init).unwrap().summary(&[2, 1, 28, 28]).unwrap();
