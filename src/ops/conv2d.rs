@@ -25,7 +25,7 @@ use crate::error::{shape_err, Result};
 use crate::gpu::GpuContext;
 use crate::ops::col2im::{col2im_cpu, col2im_gpu};
 use crate::ops::activation::{activation_forward, activation_forward_in_place_cpu, Activation};
-use crate::ops::gemm::{gemm_gpu_epilogue, gemm_gpu_strided, Epilogue, GemmConfig, GemmLayout, GemmShape};
+use crate::ops::gemm::{gemm_gpu_strided, Epilogue, GemmConfig, GemmLayout, GemmShape};
 use crate::ops::im2col::{im2col_cpu_into, im2col_gpu};
 use crate::ops::permute::{permute_swap_cpu, permute_swap_gpu};
 use crate::ops::reduce::{reduce_rows_cpu, reduce_rows_gpu};
@@ -330,7 +330,7 @@ pub(crate) fn conv2d_forward_gpu(
         // Y[img] (c_out, p) = W (c_out, c_in) · X[img] (c_in, p), W shared by every image;
         // bias per row (channel) and ReLU in the GEMM's store.
         let s = GemmShape { batch: geo.n, m: geo.c_out, n: p, k: geo.c_in, a_batched: false, b_batched: true };
-        return gemm_gpu_epilogue(ctx, w, x, y, s, GemmLayout::packed(&s), plain, Epilogue { bias, bias_per_row: true, relu });
+        return gemm_gpu_strided(ctx, w, x, y, s, GemmLayout::packed(&s), plain, Epilogue { bias, bias_per_row: true, relu });
     }
     let bias = bias.map(|b| (b, geo.c_out));
     let chunk = gpu_chunk(ctx, geo);
@@ -349,7 +349,7 @@ pub(crate) fn conv2d_forward_gpu(
         let sub = geo.with_batch(nb);
         im2col_gpu(ctx, x, img0 * geo.c_in * geo.h * geo.w, cols, &sub)?;
         let (s, l) = group_gemm(groups, cog, nb * p, kc, [cog * kc, kc * nb * p, cog * nb * p]);
-        gemm_gpu_strided(ctx, w, cols, yc.buffer(), s, l, plain)?;
+        gemm_gpu_strided(ctx, w, cols, yc.buffer(), s, l, plain, Epilogue::default())?;
         permute_swap_gpu(ctx, yc.buffer(), 0, y, img0 * geo.c_out * p, [geo.c_out, nb, p], bias, relu)?;
     }
     Ok(())
@@ -398,10 +398,10 @@ pub(crate) fn conv2d_backward_gpu(
             im2col_gpu(ctx, x, img0 * in_img, cols_buf, &sub)?;
         }
         let (s, l) = group_gemm(groups, cog, kc, nb * p, [cog * nb * p, kc * nb * p, cog * kc]);
-        gemm_gpu_strided(ctx, dyc.buffer(), cols_buf, dw, s, l, GemmConfig { trans_b: true, beta, ..GemmConfig::default() })?;
+        gemm_gpu_strided(ctx, dyc.buffer(), cols_buf, dw, s, l, GemmConfig { trans_b: true, beta, ..GemmConfig::default() }, Epilogue::default())?;
         let (Some(dx), Some(dcols)) = (dx, &dcols) else { continue };
         let (s, l) = group_gemm(groups, kc, nb * p, cog, [cog * kc, cog * nb * p, kc * nb * p]);
-        gemm_gpu_strided(ctx, w, dyc.buffer(), dcols.buffer(), s, l, GemmConfig { trans_a: true, ..GemmConfig::default() })?;
+        gemm_gpu_strided(ctx, w, dyc.buffer(), dcols.buffer(), s, l, GemmConfig { trans_a: true, ..GemmConfig::default() }, Epilogue::default())?;
         if geo.is_pointwise() {
             permute_swap_gpu(ctx, dcols.buffer(), 0, dx, img0 * in_img, [geo.c_in, nb, p], None, false)?;
         } else {

@@ -199,7 +199,7 @@ pub fn gemm_epilogue(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, act: Option<
         Device::Gpu(ctx) => {
             let c = Tensor::uninit_gpu(&ctx, OP, &s.out_shape())?;
             let epi = Epilogue { bias: bias.map(|t| t.buffer(OP)).transpose()?, bias_per_row: false, relu: act == Some(Activation::Relu) };
-            gemm_gpu_epilogue(&ctx, a.buffer(OP)?, b.buffer(OP)?, c.buffer(OP)?, s, GemmLayout::packed(&s), cfg, epi)?;
+            gemm_gpu_strided(&ctx, a.buffer(OP)?, b.buffer(OP)?, c.buffer(OP)?, s, GemmLayout::packed(&s), cfg, epi)?;
             c
         }
     };
@@ -400,21 +400,7 @@ fn tune(ctx: &Arc<GpuContext>, s: &GemmShape, cfg: &GemmConfig) -> Result<GemmVa
 
 /// Records the GEMM dispatches; batches beyond the grid limit are split.
 pub(crate) fn gemm_gpu(ctx: &Arc<GpuContext>, a: &wgpu::Buffer, b: &wgpu::Buffer, c: &wgpu::Buffer, s: GemmShape, cfg: GemmConfig) -> Result<()> {
-    gemm_gpu_strided(ctx, a, b, c, s, GemmLayout::packed(&s), cfg)
-}
-
-/// [`gemm_gpu`] with explicit offsets and batch strides (conv uses these to
-/// address groups and image chunks inside larger buffers).
-pub(crate) fn gemm_gpu_strided(
-    ctx: &Arc<GpuContext>,
-    a: &wgpu::Buffer,
-    b: &wgpu::Buffer,
-    c: &wgpu::Buffer,
-    s: GemmShape,
-    l: GemmLayout,
-    cfg: GemmConfig,
-) -> Result<()> {
-    gemm_gpu_epilogue(ctx, a, b, c, s, l, cfg, Epilogue::default())
+    gemm_gpu_strided(ctx, a, b, c, s, GemmLayout::packed(&s), cfg, Epilogue::default())
 }
 
 /// What a GEMM's store does to each result besides `alpha·acc + beta·C`.
@@ -427,9 +413,11 @@ pub(crate) struct Epilogue<'a> {
     pub relu: bool,
 }
 
-/// [`gemm_gpu_strided`] with an epilogue in the kernel's store.
+/// [`gemm_gpu`] with explicit offsets and batch strides (conv uses these to
+/// address groups and image chunks inside larger buffers) and an epilogue in
+/// the kernel's store.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_gpu_epilogue(
+pub(crate) fn gemm_gpu_strided(
     ctx: &Arc<GpuContext>,
     a: &wgpu::Buffer,
     b: &wgpu::Buffer,
