@@ -264,6 +264,36 @@ fn gemm_blocked_wide(
     if (i0 + 12u < params.m && j0 + 12u * WG_X < params.n) { store_block(batch, i0 + 12u, j0 + 12u * WG_X, 1u, WG_X, acc33); }
 }
 
+// One element of a k-slab being staged in workgroup memory: where it goes
+// (k-major, p·rows + i) and its value (0 out of range). The slab covers k in
+// [p0, p0 + TILE_K) and `rows` rows (columns, for B) from row0; element e is
+// numbered so the fastest-moving index follows memory order, and neighbouring
+// invocations read neighbouring addresses.
+struct SlabElem {
+    at: u32,
+    v: f32,
+}
+
+fn slab_a(e: u32, rows: u32, row0: u32, p0: u32, kend: u32, base: u32, s: Strides) -> SlabElem {
+    var i: u32; var p: u32;
+    if (params.trans_a != 0u) { p = e / rows; i = e % rows; } else { i = e / TILE_K; p = e % TILE_K; }
+    let gi = row0 + i;
+    let gp = p0 + p;
+    var v = 0.0;
+    if (gi < params.m && gp < kend) { v = a[base + gi * s.a_i + gp * s.a_p]; }
+    return SlabElem(p * rows + i, v);
+}
+
+fn slab_b(e: u32, cols: u32, col0: u32, p0: u32, kend: u32, base: u32, s: Strides) -> SlabElem {
+    var j: u32; var p: u32;
+    if (params.trans_b != 0u) { j = e / TILE_K; p = e % TILE_K; } else { p = e / cols; j = e % cols; }
+    let gj = col0 + j;
+    let gp = p0 + p;
+    var v = 0.0;
+    if (gj < params.n && gp < kend) { v = b[base + gp * s.b_p + gj * s.b_j]; }
+    return SlabElem(p * cols + j, v);
+}
+
 // Slabs of op(A) and op(B), stored k-major: as_[p·TILE_M + i], bs[p·TILE_N + j].
 var<workgroup> as_: array<f32, TILE_K * TILE_M>;
 var<workgroup> bs: array<f32, TILE_K * TILE_N>;
@@ -286,25 +316,13 @@ fn gemm_tiled(
     // Uniform across the workgroup (it depends on wid.z only), so the barriers stay uniform.
     let kr = k_range(batch);
     for (var p0 = kr.x; p0 < kr.y; p0 += TILE_K) {
-        // Stage the slabs; the fastest-moving index follows memory order so that
-        // neighbouring invocations read neighbouring addresses. Out of range → 0.
         for (var e = tid; e < TILE_K * TILE_M; e += threads) {
-            var i: u32; var p: u32;
-            if (params.trans_a != 0u) { p = e / TILE_M; i = e % TILE_M; } else { i = e / TILE_K; p = e % TILE_K; }
-            let gi = row0 + i;
-            let gp = p0 + p;
-            var v = 0.0;
-            if (gi < params.m && gp < kr.y) { v = a[base_a + gi * s.a_i + gp * s.a_p]; }
-            as_[p * TILE_M + i] = v;
+            let x = slab_a(e, TILE_M, row0, p0, kr.y, base_a, s);
+            as_[x.at] = x.v;
         }
         for (var e = tid; e < TILE_K * TILE_N; e += threads) {
-            var j: u32; var p: u32;
-            if (params.trans_b != 0u) { j = e / TILE_K; p = e % TILE_K; } else { p = e / TILE_N; j = e % TILE_N; }
-            let gj = col0 + j;
-            let gp = p0 + p;
-            var v = 0.0;
-            if (gj < params.n && gp < kr.y) { v = b[base_b + gp * s.b_p + gj * s.b_j]; }
-            bs[p * TILE_N + j] = v;
+            let x = slab_b(e, TILE_N, col0, p0, kr.y, base_b, s);
+            bs[x.at] = x.v;
         }
         workgroupBarrier();
         // Rows ly + WG_Y·r and columns lx + WG_X·c: neighbouring invocations hit
@@ -356,22 +374,12 @@ fn gemm_tiled8(
     let kr = k_range(batch);
     for (var p0 = kr.x; p0 < kr.y; p0 += TILE_K) {
         for (var e = tid; e < TILE_K * TILE8_M; e += threads) {
-            var i: u32; var p: u32;
-            if (params.trans_a != 0u) { p = e / TILE8_M; i = e % TILE8_M; } else { i = e / TILE_K; p = e % TILE_K; }
-            let gi = row0 + i;
-            let gp = p0 + p;
-            var v = 0.0;
-            if (gi < params.m && gp < kr.y) { v = a[base_a + gi * s.a_i + gp * s.a_p]; }
-            as8[p * TILE8_M + i] = v;
+            let x = slab_a(e, TILE8_M, row0, p0, kr.y, base_a, s);
+            as8[x.at] = x.v;
         }
         for (var e = tid; e < TILE_K * TILE8_N; e += threads) {
-            var j: u32; var p: u32;
-            if (params.trans_b != 0u) { j = e / TILE_K; p = e % TILE_K; } else { p = e / TILE8_N; j = e % TILE8_N; }
-            let gj = col0 + j;
-            let gp = p0 + p;
-            var v = 0.0;
-            if (gj < params.n && gp < kr.y) { v = b[base_b + gp * s.b_p + gj * s.b_j]; }
-            bs8[p * TILE8_N + j] = v;
+            let x = slab_b(e, TILE8_N, col0, p0, kr.y, base_b, s);
+            bs8[x.at] = x.v;
         }
         workgroupBarrier();
         for (var p = 0u; p < TILE_K; p++) {
