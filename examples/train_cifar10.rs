@@ -65,7 +65,7 @@ fn main() -> ExitCode {
             seed: args.seed,
             schedule: LrSchedule::Cosine { min_lr: 0.0 },
             warmup_epochs: 1,
-            augment: Some(Augment { crop_padding: 4, horizontal_flip: true }),
+            augment: Some(Augment { crop_padding: 4, horizontal_flip: true, ..Augment::default() }),
             ..TrainConfig::default()
         };
         let mut t = Trainer::new(model, opt, cfg, dev)?;

@@ -11,10 +11,8 @@
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::rngs::StdRng;
-use rand::SeedableRng;
 
-use crate::data::{Augment, Dataset};
+use crate::data::{prefetch, Augment, Dataset};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::nn::{Layer, Mode, Sequential};
@@ -51,6 +49,11 @@ pub struct TrainConfig {
     /// Before every update, check that each gradient's norm is finite and stop
     /// (without updating) if one is not. Costs one small readback per step.
     pub check_gradients: bool,
+    /// Threads that assemble and augment batches ahead of the step (0: on
+    /// the training thread). The batches do not depend on it.
+    pub loader_workers: usize,
+    /// How many batches each loader thread may have ready ahead of the step.
+    pub prefetch: usize,
 }
 
 impl Default for TrainConfig {
@@ -70,6 +73,8 @@ impl Default for TrainConfig {
             loss: CrossEntropyConfig::default(),
             progress: true,
             check_gradients: false,
+            loader_workers: 1,
+            prefetch: 2,
         }
     }
 }
@@ -242,7 +247,6 @@ impl Trainer {
     pub fn train_epoch(&mut self, data: &Dataset) -> Result<(f32, f64)> {
         let epoch_seed = self.config.seed.wrapping_add(self.epoch as u64);
         let batches = data.batches(self.config.batch_size, Some(epoch_seed));
-        let mut aug_rng = StdRng::seed_from_u64(epoch_seed ^ 0x5eed);
         let bar = if self.config.progress { ProgressBar::new(batches.len() as u64) } else { ProgressBar::hidden() };
         bar.set_style(ProgressStyle::with_template("epoch {msg} [{bar:30}] {pos}/{len} batches, {per_sec}, eta {eta}").unwrap().progress_chars("=> "));
         bar.set_message(format!("{}", self.epoch + 1));
@@ -253,9 +257,11 @@ impl Trainer {
         let window_len = if self.config.log_every > 0 { self.config.log_every } else { batches.len() }.clamp(1, batches.len().max(1));
         let mut window = Tensor::zeros(&self.device, &[window_len])?;
         let (mut sum, mut filled, mut first_step) = (0f64, 0usize, self.step);
-        for (i, idx) in batches.iter().enumerate() {
-            let augment = self.config.augment.as_ref().map(|a| (a, &mut aug_rng));
-            let (x, labels) = data.batch(&self.device, idx, augment)?;
+        let [c, h, w] = data.item_shape;
+        let augment = self.config.augment;
+        let (workers, ahead) = (self.config.loader_workers, self.config.prefetch);
+        prefetch(data, &batches, augment.as_ref(), epoch_seed ^ 0x5eed, workers, ahead, |i, images, labels| {
+            let x = Tensor::from_vec(&self.device, &[labels.len(), c, h, w], images)?;
             let loss = self.train_step(&x, &labels)?;
             window.set_from(filled, &loss)?;
             filled += 1;
@@ -270,7 +276,8 @@ impl Trainer {
                 bar.set_message(format!("{} loss {:.4}", self.epoch + 1, sum / (i + 1) as f64));
                 (filled, first_step) = (0, self.step);
             }
-        }
+            Ok(())
+        })?;
         let mean = (sum / batches.len().max(1) as f64) as f32;
         bar.finish_and_clear();
         let secs = start.elapsed().as_secs_f64();
@@ -368,12 +375,45 @@ pub fn evaluate(model: &mut Sequential, device: &Device, data: &Dataset, batch_s
 /// Class predictions (argmax of the logits) for a batch of images; with
 /// `tta`, the softmax is averaged over flips and shifted crops first.
 pub fn predict(model: &mut Sequential, x: &Tensor, tta: bool) -> Result<Vec<usize>> {
+    let probs = predict_proba_views(model, x, if tta { Tta::Default } else { Tta::None })?;
+    Ok(probs.iter().map(|p| top_k(p, 1)[0].0).collect())
+}
+
+/// Which views of a batch to average predictions over (test-time augmentation).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Tta {
+    /// The images as given.
+    None,
+    /// The original, its horizontal flip, and four crops shifted by 2 pixels.
+    Default,
+    /// These views, in this order.
+    Views(Vec<crate::data::View>),
+}
+
+/// Softmax probabilities `[n][classes]` for a batch of images in eval mode.
+pub fn predict_proba(model: &mut Sequential, x: &Tensor) -> Result<Vec<Vec<f32>>> {
+    predict_proba_views(model, x, Tta::None)
+}
+
+/// [`predict_proba`] averaged over the views `tta` names.
+pub fn predict_proba_views(model: &mut Sequential, x: &Tensor, tta: Tta) -> Result<Vec<Vec<f32>>> {
+    use crate::data::View;
     let shape = x.shape().to_vec();
+    if shape.len() != 4 {
+        return crate::error::shape_err("predict", format!("expects a batch [n, c, h, w], got {shape:?}"));
+    }
     let (n, item) = (shape[0], [shape[1], shape[2], shape[3]]);
-    let views = if tta { crate::data::tta_views(&x.to_vec()?, item, 2) } else { vec![x.to_vec()?] };
+    let views = match tta {
+        Tta::None => vec![View::Identity],
+        Tta::Default => View::default_tta(2),
+        Tta::Views(v) if v.is_empty() => return Err(Error::InvalidArgument { op: "predict", msg: "the list of test-time views is empty".into() }),
+        Tta::Views(v) => v,
+    };
+    let host = if views == [View::Identity] { Vec::new() } else { x.to_vec()? };
     let mut probs: Vec<f32> = Vec::new();
-    for v in views {
-        let logits = model.forward(&Tensor::from_vec(&x.device(), &shape, v)?, Mode::Eval)?;
+    for view in &views {
+        let input = if *view == View::Identity { x.clone() } else { Tensor::from_vec(&x.device(), &shape, view.apply(&host, item))? };
+        let logits = model.forward(&input, Mode::Eval)?;
         let c = logits.shape()[1];
         let p = softmax_xent_probs_cpu(&logits.to_vec()?, n, c, false);
         if probs.is_empty() {
@@ -382,6 +422,15 @@ pub fn predict(model: &mut Sequential, x: &Tensor, tta: bool) -> Result<Vec<usiz
             probs.iter_mut().zip(p).for_each(|(a, b)| *a += b);
         }
     }
+    let scale = 1.0 / views.len() as f32;
     let c = probs.len() / n;
-    Ok((0..n).map(|r| (0..c).fold(0, |best, j| if probs[r * c + j] > probs[r * c + best] { j } else { best })).collect())
+    Ok(probs.chunks(c).map(|row| row.iter().map(|p| p * scale).collect()).collect())
+}
+
+/// The `k` most likely classes of one row of probabilities, most likely
+/// first, as (class, probability); ties go to the lower class index.
+pub fn top_k(probs: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    order.into_iter().take(k).map(|i| (i, probs[i])).collect()
 }

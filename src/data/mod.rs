@@ -1,7 +1,10 @@
-//! Data sets on the host: loaders (MNIST IDX, CIFAR-10 binary), seeded
-//! shuffling and mini-batches, and augmentation. Batches are uploaded per step.
+//! Data sets on the host: loaders (MNIST IDX, CIFAR-10 binary, image
+//! folders), seeded shuffling and mini-batches, augmentation and test-time
+//! views. Batches are assembled (and augmented) on loader threads ahead of
+//! the step that uploads them (`train::Trainer::train_epoch`).
 
 pub mod cifar;
+pub mod folder;
 pub mod mnist;
 
 use rand::rngs::StdRng;
@@ -52,6 +55,13 @@ impl Dataset {
 
     /// The images and labels of `indices` on `device`: `[b, c, h, w]` and labels.
     pub fn batch(&self, device: &Device, indices: &[usize], augment: Option<(&Augment, &mut StdRng)>) -> Result<(Tensor, Vec<i64>)> {
+        let (data, labels) = self.batch_host(indices, augment);
+        let [c, h, w] = self.item_shape;
+        Ok((Tensor::from_vec(device, &[indices.len(), c, h, w], data)?, labels))
+    }
+
+    /// [`Dataset::batch`] on the host: the images of `indices`, augmented, and their labels.
+    pub fn batch_host(&self, indices: &[usize], augment: Option<(&Augment, &mut StdRng)>) -> (Vec<f32>, Vec<i64>) {
         let n = self.item_len();
         let mut data = Vec::with_capacity(indices.len() * n);
         for &i in indices {
@@ -60,9 +70,7 @@ impl Dataset {
         if let Some((aug, rng)) = augment {
             aug.apply(&mut data, self.item_shape, rng);
         }
-        let [c, h, w] = self.item_shape;
-        let x = Tensor::from_vec(device, &[indices.len(), c, h, w], data)?;
-        Ok((x, indices.iter().map(|&i| self.labels[i]).collect()))
+        (data, indices.iter().map(|&i| self.labels[i]).collect())
     }
 
     /// Subtracts `mean` and divides by `std` (per dataset, all channels).
@@ -71,13 +79,76 @@ impl Dataset {
     }
 }
 
-/// Training-time augmentation: random crops from a zero-padded image and
-/// random horizontal flips.
+/// Assembles and augments `batches` of `data` on `workers` loader threads,
+/// up to `ahead` batches in front of `consume`, which gets them in order
+/// (index, images, labels). Batch `i` is augmented with its own generator
+/// seeded from `(seed, i)`, so the batches are the same whatever the number of
+/// workers (0: assembled on the calling thread). An error from `consume`
+/// stops the loaders and is returned.
+pub fn prefetch(
+    data: &Dataset,
+    batches: &[Vec<usize>],
+    augment: Option<&Augment>,
+    seed: u64,
+    workers: usize,
+    ahead: usize,
+    mut consume: impl FnMut(usize, Vec<f32>, Vec<i64>) -> Result<()>,
+) -> Result<()> {
+    let make = |i: usize| {
+        let mut rng = StdRng::seed_from_u64(seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        data.batch_host(&batches[i], augment.map(|a| (a, &mut rng)))
+    };
+    if workers == 0 {
+        for i in 0..batches.len() {
+            let (x, y) = make(i);
+            consume(i, x, y)?;
+        }
+        return Ok(());
+    }
+    std::thread::scope(|s| {
+        let make = &make;
+        let receivers: Vec<_> = (0..workers)
+            .map(|w| {
+                let (tx, rx) = std::sync::mpsc::sync_channel(ahead.max(1));
+                s.spawn(move || {
+                    // Stops when the consumer hangs up (its receiver dropped).
+                    for i in (w..batches.len()).step_by(workers) {
+                        if tx.send(make(i)).is_err() {
+                            break;
+                        }
+                    }
+                });
+                rx
+            })
+            .collect();
+        for i in 0..batches.len() {
+            let (x, y) = receivers[i % workers].recv().expect("a loader thread panicked");
+            consume(i, x, y)?;
+        }
+        Ok(())
+    })
+}
+
+/// Training-time augmentation, drawn per image: a random shift (a crop from
+/// a zero-padded image), a horizontal flip (opt-in: digits must not flip), a
+/// small rotation and a zoom (a random-resized crop when > 1), resampled
+/// bilinearly with zeros outside the image.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Augment {
     /// Pad each side by this much, then crop back to the original size at a random offset.
     pub crop_padding: usize,
     pub horizontal_flip: bool,
+    /// Rotate by a uniform angle in ±this many degrees (0: never).
+    pub rotate_degrees: f32,
+    /// Zoom by a uniform factor in `[min, max]` about the centre ((1, 1): never).
+    pub scale: (f32, f32),
+}
+
+impl Default for Augment {
+    /// No augmentation; set the fields wanted.
+    fn default() -> Augment {
+        Augment { crop_padding: 0, horizontal_flip: false, rotate_degrees: 0.0, scale: (1.0, 1.0) }
+    }
 }
 
 impl Augment {
@@ -91,6 +162,36 @@ impl Augment {
             if dy != 0 || dx != 0 || flip {
                 let src = img.to_vec();
                 shift_flip(&src, img, [c, h, w], dy, dx, flip);
+            }
+            let deg = if self.rotate_degrees > 0.0 { rng.random_range(-self.rotate_degrees..=self.rotate_degrees) } else { 0.0 };
+            let (lo, hi) = self.scale;
+            let zoom = if hi > lo { rng.random_range(lo..=hi) } else { lo };
+            if deg != 0.0 || zoom != 1.0 {
+                let src = img.to_vec();
+                rotate_zoom(&src, img, [c, h, w], deg.to_radians(), zoom);
+            }
+        }
+    }
+}
+
+/// dst = src rotated by `theta` (counter-clockwise as displayed, like
+/// torchvision) and zoomed by `zoom` about the centre (bilinear, zeros outside).
+fn rotate_zoom(src: &[f32], dst: &mut [f32], [c, h, w]: [usize; 3], theta: f32, zoom: f32) {
+    let (cy, cx) = ((h as f32 - 1.0) / 2.0, (w as f32 - 1.0) / 2.0);
+    let (sin, cos) = theta.sin_cos();
+    let at = |ch: usize, y: isize, x: isize| if y >= 0 && x >= 0 && (y as usize) < h && (x as usize) < w { src[(ch * h + y as usize) * w + x as usize] } else { 0.0 };
+    for y in 0..h {
+        for x in 0..w {
+            // The output pixel's source: the inverse rotation and zoom.
+            let (u, v) = ((x as f32 - cx) / zoom, (y as f32 - cy) / zoom);
+            let (sx, sy) = (cos * u - sin * v + cx, sin * u + cos * v + cy);
+            let (x0, y0) = (sx.floor(), sy.floor());
+            let (fx, fy) = (sx - x0, sy - y0);
+            let (x0, y0) = (x0 as isize, y0 as isize);
+            for ch in 0..c {
+                let top = at(ch, y0, x0) * (1.0 - fx) + at(ch, y0, x0 + 1) * fx;
+                let bottom = at(ch, y0 + 1, x0) * (1.0 - fx) + at(ch, y0 + 1, x0 + 1) * fx;
+                dst[(ch * h + y) * w + x] = top * (1.0 - fy) + bottom * fy;
             }
         }
     }
@@ -110,19 +211,45 @@ fn shift_flip(src: &[f32], dst: &mut [f32], [c, h, w]: [usize; 3], dy: isize, dx
     }
 }
 
-/// Test-time augmentation views of one batch: the original, its horizontal
-/// flip, and four crops shifted by `shift` pixels (zero-filled), for averaging predictions.
-pub fn tta_views(data: &[f32], item: [usize; 3], shift: usize) -> Vec<Vec<f32>> {
-    let [c, h, w] = item;
-    let s = shift as isize;
-    let n = c * h * w;
-    let mut views = vec![data.to_vec()];
-    for (dy, dx, flip) in [(0, 0, true), (-s, -s, false), (-s, s, false), (s, -s, false), (s, s, false)] {
-        let mut v = data.to_vec();
-        for (img, src) in v.chunks_mut(n).zip(data.chunks(n)) {
-            shift_flip(src, img, item, dy, dx, flip);
-        }
-        views.push(v);
+/// One test-time view of a batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum View {
+    /// The images as they are.
+    Identity,
+    /// Mirrored left-right.
+    HorizontalFlip,
+    /// Shifted by (dy, dx) pixels, zero-filled.
+    Shift { dy: isize, dx: isize },
+    /// Rotated by this many degrees about the centre.
+    Rotate(f32),
+}
+
+impl View {
+    /// The original, its horizontal flip, and four crops shifted by `shift` pixels diagonally.
+    pub fn default_tta(shift: usize) -> Vec<View> {
+        let s = shift as isize;
+        let mut v = vec![View::Identity, View::HorizontalFlip];
+        v.extend([(-s, -s), (-s, s), (s, -s), (s, s)].map(|(dy, dx)| View::Shift { dy, dx }));
+        v
     }
-    views
+
+    /// This view of a batch `[b, c, h, w]` (host data, `item` = `[c, h, w]`).
+    pub fn apply(&self, data: &[f32], item: [usize; 3]) -> Vec<f32> {
+        let n: usize = item.iter().product();
+        let mut out = data.to_vec();
+        for (img, src) in out.chunks_mut(n).zip(data.chunks(n)) {
+            match *self {
+                View::Identity => {}
+                View::HorizontalFlip => shift_flip(src, img, item, 0, 0, true),
+                View::Shift { dy, dx } => shift_flip(src, img, item, dy, dx, false),
+                View::Rotate(deg) => rotate_zoom(src, img, item, deg.to_radians(), 1.0),
+            }
+        }
+        out
+    }
+}
+
+/// Test-time augmentation views of one batch ([`View::default_tta`] applied).
+pub fn tta_views(data: &[f32], item: [usize; 3], shift: usize) -> Vec<Vec<f32>> {
+    View::default_tta(shift).iter().map(|v| v.apply(data, item)).collect()
 }

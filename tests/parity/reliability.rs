@@ -256,7 +256,7 @@ fn deterministic(dev: &Device) {
             epochs: 2,
             seed: 5,
             progress: false,
-            augment: Some(Augment { crop_padding: 2, horizontal_flip: false }),
+            augment: Some(Augment { crop_padding: 2, ..Augment::default() }),
             ..Default::default()
         };
         let mut t = Trainer::new(model, Optimizer::new(OptimizerConfig::Adam(AdamConfig::adamw(1e-3))).unwrap(), cfg, dev.clone()).unwrap();

@@ -316,7 +316,7 @@ fn augmentation_and_tta() {
     use wgpu_cnn::data::{tta_views, Augment};
     // A 1×3×3 image 1..9: a flip mirrors columns; a crop with padding shifts and zero-fills.
     let img: Vec<f32> = (1..=9).map(|v| v as f32).collect();
-    let flip = Augment { crop_padding: 0, horizontal_flip: true };
+    let flip = Augment { horizontal_flip: true, ..Augment::default() };
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let outs: Vec<Vec<f32>> = (0..8)
         .map(|_| {
@@ -326,7 +326,7 @@ fn augmentation_and_tta() {
         })
         .collect();
     assert!(outs.contains(&img) && outs.contains(&vec![3., 2., 1., 6., 5., 4., 9., 8., 7.]), "{outs:?}");
-    let crop = Augment { crop_padding: 1, horizontal_flip: false };
+    let crop = Augment { crop_padding: 1, ..Augment::default() };
     for _ in 0..20 {
         let mut v = img.clone();
         crop.apply(&mut v, [1, 3, 3], &mut rng);
