@@ -71,9 +71,26 @@ pub fn save(path: &Path, trainer: &mut Trainer) -> Result<()> {
     write_atomic(path, &bytes)
 }
 
+/// Parses a safetensors file and its metadata; `what` names what it should
+/// be ("a checkpoint") in the error when it is not a safetensors file at all.
+pub(crate) fn open_safetensors<'a>(path: &Path, bytes: &'a [u8], what: &str) -> Result<(SafeTensors<'a>, HashMap<String, String>)> {
+    use safetensors::SafeTensorError as E;
+    let st = SafeTensors::deserialize(bytes).or_else(|e| {
+        let kind = match e {
+            E::MetadataIncompleteBuffer | E::HeaderTooSmall | E::InvalidHeaderLength => K::Truncated,
+            E::HeaderTooLarge | E::ValidationOverflow => K::Overflow,
+            E::InvalidHeaderStart => K::BadMagic,
+            _ => K::BadHeader,
+        };
+        file_err(path, kind, format!("not {what}: not a safetensors file ({e})"))
+    })?;
+    let (_, meta) = SafeTensors::read_metadata(bytes).or_else(|e| file_err(path, K::BadHeader, e.to_string()))?;
+    Ok((st, meta.metadata().clone().unwrap_or_default()))
+}
+
 /// SHA-256 over the metadata (sorted, without the checksum itself) and every
 /// tensor in name order: name, shape, bytes.
-fn digest<'a>(tensors: impl Iterator<Item = (&'a str, &'a [usize], &'a [u8])>, meta: &HashMap<String, String>) -> String {
+pub(crate) fn digest<'a>(tensors: impl Iterator<Item = (&'a str, &'a [usize], &'a [u8])>, meta: &HashMap<String, String>) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     let mut keys: Vec<&String> = meta.keys().filter(|k| k.as_str() != "sha256").collect();
@@ -158,18 +175,7 @@ pub fn load(path: &Path, trainer: &mut Trainer) -> Result<()> {
 
 /// [`load`] on bytes in memory; `path` only labels errors.
 pub fn load_bytes(path: &Path, bytes: &[u8], trainer: &mut Trainer) -> Result<()> {
-    use safetensors::SafeTensorError as E;
-    let st = SafeTensors::deserialize(bytes).or_else(|e| {
-        let kind = match e {
-            E::MetadataIncompleteBuffer | E::HeaderTooSmall | E::InvalidHeaderLength => K::Truncated,
-            E::HeaderTooLarge | E::ValidationOverflow => K::Overflow,
-            E::InvalidHeaderStart => K::BadMagic,
-            _ => K::BadHeader,
-        };
-        file_err(path, kind, format!("not a checkpoint: not a safetensors file ({e})"))
-    })?;
-    let (_, meta) = SafeTensors::read_metadata(bytes).or_else(|e| file_err(path, K::BadHeader, e.to_string()))?;
-    let meta = meta.metadata().clone().unwrap_or_default();
+    let (st, meta) = open_safetensors(path, bytes, "a checkpoint")?;
     match meta.get("format").map(String::as_str) {
         Some(FORMAT) => {}
         Some(FORMAT_V1) => log::warn!("{}: a v1 checkpoint, which has no checksum", path.display()),

@@ -31,6 +31,7 @@ pub mod shape;
 pub mod tensor;
 pub mod tolerance;
 pub mod train;
+pub mod weights;
 
 pub use device::{AdapterSummary, Device, GpuOptions, TuningCache};
 pub use error::{Error, FileErrorKind, Result};

@@ -29,5 +29,6 @@ mod reduce;
 mod softmax_xent;
 mod tensor;
 mod nn;
+mod images;
 mod training;
 mod trainer;
