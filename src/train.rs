@@ -292,7 +292,7 @@ impl Trainer {
             let item = data.item_shape;
             self.prepare_shape(&[n, item[0], item[1], item[2]], false)?;
         }
-        evaluate(&mut self.model, &self.device, data, batch)
+        evaluate_with(&mut self.model, &self.device, data, batch, self.config.progress)
     }
 
     /// Trains for `config.epochs` epochs (from the current one), evaluating
@@ -353,10 +353,19 @@ fn batch_sizes(len: usize, batch: usize) -> Vec<usize> {
     v
 }
 
-/// Loss and accuracy of `model` on `data` in eval mode.
+/// Loss and accuracy of `model` on `data` in eval mode, in batches of
+/// `batch_size`, with a progress bar on a terminal.
 pub fn evaluate(model: &mut Sequential, device: &Device, data: &Dataset, batch_size: usize) -> Result<Metrics> {
+    evaluate_with(model, device, data, batch_size, true)
+}
+
+fn evaluate_with(model: &mut Sequential, device: &Device, data: &Dataset, batch_size: usize, progress: bool) -> Result<Metrics> {
     let (mut loss, mut correct) = (0f64, 0usize);
-    for idx in data.batches(batch_size, None) {
+    let batches = data.batches(batch_size, None);
+    let bar = if progress { ProgressBar::new(batches.len() as u64) } else { ProgressBar::hidden() };
+    bar.set_style(ProgressStyle::with_template("evaluating [{bar:30}] {pos}/{len} batches, eta {eta}").unwrap().progress_chars("=> "));
+    for idx in batches {
+        bar.inc(1);
         let (x, labels) = data.batch(device, &idx, None)?;
         let logits = model.forward(&x, Mode::Eval)?;
         let c = logits.shape()[1];
@@ -368,6 +377,7 @@ pub fn evaluate(model: &mut Sequential, device: &Device, data: &Dataset, batch_s
             correct += (argmax == l as usize) as usize;
         }
     }
+    bar.finish_and_clear();
     let n = data.len().max(1) as f64;
     Ok(Metrics { loss: (loss / n) as f32, accuracy: (correct as f64 / n) as f32 })
 }

@@ -195,11 +195,12 @@ fn train_digits(dev: &Device) -> f32 {
     hist.last().unwrap().val_accuracy.unwrap()
 }
 
-/// LeNet-5 trained from the PNG folder (400 digits, 6 epochs) reaches 70%
-/// on its 100 validation digits (chance is 10%).
+/// LeNet-5 trained from the PNG folder (400 digits, 6 epochs) reaches 80%
+/// on its 100 validation digits (chance is 10%; 92% measured on both devices).
 fn learns_from_folder(dev: &Device) {
     let acc = train_digits(dev);
-    assert!(acc >= 0.7, "validation accuracy {acc} on {dev}");
+    eprintln!("LeNet-5 from data/digits-png on {dev}: validation accuracy {acc}");
+    assert!(acc >= 0.8, "validation accuracy {acc} on {dev}");
 }
 test_device!(learns_from_folder_dev, learns_from_folder);
 
