@@ -95,3 +95,67 @@ fn avgpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     }
     dst[idx] = acc;
 }
+
+// Adaptive average pooling (PyTorch's AdaptiveAvgPool2d): output cell (oy, ox)
+// averages rows [floor(oy·h/oh), ceil((oy+1)·h/oh)) and likewise for columns;
+// windows may overlap, and when oh > h they repeat input rows. Kernel, stride
+// and padding fields are unused.
+
+fn adaptive_start(o: u32, len: u32, out: u32) -> u32 {
+    return (o * len) / out;
+}
+
+fn adaptive_end(o: u32, len: u32, out: u32) -> u32 {
+    return ((o + 1u) * len + out - 1u) / out;
+}
+
+@compute @workgroup_size(WG)
+fn avgpool_adaptive_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let p = params;
+    let idx = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
+    if (idx >= p.planes * p.oh * p.ow) { return; }
+    let ox = idx % p.ow;
+    let oy = (idx / p.ow) % p.oh;
+    let plane = idx / (p.ow * p.oh);
+    let ys = adaptive_start(oy, p.h, p.oh);
+    let ye = adaptive_end(oy, p.h, p.oh);
+    let xs = adaptive_start(ox, p.w, p.ow);
+    let xe = adaptive_end(ox, p.w, p.ow);
+    let base = plane * p.h * p.w;
+    var acc = 0.0;
+    for (var y = ys; y < ye; y++) {
+        for (var x = xs; x < xe; x++) {
+            acc += src[base + y * p.w + x];
+        }
+    }
+    dst[idx] = acc / f32((ye - ys) * (xe - xs));
+}
+
+@compute @workgroup_size(WG)
+fn avgpool_adaptive_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let p = params;
+    let idx = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
+    if (idx >= p.planes * p.h * p.w) { return; }
+    let x = idx % p.w;
+    let y = (idx / p.w) % p.h;
+    let plane = idx / (p.w * p.h);
+    // The cells whose windows can hold (y, x); each is checked exactly.
+    let oy_lo = (y * p.oh) / p.h;
+    let oy_hi = min(((y + 1u) * p.oh + p.h - 1u) / p.h, p.oh);
+    let ox_lo = (x * p.ow) / p.w;
+    let ox_hi = min(((x + 1u) * p.ow + p.w - 1u) / p.w, p.ow);
+    var acc = 0.0;
+    for (var oy = oy_lo; oy < oy_hi; oy++) {
+        let ys = adaptive_start(oy, p.h, p.oh);
+        let ye = adaptive_end(oy, p.h, p.oh);
+        if (y < ys || y >= ye) { continue; }
+        for (var ox = ox_lo; ox < ox_hi; ox++) {
+            let xs = adaptive_start(ox, p.w, p.ow);
+            let xe = adaptive_end(ox, p.w, p.ow);
+            if (x >= xs && x < xe) {
+                acc += src[(plane * p.oh + oy) * p.ow + ox] / f32((ye - ys) * (xe - xs));
+            }
+        }
+    }
+    dst[idx] = acc;
+}

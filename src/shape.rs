@@ -256,6 +256,20 @@ impl Pool2dGeometry {
         Pool2dGeometry::new("global_avg_pool", input, cfg)
     }
 
+    /// Adaptive pooling to `[oh, ow]` (PyTorch's AdaptiveAvgPool2d): cell
+    /// (oy, ox) covers rows `floor(oy·h/oh) .. ceil((oy+1)·h/oh)` and likewise
+    /// columns; `cfg` is unused.
+    pub fn adaptive(op: &'static str, input: &[usize], output: [usize; 2]) -> Result<Pool2dGeometry> {
+        let &[n, c, h, w] = input else {
+            return shape_err(op, format!("input must be NCHW (4-D), got {input:?}"));
+        };
+        check_nonempty(op, "the input", input)?;
+        if output.contains(&0) {
+            return shape_err(op, format!("output size {output:?} must be at least 1×1"));
+        }
+        Ok(Pool2dGeometry { n, c, h, w, oh: output[0], ow: output[1], cfg: Pool2dConfig { kernel: [1, 1], stride: [1, 1], padding: [0, 0], ceil_mode: false, count_include_pad: true } })
+    }
+
     pub fn output_shape(&self) -> [usize; 4] {
         [self.n, self.c, self.oh, self.ow]
     }

@@ -4,7 +4,7 @@ use crate::device::Device;
 use crate::error::{shape_err, Error, Result};
 use crate::nn::{join, Grad, Initializer, Layer, Mode, StateEntry};
 use crate::ops::activation::{activation_backward, activation_forward, Activation};
-use crate::ops::avgpool::{avgpool_backward, avgpool_forward, avgpool_global_backward, avgpool_global_forward};
+use crate::ops::avgpool::{avgpool_adaptive_backward, avgpool_adaptive_forward, avgpool_backward, avgpool_forward, avgpool_global_backward, avgpool_global_forward};
 use crate::ops::batchnorm::{batchnorm_backward, batchnorm_forward_eval_relu, batchnorm_forward_train_relu, Affine, BatchNormConfig};
 use crate::ops::conv2d::{conv2d_backward_cols, conv2d_forward, conv2d_forward_act, conv2d_forward_keep};
 use crate::ops::dropout::{dropout_backward, dropout_forward, DropoutConfig};
@@ -313,6 +313,38 @@ impl Layer for GlobalAvgPool {
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
         avgpool_global_backward(dy, self.input.as_ref().ok_or_else(|| no_cache("GlobalAvgPool"))?)
+    }
+}
+
+/// Adaptive average pooling to a fixed output size (PyTorch's
+/// `AdaptiveAvgPool2d`), whatever the input size: `[n, c, h, w] → [n, c, oh, ow]`.
+pub struct AdaptiveAvgPool2d {
+    pub output: [usize; 2],
+    input: Option<Vec<usize>>,
+}
+
+impl AdaptiveAvgPool2d {
+    pub fn new(output: [usize; 2]) -> AdaptiveAvgPool2d {
+        AdaptiveAvgPool2d { output, input: None }
+    }
+}
+
+impl Layer for AdaptiveAvgPool2d {
+    fn kind(&self) -> &'static str {
+        "AdaptiveAvgPool2d"
+    }
+    fn describe(&self) -> String {
+        format!("AdaptiveAvgPool2d({})", pair(self.output))
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        Ok(Pool2dGeometry::adaptive("AdaptiveAvgPool2d", input, self.output)?.output_shape().to_vec())
+    }
+    fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.input = (mode == Mode::Train).then(|| x.shape().to_vec());
+        avgpool_adaptive_forward(x, self.output)
+    }
+    fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
+        avgpool_adaptive_backward(dy, self.input.as_ref().ok_or_else(|| no_cache("AdaptiveAvgPool2d"))?, self.output)
     }
 }
 
