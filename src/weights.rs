@@ -22,6 +22,7 @@ use safetensors::tensor::{Dtype, TensorView};
 use crate::checkpoint::{digest, open_safetensors, write_atomic};
 use crate::error::{file_err, FileErrorKind as K, Result};
 use crate::nn::{Layer, State};
+use crate::tensor::Tensor;
 
 /// This format's tag in the metadata.
 pub const FORMAT: &str = "wgpu-cnn weights v1";
@@ -45,27 +46,59 @@ pub struct WeightsMeta {
 /// PyTorch's two buffers; the count of batches only exists there.
 const RUNNING: &str = "running_stats";
 
-/// The model's state as PyTorch names it: (name, shape, f32 values or an i64 scalar).
-fn state_dict(model: &mut dyn Layer) -> Result<Vec<(String, Vec<usize>, Values)>> {
+/// Where one PyTorch `state_dict` entry comes from.
+enum Source<'a> {
+    Tensor(&'a Tensor),
+    /// Row `0` (mean) or `1` (variance) of a batch-norm's `[2, c]` statistics.
+    Running(&'a Tensor, usize),
+    /// `num_batches_tracked`: not kept here, written as 0.
+    Count,
+}
+
+/// The model's state as PyTorch names it: (name, shape, source).
+fn entries(model: &mut dyn Layer) -> Vec<(String, Vec<usize>, Source<'_>)> {
     let mut out = Vec::new();
     for e in model.state("") {
         match e.state {
-            State::Param { value, .. } => out.push((e.name, value.shape().to_vec(), Values::F32(value.to_vec()?))),
+            State::Param { value, .. } => out.push((e.name, value.shape().to_vec(), Source::Tensor(value))),
             State::Buffer(t) => match e.name.strip_suffix(RUNNING) {
                 Some(prefix) if t.ndim() == 2 && t.shape()[0] == 2 => {
-                    let v = t.to_vec()?;
                     let c = t.shape()[1];
-                    out.push((format!("{prefix}running_mean"), vec![c], Values::F32(v[..c].to_vec())));
-                    out.push((format!("{prefix}running_var"), vec![c], Values::F32(v[c..].to_vec())));
-                    out.push((format!("{prefix}num_batches_tracked"), vec![], Values::I64(0)));
+                    out.push((format!("{prefix}running_mean"), vec![c], Source::Running(t, 0)));
+                    out.push((format!("{prefix}running_var"), vec![c], Source::Running(t, 1)));
+                    out.push((format!("{prefix}num_batches_tracked"), vec![], Source::Count));
                 }
-                _ => out.push((e.name, t.shape().to_vec(), Values::F32(t.to_vec()?))),
+                _ => out.push((e.name, t.shape().to_vec(), Source::Tensor(t))),
             },
             // Dropout's mask counter only matters for resuming training (checkpoints).
             State::Counter(_) => {}
         }
     }
-    Ok(out)
+    out
+}
+
+/// The names and shapes of the `state_dict` PyTorch would have for the
+/// same module structure, in the model's order (`num_batches_tracked` is `[]`).
+pub fn state_dict_layout(model: &mut dyn Layer) -> Vec<(String, Vec<usize>)> {
+    entries(model).into_iter().map(|(n, s, _)| (n, s)).collect()
+}
+
+/// The model's state as PyTorch names it, with values.
+fn state_dict(model: &mut dyn Layer) -> Result<Vec<(String, Vec<usize>, Values)>> {
+    entries(model)
+        .into_iter()
+        .map(|(n, s, src)| {
+            let v = match src {
+                Source::Tensor(t) => Values::F32(t.to_vec()?),
+                Source::Running(t, row) => {
+                    let c = t.shape()[1];
+                    Values::F32(t.to_vec()?[row * c..(row + 1) * c].to_vec())
+                }
+                Source::Count => Values::I64(0),
+            };
+            Ok((n, s, v))
+        })
+        .collect()
 }
 
 enum Values {
@@ -168,17 +201,17 @@ pub fn load_weights_bytes(path: &Path, bytes: &[u8], model: &mut dyn Layer) -> R
         return file_err(path, K::BadMagic, format!("format tag {f:?}, expected {FORMAT:?}{hint}"));
     }
     let info = parse_meta(path, &meta)?;
-    let want = state_dict(model)?;
+    let want: Vec<(String, Vec<usize>, bool)> = entries(model).into_iter().map(|(n, s, src)| (n, s, matches!(src, Source::Count))).collect();
     let mut problems = Vec::new();
     let mut values: BTreeMap<String, Vec<f32>> = BTreeMap::new();
-    for (name, shape, v) in &want {
+    for (name, shape, count) in &want {
         let Ok(view) = st.tensor(name) else {
-            if !matches!(v, Values::I64(_)) {
+            if !count {
                 problems.push(format!("missing `{name}` {shape:?}"));
             }
             continue;
         };
-        if matches!(v, Values::I64(_)) {
+        if *count {
             continue; // num_batches_tracked: accepted, not used
         }
         if view.shape() != shape.as_slice() {

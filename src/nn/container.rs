@@ -4,13 +4,20 @@ use std::fmt;
 
 use crate::error::Result;
 use crate::nn::{join, Layer, Mode, StateEntry};
+use crate::nn::ActivationLayer;
+use crate::ops::activation::Activation;
+use crate::ops::concat::{concat_backward, concat_forward};
 use crate::ops::elementwise::elementwise_add;
 use crate::tensor::Tensor;
 
-/// Layers applied in order; parameters are named `"<index>.<name>"`.
+/// Layers applied in order; parameters are named `"<index>.<name>"` as in
+/// PyTorch's `nn.Sequential`, or `"<child>.<name>"` for children pushed with a
+/// name (as the attributes of a PyTorch module that calls them in order).
 #[derive(Default)]
 pub struct Sequential {
     pub layers: Vec<Box<dyn Layer>>,
+    /// Child names by position; a missing or empty one is the index.
+    names: Vec<String>,
 }
 
 impl Sequential {
@@ -22,6 +29,19 @@ impl Sequential {
     pub fn push(mut self, layer: impl Layer + 'static) -> Sequential {
         self.layers.push(Box::new(layer));
         self
+    }
+
+    /// Appends a layer whose state is named `"<name>.…"` instead of by index.
+    pub fn push_named(mut self, name: &str, layer: impl Layer + 'static) -> Sequential {
+        self.names.resize(self.layers.len(), String::new());
+        self.names.push(name.to_string());
+        self.layers.push(Box::new(layer));
+        self
+    }
+
+    /// The name of child `i` in state names.
+    pub fn child_name(&self, i: usize) -> String {
+        self.names.get(i).filter(|n| !n.is_empty()).cloned().unwrap_or_else(|| i.to_string())
     }
 
     /// Each layer's output shape and parameter count for an input shape.
@@ -85,7 +105,8 @@ impl Layer for Sequential {
         Ok(())
     }
     fn state(&mut self, prefix: &str) -> Vec<StateEntry<'_>> {
-        self.layers.iter_mut().enumerate().flat_map(|(i, l)| l.state(&join(prefix, &i.to_string()))).collect()
+        let names: Vec<String> = (0..self.layers.len()).map(|i| self.child_name(i)).collect();
+        self.layers.iter_mut().zip(names).flat_map(|(l, n)| l.state(&join(prefix, &n))).collect()
     }
     fn param_kinds(&mut self) -> Vec<(&'static str, usize)> {
         self.layers.iter_mut().flat_map(|l| l.param_kinds()).collect()
@@ -93,16 +114,31 @@ impl Layer for Sequential {
 }
 
 /// `y = body(x) + shortcut(x)`, the shortcut being the identity or a
-/// projection (typically a strided 1×1 convolution and batch-norm).
-/// Backward adds the gradients of both paths.
+/// projection (typically a strided 1×1 convolution and batch-norm), with an
+/// optional activation after the sum. Backward adds the gradients of both paths.
+///
+/// State names: `body.…` and `shortcut.…`; [`Residual::torchvision`] blocks
+/// name them as torchvision's `BasicBlock`/`Bottleneck` do (`conv1`, `bn1`, …
+/// at the block's level, the projection as `downsample`).
 pub struct Residual {
     pub body: Sequential,
     pub shortcut: Option<Sequential>,
+    /// Applied to the sum (torchvision's blocks end in a ReLU).
+    pub post: Option<ActivationLayer>,
+    /// `None`: the body's children are named at the block's own level.
+    body_name: Option<&'static str>,
+    shortcut_name: &'static str,
 }
 
 impl Residual {
     pub fn new(body: Sequential, shortcut: Option<Sequential>) -> Residual {
-        Residual { body, shortcut }
+        Residual { body, shortcut, post: None, body_name: Some("body"), shortcut_name: "shortcut" }
+    }
+
+    /// A torchvision-style block: `relu(body(x) + downsample(x))`, the body's
+    /// children named at the block's level and the projection `downsample`.
+    pub fn torchvision(body: Sequential, downsample: Option<Sequential>) -> Residual {
+        Residual { body, shortcut: downsample, post: Some(ActivationLayer::new(Activation::Relu)), body_name: None, shortcut_name: "downsample" }
     }
 }
 
@@ -132,9 +168,17 @@ impl Layer for Residual {
             Some(sc) => sc.forward(x, mode)?,
             None => x.clone(),
         };
-        elementwise_add(&b, &s, 1.0, 1.0)
+        let y = elementwise_add(&b, &s, 1.0, 1.0)?;
+        match &mut self.post {
+            Some(act) => act.forward(&y, mode),
+            None => Ok(y),
+        }
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
+        let dy = &match &mut self.post {
+            Some(act) => act.backward(dy)?,
+            None => dy.clone(),
+        };
         let db = self.body.backward(dy)?;
         let ds = match &mut self.shortcut {
             Some(sc) => sc.backward(dy)?,
@@ -148,11 +192,82 @@ impl Layer for Residual {
         v
     }
     fn state(&mut self, prefix: &str) -> Vec<StateEntry<'_>> {
-        let mut v = self.body.state(&join(prefix, "body"));
+        let body = self.body_name.map_or(prefix.to_string(), |n| join(prefix, n));
+        let mut v = self.body.state(&body);
         if let Some(s) = &mut self.shortcut {
-            v.extend(s.state(&join(prefix, "shortcut")));
+            v.extend(s.state(&join(prefix, self.shortcut_name)));
         }
         v
+    }
+}
+
+/// Branches run on the same input, their outputs concatenated along
+/// channels (`torch.cat(..., dim=1)`, as in GoogLeNet's Inception blocks);
+/// backward splits the gradient and adds the branches' input gradients.
+/// Branch state is named by the branch names given.
+pub struct Concat {
+    pub branches: Vec<(String, Box<dyn Layer>)>,
+    channels: Vec<usize>,
+}
+
+impl Concat {
+    pub fn new() -> Concat {
+        Concat { branches: Vec::new(), channels: Vec::new() }
+    }
+
+    /// Adds a branch named `name` (builder style).
+    pub fn branch(mut self, name: &str, layer: impl Layer + 'static) -> Concat {
+        self.branches.push((name.to_string(), Box::new(layer)));
+        self
+    }
+}
+
+impl Default for Concat {
+    fn default() -> Concat {
+        Concat::new()
+    }
+}
+
+impl Layer for Concat {
+    fn kind(&self) -> &'static str {
+        "Concat"
+    }
+    fn describe(&self) -> String {
+        let names: Vec<&str> = self.branches.iter().map(|(n, _)| n.as_str()).collect();
+        format!("Concat[{}]", names.join(", "))
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        let shapes = self.branches.iter().map(|(_, b)| b.output_shape(input)).collect::<Result<Vec<_>>>()?;
+        let Some(first) = shapes.first() else { return crate::error::shape_err("Concat", "has no branches") };
+        if shapes.iter().any(|s| s.len() != first.len() || s.len() < 2 || s[0] != first[0] || s[2..] != first[2..]) {
+            return crate::error::shape_err("Concat", format!("branch outputs {shapes:?} differ in a dim other than 1 for input {input:?}"));
+        }
+        let mut out = first.clone();
+        out[1] = shapes.iter().map(|s| s[1]).sum();
+        Ok(out)
+    }
+    fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let ys = self.branches.iter_mut().map(|(_, b)| b.forward(x, mode)).collect::<Result<Vec<_>>>()?;
+        self.channels = ys.iter().map(|y| y.shape().get(1).copied().unwrap_or(0)).collect();
+        concat_forward(&ys.iter().collect::<Vec<_>>())
+    }
+    fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
+        let parts = concat_backward(dy, &self.channels)?;
+        let mut dx: Option<Tensor> = None;
+        for ((_, b), d) in self.branches.iter_mut().zip(parts) {
+            let g = b.backward(&d)?;
+            dx = Some(match dx {
+                None => g,
+                Some(acc) => elementwise_add(&acc, &g, 1.0, 1.0)?,
+            });
+        }
+        dx.ok_or_else(|| crate::Error::Shape { op: "Concat", msg: "has no branches".into() })
+    }
+    fn param_kinds(&mut self) -> Vec<(&'static str, usize)> {
+        self.branches.iter_mut().flat_map(|(_, b)| b.param_kinds()).collect()
+    }
+    fn state(&mut self, prefix: &str) -> Vec<StateEntry<'_>> {
+        self.branches.iter_mut().flat_map(|(n, b)| b.state(&join(prefix, n))).collect()
     }
 }
 

@@ -7,7 +7,7 @@ mod init;
 mod layers;
 pub mod models;
 
-pub use container::{Residual, Sequential, Summary, SummaryRow};
+pub use container::{Concat, Residual, Sequential, Summary, SummaryRow};
 pub use init::{Init, Initializer};
 pub use layers::{ActivationLayer, AdaptiveAvgPool2d, AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, GlobalAvgPool, Linear, MaxPool2d, WeightBias};
 

@@ -13,6 +13,7 @@ pub mod batchnorm;
 pub mod bias;
 pub mod clip;
 pub mod col2im;
+pub mod concat;
 pub mod conv2d;
 pub mod dropout;
 pub mod elementwise;
@@ -37,6 +38,7 @@ pub fn kernels() -> Vec<&'static KernelDef> {
         bias::KERNELS,
         clip::KERNELS,
         col2im::KERNELS,
+        concat::KERNELS,
         dropout::KERNELS,
         elementwise::KERNELS,
         gemm::KERNELS,
