@@ -44,15 +44,28 @@ impl Sequential {
         self.names.get(i).filter(|n| !n.is_empty()).cloned().unwrap_or_else(|| i.to_string())
     }
 
-    /// Each layer's output shape and parameter count for an input shape.
+    /// Each layer's output shape and parameter count for an input shape;
+    /// nested `Sequential`s are listed layer by layer (residual blocks and
+    /// concatenations stay one row each).
     pub fn summary(&mut self, input: &[usize]) -> Result<Summary> {
         let mut rows = Vec::new();
-        let mut shape = input.to_vec();
-        for layer in &mut self.layers {
-            shape = layer.output_shape(&shape)?;
-            rows.push(SummaryRow { kind: layer.kind(), description: layer.describe(), output: shape.clone(), params: layer.param_count(), by_kind: layer.param_kinds() });
-        }
+        self.summary_rows("", input, &mut rows)?;
         Ok(Summary { input: input.to_vec(), rows })
+    }
+
+    fn summary_rows(&mut self, prefix: &str, input: &[usize], rows: &mut Vec<SummaryRow>) -> Result<Vec<usize>> {
+        let mut shape = input.to_vec();
+        for i in 0..self.layers.len() {
+            let name = join(prefix, &self.child_name(i));
+            let layer = &mut self.layers[i];
+            if let Some(inner) = layer.as_sequential() {
+                shape = inner.summary_rows(&name, &shape, rows)?;
+                continue;
+            }
+            shape = layer.output_shape(&shape)?;
+            rows.push(SummaryRow { name, kind: layer.kind(), description: layer.describe(), output: shape.clone(), params: layer.param_count(), by_kind: layer.param_kinds() });
+        }
+        Ok(shape)
     }
 }
 
@@ -110,6 +123,9 @@ impl Layer for Sequential {
     }
     fn param_kinds(&mut self) -> Vec<(&'static str, usize)> {
         self.layers.iter_mut().flat_map(|l| l.param_kinds()).collect()
+    }
+    fn as_sequential(&mut self) -> Option<&mut Sequential> {
+        Some(self)
     }
 }
 
@@ -274,6 +290,8 @@ impl Layer for Concat {
 /// One row of a model summary.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SummaryRow {
+    /// The layer's path in state names (`"features.3"`, `"layer1.0"`).
+    pub name: String,
     pub kind: &'static str,
     pub description: String,
     /// Including the batch axis.
@@ -336,12 +354,13 @@ fn grouped(n: usize) -> String {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{:<58} {:>14} {:>12}", "layer", "output", "params")?;
-        writeln!(f, "{:<58} {:>14} {:>12}", "input", shape_str(&self.input), "")?;
+        writeln!(f, "{:<14} {:<58} {:>14} {:>12}", "name", "layer", "output", "params")?;
+        writeln!(f, "{:<14} {:<58} {:>14} {:>12}", "", "input", shape_str(&self.input), "")?;
         for r in &self.rows {
-            writeln!(f, "{:<58} {:>14} {:>12}", r.description, shape_str(&r.output), grouped(r.params))?;
+            let desc: String = if r.description.chars().count() > 58 { r.description.chars().take(57).chain(['…']).collect() } else { r.description.clone() };
+            writeln!(f, "{:<14} {:<58} {:>14} {:>12}", r.name, desc, shape_str(&r.output), grouped(r.params))?;
         }
-        writeln!(f, "{:<58} {:>14} {:>12}", "total", "", grouped(self.total_params()))?;
+        writeln!(f, "{:<14} {:<58} {:>14} {:>12}", "", "total", "", grouped(self.total_params()))?;
         let parts: Vec<String> = self.kinds().iter().map(|k| format!("{k} {}", grouped(self.params_of(k)))).collect();
         write!(f, "parameters by kind: {}", parts.join(", "))
     }

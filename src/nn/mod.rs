@@ -94,6 +94,10 @@ pub trait Layer: Send {
     /// For an activation layer whose work the layer before did
     /// ([`Layer::forward_fused`]): keep what backward needs, from the output.
     fn adopt_output(&mut self, _y: &Tensor, _mode: Mode) {}
+    /// This layer as a [`Sequential`], for walks that expand containers (summaries).
+    fn as_sequential(&mut self) -> Option<&mut Sequential> {
+        None
+    }
     /// Every piece of state (parameters with their gradients, buffers,
     /// counters), names prefixed by `prefix`. Containers visit their children.
     fn state(&mut self, _prefix: &str) -> Vec<StateEntry<'_>> {

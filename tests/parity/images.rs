@@ -209,7 +209,8 @@ test_device!(learns_from_folder_dev, learns_from_folder);
 #[test]
 fn models_take_their_input() {
     let dev = Device::Cpu;
-    for name in models::NAMES {
+    // (The ImageNet zoo is checked in zoo.rs.)
+    for name in ["lenet5", "vgg_small", "resnet20"] {
         for (input, classes) in [([3, 40, 40], 7), ([1, 20, 24], 3)] {
             let mut m = models::build(name, ModelSpec::new(input, classes), &dev, &mut Initializer::new(0, Init::PytorchDefault)).unwrap();
             let [c, h, w] = input;

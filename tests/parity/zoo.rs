@@ -30,6 +30,12 @@ fn zoo_matches_torchvision() {
         assert_eq!(m.param_count() as u64, want["params"].as_u64().unwrap(), "{name}: parameter count");
         let out: Vec<usize> = want["output"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
         assert_eq!(m.output_shape(&[1, 3, 224, 224]).unwrap(), out, "{name}: output shape");
+        // The summary (model_summary --model) lists nested layers by their state path.
+        let summary = m.summary(&[1, 3, 224, 224]).unwrap();
+        assert_eq!(summary.total_params() as u64, want["params"].as_u64().unwrap(), "{name}: summary total");
+        assert_eq!(summary.rows.last().unwrap().output, out);
+        let first = &summary.rows[0].name;
+        assert!(first == "features.0" || first.starts_with("conv1"), "{name}: first row named {first}");
         let theirs: Vec<(String, Vec<usize>)> = want["state"]
             .as_array()
             .unwrap()
