@@ -125,6 +125,45 @@ impl Conv2dGeometry {
         Ok(geo)
     }
 
+    /// A transposed convolution (PyTorch's `ConvTranspose2d`): input `[n, c_in,
+    /// h, w]`, weight `[c_in, c_out/groups, kh, kw]`, output `[n, c_out, oh, ow]`
+    /// with `oh = (h − 1)·s − 2p + d(kh − 1) + output_padding + 1`. Returned as
+    /// the geometry of the convolution it is the adjoint of: that convolution's
+    /// input is the transposed output, and its output the transposed input.
+    pub fn transposed(input: &[usize], weight: &[usize], cfg: Conv2dConfig, output_padding: [usize; 2]) -> Result<Conv2dGeometry> {
+        const OP: &str = "conv2d_transpose";
+        let &[n, c_in, h, w] = input else {
+            return shape_err(OP, format!("input must be NCHW (4-D), got {input:?}"));
+        };
+        let &[wc_in, c_out_per_group, kh, kw] = weight else {
+            return shape_err(OP, format!("weight must be [C_in, C_out/groups, kH, kW], got {weight:?}"));
+        };
+        check_nonempty(OP, "input", input)?;
+        check_nonempty(OP, "weight", weight)?;
+        if wc_in != c_in {
+            return shape_err(OP, format!("input {input:?} has {c_in} channels but weight {weight:?} expects {wc_in}"));
+        }
+        let bad = |msg: String| Err(crate::Error::InvalidArgument { op: OP, msg });
+        if cfg.stride.contains(&0) || cfg.dilation.contains(&0) || cfg.groups == 0 || c_in % cfg.groups != 0 {
+            return bad(format!("stride {:?} and dilation {:?} must be positive and groups {} must divide C_in = {c_in}", cfg.stride, cfg.dilation, cfg.groups));
+        }
+        for axis in 0..2 {
+            if output_padding[axis] >= cfg.stride[axis].max(cfg.dilation[axis]) {
+                return bad(format!("output_padding {output_padding:?} must be smaller than stride {:?} or dilation {:?}", cfg.stride, cfg.dilation));
+            }
+        }
+        let out_len = |len: usize, k: usize, axis: usize| {
+            let full = (len - 1) * cfg.stride[axis] + cfg.dilation[axis] * (k - 1) + output_padding[axis] + 1;
+            full.checked_sub(2 * cfg.padding[axis]).filter(|&v| v > 0)
+        };
+        let (Some(oh), Some(ow)) = (out_len(h, kh, 0), out_len(w, kw, 1)) else {
+            return shape_err(OP, format!("padding {:?} leaves no output for input {input:?} and kernel {kh}×{kw}", cfg.padding));
+        };
+        let geo = Conv2dGeometry::new(&[n, c_out_per_group * cfg.groups, oh, ow], weight, cfg)?;
+        debug_assert_eq!((geo.oh, geo.ow), (h, w), "the adjoint convolution maps the output back to the input's size");
+        Ok(geo)
+    }
+
     pub fn input_shape(&self) -> [usize; 4] {
         [self.n, self.c_in, self.h, self.w]
     }

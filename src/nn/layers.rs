@@ -6,7 +6,7 @@ use crate::nn::{join, Grad, Initializer, Layer, Mode, StateEntry};
 use crate::ops::activation::{activation_backward, activation_forward, Activation};
 use crate::ops::avgpool::{avgpool_adaptive_backward, avgpool_adaptive_forward, avgpool_backward, avgpool_forward, avgpool_global_backward, avgpool_global_forward};
 use crate::ops::batchnorm::{batchnorm_backward, batchnorm_forward_eval_relu, batchnorm_forward_train_relu, Affine, BatchNormConfig};
-use crate::ops::conv2d::{conv2d_backward_cols, conv2d_forward, conv2d_forward_act, conv2d_forward_keep};
+use crate::ops::conv2d::{conv2d_backward_cols, conv2d_forward, conv2d_forward_act, conv2d_forward_keep, conv2d_transpose_backward, conv2d_transpose_forward};
 use crate::ops::dropout::{dropout_backward, dropout_forward, DropoutConfig};
 use crate::ops::bias::bias_grad;
 use crate::ops::gemm::{gemm, gemm_epilogue, GemmConfig};
@@ -40,9 +40,14 @@ pub struct WeightBias {
 
 impl WeightBias {
     fn new(dev: &Device, shape: &[usize], fan_in: usize, fan_out: usize, bias: bool, init: &mut Initializer) -> Result<WeightBias> {
+        WeightBias::with_bias_len(dev, shape, fan_in, fan_out, bias.then_some(shape[0]), init)
+    }
+
+    /// A bias of `bias_len` (a transposed convolution's is its weight's dim 1 × groups).
+    fn with_bias_len(dev: &Device, shape: &[usize], fan_in: usize, fan_out: usize, bias_len: Option<usize>, init: &mut Initializer) -> Result<WeightBias> {
         let n = shape.iter().product();
         let weight = Tensor::from_vec(dev, shape, init.weights(n, fan_in, fan_out))?;
-        let bias = if bias { Some(Tensor::from_vec(dev, &[shape[0]], init.biases(shape[0], fan_in))?) } else { None };
+        let bias = bias_len.map(|len| Tensor::from_vec(dev, &[len], init.biases(len, fan_in))).transpose()?;
         Ok(WeightBias { gw: Grad::new(&weight)?, gb: bias.as_ref().map(Grad::new).transpose()?, weight, bias })
     }
 
@@ -147,6 +152,67 @@ impl Layer for Conv2d {
     }
     fn backward_params(&mut self, dy: &Tensor) -> Result<()> {
         self.backward_inner(dy, false).map(drop)
+    }
+    fn state(&mut self, prefix: &str) -> Vec<StateEntry<'_>> {
+        self.params.state(prefix)
+    }
+}
+
+// ------------------------------------------------------------------ ConvTranspose2d
+
+/// Transposed 2-d convolution (PyTorch's `ConvTranspose2d`): weight
+/// `[c_in, c_out/groups, kh, kw]`, optional bias `[c_out]`; upsamples by the stride.
+pub struct ConvTranspose2d {
+    pub params: WeightBias,
+    pub cfg: Conv2dConfig,
+    pub output_padding: [usize; 2],
+    x: Option<Tensor>,
+}
+
+impl ConvTranspose2d {
+    pub fn new(dev: &Device, c_in: usize, c_out: usize, kernel: [usize; 2], cfg: Conv2dConfig, output_padding: [usize; 2], bias: bool, init: &mut Initializer) -> Result<ConvTranspose2d> {
+        if cfg.groups == 0 || c_in % cfg.groups != 0 || c_out % cfg.groups != 0 {
+            return Err(Error::InvalidArgument { op: "ConvTranspose2d", msg: format!("groups {} must divide c_in {c_in} and c_out {c_out}", cfg.groups) });
+        }
+        let shape = [c_in, c_out / cfg.groups, kernel[0], kernel[1]];
+        // PyTorch's fan-in for this layout: dim 1 × the kernel.
+        let fan_in = shape[1] * kernel[0] * kernel[1];
+        let fan_out = c_in / cfg.groups * kernel[0] * kernel[1];
+        let params = WeightBias::with_bias_len(dev, &shape, fan_in, fan_out, bias.then_some(c_out), init)?;
+        Ok(ConvTranspose2d { params, cfg, output_padding, x: None })
+    }
+}
+
+impl Layer for ConvTranspose2d {
+    fn kind(&self) -> &'static str {
+        "ConvTranspose2d"
+    }
+    fn describe(&self) -> String {
+        let s = self.params.weight.shape();
+        let c = &self.cfg;
+        let mut d = format!("ConvTranspose2d({}→{}, {}×{}", s[0], s[1] * c.groups, s[2], s[3]);
+        for (name, v, default) in [("stride", c.stride, 1), ("padding", c.padding, 0), ("output padding", self.output_padding, 0), ("dilation", c.dilation, 1)] {
+            if v != [default, default] {
+                d += &format!(", {name} {}", pair(v));
+            }
+        }
+        if c.groups != 1 {
+            d += &format!(", groups {}", c.groups);
+        }
+        d + ")"
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        Ok(Conv2dGeometry::transposed(input, self.params.weight.shape(), self.cfg, self.output_padding)?.input_shape().to_vec())
+    }
+    fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.x = (mode == Mode::Train).then(|| x.clone());
+        conv2d_transpose_forward(x, &self.params.weight, self.params.bias.as_ref(), self.cfg, self.output_padding)
+    }
+    fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
+        let x = self.x.as_ref().ok_or_else(|| no_cache("ConvTranspose2d"))?;
+        let g = conv2d_transpose_backward(x, &self.params.weight, dy, self.cfg, self.output_padding, self.params.bias.is_some())?;
+        self.params.accumulate(g.dw, g.db)?;
+        Ok(g.dx)
     }
     fn state(&mut self, prefix: &str) -> Vec<StateEntry<'_>> {
         self.params.state(prefix)

@@ -25,6 +25,7 @@ use crate::error::{shape_err, Result};
 use crate::gpu::GpuContext;
 use crate::ops::col2im::{col2im_cpu, col2im_gpu};
 use crate::ops::activation::{activation_forward, activation_forward_in_place_cpu, Activation};
+use crate::ops::bias::{bias_add, bias_grad};
 use crate::ops::gemm::{gemm_gpu_strided, Epilogue, GemmConfig, GemmLayout, GemmShape};
 use crate::ops::im2col::{im2col_cpu_into, im2col_gpu};
 use crate::ops::permute::{permute_swap_cpu, permute_swap_gpu};
@@ -143,7 +144,7 @@ pub(crate) fn conv2d_backward_cols(
     crate::ops::check_shape(OP, "dy", dy.shape(), &geo.output_shape())?;
     match dev {
         Device::Cpu => {
-            let (gx, gw, gb) = backward_cpu_opt(x.host(OP)?, w.host(OP)?, dy.host(OP)?, &geo, need_dx, CPU_CHUNK_BYTES);
+            let (gx, gw, gb) = backward_cpu_opt(Some(x.host(OP)?), w.host(OP)?, dy.host(OP)?, &geo, need_dx, CPU_CHUNK_BYTES);
             let db = with_bias.then(|| Tensor::from_cpu(&[geo.c_out], gb));
             Ok((gx.map(|gx| Tensor::from_cpu(x.shape(), gx)), Tensor::from_cpu(w.shape(), gw), db))
         }
@@ -154,10 +155,54 @@ pub(crate) fn conv2d_backward_cols(
             let kept = kept.filter(|c| c.numel() == col_elems(&geo)).map(|c| c.buffer(OP)).transpose()?;
             let dxb = dx.as_ref().map(|t| t.buffer(OP)).transpose()?;
             let dbb = db.as_ref().map(|t| t.buffer(OP)).transpose()?;
-            conv2d_backward_gpu(&ctx, x.buffer(OP)?, w.buffer(OP)?, dy.buffer(OP)?, dxb, dw.buffer(OP)?, dbb, &geo, kept)?;
+            conv2d_backward_gpu(&ctx, Some((x.buffer(OP)?, dw.buffer(OP)?)), w.buffer(OP)?, dy.buffer(OP)?, dxb, dbb, &geo, kept)?;
             Ok((dx, dw, db))
         }
     }
+}
+
+/// Transposed convolution (PyTorch's `ConvTranspose2d`, a "deconvolution"):
+/// x `[n, c_in, h, w]`, w `[c_in, c_out/groups, kh, kw]`, b `[c_out]` →
+/// `[n, c_out, oh, ow]` (see [`Conv2dGeometry::transposed`]). It is the
+/// backward-data pass of the convolution with the same weight, so it runs on
+/// the same GEMM and col2im kernels.
+pub fn conv2d_transpose_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: Conv2dConfig, output_padding: [usize; 2]) -> Result<Tensor> {
+    const OP: &str = "conv2d_transpose_forward";
+    let geo = Conv2dGeometry::transposed(x.shape(), w.shape(), cfg, output_padding)?;
+    let mut operands = vec![x, w];
+    if let Some(b) = bias {
+        crate::ops::check_shape(OP, "bias", b.shape(), &[geo.c_in])?;
+        operands.push(b);
+    }
+    let y = match same_device(OP, &operands)? {
+        Device::Cpu => {
+            let (gx, _, _) = backward_cpu_opt(None, w.host(OP)?, x.host(OP)?, &geo, true, CPU_CHUNK_BYTES);
+            Tensor::from_cpu(&geo.input_shape(), gx.unwrap_or_default())
+        }
+        Device::Gpu(ctx) => {
+            let y = Tensor::uninit_gpu(&ctx, OP, &geo.input_shape())?;
+            conv2d_backward_gpu(&ctx, None, w.buffer(OP)?, x.buffer(OP)?, Some(y.buffer(OP)?), None, &geo, None)?;
+            y
+        }
+    };
+    match bias {
+        Some(b) => bias_add(&y, b),
+        None => Ok(y),
+    }
+}
+
+/// Gradients of [`conv2d_transpose_forward`] from dL/dy: dx (a convolution
+/// of dy with w), dw and, when `with_bias`, db.
+pub fn conv2d_transpose_backward(x: &Tensor, w: &Tensor, dy: &Tensor, cfg: Conv2dConfig, output_padding: [usize; 2], with_bias: bool) -> Result<Conv2dGrads> {
+    const OP: &str = "conv2d_transpose_backward";
+    let geo = Conv2dGeometry::transposed(x.shape(), w.shape(), cfg, output_padding)?;
+    crate::ops::check_shape(OP, "dy", dy.shape(), &geo.input_shape())?;
+    same_device(OP, &[x, w, dy])?;
+    let dx = conv2d_forward(dy, w, None, cfg)?;
+    // The adjoint convolution's weight gradient, with dy as its input and x as its output gradient.
+    let (dw, _) = conv2d_backward_params(dy, w, x, cfg, false)?;
+    let db = with_bias.then(|| bias_grad(dy)).transpose()?;
+    Ok(Conv2dGrads { dx, dw, db })
 }
 
 /// The batched-over-groups GEMM shape and layout of one step (see the module docs).
@@ -246,18 +291,18 @@ pub fn conv2d_backward_cpu(x: &[f32], w: &[f32], dy: &[f32], geo: &Conv2dGeometr
 
 /// [`conv2d_backward_cpu`] with the column matrix capped at `chunk_bytes`.
 pub fn conv2d_backward_cpu_in_chunks(x: &[f32], w: &[f32], dy: &[f32], geo: &Conv2dGeometry, chunk_bytes: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let (dx, dw, db) = backward_cpu_opt(x, w, dy, geo, true, chunk_bytes);
+    let (dx, dw, db) = backward_cpu_opt(Some(x), w, dy, geo, true, chunk_bytes);
     (dx.unwrap_or_default(), dw, db)
 }
 
-/// The CPU backward, computing dx only when asked.
-fn backward_cpu_opt(x: &[f32], w: &[f32], dy: &[f32], geo: &Conv2dGeometry, need_dx: bool, budget: u64) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+/// The CPU backward, computing dx only when asked, and dW (from `x`) only when `x` is given.
+fn backward_cpu_opt(x: Option<&[f32]>, w: &[f32], dy: &[f32], geo: &Conv2dGeometry, need_dx: bool, budget: u64) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
     with_cols(geo, budget, |cols, dcols| backward_cpu_with(x, w, dy, geo, need_dx, cols, dcols, budget))
 }
 
 #[allow(clippy::type_complexity, clippy::too_many_arguments)]
 fn backward_cpu_with(
-    x: &[f32],
+    x: Option<&[f32]>,
     w: &[f32],
     dy: &[f32],
     geo: &Conv2dGeometry,
@@ -281,18 +326,20 @@ fn backward_cpu_with(
         for (acc, v) in db.iter_mut().zip(reduce_rows_cpu(&dyc, geo.c_out, nb * p)) {
             *acc += v;
         }
-        im2col_cpu_into(&x[img0 * in_img..(img0 + nb) * in_img], &sub, cols);
-        let beta = if img0 == 0 { 0.0 } else { 1.0 };
-        // dW_g (cog, kc) += dYc_g (cog, nb·p) · cols_gᵀ (nb·p, kc)
-        let (s, l) = group_gemm(groups, cog, kc, nb * p, [cog * nb * p, kc * nb * p, cog * kc]);
-        gemm_groups_cpu(&dyc, cols, &mut dw, s, l, false, true, beta);
+        if let Some(x) = x {
+            im2col_cpu_into(&x[img0 * in_img..(img0 + nb) * in_img], &sub, cols);
+            let beta = if img0 == 0 { 0.0 } else { 1.0 };
+            // dW_g (cog, kc) += dYc_g (cog, nb·p) · cols_gᵀ (nb·p, kc)
+            let (s, l) = group_gemm(groups, cog, kc, nb * p, [cog * nb * p, kc * nb * p, cog * kc]);
+            gemm_groups_cpu(&dyc, cols, &mut dw, s, l, false, true, beta);
+        }
         if !need_dx {
             continue;
         }
         // dcols_g (kc, nb·p) = W_gᵀ (kc, cog) · dYc_g (cog, nb·p)
         // Zeroed: the reused buffer may hold NaN, and 0·NaN is NaN even at beta = 0.
         dcols.clear();
-        dcols.resize(cols.len(), 0.0);
+        dcols.resize(groups * kc * nb * p, 0.0);
         let (s, l) = group_gemm(groups, kc, nb * p, cog, [cog * kc, cog * nb * p, kc * nb * p]);
         gemm_groups_cpu(w, &dyc, dcols, s, l, true, false, 0.0);
         let part = col2im_cpu(dcols, &sub);
@@ -358,11 +405,10 @@ pub(crate) fn conv2d_forward_gpu(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn conv2d_backward_gpu(
     ctx: &Arc<GpuContext>,
-    x: &wgpu::Buffer,
+    x_dw: Option<(&wgpu::Buffer, &wgpu::Buffer)>,
     w: &wgpu::Buffer,
     dy: &wgpu::Buffer,
     dx: Option<&wgpu::Buffer>,
-    dw: &wgpu::Buffer,
     db: Option<&wgpu::Buffer>,
     geo: &Conv2dGeometry,
     kept: Option<&wgpu::Buffer>,
@@ -375,12 +421,13 @@ pub(crate) fn conv2d_backward_gpu(
     let kept = kept.filter(|_| chunk >= geo.n && !geo.is_pointwise());
     let dyc = ctx.alloc("conv2d", geo.c_out * chunk * p)?;
     let own;
-    let cols_buf = match kept {
-        Some(kept) => kept,
-        None => {
+    let cols_buf = match (kept, x_dw) {
+        (Some(kept), _) => Some(kept),
+        (None, Some(_)) => {
             own = ctx.alloc("conv2d", groups * kc * chunk * p)?;
-            own.buffer()
+            Some(own.buffer())
         }
+        (None, None) => None,
     };
     let dcols = if dx.is_some() { Some(ctx.alloc("conv2d", groups * kc * chunk * p)?) } else { None };
     for img0 in (0..geo.n).step_by(chunk) {
@@ -391,14 +438,16 @@ pub(crate) fn conv2d_backward_gpu(
         if let Some(db) = db {
             reduce_rows_gpu(ctx, dyc.buffer(), db, geo.c_out, nb * p, beta)?;
         }
-        if geo.is_pointwise() {
-            // For a 1×1 stride-1 convolution im2col is exactly this swap.
-            permute_swap_gpu(ctx, x, img0 * in_img, cols_buf, 0, [nb, geo.c_in, p], None, false)?;
-        } else if kept.is_none() {
-            im2col_gpu(ctx, x, img0 * in_img, cols_buf, &sub)?;
+        if let (Some((x, dw)), Some(cols_buf)) = (x_dw, cols_buf) {
+            if geo.is_pointwise() {
+                // For a 1×1 stride-1 convolution im2col is exactly this swap.
+                permute_swap_gpu(ctx, x, img0 * in_img, cols_buf, 0, [nb, geo.c_in, p], None, false)?;
+            } else if kept.is_none() {
+                im2col_gpu(ctx, x, img0 * in_img, cols_buf, &sub)?;
+            }
+            let (s, l) = group_gemm(groups, cog, kc, nb * p, [cog * nb * p, kc * nb * p, cog * kc]);
+            gemm_gpu_strided(ctx, dyc.buffer(), cols_buf, dw, s, l, GemmConfig { trans_b: true, beta, ..GemmConfig::default() }, Epilogue::default())?;
         }
-        let (s, l) = group_gemm(groups, cog, kc, nb * p, [cog * nb * p, kc * nb * p, cog * kc]);
-        gemm_gpu_strided(ctx, dyc.buffer(), cols_buf, dw, s, l, GemmConfig { trans_b: true, beta, ..GemmConfig::default() }, Epilogue::default())?;
         let (Some(dx), Some(dcols)) = (dx, &dcols) else { continue };
         let (s, l) = group_gemm(groups, kc, nb * p, cog, [cog * kc, cog * nb * p, kc * nb * p]);
         gemm_gpu_strided(ctx, w, dyc.buffer(), dcols.buffer(), s, l, GemmConfig { trans_a: true, ..GemmConfig::default() }, Epilogue::default())?;

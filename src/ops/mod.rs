@@ -19,6 +19,7 @@ pub mod dropout;
 pub mod elementwise;
 pub mod gemm;
 pub mod im2col;
+pub mod loss;
 pub mod maxpool;
 pub mod optim;
 pub mod permute;
@@ -43,6 +44,7 @@ pub fn kernels() -> Vec<&'static KernelDef> {
         elementwise::KERNELS,
         gemm::KERNELS,
         im2col::KERNELS,
+        loss::KERNELS,
         maxpool::KERNELS,
         optim::KERNELS,
         permute::KERNELS,

@@ -282,3 +282,52 @@ fn large_cpu_convolutions_reuse_scratch() {
     // dW sums 65,536 products per entry; the split batches add them in another order.
     Tolerance::new(2e-3, 1e-4).assert("dw, scratch vs fresh", &g.dw.to_vec().unwrap(), &dw8);
 }
+
+/// Transposed convolution against PyTorch 2.15 (`F.conv_transpose2d` and its
+/// autograd: stride, padding, output_padding, dilation, groups, bias), and as
+/// the adjoint of the convolution with the same weight on random shapes.
+fn transpose(dev: &Device) {
+    use crate::harness::{assert_adjoint, torch_tensor, torch_value};
+    use wgpu_cnn::ops::conv2d::{conv2d_transpose_backward, conv2d_transpose_forward};
+    // (case, stride, padding, output_padding, dilation, groups), as make_ops.py's CT list.
+    for (name, s, p, op, d, g) in [("ct0", 2, 1, 1, 1, 1), ("ct1", 1, 0, 0, 1, 2), ("ct2", 3, 2, 2, 2, 1)] {
+        let cfg = Conv2dConfig::default().stride(s).padding(p).dilation(d).groups(g);
+        let (x, w, gy) = (torch_tensor(dev, &format!("{name}.x")), torch_tensor(dev, &format!("{name}.w")), torch_tensor(dev, &format!("{name}.gy")));
+        let b = (name != "ct1").then(|| torch_tensor(dev, &format!("{name}.b")));
+        let y = conv2d_transpose_forward(&x, &w, b.as_ref(), cfg, [op, op]).unwrap();
+        let (want_shape, want) = torch_value(&format!("{name}.y"));
+        assert_eq!(y.shape(), want_shape.as_slice(), "{name}");
+        let tol = Tolerance::new(1e-4, 1e-4);
+        tol.assert(&format!("{name} y on {dev}"), &y.to_vec().unwrap(), &want);
+        let grads = conv2d_transpose_backward(&x, &w, &gy, cfg, [op, op], b.is_some()).unwrap();
+        tol.assert(&format!("{name} dx on {dev}"), &grads.dx.to_vec().unwrap(), &torch_value(&format!("{name}.dx")).1);
+        tol.assert(&format!("{name} dw on {dev}"), &grads.dw.to_vec().unwrap(), &torch_value(&format!("{name}.dw")).1);
+        if b.is_some() {
+            tol.assert(&format!("{name} db on {dev}"), &grads.db.unwrap().to_vec().unwrap(), &torch_value(&format!("{name}.db")).1);
+        }
+    }
+    // ⟨conv(a, w), b⟩ = ⟨a, conv_transpose(b, w)⟩ for the transposed geometry.
+    for (i, (shape, weight, cfg, op)) in [
+        ([2, 4, 5, 5], [4, 6, 3, 3], Conv2dConfig::default().stride(2).padding(1), [1, 1]),
+        ([1, 6, 4, 3], [6, 2, 1, 1], Conv2dConfig::default().groups(3), [0, 0]),
+        ([3, 2, 6, 6], [2, 3, 4, 4], Conv2dConfig::default().stride(2).padding(1), [0, 0]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let geo = Conv2dGeometry::transposed(&shape, &weight, cfg, op).unwrap();
+        let w = random(500 + i as u64, weight.iter().product());
+        let bt = random(600 + i as u64, shape.iter().product());
+        let a = random(700 + i as u64, geo.input_shape().iter().product());
+        let wt = Tensor::from_slice(dev, &weight, &w).unwrap();
+        let conv_a = conv2d_forward(&Tensor::from_slice(dev, &geo.input_shape(), &a).unwrap(), &wt, None, cfg).unwrap().to_vec().unwrap();
+        let ct_b = conv2d_transpose_forward(&Tensor::from_slice(dev, &shape, &bt).unwrap(), &wt, None, cfg, op).unwrap().to_vec().unwrap();
+        assert_adjoint(&format!("conv_transpose case {i} on {dev}"), &conv_a, &bt, &a, &ct_b);
+    }
+    let x = Tensor::zeros(dev, &[1, 2, 3, 3]).unwrap();
+    let w = Tensor::zeros(dev, &[2, 2, 3, 3]).unwrap();
+    assert!(conv2d_transpose_forward(&x, &w, None, Conv2dConfig::default().stride(2), [2, 2]).is_err(), "output_padding ≥ stride");
+    assert!(conv2d_transpose_forward(&x, &Tensor::zeros(dev, &[3, 2, 3, 3]).unwrap(), None, Conv2dConfig::default(), [0, 0]).is_err(), "3 weight in-channels for 2");
+    assert!(conv2d_transpose_forward(&x, &w, None, Conv2dConfig::default().padding(3), [0, 0]).is_err(), "padding eats the output");
+}
+test_device!(conv2d_transpose, transpose);

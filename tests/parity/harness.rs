@@ -83,3 +83,19 @@ pub fn numeric_grad(v: &[f32], eps: f32, f: &dyn Fn(&[f32]) -> f64) -> Vec<f32> 
         })
         .collect()
 }
+
+/// A tensor from `tests/fixtures/ops.safetensors` (PyTorch reference values,
+/// made by `tests/fixtures/make_ops.py`): its shape and values.
+pub fn torch_value(key: &str) -> (Vec<usize>, Vec<f32>) {
+    static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
+    let bytes = BYTES.get_or_init(|| std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ops.safetensors")).expect("tests/fixtures/ops.safetensors"));
+    let st = safetensors::SafeTensors::deserialize(bytes).expect("a safetensors file");
+    let v = st.tensor(key).unwrap_or_else(|_| panic!("fixture `{key}` is missing; rerun tests/fixtures/make_ops.py"));
+    (v.shape().to_vec(), bytemuck::pod_collect_to_vec::<u8, f32>(v.data()))
+}
+
+/// [`torch_value`] as a tensor on `dev`.
+pub fn torch_tensor(dev: &Device, key: &str) -> wgpu_cnn::Tensor {
+    let (shape, v) = torch_value(key);
+    wgpu_cnn::Tensor::from_vec(dev, &shape, v).unwrap()
+}
