@@ -9,6 +9,7 @@ use crate::ops::batchnorm::{batchnorm_backward, batchnorm_forward_eval_relu, bat
 use crate::ops::conv2d::{conv2d_backward_cols, conv2d_forward, conv2d_forward_act, conv2d_forward_keep, conv2d_transpose_backward, conv2d_transpose_forward};
 use crate::ops::dropout::{dropout_backward, dropout_forward, DropoutConfig};
 use crate::ops::bias::bias_grad;
+use crate::ops::upsample::{upsample_backward, upsample_forward, UpsampleMode};
 use crate::ops::gemm::{gemm, gemm_epilogue, GemmConfig};
 use crate::ops::maxpool::{maxpool_backward, maxpool_forward};
 use crate::shape::{Conv2dConfig, Conv2dGeometry, Pool2dConfig, Pool2dGeometry};
@@ -411,6 +412,61 @@ impl Layer for AdaptiveAvgPool2d {
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
         avgpool_adaptive_backward(dy, self.input.as_ref().ok_or_else(|| no_cache("AdaptiveAvgPool2d"))?, self.output)
+    }
+}
+
+/// Upsampling (PyTorch's `Upsample`): by an integer factor or to a fixed size,
+/// nearest or bilinear (`align_corners = false`).
+pub struct Upsample {
+    pub mode: UpsampleMode,
+    scale: usize,
+    size: Option<[usize; 2]>,
+    input: Option<Vec<usize>>,
+}
+
+impl Upsample {
+    /// `[h, w] → [h·factor, w·factor]`.
+    pub fn scale(factor: usize, mode: UpsampleMode) -> Upsample {
+        Upsample { mode, scale: factor, size: None, input: None }
+    }
+
+    /// `→ size`, whatever the input size.
+    pub fn to_size(size: [usize; 2], mode: UpsampleMode) -> Upsample {
+        Upsample { mode, scale: 1, size: Some(size), input: None }
+    }
+
+    fn out_size(&self, input: &[usize]) -> Result<[usize; 2]> {
+        match (self.size, input) {
+            (Some(s), _) => Ok(s),
+            (None, &[_, _, h, w]) if self.scale > 0 => Ok([h * self.scale, w * self.scale]),
+            _ => shape_err("Upsample", format!("needs NCHW input and a factor ≥ 1, got {input:?} and factor {}", self.scale)),
+        }
+    }
+}
+
+impl Layer for Upsample {
+    fn kind(&self) -> &'static str {
+        "Upsample"
+    }
+    fn describe(&self) -> String {
+        match self.size {
+            Some(s) => format!("Upsample({:?}, to {})", self.mode, pair(s)),
+            None => format!("Upsample({:?}, ×{})", self.mode, self.scale),
+        }
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        let [oh, ow] = self.out_size(input)?;
+        match input {
+            &[n, c, _, _] => Ok(vec![n, c, oh, ow]),
+            _ => shape_err("Upsample", format!("input must be NCHW (4-D), got {input:?}")),
+        }
+    }
+    fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.input = (mode == Mode::Train).then(|| x.shape().to_vec());
+        upsample_forward(x, self.out_size(x.shape())?, self.mode)
+    }
+    fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
+        upsample_backward(dy, self.input.as_ref().ok_or_else(|| no_cache("Upsample"))?, self.mode)
     }
 }
 

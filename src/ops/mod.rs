@@ -25,6 +25,7 @@ pub mod optim;
 pub mod permute;
 pub mod reduce;
 pub mod softmax_xent;
+pub mod upsample;
 
 use crate::error::{shape_err, Result};
 use crate::kernel::KernelDef;
@@ -50,6 +51,7 @@ pub fn kernels() -> Vec<&'static KernelDef> {
         permute::KERNELS,
         reduce::KERNELS,
         softmax_xent::KERNELS,
+        upsample::KERNELS,
     ]
     .concat()
 }

@@ -34,4 +34,5 @@ mod nn;
 mod images;
 mod training;
 mod trainer;
+mod upsample;
 mod zoo;

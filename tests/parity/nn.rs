@@ -191,3 +191,41 @@ fn backward_params_matches_backward(dev: &Device) {
     }
 }
 crate::test_device!(backward_params_equals_backward, backward_params_matches_backward);
+
+/// The issue-15 layers in one network: transposed convolution (upsampling by
+/// 2), nearest and bilinear upsampling, an Inception-style Concat, a
+/// torchvision bottleneck block and adaptive pooling: every gradient GPU
+/// against CPU, and against finite differences where the network is smooth.
+#[test]
+fn decoder_and_branch_gradients() {
+    use wgpu_cnn::nn::{AdaptiveAvgPool2d, Concat, ConvTranspose2d, Upsample};
+    use wgpu_cnn::ops::upsample::UpsampleMode;
+    let build = |d: &Device| {
+        let init = &mut Initializer::new(11, Init::PytorchDefault);
+        let p1 = Conv2dConfig::default().padding(1);
+        let branches = Concat::new()
+            .branch("a", Conv2d::new(d, 4, 3, [1, 1], Conv2dConfig::default(), true, init).unwrap())
+            .branch("b", Sequential::new().push(Upsample::scale(2, UpsampleMode::Nearest)).push(Conv2d::new(d, 4, 2, [3, 3], p1.stride(2), true, init).unwrap()));
+        Sequential::new()
+            .push(ConvTranspose2d::new(d, 2, 4, [3, 3], Conv2dConfig::default().stride(2).padding(1), [1, 1], true, init).unwrap())
+            // Smooth, so finite differences do not straddle a kink.
+            .push(ActivationLayer::new(Activation::Tanh))
+            .push(branches)
+            .push(Upsample::to_size([5, 7], UpsampleMode::Bilinear))
+            .push(AdaptiveAvgPool2d::new([2, 3]))
+            .push(Flatten::new())
+            .push(Linear::new(d, 5 * 6, 10, true, init).unwrap())
+    };
+    compare_devices(build, &[3, 2, 5, 4], true);
+    // A torchvision bottleneck block (ReLUs: no finite differences) and a basic one.
+    let blocks = |d: &Device| {
+        let init = &mut Initializer::new(12, Init::PytorchDefault);
+        Sequential::new()
+            .push(wgpu_cnn::nn::models::resnet_block(d, true, 3, 2, 2, init).unwrap())
+            .push(wgpu_cnn::nn::models::resnet_block(d, false, 8, 8, 1, init).unwrap())
+            .push(AdaptiveAvgPool2d::new([1, 1]))
+            .push(Flatten::new())
+            .push(Linear::new(d, 8, 10, true, init).unwrap())
+    };
+    compare_devices(blocks, &[4, 3, 6, 6], false);
+}
