@@ -35,7 +35,7 @@ pub mod weights;
 
 pub use device::{AdapterSummary, Device, GpuOptions, TuningCache};
 pub use error::{Error, FileErrorKind, Result};
-pub use shape::{Conv2dConfig, Conv2dGeometry, Pool2dConfig, Pool2dGeometry};
+pub use shape::{Conv2dConfig, Conv2dGeometry, Padding, Pool2dConfig, Pool2dGeometry};
 pub use gpu::{GemmVariant, GpuContext, HostCounters};
 pub use tensor::{Indices, Tensor};
 pub use tolerance::Tolerance;

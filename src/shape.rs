@@ -65,6 +65,38 @@ impl Conv2dConfig {
     }
 }
 
+/// How a convolution pads its input, as PyTorch's `padding=` argument allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Padding {
+    /// Output size = input size (stride 1 only). An odd total, as with even
+    /// kernels, puts the extra row and column at the bottom and right, as PyTorch.
+    Same,
+    /// No padding.
+    Valid,
+    /// `[top, bottom, left, right]`.
+    Sides([usize; 4]),
+}
+
+impl Padding {
+    /// Symmetric `[ph, pw]` padding.
+    pub fn symmetric([ph, pw]: [usize; 2]) -> Padding {
+        Padding::Sides([ph, ph, pw, pw])
+    }
+
+    /// `[top, bottom, left, right]` for a kernel, dilation and stride.
+    pub fn sides(&self, kernel: [usize; 2], dilation: [usize; 2], stride: [usize; 2]) -> Result<[usize; 4]> {
+        match *self {
+            Padding::Valid => Ok([0; 4]),
+            Padding::Sides(s) => Ok(s),
+            Padding::Same if stride != [1, 1] => Err(crate::Error::InvalidArgument { op: "conv2d", msg: format!("padding `same` needs stride 1, got {stride:?} (as PyTorch)") }),
+            Padding::Same => {
+                let (th, tw) = (dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1));
+                Ok([th / 2, th - th / 2, tw / 2, tw - tw / 2])
+            }
+        }
+    }
+}
+
 /// The validated geometry of one convolution: input `[n, c_in, h, w]`,
 /// weight `[c_out, c_in/groups, kh, kw]`, output `[n, c_out, oh, ow]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

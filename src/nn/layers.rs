@@ -9,10 +9,11 @@ use crate::ops::batchnorm::{batchnorm_backward, batchnorm_forward_eval_relu, bat
 use crate::ops::conv2d::{conv2d_backward_cols, conv2d_forward, conv2d_forward_act, conv2d_forward_keep, conv2d_transpose_backward, conv2d_transpose_forward};
 use crate::ops::dropout::{dropout_backward, dropout_forward, DropoutConfig};
 use crate::ops::bias::bias_grad;
+use crate::ops::pad::{pad_backward, pad_forward};
 use crate::ops::upsample::{upsample_backward, upsample_forward, UpsampleMode};
 use crate::ops::gemm::{gemm, gemm_epilogue, GemmConfig};
 use crate::ops::maxpool::{maxpool_backward, maxpool_forward};
-use crate::shape::{Conv2dConfig, Conv2dGeometry, Pool2dConfig, Pool2dGeometry};
+use crate::shape::{Conv2dConfig, Conv2dGeometry, Padding, Pool2dConfig, Pool2dGeometry};
 use crate::tensor::{Indices, Tensor};
 
 /// `[a, a]` → "a", otherwise "a×b".
@@ -75,6 +76,9 @@ impl WeightBias {
 pub struct Conv2d {
     pub params: WeightBias,
     pub cfg: Conv2dConfig,
+    /// Padding that is not symmetric, applied by a zero-pad before the
+    /// convolution (whose own padding is then 0): `[top, bottom, left, right]`.
+    pub pre_pad: Option<[usize; 4]>,
     x: Option<Tensor>,
     /// im2col columns kept from a training forward on the GPU (when small
     /// enough), so backward need not rebuild them.
@@ -89,12 +93,40 @@ impl Conv2d {
         let shape = [c_out, c_in / cfg.groups, kernel[0], kernel[1]];
         let fan_in = shape[1] * kernel[0] * kernel[1];
         let fan_out = c_out / cfg.groups * kernel[0] * kernel[1];
-        Ok(Conv2d { params: WeightBias::new(dev, &shape, fan_in, fan_out, bias, init)?, cfg, x: None, cols: None })
+        Ok(Conv2d { params: WeightBias::new(dev, &shape, fan_in, fan_out, bias, init)?, cfg, pre_pad: None, x: None, cols: None })
+    }
+
+    /// A convolution with PyTorch's other padding forms: `same`, `valid` or
+    /// per side (`cfg.padding` is ignored). Symmetric padding stays in the
+    /// convolution's kernels; otherwise the input is zero-padded first.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_padding(dev: &Device, c_in: usize, c_out: usize, kernel: [usize; 2], cfg: Conv2dConfig, padding: Padding, bias: bool, init: &mut Initializer) -> Result<Conv2d> {
+        let [t, b, l, r] = padding.sides(kernel, cfg.dilation, cfg.stride)?;
+        let (cfg, pre_pad) = if t == b && l == r { (Conv2dConfig { padding: [t, l], ..cfg }, None) } else { (Conv2dConfig { padding: [0, 0], ..cfg }, Some([t, b, l, r])) };
+        let mut conv = Conv2d::new(dev, c_in, c_out, kernel, cfg, bias, init)?;
+        conv.pre_pad = pre_pad;
+        Ok(conv)
+    }
+
+    fn padded_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        match (self.pre_pad, input) {
+            (None, _) => Ok(input.to_vec()),
+            (Some([t, b, l, r]), &[n, c, h, w]) => Ok(vec![n, c, h + t + b, w + l + r]),
+            (Some(_), _) => shape_err("conv2d", format!("input must be NCHW (4-D), got {input:?}")),
+        }
     }
 }
 
 impl Conv2d {
     fn forward_with(&mut self, x: &Tensor, mode: Mode, act: Option<Activation>) -> Result<Tensor> {
+        let padded;
+        let x = match self.pre_pad {
+            Some(sides) => {
+                padded = pad_forward(x, sides)?;
+                &padded
+            }
+            None => x,
+        };
         let (w, b) = (&self.params.weight, self.params.bias.as_ref());
         let y = if mode == Mode::Train {
             let (y, cols) = conv2d_forward_keep(x, w, b, self.cfg, act)?;
@@ -117,7 +149,14 @@ impl Conv2d {
         let cols = self.cols.take();
         let (dx, dw, db) = conv2d_backward_cols(x, &self.params.weight, dy, self.cfg, self.params.bias.is_some(), need_dx, cols.as_ref())?;
         self.params.accumulate(dw, db)?;
-        Ok(dx)
+        match (dx, self.pre_pad) {
+            (Some(dx), Some(sides)) => {
+                let s = x.shape();
+                let inner = [s[0], s[1], s[2] - sides[0] - sides[1], s[3] - sides[2] - sides[3]];
+                pad_backward(&dx, &inner, sides).map(Some)
+            }
+            (dx, _) => Ok(dx),
+        }
     }
 }
 
@@ -134,13 +173,16 @@ impl Layer for Conv2d {
                 d += &format!(", {name} {}", pair(v));
             }
         }
+        if let Some(p) = self.pre_pad {
+            d += &format!(", padding {p:?}");
+        }
         if c.groups != 1 {
             d += &format!(", groups {}", c.groups);
         }
         d + ")"
     }
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
-        Ok(Conv2dGeometry::new(input, self.params.weight.shape(), self.cfg)?.output_shape().to_vec())
+        Ok(Conv2dGeometry::new(&self.padded_shape(input)?, self.params.weight.shape(), self.cfg)?.output_shape().to_vec())
     }
     fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         self.forward_with(x, mode, None)
@@ -156,6 +198,45 @@ impl Layer for Conv2d {
     }
     fn state(&mut self, prefix: &str) -> Vec<StateEntry<'_>> {
         self.params.state(prefix)
+    }
+}
+
+// ------------------------------------------------------------------ ZeroPad2d
+
+/// Zero padding by `[top, bottom, left, right]` (PyTorch's `ZeroPad2d` takes
+/// them as left, right, top, bottom).
+pub struct ZeroPad2d {
+    pub sides: [usize; 4],
+    input: Option<Vec<usize>>,
+}
+
+impl ZeroPad2d {
+    pub fn new(sides: [usize; 4]) -> ZeroPad2d {
+        ZeroPad2d { sides, input: None }
+    }
+}
+
+impl Layer for ZeroPad2d {
+    fn kind(&self) -> &'static str {
+        "ZeroPad2d"
+    }
+    fn describe(&self) -> String {
+        let [t, b, l, r] = self.sides;
+        format!("ZeroPad2d(top {t}, bottom {b}, left {l}, right {r})")
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        let [t, b, l, r] = self.sides;
+        match input {
+            &[n, c, h, w] => Ok(vec![n, c, h + t + b, w + l + r]),
+            _ => shape_err("ZeroPad2d", format!("input must be NCHW (4-D), got {input:?}")),
+        }
+    }
+    fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.input = (mode == Mode::Train).then(|| x.shape().to_vec());
+        pad_forward(x, self.sides)
+    }
+    fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
+        pad_backward(dy, self.input.as_ref().ok_or_else(|| no_cache("ZeroPad2d"))?, self.sides)
     }
 }
 

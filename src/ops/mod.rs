@@ -22,6 +22,7 @@ pub mod im2col;
 pub mod loss;
 pub mod maxpool;
 pub mod optim;
+pub mod pad;
 pub mod permute;
 pub mod reduce;
 pub mod softmax_xent;
@@ -48,6 +49,7 @@ pub fn kernels() -> Vec<&'static KernelDef> {
         loss::KERNELS,
         maxpool::KERNELS,
         optim::KERNELS,
+        pad::KERNELS,
         permute::KERNELS,
         reduce::KERNELS,
         softmax_xent::KERNELS,

@@ -26,6 +26,7 @@ mod loss;
 mod maxpool;
 mod optim;
 mod reliability;
+mod pad;
 mod permute;
 mod reduce;
 mod softmax_xent;
