@@ -1,6 +1,7 @@
 // Regression losses, elementwise: each element's term (already scaled by
 // 1/len for a mean) and its gradient; the loss is the sum of the terms
-// (reduce_rows). kind: 0 MSE, 1 L1, 2 smooth L1 (Huber with beta, PyTorch's).
+// (reduce_rows). kind: 0 MSE, 1 L1, 2 smooth L1 (Huber with beta, PyTorch's),
+// 3 negative log-likelihood against weighted one-hot targets (term −goal·pred).
 
 struct LossParams {
     len: u32,
@@ -26,7 +27,11 @@ fn loss_regression(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     let a = abs(d);
     var term: f32;
     var g: f32;
-    if (p.kind == 0u) {
+    if (p.kind == 3u) {
+        // goal holds w[label]/Σw at the label's class (0 elsewhere and for ignored rows).
+        term = select(0.0, -goal[i] * pred[i], goal[i] != 0.0);
+        g = -goal[i];
+    } else if (p.kind == 0u) {
         term = d * d;
         g = 2.0 * d;
     } else if (p.kind == 1u || (p.kind == 2u && a >= p.beta)) {

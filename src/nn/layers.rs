@@ -9,6 +9,7 @@ use crate::ops::batchnorm::{batchnorm_backward, batchnorm_forward_eval_relu, bat
 use crate::ops::conv2d::{conv2d_backward_cols, conv2d_forward, conv2d_forward_act, conv2d_forward_keep, conv2d_transpose_backward, conv2d_transpose_forward};
 use crate::ops::dropout::{dropout_backward, dropout_forward, DropoutConfig};
 use crate::ops::bias::bias_grad;
+use crate::ops::softmax::{softmax_backward, softmax_forward};
 use crate::ops::pad::{pad_backward, pad_forward};
 use crate::ops::upsample::{upsample_backward, upsample_forward, UpsampleMode};
 use crate::ops::gemm::{gemm, gemm_epilogue, GemmConfig};
@@ -548,6 +549,53 @@ impl Layer for Upsample {
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
         upsample_backward(dy, self.input.as_ref().ok_or_else(|| no_cache("Upsample"))?, self.mode)
+    }
+}
+
+/// Softmax or log-softmax along one axis (PyTorch's `Softmax(dim)`,
+/// `LogSoftmax(dim)`; a negative `dim` counts from the end).
+pub struct Softmax {
+    pub dim: isize,
+    pub log: bool,
+    y: Option<Tensor>,
+}
+
+impl Softmax {
+    pub fn new(dim: isize) -> Softmax {
+        Softmax { dim, log: false, y: None }
+    }
+
+    /// Log-softmax, for `ops::loss::loss_nll`.
+    pub fn log(dim: isize) -> Softmax {
+        Softmax { dim, log: true, y: None }
+    }
+}
+
+impl Layer for Softmax {
+    fn kind(&self) -> &'static str {
+        if self.log {
+            "LogSoftmax"
+        } else {
+            "Softmax"
+        }
+    }
+    fn describe(&self) -> String {
+        format!("{}(dim {})", self.kind(), self.dim)
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        let rank = input.len() as isize;
+        if self.dim < -rank || self.dim >= rank {
+            return shape_err("Softmax", format!("dim {} is out of range for input {input:?}", self.dim));
+        }
+        Ok(input.to_vec())
+    }
+    fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let y = softmax_forward(x, self.dim, self.log)?;
+        self.y = (mode == Mode::Train).then(|| y.clone());
+        Ok(y)
+    }
+    fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
+        softmax_backward(self.y.as_ref().ok_or_else(|| no_cache("Softmax"))?, dy, self.dim, self.log)
     }
 }
 

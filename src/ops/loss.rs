@@ -1,6 +1,8 @@
-//! Regression losses (PyTorch's `MSELoss`, `L1Loss`, `SmoothL1Loss`), mean- or
-//! sum-reduced, each returning the loss as a `[1]` tensor on the device and
-//! its gradient with respect to the prediction. Cross-entropy is in `softmax_xent`.
+//! Regression losses (PyTorch's `MSELoss`, `L1Loss`, `SmoothL1Loss`) and the
+//! negative log-likelihood of log-probabilities (`NLLLoss`, class weights and
+//! `ignore_index`), mean- or sum-reduced, each returning the loss as a `[1]`
+//! tensor on the device and its gradient with respect to the prediction.
+//! The fused softmax cross-entropy is in `softmax_xent`.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -16,13 +18,7 @@ pub(crate) static LOSS_REGRESSION: Kernel<LossParams> =
     Kernel::new(&SHADER, "loss_regression", &[Read, Read, ReadWrite, ReadWrite, Uniform]).with_work(|p| Work::f32s(6 * p.len as usize, 4 * p.len as usize));
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&LOSS_REGRESSION.def];
 
-/// How the per-element terms become one loss.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Reduction {
-    #[default]
-    Mean,
-    Sum,
-}
+pub use crate::ops::softmax_xent::Reduction;
 
 /// Which regression loss.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -72,18 +68,65 @@ pub fn loss_regression(pred: &Tensor, target: &Tensor, loss: RegressionLoss, red
     };
     let len = pred.numel();
     let scale = if reduction == Reduction::Mean { 1.0 / len as f32 } else { 1.0 };
-    let q = LossParams { len: len as u32, kind, beta, scale };
-    match same_device(OP, &[pred, target])? {
+    run(OP, pred, target, &LossParams { len: len as u32, kind, beta, scale })
+}
+
+/// Negative log-likelihood of `logp` (`[n, c]` or `[n, c, d…]` log-probabilities,
+/// e.g. from `softmax_forward(x, 1, true)`) at `labels` (`n·d…` class indices),
+/// as PyTorch's `NLLLoss`: each term weighted by `weights[label]`, rows labelled
+/// `ignore_index` left out, the mean dividing by the sum of the weights used.
+pub fn loss_nll(logp: &Tensor, labels: &[i64], weights: Option<&[f32]>, ignore_index: Option<i64>, reduction: Reduction) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "loss_nll";
+    let s = logp.shape();
+    if s.len() < 2 {
+        return crate::error::shape_err(OP, format!("log-probabilities must be [n, c] or [n, c, d…], got {s:?}"));
+    }
+    let (n, c, inner) = (s[0], s[1], s[2..].iter().product::<usize>());
+    if labels.len() != n * inner {
+        return crate::error::shape_err(OP, format!("log-probabilities {s:?} need {} labels, got {}", n * inner, labels.len()));
+    }
+    if let Some(w) = weights {
+        if w.len() != c || w.iter().any(|v| !(*v >= 0.0 && v.is_finite())) {
+            return Err(Error::InvalidArgument { op: OP, msg: format!("weights need one finite value ≥ 0 per class ({c}), got {} values", w.len()) });
+        }
+    }
+    let mut total = 0f64;
+    for (pos, &l) in labels.iter().enumerate() {
+        if Some(l) == ignore_index {
+            continue;
+        }
+        if l < 0 || l >= c as i64 {
+            return Err(Error::InvalidArgument { op: OP, msg: format!("label {l} at position {pos} is out of range for {c} classes") });
+        }
+        total += weights.map_or(1.0, |w| w[l as usize]) as f64;
+    }
+    let scale = if reduction == Reduction::Mean { 1.0 / total.max(f64::MIN_POSITIVE) } else { 1.0 };
+    // Weighted one-hot targets: the kernel's term is −goal·logp.
+    let mut goal = vec![0f32; logp.numel()];
+    for (pos, &l) in labels.iter().enumerate() {
+        if Some(l) != ignore_index {
+            let (b, i) = (pos / inner, pos % inner);
+            goal[(b * c + l as usize) * inner + i] = (weights.map_or(1.0, |w| w[l as usize]) as f64 * scale) as f32;
+        }
+    }
+    let goal = Tensor::from_vec(&logp.device(), s, goal)?;
+    let q = LossParams { len: logp.numel() as u32, kind: 3, beta: 0.0, scale: 1.0 };
+    run(OP, logp, &goal, &q)
+}
+
+fn run(op: &'static str, pred: &Tensor, goal: &Tensor, q: &LossParams) -> Result<(Tensor, Tensor)> {
+    match same_device(op, &[pred, goal])? {
         Device::Cpu => {
-            let (l, g) = loss_regression_cpu(pred.host(OP)?, target.host(OP)?, &q);
+            let (l, g) = loss_regression_cpu(pred.host(op)?, goal.host(op)?, q);
             Ok((Tensor::from_cpu(&[1], vec![l]), Tensor::from_cpu(pred.shape(), g)))
         }
         Device::Gpu(ctx) => {
-            let terms = Tensor::uninit_gpu(&ctx, OP, pred.shape())?;
-            let grad = Tensor::uninit_gpu(&ctx, OP, pred.shape())?;
-            let out = Tensor::uninit_gpu(&ctx, OP, &[1])?;
-            ctx.dispatch(&LOSS_REGRESSION, &q, &[pred.buffer(OP)?, target.buffer(OP)?, terms.buffer(OP)?, grad.buffer(OP)?], ctx.grid_1d(len, 256))?;
-            reduce_rows_gpu(&ctx, terms.buffer(OP)?, out.buffer(OP)?, 1, len, 0.0)?;
+            let len = pred.numel();
+            let terms = Tensor::uninit_gpu(&ctx, op, pred.shape())?;
+            let grad = Tensor::uninit_gpu(&ctx, op, pred.shape())?;
+            let out = Tensor::uninit_gpu(&ctx, op, &[1])?;
+            ctx.dispatch(&LOSS_REGRESSION, q, &[pred.buffer(op)?, goal.buffer(op)?, terms.buffer(op)?, grad.buffer(op)?], ctx.grid_1d(len, 256))?;
+            reduce_rows_gpu(&ctx, terms.buffer(op)?, out.buffer(op)?, 1, len, 0.0)?;
             Ok((out, grad))
         }
     }
@@ -101,6 +144,8 @@ pub fn loss_regression_cpu(pred: &[f32], target: &[f32], q: &LossParams) -> (f32
             let d = p - t;
             let a = d.abs();
             let (term, g) = match q.kind {
+                3 if t != 0.0 => (-t * p, -t),
+                3 => (0.0, 0.0),
                 0 => (d * d, 2.0 * d),
                 1 => (a, sign(d)),
                 _ if a >= q.beta => (a - 0.5 * q.beta, sign(d)),

@@ -25,6 +25,7 @@ pub mod optim;
 pub mod pad;
 pub mod permute;
 pub mod reduce;
+pub mod softmax;
 pub mod softmax_xent;
 pub mod upsample;
 
@@ -52,6 +53,7 @@ pub fn kernels() -> Vec<&'static KernelDef> {
         pad::KERNELS,
         permute::KERNELS,
         reduce::KERNELS,
+        softmax::KERNELS,
         softmax_xent::KERNELS,
         upsample::KERNELS,
     ]

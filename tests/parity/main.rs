@@ -29,6 +29,7 @@ mod reliability;
 mod pad;
 mod permute;
 mod reduce;
+mod softmax;
 mod softmax_xent;
 mod tensor;
 mod nn;
