@@ -9,6 +9,7 @@ use crate::ops::batchnorm::{batchnorm_backward, batchnorm_forward_eval_relu, bat
 use crate::ops::conv2d::{conv2d_backward_cols, conv2d_forward, conv2d_forward_act, conv2d_forward_keep, conv2d_transpose_backward, conv2d_transpose_forward};
 use crate::ops::dropout::{dropout_backward, dropout_forward, DropoutConfig};
 use crate::ops::bias::bias_grad;
+use crate::ops::layernorm::{layernorm_backward, layernorm_forward, NormKind};
 use crate::ops::softmax::{softmax_backward, softmax_forward};
 use crate::ops::pad::{pad_backward, pad_forward};
 use crate::ops::upsample::{upsample_backward, upsample_forward, UpsampleMode};
@@ -693,6 +694,85 @@ impl Layer for BatchNorm {
             StateEntry::param(join(prefix, "bias"), &mut self.beta, &mut self.gbeta),
             StateEntry::buffer(join(prefix, "running_stats"), &mut self.running),
         ]
+    }
+}
+
+// ------------------------------------------------------------------ layer and group norm
+
+/// Layer normalisation over the trailing dims (PyTorch's `LayerNorm`) or group
+/// normalisation over channel groups (`GroupNorm`, via [`LayerNorm::group_norm`]),
+/// with a learnable `weight` and `bias` (eps 1e-5, the biased variance).
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub kind: NormKind,
+    pub eps: f32,
+    gw: Grad,
+    gb: Grad,
+    cache: Option<(Tensor, Tensor)>,
+}
+
+impl LayerNorm {
+    /// Normalises the last `normalized_shape.len()` dims, which must equal `normalized_shape`.
+    pub fn new(dev: &Device, normalized_shape: &[usize]) -> Result<LayerNorm> {
+        LayerNorm::with(dev, normalized_shape, NormKind::Layer { dims: normalized_shape.len() })
+    }
+
+    /// GroupNorm: `channels` split into `groups`, each normalised over its channels and positions.
+    pub fn group_norm(dev: &Device, groups: usize, channels: usize) -> Result<LayerNorm> {
+        if groups == 0 || channels % groups != 0 {
+            return Err(Error::InvalidArgument { op: "GroupNorm", msg: format!("{groups} groups must divide {channels} channels") });
+        }
+        LayerNorm::with(dev, &[channels], NormKind::Group { groups })
+    }
+
+    fn with(dev: &Device, shape: &[usize], kind: NormKind) -> Result<LayerNorm> {
+        let weight = Tensor::full(dev, shape, 1.0)?;
+        let bias = Tensor::zeros(dev, shape)?;
+        Ok(LayerNorm { gw: Grad::new(&weight)?, gb: Grad::new(&bias)?, weight, bias, kind, eps: 1e-5, cache: None })
+    }
+}
+
+impl Layer for LayerNorm {
+    fn kind(&self) -> &'static str {
+        match self.kind {
+            NormKind::Layer { .. } => "LayerNorm",
+            NormKind::Group { .. } => "GroupNorm",
+        }
+    }
+    fn describe(&self) -> String {
+        match self.kind {
+            NormKind::Layer { .. } => format!("LayerNorm({:?})", self.weight.shape()),
+            NormKind::Group { groups } => format!("GroupNorm({groups} groups, {} channels)", self.weight.numel()),
+        }
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        let ok = match self.kind {
+            NormKind::Layer { dims } => input.len() >= dims && input[input.len() - dims..] == *self.weight.shape(),
+            NormKind::Group { .. } => input.len() >= 2 && input[1] == self.weight.numel(),
+        };
+        if !ok {
+            return shape_err("layernorm", format!("{} expects input ending in (or with channels) {:?}, got {input:?}", self.describe(), self.weight.shape()));
+        }
+        Ok(input.to_vec())
+    }
+    fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.output_shape(x.shape())?;
+        let (y, stats) = layernorm_forward(x, Some((&self.weight, &self.bias)), self.kind, self.eps)?;
+        self.cache = (mode == Mode::Train).then(|| (x.clone(), stats));
+        Ok(y)
+    }
+    fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
+        let (x, stats) = self.cache.as_ref().ok_or_else(|| no_cache("LayerNorm"))?;
+        let g = layernorm_backward(x, dy, Some(&self.weight), stats, self.kind, self.eps)?;
+        if let Some((dw, db)) = g.affine {
+            self.gw.accumulate(dw)?;
+            self.gb.accumulate(db)?;
+        }
+        Ok(g.dx)
+    }
+    fn state(&mut self, prefix: &str) -> Vec<StateEntry<'_>> {
+        vec![StateEntry::param(join(prefix, "weight"), &mut self.weight, &mut self.gw), StateEntry::param(join(prefix, "bias"), &mut self.bias, &mut self.gb)]
     }
 }
 

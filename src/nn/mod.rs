@@ -9,7 +9,7 @@ pub mod models;
 
 pub use container::{Concat, Residual, Sequential, Summary, SummaryRow};
 pub use init::{Init, Initializer};
-pub use layers::{ActivationLayer, AdaptiveAvgPool2d, AvgPool2d, BatchNorm, Conv2d, ConvTranspose2d, Dropout, Flatten, GlobalAvgPool, Linear, MaxPool2d, Softmax, Upsample, WeightBias, ZeroPad2d};
+pub use layers::{ActivationLayer, AdaptiveAvgPool2d, AvgPool2d, BatchNorm, Conv2d, ConvTranspose2d, Dropout, Flatten, GlobalAvgPool, LayerNorm, Linear, MaxPool2d, Softmax, Upsample, WeightBias, ZeroPad2d};
 
 use crate::error::Result;
 use crate::ops::activation::Activation;

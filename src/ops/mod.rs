@@ -19,6 +19,7 @@ pub mod dropout;
 pub mod elementwise;
 pub mod gemm;
 pub mod im2col;
+pub mod layernorm;
 pub mod loss;
 pub mod maxpool;
 pub mod optim;
@@ -47,6 +48,7 @@ pub fn kernels() -> Vec<&'static KernelDef> {
         elementwise::KERNELS,
         gemm::KERNELS,
         im2col::KERNELS,
+        layernorm::KERNELS,
         loss::KERNELS,
         maxpool::KERNELS,
         optim::KERNELS,

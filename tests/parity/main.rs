@@ -22,6 +22,7 @@ mod elementwise;
 mod errors;
 mod gemm;
 mod im2col;
+mod layernorm;
 mod loss;
 mod maxpool;
 mod optim;
