@@ -39,6 +39,9 @@ fn parity(dev: &Device) {
         // ⟨concat(x), dy⟩ = Σ_j ⟨x_j, split(dy)_j⟩.
         assert_adjoint(&format!("concat case {i} on {dev}"), &y, &dy, &x, &dx);
     }
+    // torch.cat([a, b], dim=1) from PyTorch 2.15.
+    let (ta, tb) = (crate::harness::torch_tensor(dev, "cat.a"), crate::harness::torch_tensor(dev, "cat.b"));
+    assert_eq!(concat_forward(&[&ta, &tb]).unwrap().to_vec().unwrap(), crate::harness::torch_value("cat.y").1, "torch.cat on {dev}");
     let a = Tensor::zeros(dev, &[2, 3, 4]).unwrap();
     assert!(concat_forward(&[&a, &Tensor::zeros(dev, &[2, 3, 5]).unwrap()]).is_err(), "different trailing dims");
     assert!(concat_forward(&[&a, &Tensor::zeros(dev, &[3, 3, 4]).unwrap()]).is_err(), "different batch");
