@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The test command: makes sure a Vulkan driver is present (installs Mesa's
+# lavapipe, a CPU implementation of Vulkan, on Debian/Ubuntu when none is),
+# then runs every test. GPU tests run for real on whatever adapter is found;
+# they never skip silently (set WGPU_CNN_SKIP_GPU_TESTS=1 to skip them loudly).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+has_vulkan() {
+    ls /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json >/dev/null 2>&1 && { ldconfig -p 2>/dev/null | grep -q libvulkan.so.1; }
+}
+
+if [ -z "${WGPU_CNN_SKIP_GPU_TESTS:-}" ] && [ "$(uname -s)" = Linux ] && ! has_vulkan; then
+    if command -v apt-get >/dev/null 2>&1; then
+        echo "== no Vulkan driver: installing lavapipe (mesa-vulkan-drivers) and the Vulkan loader"
+        SUDO=""
+        if [ "$(id -u)" -ne 0 ]; then
+            command -v sudo >/dev/null 2>&1 || { echo "need root or sudo to apt-get install mesa-vulkan-drivers libvulkan1"; exit 1; }
+            SUDO="sudo"
+        fi
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
+    else
+        echo "no Vulkan driver found and no apt-get: install your distribution's Mesa Vulkan drivers"
+        echo "(lavapipe) and Vulkan loader, or set WGPU_CNN_SKIP_GPU_TESTS=1 to skip the GPU tests"
+        exit 1
+    fi
+fi
+
+# The Vulkan loader only prints noise without it.
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
+cargo test --all-targets
+cargo test --doc
