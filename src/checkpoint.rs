@@ -55,6 +55,7 @@ pub fn save(path: &Path, trainer: &mut Trainer) -> Result<()> {
         ("fingerprint", fingerprint(trainer)),
         ("epoch", trainer.epoch.to_string()),
         ("step", trainer.step.to_string()),
+        ("epoch_step", trainer.epoch_step.to_string()),
         ("optimizer_steps", trainer.optimizer.steps.to_string()),
         ("seed", trainer.config.seed.to_string()),
     ]
@@ -244,6 +245,8 @@ pub fn load_bytes(path: &Path, bytes: &[u8], trainer: &mut Trainer) -> Result<()
         return file_err(path, K::Mismatch, format!("tensor `{extra}` is not part of this model"));
     }
     let (epoch, step, opt_steps) = (num("epoch")?, num("step")?, num("optimizer_steps")?);
+    // Batches into an interrupted epoch; files from before it was kept have none.
+    let epoch_step = if meta.contains_key("epoch_step") { num("epoch_step")? as usize } else { 0 };
     let opt_steps = u32::try_from(opt_steps).or_else(|_| file_err(path, K::BadHeader, format!("optimizer_steps = {opt_steps} is out of range")))?;
     // Everything has the names, shapes and dtypes this model expects (those
     // errors name the tensor); now the contents must be what was saved.
@@ -271,6 +274,7 @@ pub fn load_bytes(path: &Path, bytes: &[u8], trainer: &mut Trainer) -> Result<()
     }
     trainer.epoch = epoch as usize;
     trainer.step = step;
+    trainer.epoch_step = epoch_step;
     trainer.optimizer.steps = opt_steps;
     Ok(())
 }

@@ -56,6 +56,11 @@ pub enum Error {
     #[error("training stopped at epoch {epoch}, step {step}: {what} is not finite; the weights after this step are not trustworthy and no checkpoint was written after it (lower the learning rate or set clip_grad_norm)")]
     NonFinite { what: String, epoch: usize, step: u64 },
 
+    /// Training stopped on request (Ctrl-C, [`crate::train::StopFlag`]) after
+    /// a complete step: the trainer is consistent and can be checkpointed and resumed.
+    #[error("training interrupted after step {step} (epoch {epoch}, {epoch_step} batches into it)")]
+    Interrupted { epoch: usize, epoch_step: usize, step: u64 },
+
     /// Reading a buffer back to the host failed.
     #[error("reading back a GPU buffer failed: {0}")]
     Readback(String),

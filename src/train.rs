@@ -107,6 +107,44 @@ pub struct Metrics {
     pub accuracy: f32,
 }
 
+/// A request to stop training after the current step, shared with whatever
+/// sets it (a Ctrl-C handler, another thread, a test).
+#[derive(Clone, Debug, Default)]
+pub struct StopFlag(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl StopFlag {
+    pub fn new() -> StopFlag {
+        StopFlag::default()
+    }
+
+    /// Asks training to stop after the step in progress.
+    pub fn stop(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A flag that the first Ctrl-C (SIGINT) sets, saying so on stderr; a
+    /// second Ctrl-C exits at once with status 130. One handler per process:
+    /// a second call returns an error.
+    pub fn on_ctrl_c() -> Result<StopFlag> {
+        let flag = StopFlag::new();
+        let inner = flag.clone();
+        ctrlc::set_handler(move || {
+            if inner.is_set() {
+                eprintln!("\ninterrupted again: exiting now");
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupt: stopping after this step (Ctrl-C again to quit at once)");
+            inner.stop();
+        })
+        .map_err(|e| Error::InvalidArgument { op: "StopFlag::on_ctrl_c", msg: e.to_string() })?;
+        Ok(flag)
+    }
+}
+
 /// A model, its optimiser and the training state.
 pub struct Trainer {
     pub model: Sequential,
@@ -117,6 +155,11 @@ pub struct Trainer {
     pub epoch: usize,
     /// Optimiser steps taken.
     pub step: u64,
+    /// Batches of the current epoch already trained (non-zero only after an
+    /// interruption; the epoch's seeded order lets a resume skip exactly these).
+    pub epoch_step: usize,
+    /// When set, training stops after the current step with [`Error::Interrupted`].
+    pub stop: Option<StopFlag>,
     /// Input shapes whose pipelines have been built: (shape, training).
     prepared: std::collections::HashSet<(Vec<usize>, bool)>,
 }
@@ -127,7 +170,7 @@ impl Trainer {
         if config.batch_size == 0 || config.l1 < 0.0 || config.l2 < 0.0 {
             return Err(Error::InvalidArgument { op: "Trainer", msg: format!("batch_size {} must be ≥ 1, l1 {} and l2 {} ≥ 0", config.batch_size, config.l1, config.l2) });
         }
-        Ok(Trainer { model, optimizer, config, device, epoch: 0, step: 0, prepared: Default::default() })
+        Ok(Trainer { model, optimizer, config, device, epoch: 0, step: 0, epoch_step: 0, stop: None, prepared: Default::default() })
     }
 
     /// On the GPU, builds every pipeline that training on `train` and
@@ -243,10 +286,14 @@ impl Trainer {
         Ok(loss)
     }
 
-    /// One pass over `data`; returns (mean batch loss, images per second).
+    /// One pass over `data` (the rest of it, after an interruption); returns
+    /// (mean batch loss, images per second). With a [`StopFlag`] set, stops
+    /// after the current step with [`Error::Interrupted`].
     pub fn train_epoch(&mut self, data: &Dataset) -> Result<(f32, f64)> {
         let epoch_seed = self.config.seed.wrapping_add(self.epoch as u64);
-        let batches = data.batches(self.config.batch_size, Some(epoch_seed));
+        let mut batches = data.batches(self.config.batch_size, Some(epoch_seed));
+        let skip = self.epoch_step.min(batches.len());
+        batches.drain(..skip);
         let bar = if self.config.progress { ProgressBar::new(batches.len() as u64) } else { ProgressBar::hidden() };
         bar.set_style(ProgressStyle::with_template("epoch {msg} [{bar:30}] {pos}/{len} batches, {per_sec}, eta {eta}").unwrap().progress_chars("=> "));
         bar.set_message(format!("{}", self.epoch + 1));
@@ -263,10 +310,12 @@ impl Trainer {
         prefetch(data, &batches, augment.as_ref(), epoch_seed ^ 0x5eed, workers, ahead, |i, images, labels| {
             let x = Tensor::from_vec(&self.device, &[labels.len(), c, h, w], images)?;
             let loss = self.train_step(&x, &labels)?;
+            self.epoch_step += 1;
             window.set_from(filled, &loss)?;
             filled += 1;
             bar.inc(1);
-            if filled == window_len || i + 1 == batches.len() {
+            let stopping = self.stop.as_ref().is_some_and(StopFlag::is_set);
+            if filled == window_len || i + 1 == batches.len() || stopping {
                 let losses = window.to_vec()?;
                 if let Some(j) = losses[..filled].iter().position(|v| !v.is_finite()) {
                     bar.abandon();
@@ -276,8 +325,13 @@ impl Trainer {
                 bar.set_message(format!("{} loss {:.4}", self.epoch + 1, sum / (i + 1) as f64));
                 (filled, first_step) = (0, self.step);
             }
+            if stopping {
+                bar.abandon();
+                return Err(Error::Interrupted { epoch: self.epoch + 1, epoch_step: self.epoch_step, step: self.step });
+            }
             Ok(())
         })?;
+        self.epoch_step = 0;
         let mean = (sum / batches.len().max(1) as f64) as f32;
         bar.finish_and_clear();
         let secs = start.elapsed().as_secs_f64();

@@ -425,3 +425,94 @@ fn gpu_profile_and_trace() {
         assert!((row.napkin_ms - want).abs() <= 1e-12, "{} vs {want}", row.napkin_ms);
     });
 }
+
+/// A stop request ends training after the current step with `Interrupted`;
+/// the checkpoint then holds how far into the epoch it got, and resuming
+/// from it, interrupted after every single step, ends bit-identical to an
+/// uninterrupted run.
+#[test]
+fn interrupted_every_step_resumes_exactly() {
+    use wgpu_cnn::train::StopFlag;
+    let data = mnist_slice(Split::Train, 96);
+    let cfg = TrainConfig { batch_size: 16, epochs: 2, ..Default::default() };
+    let mut straight = lenet_trainer(&Device::Cpu, sgd(), cfg.clone());
+    straight.fit(&data, None, |_| Control::Continue).unwrap();
+    let path = tmp("interrupted.safetensors");
+    let mut stops = 0;
+    let mut t = lenet_trainer(&Device::Cpu, sgd(), cfg.clone());
+    loop {
+        let flag = StopFlag::new();
+        flag.stop(); // already set: one step, then stop
+        t.stop = Some(flag);
+        match t.fit(&data, None, |_| Control::Continue) {
+            Err(Error::Interrupted { epoch_step, step, .. }) => {
+                stops += 1;
+                assert_eq!(step, stops as u64);
+                assert_eq!(epoch_step, (stops - 1) % 6 + 1, "batches into the epoch");
+                checkpoint::save(&path, &mut t).unwrap();
+                t = lenet_trainer(&Device::Cpu, sgd(), cfg.clone());
+                checkpoint::load(&path, &mut t).unwrap();
+            }
+            Ok(_) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(stops, 12, "two epochs of six batches, one step per run");
+    assert_eq!(weights(&mut t), weights(&mut straight), "resumed mid-epoch after every step vs straight through");
+}
+
+/// SIGINT to a training process: it finishes the step, writes its
+/// checkpoint and exits with 130; the checkpoint loads and says where it stopped.
+#[test]
+fn sigint_saves_and_exits_130() {
+    let dir = tmp("sigint");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ready, ckpt) = (dir.join("ready"), dir.join("ckpt.safetensors"));
+    let _ = std::fs::remove_file(&ready);
+    let _ = std::fs::remove_file(&ckpt);
+    let exe = std::env::current_exe().unwrap();
+    let mut child = std::process::Command::new(&exe)
+        .args(["--exact", "training::sigint_child", "--nocapture", "--test-threads", "1"])
+        .env("WGPU_CNN_SIGINT_DIR", &dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !ready.exists() {
+        assert!(start.elapsed().as_secs() < 60, "the child never started training");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "exit status; stderr:\n{stderr}");
+    assert!(stderr.contains("stopping after this step"), "{stderr}");
+    let mut t = lenet_trainer(&Device::Cpu, sgd(), TrainConfig { batch_size: 8, epochs: 1000, ..Default::default() });
+    checkpoint::load(&ckpt, &mut t).unwrap();
+    assert!(t.step >= 1 && t.epoch_step >= 1 || t.epoch >= 1, "the checkpoint records progress: epoch {} step {}", t.epoch, t.step);
+}
+
+/// Not a test of its own: the child of the test above (a no-op unless
+/// WGPU_CNN_SIGINT_DIR is set). Trains until Ctrl-C, then saves and exits 130.
+#[test]
+fn sigint_child() {
+    let Some(dir) = std::env::var_os("WGPU_CNN_SIGINT_DIR") else { return };
+    let dir = PathBuf::from(dir);
+    let mut t = lenet_trainer(&Device::Cpu, sgd(), TrainConfig { batch_size: 8, epochs: 1000, ..Default::default() });
+    t.stop = Some(wgpu_cnn::train::StopFlag::on_ctrl_c().unwrap());
+    let data = mnist_slice(Split::Train, 64);
+    let ready = dir.join("ready");
+    let r = t.fit(&data, None, |_| {
+        let _ = std::fs::write(&ready, "");
+        Control::Continue
+    });
+    match r {
+        Err(Error::Interrupted { .. }) => {
+            checkpoint::save(&dir.join("ckpt.safetensors"), &mut t).unwrap();
+            std::process::exit(130);
+        }
+        other => panic!("expected an interruption, got {other:?}"),
+    }
+}
