@@ -128,7 +128,9 @@ impl Optimizer {
     }
 }
 
-/// How the learning rate changes over epochs (`t` counts from 0).
+/// How the learning rate changes: per epoch (`Constant`, `Step`, `Cosine`,
+/// with `TrainConfig::warmup_epochs`) or per optimiser step (`WarmupCosine`,
+/// `OneCycle`, whose step count covers the whole run).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum LrSchedule {
     Constant,
@@ -136,16 +138,65 @@ pub enum LrSchedule {
     Step { every: usize, gamma: f32 },
     /// Cosine from the base rate down to `min_lr` over the run.
     Cosine { min_lr: f32 },
+    /// Per step: linear warm-up over `warmup_steps` from base/warmup_steps to
+    /// the base rate, then cosine down to `min_lr` at the last step (PyTorch's
+    /// `SequentialLR` of `LinearLR(start_factor = 1/warmup_steps)` and
+    /// `CosineAnnealingLR(T_max = total − warmup_steps, eta_min = min_lr)`).
+    WarmupCosine { warmup_steps: usize, min_lr: f32 },
+    /// Per step: PyTorch's `OneCycleLR` (cosine annealing, two phases): from
+    /// `max_lr / div_factor` up to `max_lr` over `pct_start` of the run, then
+    /// down to that over `final_div_factor`. The optimiser's base rate is unused.
+    OneCycle { max_lr: f32, pct_start: f32, div_factor: f32, final_div_factor: f32 },
 }
 
 impl LrSchedule {
+    /// PyTorch's `OneCycleLR` defaults (pct_start 0.3, div_factor 25, final_div_factor 1e4).
+    pub fn one_cycle(max_lr: f32) -> LrSchedule {
+        LrSchedule::OneCycle { max_lr, pct_start: 0.3, div_factor: 25.0, final_div_factor: 1e4 }
+    }
+
+    /// Whether the rate changes every optimiser step (else every epoch).
+    pub fn per_step(&self) -> bool {
+        matches!(self, LrSchedule::WarmupCosine { .. } | LrSchedule::OneCycle { .. })
+    }
+
+    /// The rate for optimiser step `step` (from 0) of `total` steps; per-epoch
+    /// schedules return `base`.
+    pub fn lr_at_step(&self, base: f32, step: usize, total: usize) -> f32 {
+        let cos_anneal = |start: f32, end: f32, pct: f32| end + (start - end) / 2.0 * ((std::f32::consts::PI * pct).cos() + 1.0);
+        match *self {
+            LrSchedule::WarmupCosine { warmup_steps, min_lr } => {
+                if step < warmup_steps {
+                    let w = warmup_steps as f32;
+                    base * (1.0 / w + (1.0 - 1.0 / w) * step as f32 / w)
+                } else {
+                    let span = total.saturating_sub(warmup_steps).max(1) as f32;
+                    cos_anneal(base, min_lr, ((step - warmup_steps) as f32 / span).min(1.0))
+                }
+            }
+            LrSchedule::OneCycle { max_lr, pct_start, div_factor, final_div_factor } => {
+                let initial = max_lr / div_factor;
+                let min = initial / final_div_factor;
+                let end_up = pct_start * total as f32 - 1.0;
+                let end_down = total as f32 - 1.0;
+                let t = step as f32;
+                if t <= end_up {
+                    cos_anneal(initial, max_lr, t / end_up.max(f32::MIN_POSITIVE))
+                } else {
+                    cos_anneal(max_lr, min, ((t - end_up) / (end_down - end_up).max(f32::MIN_POSITIVE)).min(1.0))
+                }
+            }
+            _ => base,
+        }
+    }
+
     /// The rate for epoch `epoch` of `epochs`, with `warmup` linear warm-up epochs first.
     pub fn lr(&self, base: f32, epoch: usize, epochs: usize, warmup: usize) -> f32 {
         if epoch < warmup {
             return base * (epoch + 1) as f32 / (warmup + 1) as f32;
         }
         match *self {
-            LrSchedule::Constant => base,
+            LrSchedule::Constant | LrSchedule::WarmupCosine { .. } | LrSchedule::OneCycle { .. } => base,
             LrSchedule::Step { every, gamma } => base * gamma.powi((epoch / every.max(1)) as i32),
             LrSchedule::Cosine { min_lr } => {
                 let span = (epochs - warmup).max(1) as f32;
@@ -161,7 +212,66 @@ pub fn check_schedule(s: &LrSchedule) -> Result<()> {
     match *s {
         LrSchedule::Step { every: 0, .. } => Err(Error::InvalidArgument { op: "LrSchedule", msg: "step schedule needs every ≥ 1".into() }),
         LrSchedule::Step { gamma, .. } if !(gamma > 0.0) => Err(Error::InvalidArgument { op: "LrSchedule", msg: format!("gamma {gamma} must be > 0") }),
-        LrSchedule::Cosine { min_lr } if !(min_lr >= 0.0) => Err(Error::InvalidArgument { op: "LrSchedule", msg: format!("min_lr {min_lr} must be ≥ 0") }),
+        LrSchedule::Cosine { min_lr } | LrSchedule::WarmupCosine { min_lr, .. } if !(min_lr >= 0.0) => Err(Error::InvalidArgument { op: "LrSchedule", msg: format!("min_lr {min_lr} must be ≥ 0") }),
+        LrSchedule::OneCycle { max_lr, pct_start, div_factor, final_div_factor } if !(max_lr > 0.0 && pct_start > 0.0 && pct_start < 1.0 && div_factor > 0.0 && final_div_factor > 0.0) => Err(Error::InvalidArgument {
+            op: "LrSchedule",
+            msg: format!("one-cycle needs max_lr > 0, pct_start in (0, 1), div factors > 0; got {max_lr}, {pct_start}, {div_factor}, {final_div_factor}"),
+        }),
         _ => Ok(()),
+    }
+}
+
+/// PyTorch's `ReduceLROnPlateau` on the validation loss (mode `min`, relative
+/// threshold 1e-4, no cooldown): after more than `patience` epochs without
+/// improvement, the rate is multiplied by `factor`, down to `min_lr`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Plateau {
+    pub factor: f32,
+    pub patience: usize,
+    pub min_lr: f32,
+}
+
+impl Plateau {
+    /// PyTorch's defaults: factor 0.1, patience 10, no minimum.
+    pub fn new() -> Plateau {
+        Plateau { factor: 0.1, patience: 10, min_lr: 0.0 }
+    }
+}
+
+impl Default for Plateau {
+    fn default() -> Plateau {
+        Plateau::new()
+    }
+}
+
+/// The state [`Plateau`] keeps between epochs.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PlateauState {
+    best: Option<f32>,
+    bad_epochs: usize,
+    /// The multiplier applied on top of the schedule so far.
+    pub scale: f32,
+}
+
+impl PlateauState {
+    pub fn new() -> PlateauState {
+        PlateauState { best: None, bad_epochs: 0, scale: 1.0 }
+    }
+
+    /// Takes one epoch's validation loss; returns true when the rate was just reduced.
+    pub fn observe(&mut self, p: &Plateau, val_loss: f32, lr_now: f32) -> bool {
+        let improved = self.best.is_none_or(|b| val_loss < b * (1.0 - 1e-4));
+        if improved {
+            (self.best, self.bad_epochs) = (Some(val_loss), 0);
+            return false;
+        }
+        self.bad_epochs += 1;
+        if self.bad_epochs > p.patience && lr_now > p.min_lr {
+            let new_lr = (lr_now * p.factor).max(p.min_lr);
+            self.scale *= new_lr / lr_now;
+            self.bad_epochs = 0;
+            return true;
+        }
+        false
     }
 }

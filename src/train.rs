@@ -20,7 +20,8 @@ use crate::ops::clip::clip_global_norm;
 use crate::ops::elementwise::{elementwise_combine, elementwise_combine_sign};
 use crate::ops::reduce::reduce_sum_squares;
 use crate::ops::softmax_xent::{softmax_xent, softmax_xent_probs_cpu, CrossEntropyConfig};
-use crate::optim::{check_schedule, LrSchedule, Optimizer};
+use crate::nn::State;
+use crate::optim::{check_schedule, LrSchedule, Optimizer, Plateau, PlateauState};
 use crate::tensor::Tensor;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -40,6 +41,11 @@ pub struct TrainConfig {
     pub l2: f32,
     /// Stop when validation accuracy has not improved for this many epochs.
     pub early_stopping_patience: Option<usize>,
+    /// On early stopping, put back the weights (and batch-norm statistics) of
+    /// the epoch with the best validation accuracy.
+    pub restore_best: bool,
+    /// Lower the rate when the validation loss stops improving.
+    pub reduce_on_plateau: Option<Plateau>,
     /// Read the running loss back every this many steps (0: only at epoch end).
     pub log_every: usize,
     pub augment: Option<Augment>,
@@ -68,6 +74,8 @@ impl Default for TrainConfig {
             l1: 0.0,
             l2: 0.0,
             early_stopping_patience: None,
+            restore_best: true,
+            reduce_on_plateau: None,
             log_every: 100,
             augment: None,
             loss: CrossEntropyConfig::default(),
@@ -160,6 +168,12 @@ pub struct Trainer {
     pub epoch_step: usize,
     /// When set, training stops after the current step with [`Error::Interrupted`].
     pub stop: Option<StopFlag>,
+    /// Reduce-on-plateau's state (its scale multiplies the schedule's rate).
+    pub plateau: PlateauState,
+    /// Early stopping: the best validation accuracy so far, epochs since, and
+    /// (with `restore_best`) a host copy of that epoch's state.
+    best: Option<(f32, Vec<Vec<f32>>)>,
+    since_best: usize,
     /// Input shapes whose pipelines have been built: (shape, training).
     prepared: std::collections::HashSet<(Vec<usize>, bool)>,
 }
@@ -170,7 +184,7 @@ impl Trainer {
         if config.batch_size == 0 || config.l1 < 0.0 || config.l2 < 0.0 {
             return Err(Error::InvalidArgument { op: "Trainer", msg: format!("batch_size {} must be ≥ 1, l1 {} and l2 {} ≥ 0", config.batch_size, config.l1, config.l2) });
         }
-        Ok(Trainer { model, optimizer, config, device, epoch: 0, step: 0, epoch_step: 0, stop: None, prepared: Default::default() })
+        Ok(Trainer { model, optimizer, config, device, epoch: 0, step: 0, epoch_step: 0, stop: None, plateau: PlateauState::new(), best: None, since_best: 0, prepared: Default::default() })
     }
 
     /// On the GPU, builds every pipeline that training on `train` and
@@ -307,7 +321,14 @@ impl Trainer {
         let [c, h, w] = data.item_shape;
         let augment = self.config.augment;
         let (workers, ahead) = (self.config.loader_workers, self.config.prefetch);
+        let per_epoch = data.len().div_ceil(self.config.batch_size.max(1));
+        let total_steps = per_epoch * self.config.epochs;
         prefetch(data, &batches, augment.as_ref(), epoch_seed ^ 0x5eed, workers, ahead, |i, images, labels| {
+            if self.config.schedule.per_step() {
+                let at = self.epoch * per_epoch + self.epoch_step;
+                let lr = self.config.schedule.lr_at_step(self.optimizer.base_lr, at, total_steps) * self.plateau.scale;
+                self.optimizer.set_lr(lr)?;
+            }
             let x = Tensor::from_vec(&self.device, &[labels.len(), c, h, w], images)?;
             let loss = self.train_step(&x, &labels)?;
             self.epoch_step += 1;
@@ -351,14 +372,24 @@ impl Trainer {
 
     /// Trains for `config.epochs` epochs (from the current one), evaluating
     /// on `val` after each; `hook` sees every epoch and may stop the run.
-    pub fn fit(&mut self, train: &Dataset, val: Option<&Dataset>, mut hook: impl FnMut(&EpochStats) -> Control) -> Result<Vec<EpochStats>> {
+    pub fn fit(&mut self, train: &Dataset, val: Option<&Dataset>, hook: impl FnMut(&EpochStats) -> Control) -> Result<Vec<EpochStats>> {
+        self.fit_until(train, val, self.config.epochs, hook)
+    }
+
+    /// [`Trainer::fit`] up to epoch `until` (of `config.epochs`, which the
+    /// schedules span): run one epoch at a time to checkpoint between them.
+    pub fn fit_until(&mut self, train: &Dataset, val: Option<&Dataset>, until: usize, mut hook: impl FnMut(&EpochStats) -> Control) -> Result<Vec<EpochStats>> {
         let mut history = Vec::new();
-        let (mut best, mut since_best) = (f32::NEG_INFINITY, 0);
-        if self.epoch < self.config.epochs {
+        let until = until.min(self.config.epochs);
+        if self.epoch < until {
             self.prepare(train, val)?;
         }
-        while self.epoch < self.config.epochs {
-            let lr = self.config.schedule.lr(self.optimizer.base_lr, self.epoch, self.config.epochs, self.config.warmup_epochs);
+        while self.epoch < until {
+            let lr = if self.config.schedule.per_step() {
+                self.optimizer.lr()
+            } else {
+                self.config.schedule.lr(self.optimizer.base_lr, self.epoch, self.config.epochs, self.config.warmup_epochs) * self.plateau.scale
+            };
             self.optimizer.set_lr(lr)?;
             let t0 = Instant::now();
             let (train_loss, ips) = self.train_epoch(train)?;
@@ -367,20 +398,32 @@ impl Trainer {
                 epoch: self.epoch,
                 lr,
                 train_loss,
-                val_loss: metrics.map(|m| m.loss),
-                val_accuracy: metrics.map(|m| m.accuracy),
+                val_loss: metrics.as_ref().map(|m| m.loss),
+                val_accuracy: metrics.as_ref().map(|m| m.accuracy),
                 images_per_sec: ips,
                 seconds: t0.elapsed().as_secs_f64(),
             };
             let stop = hook(&stats) == Control::Stop;
             history.push(stats);
-            if let (Some(patience), Some(m)) = (self.config.early_stopping_patience, metrics) {
-                if m.accuracy > best {
-                    (best, since_best) = (m.accuracy, 0);
+            if let (Some(p), Some(m)) = (self.config.reduce_on_plateau, &metrics) {
+                if self.plateau.observe(&p, m.loss, self.optimizer.lr()) {
+                    log::info!("validation loss has not improved for {} epochs: learning rate × {}", p.patience + 1, p.factor);
+                }
+            }
+            if let (Some(patience), Some(m)) = (self.config.early_stopping_patience, &metrics) {
+                if self.best.as_ref().is_none_or(|(b, _)| m.accuracy > *b) {
+                    let snapshot = if self.config.restore_best { self.state_values()? } else { Vec::new() };
+                    (self.best, self.since_best) = (Some((m.accuracy, snapshot)), 0);
                 } else {
-                    since_best += 1;
-                    if since_best >= patience {
+                    self.since_best += 1;
+                    if self.since_best >= patience {
                         log::info!("early stopping: no improvement for {patience} epochs");
+                        if self.config.restore_best {
+                            if let Some((acc, values)) = self.best.take() {
+                                self.restore_state(&values)?;
+                                log::info!("restored the weights of the best epoch (validation accuracy {acc})");
+                            }
+                        }
                         break;
                     }
                 }
@@ -390,6 +433,28 @@ impl Trainer {
             }
         }
         Ok(history)
+    }
+
+    /// Every parameter and buffer of the model, on the host.
+    fn state_values(&mut self) -> Result<Vec<Vec<f32>>> {
+        self.model
+            .state("")
+            .into_iter()
+            .filter_map(|e| match e.state {
+                State::Param { value: t, .. } | State::Buffer(t) => Some(t.to_vec()),
+                State::Counter(_) => None,
+            })
+            .collect()
+    }
+
+    fn restore_state(&mut self, values: &[Vec<f32>]) -> Result<()> {
+        let mut it = values.iter();
+        for e in self.model.state("") {
+            if let State::Param { value: t, .. } | State::Buffer(t) = e.state {
+                t.write(it.next().map(Vec::as_slice).unwrap_or_default())?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -116,3 +116,67 @@ fn model_zoo_shapes() {
     let m = models::mlp(&Device::Cpu, 64, 0.2, init).unwrap().summary(&[2, 1, 28, 28]).unwrap();
     assert_eq!(m.rows.last().unwrap().output, [2, 10]);
 }
+
+/// Per-step schedules against PyTorch 2.15's schedulers, step by step
+/// (`SequentialLR(LinearLR, CosineAnnealingLR)` and `OneCycleLR`), and
+/// reduce-on-plateau against `ReduceLROnPlateau` on a sequence of losses.
+#[test]
+fn per_step_schedules_and_plateau_match_pytorch() {
+    use crate::harness::torch_value;
+    use wgpu_cnn::optim::{Plateau, PlateauState};
+    let t = Tolerance::new(1e-6, 1e-4);
+    let warm = LrSchedule::WarmupCosine { warmup_steps: 5, min_lr: 0.001 };
+    assert!(warm.per_step() && !LrSchedule::Cosine { min_lr: 0.0 }.per_step());
+    t.assert("warm-up cosine", &(0..40).map(|s| warm.lr_at_step(0.1, s, 40)).collect::<Vec<_>>(), &torch_value("sched.warmcos").1);
+    let one = LrSchedule::one_cycle(0.5);
+    t.assert("one-cycle", &(0..50).map(|s| one.lr_at_step(0.1, s, 50)).collect::<Vec<_>>(), &torch_value("sched.onecycle").1);
+    let p = Plateau { factor: 0.5, patience: 2, min_lr: 0.01 };
+    let mut state = PlateauState::new();
+    let lrs: Vec<f32> = torch_value("sched.plateau.losses")
+        .1
+        .iter()
+        .map(|&l| {
+            let lr = 0.1 * state.scale;
+            state.observe(&p, l, lr);
+            0.1 * state.scale
+        })
+        .collect();
+    t.assert("reduce on plateau", &lrs, &torch_value("sched.plateau.lr").1);
+}
+
+/// A per-step schedule drives the optimiser's rate during training: after an
+/// epoch of 3 steps of a 2-epoch warm-up cosine run, the rate is the 4th step's.
+#[test]
+fn per_step_schedule_in_training() {
+    let sched = LrSchedule::WarmupCosine { warmup_steps: 2, min_lr: 0.0 };
+    let mut t = trainer(&Device::Cpu, TrainConfig { epochs: 2, schedule: sched, ..Default::default() });
+    t.fit_until(&tiny_data(), None, 1, |_| Control::Continue).unwrap();
+    assert_eq!(t.epoch, 1);
+    Tolerance::new(1e-7, 1e-6).assert("rate of the last step taken", &[t.optimizer.lr()], &[sched.lr_at_step(0.05, 2, 6)]);
+}
+
+/// Early stopping puts back the best epoch's weights: afterwards the model
+/// scores the best validation accuracy seen, not the last epoch's.
+#[test]
+fn early_stopping_restores_the_best_weights() {
+    // Validation labels unrelated to the images: accuracy wanders, and a
+    // patience of 2 stops after two epochs that do not beat the best. The
+    // first labelling whose last epoch scores below the best shows the restore.
+    let train = tiny_data();
+    for k in [7, 3, 9, 11, 13, 17, 19, 23] {
+        // 480 images: accuracy in steps of 1/480, so epochs rarely tie.
+        let n = 480;
+        let images: Vec<f32> = random(k as u64, n * 784).iter().map(|v| v.abs()).collect();
+        let val = Dataset { images, labels: (0..n).map(|i| ((i * k + k) % 10) as i64).collect(), item_shape: [1, 28, 28] };
+        let mut t = trainer(&Device::Cpu, TrainConfig { epochs: 30, early_stopping_patience: Some(2), ..Default::default() });
+        let hist = t.fit(&train, Some(&val), |_| Control::Continue).unwrap();
+        let accs: Vec<f32> = hist.iter().map(|s| s.val_accuracy.unwrap()).collect();
+        let best = accs.iter().copied().fold(f32::MIN, f32::max);
+        if hist.len() == 30 || *accs.last().unwrap() == best {
+            continue;
+        }
+        assert_eq!(t.evaluate(&val).unwrap().accuracy, best, "after restoring (labels ×{k}): {accs:?}");
+        return;
+    }
+    panic!("no labelling ended below its best epoch");
+}
