@@ -206,22 +206,23 @@ impl Tensor {
         Ok(())
     }
 
-    /// `self[at] = src[0]`, on the device (no readback).
+    /// `self[at..at + src.numel()] = src` (flat), on the device (no readback).
     pub(crate) fn set_from(&mut self, at: usize, src: &Tensor) -> Result<()> {
         same_device("Tensor::set_from", &[self, src])?;
-        if at >= self.numel() {
-            return Err(Error::Shape { op: "Tensor::set_from", msg: format!("element {at} of a tensor of shape {:?}", self.shape) });
+        let n = src.numel();
+        if at + n > self.numel() {
+            return Err(Error::Shape { op: "Tensor::set_from", msg: format!("elements {at}..{} of a tensor of shape {:?}", at + n, self.shape) });
         }
         self.make_unique()?;
         match self.device() {
             Device::Cpu => {
-                let v = src.host("Tensor::set_from")?[0];
-                self.host_mut("Tensor::set_from")?[at] = v;
+                let v = src.host("Tensor::set_from")?.to_vec();
+                self.host_mut("Tensor::set_from")?[at..at + n].copy_from_slice(&v);
             }
             Device::Gpu(ctx) => {
                 ctx.alive()?;
                 let (s, d) = (src.buffer("Tensor::set_from")?, self.buffer("Tensor::set_from")?);
-                ctx.record(|enc| enc.copy_buffer_to_buffer(s, 0, d, (at * 4) as u64, 4));
+                ctx.record(|enc| enc.copy_buffer_to_buffer(s, 0, d, (at * 4) as u64, (n * 4) as u64));
             }
         }
         Ok(())

@@ -95,10 +95,14 @@ pub struct EpochStats {
     pub lr: f32,
     /// Mean of the batch losses.
     pub train_loss: f32,
+    /// Share of training images classified right during the epoch (as the weights changed).
+    pub train_accuracy: Option<f32>,
     pub val_loss: Option<f32>,
     pub val_accuracy: Option<f32>,
     pub images_per_sec: f64,
     pub seconds: f64,
+    /// Every step's loss, in order.
+    pub step_losses: Vec<f32>,
 }
 
 /// Returned by the epoch hook.
@@ -108,11 +112,50 @@ pub enum Control {
     Stop,
 }
 
-/// Loss and accuracy of a model on a data set.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// Loss and accuracy of a model on a data set, with the confusion matrix.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Metrics {
     pub loss: f32,
     pub accuracy: f32,
+    /// Share of items whose label is among the 5 most likely classes (when there are more than 5).
+    pub top5: Option<f32>,
+    /// `confusion[label][predicted]`: item counts.
+    pub confusion: Vec<Vec<u64>>,
+}
+
+impl Metrics {
+    /// Accuracy per class (the diagonal over each row's total; `None` for a class with no items).
+    pub fn per_class_accuracy(&self) -> Vec<Option<f32>> {
+        self.confusion
+            .iter()
+            .enumerate()
+            .map(|(c, row)| {
+                let total: u64 = row.iter().sum();
+                (total > 0).then(|| row[c] as f32 / total as f32)
+            })
+            .collect()
+    }
+
+    /// The confusion matrix as a text table (rows: label, columns: predicted)
+    /// with per-class accuracy; `names` label the classes (else their index).
+    pub fn confusion_table(&self, names: &[String]) -> String {
+        let name = |i: usize| names.get(i).cloned().unwrap_or_else(|| i.to_string());
+        let w = (0..self.confusion.len()).map(|i| name(i).chars().count()).chain(self.confusion.iter().flatten().map(|v| v.to_string().len())).max().unwrap_or(1).max(3);
+        let mut out = format!("{:>w$} │", "");
+        for j in 0..self.confusion.len() {
+            out += &format!(" {:>w$}", name(j));
+        }
+        out += "   accuracy\n";
+        for (i, (row, acc)) in self.confusion.iter().zip(self.per_class_accuracy()).enumerate() {
+            out += &format!("{:>w$} │", name(i));
+            for v in row {
+                out += &format!(" {v:>w$}");
+            }
+            out += &acc.map_or("   —".into(), |a| format!("   {:.2}%", 100.0 * a));
+            out += "\n";
+        }
+        out
+    }
 }
 
 /// A request to stop training after the current step, shared with whatever
@@ -174,6 +217,10 @@ pub struct Trainer {
     /// (with `restore_best`) a host copy of that epoch's state.
     best: Option<(f32, Vec<Vec<f32>>)>,
     since_best: usize,
+    /// The last epoch's per-step losses and training accuracy, for its stats.
+    last_epoch: (Vec<f32>, Option<f32>),
+    /// The last training step's logits (for training accuracy).
+    last_logits: Option<Tensor>,
     /// Input shapes whose pipelines have been built: (shape, training).
     prepared: std::collections::HashSet<(Vec<usize>, bool)>,
 }
@@ -184,7 +231,7 @@ impl Trainer {
         if config.batch_size == 0 || config.l1 < 0.0 || config.l2 < 0.0 {
             return Err(Error::InvalidArgument { op: "Trainer", msg: format!("batch_size {} must be ≥ 1, l1 {} and l2 {} ≥ 0", config.batch_size, config.l1, config.l2) });
         }
-        Ok(Trainer { model, optimizer, config, device, epoch: 0, step: 0, epoch_step: 0, stop: None, plateau: PlateauState::new(), best: None, since_best: 0, prepared: Default::default() })
+        Ok(Trainer { model, optimizer, config, device, epoch: 0, step: 0, epoch_step: 0, stop: None, plateau: PlateauState::new(), best: None, since_best: 0, last_epoch: (Vec::new(), None), last_logits: None, prepared: Default::default() })
     }
 
     /// On the GPU, builds every pipeline that training on `train` and
@@ -260,6 +307,7 @@ impl Trainer {
         self.model.zero_grad();
         let logits = self.model.forward(x, Mode::Train)?;
         let (loss, dlogits) = softmax_xent(&logits, labels, self.config.loss)?;
+        self.last_logits = Some(logits);
         // The input needs no gradient: the first layer computes its parameters' only.
         self.model.backward_params(&dlogits)?;
         let (l1, l2) = (self.config.l1, self.config.l2);
@@ -318,6 +366,11 @@ impl Trainer {
         let window_len = if self.config.log_every > 0 { self.config.log_every } else { batches.len() }.clamp(1, batches.len().max(1));
         let mut window = Tensor::zeros(&self.device, &[window_len])?;
         let (mut sum, mut filled, mut first_step) = (0f64, 0usize, self.step);
+        // The window's logits stay on the device too, read back with the losses
+        // (training accuracy without a readback per step).
+        let mut logit_window: Option<(Tensor, usize)> = None;
+        let mut window_labels: Vec<i64> = Vec::new();
+        let (mut step_losses, mut seen, mut right) = (Vec::with_capacity(batches.len()), 0usize, 0usize);
         let [c, h, w] = data.item_shape;
         let augment = self.config.augment;
         let (workers, ahead) = (self.config.loader_workers, self.config.prefetch);
@@ -333,6 +386,15 @@ impl Trainer {
             let loss = self.train_step(&x, &labels)?;
             self.epoch_step += 1;
             window.set_from(filled, &loss)?;
+            if let Some(logits) = self.last_logits.take() {
+                let classes = logits.shape()[1];
+                let (lw, _) = match &mut logit_window {
+                    Some(t) => t,
+                    None => logit_window.insert((Tensor::zeros(&self.device, &[window_len * self.config.batch_size.max(labels.len()) * classes])?, classes)),
+                };
+                lw.set_from(window_labels.len() * classes, &logits.reshape(&[labels.len() * classes])?)?;
+                window_labels.extend_from_slice(&labels);
+            }
             filled += 1;
             bar.inc(1);
             let stopping = self.stop.as_ref().is_some_and(StopFlag::is_set);
@@ -343,6 +405,17 @@ impl Trainer {
                     return Err(Error::NonFinite { what: format!("the loss ({})", losses[j]), epoch: self.epoch + 1, step: first_step + j as u64 + 1 });
                 }
                 sum += losses[..filled].iter().map(|&v| v as f64).sum::<f64>();
+                step_losses.extend_from_slice(&losses[..filled]);
+                if let Some((lw, classes)) = &logit_window {
+                    let (all, classes) = (lw.to_vec()?, *classes);
+                    for (r, &l) in window_labels.iter().enumerate() {
+                        let row = &all[r * classes..(r + 1) * classes];
+                        let argmax = row.iter().enumerate().fold(0, |b, (j, &v)| if v > row[b] { j } else { b });
+                        right += (argmax as i64 == l) as usize;
+                    }
+                    seen += window_labels.len();
+                    window_labels.clear();
+                }
                 bar.set_message(format!("{} loss {:.4}", self.epoch + 1, sum / (i + 1) as f64));
                 (filled, first_step) = (0, self.step);
             }
@@ -353,6 +426,7 @@ impl Trainer {
             Ok(())
         })?;
         self.epoch_step = 0;
+        self.last_epoch = (step_losses, (seen > 0).then(|| right as f32 / seen as f32));
         let mean = (sum / batches.len().max(1) as f64) as f32;
         bar.finish_and_clear();
         let secs = start.elapsed().as_secs_f64();
@@ -398,6 +472,8 @@ impl Trainer {
                 epoch: self.epoch,
                 lr,
                 train_loss,
+                train_accuracy: self.last_epoch.1,
+                step_losses: std::mem::take(&mut self.last_epoch.0),
                 val_loss: metrics.as_ref().map(|m| m.loss),
                 val_accuracy: metrics.as_ref().map(|m| m.accuracy),
                 images_per_sec: ips,
@@ -483,22 +559,35 @@ fn evaluate_with(model: &mut Sequential, device: &Device, data: &Dataset, batch_
     let batches = data.batches(batch_size, None);
     let bar = if progress { ProgressBar::new(batches.len() as u64) } else { ProgressBar::hidden() };
     bar.set_style(ProgressStyle::with_template("evaluating [{bar:30}] {pos}/{len} batches, eta {eta}").unwrap().progress_chars("=> "));
+    let mut confusion: Vec<Vec<u64>> = Vec::new();
+    let mut in_top5 = 0usize;
     for idx in batches {
         bar.inc(1);
         let (x, labels) = data.batch(device, &idx, None)?;
         let logits = model.forward(&x, Mode::Eval)?;
         let c = logits.shape()[1];
+        if confusion.is_empty() {
+            confusion = vec![vec![0; c]; c];
+        }
         let logp = softmax_xent_probs_cpu(&logits.to_vec()?, idx.len(), c, true);
         for (r, &l) in labels.iter().enumerate() {
             let row = &logp[r * c..(r + 1) * c];
+            if l < 0 || l as usize >= c {
+                return Err(Error::InvalidArgument { op: "evaluate", msg: format!("label {l} is out of range for the model's {c} classes") });
+            }
             loss -= row[l as usize] as f64;
             let argmax = row.iter().enumerate().fold(0, |best, (j, &v)| if v > row[best] { j } else { best });
             correct += (argmax == l as usize) as usize;
+            confusion[l as usize][argmax] += 1;
+            // In the top 5: fewer than 5 classes score higher (ties to the lower index).
+            let above = row.iter().enumerate().filter(|&(j, &v)| v > row[l as usize] || (v == row[l as usize] && j < l as usize)).count();
+            in_top5 += (above < 5) as usize;
         }
     }
     bar.finish_and_clear();
     let n = data.len().max(1) as f64;
-    Ok(Metrics { loss: (loss / n) as f32, accuracy: (correct as f64 / n) as f32 })
+    let top5 = (confusion.len() > 5).then(|| (in_top5 as f64 / n) as f32);
+    Ok(Metrics { loss: (loss / n) as f32, accuracy: (correct as f64 / n) as f32, top5, confusion })
 }
 
 /// Class predictions (argmax of the logits) for a batch of images; with

@@ -180,3 +180,30 @@ fn early_stopping_restores_the_best_weights() {
     }
     panic!("no labelling ended below its best epoch");
 }
+
+/// Epoch stats carry every step's loss and the training accuracy (from
+/// logits kept on the device); evaluation gives the confusion matrix,
+/// per-class accuracy and top-5. Both devices agree.
+fn metrics(dev: &Device) {
+    let data = tiny_data();
+    let mut t = trainer(dev, TrainConfig { epochs: 2, log_every: 2, ..Default::default() });
+    let hist = t.fit(&data, Some(&data), |_| Control::Continue).unwrap();
+    for s in &hist {
+        assert_eq!(s.step_losses.len(), 3, "48 images in batches of 16");
+        let mean = s.step_losses.iter().sum::<f32>() / 3.0;
+        Tolerance::new(1e-6, 1e-5).assert("mean of the step losses", &[mean], &[s.train_loss]);
+        let acc = s.train_accuracy.unwrap();
+        assert!((0.0..=1.0).contains(&acc) && (acc * 48.0).fract() < 1e-4, "a share of 48 images: {acc}");
+    }
+    let m = t.evaluate(&data).unwrap();
+    assert_eq!(m.confusion.len(), 10);
+    assert_eq!(m.confusion.iter().flatten().sum::<u64>(), 48);
+    let diag: u64 = (0..10).map(|i| m.confusion[i][i]).sum();
+    assert_eq!(diag as f32 / 48.0, m.accuracy);
+    let top5 = m.top5.unwrap();
+    assert!(top5 >= m.accuracy && top5 <= 1.0);
+    assert!(m.per_class_accuracy().iter().all(|a| a.is_some_and(|a| (0.0..=1.0).contains(&a))));
+    let table = m.confusion_table(&[]);
+    assert_eq!(table.lines().count(), 11, "{table}");
+}
+test_device!(epoch_and_eval_metrics, metrics);

@@ -359,7 +359,7 @@ fn predict_with_tta() {
 fn training_curves_svg() {
     use wgpu_cnn::train::EpochStats;
     let hist: Vec<EpochStats> = (1..=3)
-        .map(|e| EpochStats { epoch: e, lr: 0.01, train_loss: 1.0 / e as f32, val_loss: Some(1.2 / e as f32), val_accuracy: Some(0.9 + 0.02 * e as f32), images_per_sec: 1.0, seconds: 1.0 })
+        .map(|e| EpochStats { epoch: e, lr: 0.01, train_loss: 1.0 / e as f32, train_accuracy: Some(0.8 + 0.03 * e as f32), val_loss: Some(1.2 / e as f32), val_accuracy: Some(0.9 + 0.02 * e as f32), images_per_sec: 1.0, seconds: 1.0, step_losses: vec![1.5 / e as f32, 1.0 / e as f32] })
         .collect();
     let path = tmp("curves.svg");
     wgpu_cnn::plot::training_curves(&path, &hist).unwrap();
