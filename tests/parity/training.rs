@@ -364,9 +364,27 @@ fn training_curves_svg() {
     let path = tmp("curves.svg");
     wgpu_cnn::plot::training_curves(&path, &hist).unwrap();
     let svg = std::fs::read_to_string(&path).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("test accuracy") && svg.contains("polyline"), "{}", &svg[..200.min(svg.len())]);
+    assert!(svg.starts_with("<svg") && svg.contains("accuracy (%)") && svg.contains("loss per step") && svg.contains("polyline") && svg.contains("<circle"), "{}", &svg[..200.min(svg.len())]);
+    // One epoch still draws its points.
+    wgpu_cnn::plot::training_curves(&path, &hist[..1]).unwrap();
+    assert!(std::fs::read_to_string(&path).unwrap().matches("<circle").count() >= 3);
     let bad = wgpu_cnn::plot::training_curves(Path::new("/nonexistent/dir/c.svg"), &hist);
     assert!(bad.is_err());
+    // Not SVG: refused, rather than SVG text in a .png file.
+    let png = tmp("curves.png");
+    assert!(matches!(wgpu_cnn::plot::training_curves(&png, &hist), Err(Error::File { kind: FileErrorKind::Write, .. })) && !png.exists());
+    // The history: CSV with a row per epoch, JSON with the step losses.
+    let csv = tmp("history.csv");
+    wgpu_cnn::plot::write_history(&csv, &hist).unwrap();
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(text.lines().count(), 4);
+    assert!(text.starts_with("epoch,lr,train_loss,train_accuracy,val_loss,val_accuracy") && text.lines().nth(2).unwrap().starts_with("2,0.01,0.5,0.86"), "{text}");
+    let json = tmp("history.json");
+    wgpu_cnn::plot::write_history(&json, &hist).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 3);
+    assert_eq!(v[2]["epoch"], 3);
+    assert_eq!(v[0]["step_losses"].as_array().unwrap().len(), 2);
 }
 
 /// Timestamp profiling: every dispatched kernel shows up with its calls, and
