@@ -130,10 +130,20 @@ fn filled(dev: &Device, n: usize, seed: usize) -> Tensor {
     Tensor::from_vec(dev, &[n, n], (0..n * n).map(|i| ((i * 7 + seed * 13) % 17) as f32 / 17.0 - 0.5).collect()).unwrap()
 }
 
-fn main() -> wgpu_cnn::Result<()> {
-    env_logger::init();
+#[path = "common/mod.rs"]
+mod common;
+
+fn main() -> std::process::ExitCode {
+    common::main_with((), |_| run())
+}
+
+fn run() -> wgpu_cnn::Result<()> {
     let args = Args::parse();
-    let gpu = if args.cpu_only { None } else { Some(Device::gpu()?) };
+    let gpu = if args.cpu_only {
+        None
+    } else {
+        Some(Device::gpu().map_err(|e| wgpu_cnn::Error::NoAdapter(format!("{e} (or pass --cpu-only to time the CPU path alone)")))?)
+    };
     let real_gpu = gpu.as_ref().is_some_and(|d| !d.gpu_context().unwrap().adapter().is_software());
     let sizes = args.sizes.clone().unwrap_or(if real_gpu { vec![128, 256, 512, 1024, 2048, 4096] } else { vec![128, 256, 512] });
     if !args.json {

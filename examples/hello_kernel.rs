@@ -5,8 +5,19 @@
 use wgpu_cnn::ops::gemm::{gemm, GemmConfig};
 use wgpu_cnn::{Device, Tensor, Tolerance};
 
-fn main() -> wgpu_cnn::Result<()> {
-    env_logger::init();
+#[path = "common/mod.rs"]
+mod common;
+
+/// The host API on one page: tensors, one kernel, a readback.
+#[derive(clap::Parser, Debug)]
+#[command(about = "The host API on one page: tensors, one kernel, a readback")]
+struct Args {}
+
+fn main() -> std::process::ExitCode {
+    common::main_with(<Args as clap::Parser>::parse(), |_| run())
+}
+
+fn run() -> wgpu_cnn::Result<()> {
     // 1. A device: the best GPU wgpu can see (lavapipe counts), else say why.
     let gpu = Device::gpu()?;
     println!("adapter: {gpu}");

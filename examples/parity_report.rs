@@ -34,7 +34,19 @@ fn report(name: &str, shape: &str, inputs: &[(&[usize], u64)], f: impl Fn(&Devic
     println!("{name:<28} {shape:<34} {}", diffs.join(" / "));
 }
 
-fn main() -> wgpu_cnn::Result<()> {
+#[path = "common/mod.rs"]
+mod common;
+
+/// Max |GPU − CPU| per kernel on training-sized shapes.
+#[derive(clap::Parser, Debug)]
+#[command(about = "Max |GPU − CPU| per kernel on training-sized shapes")]
+struct Args {}
+
+fn main() -> std::process::ExitCode {
+    common::main_with(<Args as clap::Parser>::parse(), |_| run())
+}
+
+fn run() -> wgpu_cnn::Result<()> {
     let gpu = Device::gpu()?;
     println!("adapter: {gpu}\n{:<28} {:<34} max |GPU − CPU| per output", "kernel", "shape");
     let conv = Conv2dConfig::default().padding(1);

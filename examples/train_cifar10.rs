@@ -2,15 +2,14 @@
 //!
 //!     cargo run --release --example train_cifar10 -- --data ~/cifar-10-batches-bin --device gpu
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use wgpu_cnn::data::{cifar, Augment};
 use wgpu_cnn::nn::{models, Init, Initializer};
-use wgpu_cnn::ops::optim::SgdConfig;
-use wgpu_cnn::optim::{LrSchedule, Optimizer, OptimizerConfig};
-use wgpu_cnn::train::{Control, TrainConfig, Trainer};
-use wgpu_cnn::Device;
+
+#[path = "common/mod.rs"]
+mod common;
+use common::{Defaults, OptArg, ScheduleArg, TrainArgs};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Net {
@@ -18,7 +17,7 @@ enum Net {
     Vgg,
 }
 
-#[derive(Parser)]
+#[derive(Parser, Debug)]
 #[command(about = "Train a CIFAR-10 CNN with augmentation")]
 struct Args {
     /// Folder with data_batch_1.bin … data_batch_5.bin and test_batch.bin (CIFAR-10 binary version).
@@ -26,60 +25,31 @@ struct Args {
     data: PathBuf,
     #[arg(long, value_enum, default_value_t = Net::Resnet20)]
     net: Net,
-    /// cpu or gpu.
-    #[arg(long, default_value = "gpu")]
-    device: String,
-    #[arg(long, default_value_t = 30)]
-    epochs: usize,
-    #[arg(long, default_value_t = 128)]
-    batch_size: usize,
-    #[arg(long, default_value_t = 0.1)]
-    lr: f32,
-    /// Train on the first N images only.
-    #[arg(long)]
-    limit: Option<usize>,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    train: TrainArgs,
 }
 
-fn main() -> ExitCode {
-    env_logger::init();
-    let args = Args::parse();
-    let run = || -> wgpu_cnn::Result<()> {
-        let dev = if args.device == "cpu" { Device::Cpu } else { Device::gpu()? };
-        println!("device: {dev}");
-        let mut train = cifar::load(&args.data, true)?;
-        let test = cifar::load(&args.data, false)?;
-        if let Some(n) = args.limit {
-            train = train.take(n);
-        }
-        let init = &mut Initializer::new(args.seed, Init::KaimingNormal);
-        let model = match args.net {
-            Net::Resnet20 => models::resnet20(&dev, init)?,
-            Net::Vgg => models::vgg_small(&dev, init)?,
-        };
-        let opt = Optimizer::new(OptimizerConfig::Sgd(SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: true, ..SgdConfig::new(args.lr) }))?;
-        let cfg = TrainConfig {
-            epochs: args.epochs,
-            batch_size: args.batch_size,
-            seed: args.seed,
-            schedule: LrSchedule::Cosine { min_lr: 0.0 },
-            warmup_epochs: 1,
-            augment: Some(Augment { crop_padding: 4, horizontal_flip: true, ..Augment::default() }),
-            ..TrainConfig::default()
-        };
-        let mut t = Trainer::new(model, opt, cfg, dev)?;
-        t.fit(&train, Some(&test), |s| {
-            println!("epoch {}  lr {:.4}  train loss {:.4}  test accuracy {:.2}%  {:.0} images/s", s.epoch, s.lr, s.train_loss, 100.0 * s.val_accuracy.unwrap_or(0.0), s.images_per_sec);
-            Control::Continue
-        })?;
-        Ok(())
+fn main() -> std::process::ExitCode {
+    common::main_with(Args::parse(), run)
+}
+
+const CLASSES: [&str; 10] = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+
+fn run(args: Args) -> wgpu_cnn::Result<()> {
+    args.train.check_paths()?;
+    let dev = common::open_device(args.train.device, false)?;
+    println!("device: {dev}");
+    let train = args.train.limit(cifar::load(&args.data, true)?)?;
+    let test = cifar::load(&args.data, false)?;
+    let init = &mut Initializer::new(args.train.seed, Init::KaimingNormal);
+    let model = match args.net {
+        Net::Resnet20 => models::resnet20(&dev, init)?,
+        Net::Vgg => models::vgg_small(&dev, init)?,
     };
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    let defaults = Defaults { epochs: 30, batch_size: 128, optimizer: OptArg::Sgd, schedule: ScheduleArg::Cosine };
+    let mut t = args.train.trainer(&defaults, model, dev)?;
+    t.config.augment = Some(Augment { crop_padding: 4, horizontal_flip: true, ..Augment::default() });
+    let names: Vec<String> = CLASSES.iter().map(|s| s.to_string()).collect();
+    common::run_training(&args.train, &mut t, &train, Some(&test), &names)?;
+    Ok(())
 }

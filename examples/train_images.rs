@@ -4,26 +4,16 @@
 //!     cargo run --release --example train_images -- --data data/digits-png --model lenet5 --epochs 10 --save digits.safetensors
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use wgpu_cnn::data::folder::{self, Color, FolderConfig, Normalize};
 use wgpu_cnn::data::Augment;
 use wgpu_cnn::nn::models::{self, ModelSpec};
 use wgpu_cnn::nn::{Init, Initializer};
-use wgpu_cnn::ops::optim::{AdamConfig, SgdConfig};
-use wgpu_cnn::optim::{Optimizer, OptimizerConfig};
-use wgpu_cnn::train::{Control, TrainConfig, Trainer};
 use wgpu_cnn::weights::{save_weights, WeightsMeta};
 
 #[path = "common/mod.rs"]
 mod common;
-use common::DeviceArg;
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum OptArg {
-    Sgd,
-    Adam,
-    Adamw,
-}
+use common::{Defaults, OptArg, ScheduleArg, TrainArgs};
 
 #[derive(Parser, Debug)]
 #[command(about = "Train a built-in model on an image folder with wgpu-cnn")]
@@ -54,22 +44,11 @@ struct Args {
     /// Rotate training images by up to ± this many degrees.
     #[arg(long, default_value_t = 0.0)]
     rotate: f32,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    device: DeviceArg,
-    #[arg(long, default_value_t = 5)]
-    epochs: usize,
-    #[arg(long, default_value_t = 32)]
-    batch_size: usize,
-    #[arg(long, value_enum, default_value_t = OptArg::Adam)]
-    optimizer: OptArg,
-    /// Learning rate (SGD default 0.01 with momentum 0.9; Adam/AdamW 1e-3).
-    #[arg(long)]
-    lr: Option<f32>,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
     /// Save the trained weights (with class names and preprocessing) here.
     #[arg(long)]
     save: Option<PathBuf>,
+    #[command(flatten)]
+    train: TrainArgs,
 }
 
 fn main() -> std::process::ExitCode {
@@ -80,10 +59,11 @@ fn run(args: Args) -> wgpu_cnn::Result<()> {
     if let Some(path) = &args.save {
         wgpu_cnn::checkpoint::check_writable(path)?;
     }
-    let device = common::open_device(args.device, false)?;
+    args.train.check_paths()?;
+    let device = common::open_device(args.train.device, false)?;
     println!("device: {device}");
     let color = if args.grayscale { Color::Gray } else if args.rgb { Color::Rgb } else { Color::Auto };
-    let cfg = FolderConfig { size: args.size, color, val_split: args.val_split, seed: args.seed, skip_bad: args.skip_bad, normalize: Normalize::FromTrain, workers: 0 };
+    let cfg = FolderConfig { size: args.size, color, val_split: args.val_split, seed: args.train.seed, skip_bad: args.skip_bad, normalize: Normalize::FromTrain, workers: 0 };
     let t0 = std::time::Instant::now();
     let data = folder::load(&args.data, &cfg)?;
     let [c, h, w] = data.preprocess.input;
@@ -96,29 +76,15 @@ fn run(args: Args) -> wgpu_cnn::Result<()> {
         t0.elapsed().as_secs_f64(),
         if data.skipped.is_empty() { String::new() } else { format!(", {} unreadable files skipped", data.skipped.len()) }
     );
+    let train = args.train.limit(data.train.clone())?;
     let spec = ModelSpec::new(data.preprocess.input, data.classes.len());
-    let model = models::build(&args.model, spec, &device, &mut Initializer::new(args.seed, Init::PytorchDefault))?;
-    let opt = match args.optimizer {
-        OptArg::Sgd => OptimizerConfig::Sgd(SgdConfig { momentum: 0.9, ..SgdConfig::new(args.lr.unwrap_or(0.01)) }),
-        OptArg::Adam => OptimizerConfig::Adam(AdamConfig::adam(args.lr.unwrap_or(1e-3))),
-        OptArg::Adamw => OptimizerConfig::Adam(AdamConfig::adamw(args.lr.unwrap_or(1e-3))),
-    };
-    let augment = (args.flip || args.rotate > 0.0).then_some(Augment { horizontal_flip: args.flip, rotate_degrees: args.rotate, ..Augment::default() });
-    let config = TrainConfig { epochs: args.epochs, batch_size: args.batch_size, seed: args.seed, augment, ..TrainConfig::default() };
-    let mut trainer = Trainer::new(model, Optimizer::new(opt)?, config, device)?;
-    trainer.fit(&data.train, data.val.as_ref(), |s| {
-        let val = s.val_accuracy.map_or(String::new(), |a| format!("  val loss {:.4}  val accuracy {:.2}%", s.val_loss.unwrap_or(f32::NAN), 100.0 * a));
-        println!("epoch {:>3}  train loss {:.4}{val}  {:.0} images/s  ({:.1} s)", s.epoch, s.train_loss, s.images_per_sec, s.seconds);
-        Control::Continue
-    })?;
+    let model = models::build(&args.model, spec, &device, &mut Initializer::new(args.train.seed, Init::PytorchDefault))?;
+    let defaults = Defaults { epochs: 5, batch_size: 32, optimizer: OptArg::Adam, schedule: ScheduleArg::Constant };
+    let mut trainer = args.train.trainer(&defaults, model, device)?;
+    trainer.config.augment = (args.flip || args.rotate > 0.0).then_some(Augment { horizontal_flip: args.flip, rotate_degrees: args.rotate, ..Augment::default() });
+    common::run_training(&args.train, &mut trainer, &train, data.val.as_ref(), &data.classes)?;
     if let Some(path) = &args.save {
-        let meta = WeightsMeta {
-            model: Some(args.model.clone()),
-            input: Some(data.preprocess.input),
-            classes: data.classes.clone(),
-            mean: data.preprocess.mean.clone(),
-            std: data.preprocess.std.clone(),
-        };
+        let meta = WeightsMeta { model: Some(args.model.clone()), input: Some(data.preprocess.input), classes: data.classes.clone(), mean: data.preprocess.mean.clone(), std: data.preprocess.std.clone() };
         save_weights(path, &mut trainer.model, &meta)?;
         println!("weights written to {}", path.display());
     }

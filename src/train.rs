@@ -221,6 +221,11 @@ pub struct Trainer {
     last_epoch: (Vec<f32>, Option<f32>),
     /// The last training step's logits (for training accuracy).
     last_logits: Option<Tensor>,
+    /// With GPU profiling on: the kernels' time in training epochs (not
+    /// evaluation), in ms, so a per-step figure counts training only.
+    pub train_gpu_ms: f64,
+    /// Early stopping ended training (further `fit` calls do nothing).
+    pub stopped_early: bool,
     /// Input shapes whose pipelines have been built: (shape, training).
     prepared: std::collections::HashSet<(Vec<usize>, bool)>,
 }
@@ -228,10 +233,13 @@ pub struct Trainer {
 impl Trainer {
     pub fn new(model: Sequential, optimizer: Optimizer, config: TrainConfig, device: Device) -> Result<Trainer> {
         check_schedule(&config.schedule)?;
-        if config.batch_size == 0 || config.l1 < 0.0 || config.l2 < 0.0 {
-            return Err(Error::InvalidArgument { op: "Trainer", msg: format!("batch_size {} must be ≥ 1, l1 {} and l2 {} ≥ 0", config.batch_size, config.l1, config.l2) });
+        if config.batch_size == 0 {
+            return Err(Error::InvalidArgument { op: "Trainer", msg: "batch size 0: a batch needs at least one image".into() });
         }
-        Ok(Trainer { model, optimizer, config, device, epoch: 0, step: 0, epoch_step: 0, stop: None, plateau: PlateauState::new(), best: None, since_best: 0, last_epoch: (Vec::new(), None), last_logits: None, prepared: Default::default() })
+        if !(config.l1 >= 0.0 && config.l2 >= 0.0) {
+            return Err(Error::InvalidArgument { op: "Trainer", msg: format!("l1 {} and l2 {} must be ≥ 0", config.l1, config.l2) });
+        }
+        Ok(Trainer { model, optimizer, config, device, epoch: 0, step: 0, epoch_step: 0, stop: None, plateau: PlateauState::new(), best: None, since_best: 0, last_epoch: (Vec::new(), None), last_logits: None, train_gpu_ms: 0.0, stopped_early: false, prepared: Default::default() })
     }
 
     /// On the GPU, builds every pipeline that training on `train` and
@@ -356,9 +364,7 @@ impl Trainer {
         let mut batches = data.batches(self.config.batch_size, Some(epoch_seed));
         let skip = self.epoch_step.min(batches.len());
         batches.drain(..skip);
-        let bar = if self.config.progress { ProgressBar::new(batches.len() as u64) } else { ProgressBar::hidden() };
-        bar.set_style(ProgressStyle::with_template("epoch {msg} [{bar:30}] {pos}/{len} batches, {per_sec}, eta {eta}").unwrap().progress_chars("=> "));
-        bar.set_message(format!("{}", self.epoch + 1));
+        let mut progress = Progress::new(self.config.progress, batches.len(), self.epoch + 1, self.config.epochs, data.len());
         let start = Instant::now();
         // Each step's loss goes into its slot of a device-side window, read back
         // when full (every log_every steps) or at the end of the epoch: the
@@ -396,12 +402,12 @@ impl Trainer {
                 window_labels.extend_from_slice(&labels);
             }
             filled += 1;
-            bar.inc(1);
+            progress.step(labels.len());
             let stopping = self.stop.as_ref().is_some_and(StopFlag::is_set);
             if filled == window_len || i + 1 == batches.len() || stopping {
                 let losses = window.to_vec()?;
                 if let Some(j) = losses[..filled].iter().position(|v| !v.is_finite()) {
-                    bar.abandon();
+                    progress.bar.abandon();
                     return Err(Error::NonFinite { what: format!("the loss ({})", losses[j]), epoch: self.epoch + 1, step: first_step + j as u64 + 1 });
                 }
                 sum += losses[..filled].iter().map(|&v| v as f64).sum::<f64>();
@@ -416,11 +422,11 @@ impl Trainer {
                     seen += window_labels.len();
                     window_labels.clear();
                 }
-                bar.set_message(format!("{} loss {:.4}", self.epoch + 1, sum / (i + 1) as f64));
+                progress.loss = Some(sum / (i + 1) as f64);
                 (filled, first_step) = (0, self.step);
             }
             if stopping {
-                bar.abandon();
+                progress.bar.abandon();
                 return Err(Error::Interrupted { epoch: self.epoch + 1, epoch_step: self.epoch_step, step: self.step });
             }
             Ok(())
@@ -428,7 +434,7 @@ impl Trainer {
         self.epoch_step = 0;
         self.last_epoch = (step_losses, (seen > 0).then(|| right as f32 / seen as f32));
         let mean = (sum / batches.len().max(1) as f64) as f32;
-        bar.finish_and_clear();
+        progress.bar.finish_and_clear();
         let secs = start.elapsed().as_secs_f64();
         self.epoch += 1;
         Ok((mean, data.len() as f64 / secs))
@@ -458,7 +464,7 @@ impl Trainer {
         if self.epoch < until {
             self.prepare(train, val)?;
         }
-        while self.epoch < until {
+        while self.epoch < until && !self.stopped_early {
             let lr = if self.config.schedule.per_step() {
                 self.optimizer.lr()
             } else {
@@ -466,7 +472,9 @@ impl Trainer {
             };
             self.optimizer.set_lr(lr)?;
             let t0 = Instant::now();
+            let gpu_before = self.profiled_ms()?;
             let (train_loss, ips) = self.train_epoch(train)?;
+            self.train_gpu_ms += self.profiled_ms()? - gpu_before;
             let metrics = val.map(|v| self.evaluate(v)).transpose()?;
             let stats = EpochStats {
                 epoch: self.epoch,
@@ -494,6 +502,7 @@ impl Trainer {
                     self.since_best += 1;
                     if self.since_best >= patience {
                         log::info!("early stopping: no improvement for {patience} epochs");
+                        self.stopped_early = true;
                         if self.config.restore_best {
                             if let Some((acc, values)) = self.best.take() {
                                 self.restore_state(&values)?;
@@ -509,6 +518,13 @@ impl Trainer {
             }
         }
         Ok(history)
+    }
+
+    /// The profiler's total so far (0 without profiling), after the work recorded so far.
+    fn profiled_ms(&self) -> Result<f64> {
+        let Device::Gpu(ctx) = &self.device else { return Ok(0.0) };
+        ctx.flush()?;
+        Ok(ctx.profile_report().map_or(0.0, |r| r.total_ms))
     }
 
     /// Every parameter and buffer of the model, on the host.
@@ -531,6 +547,63 @@ impl Trainer {
             }
         }
         Ok(())
+    }
+}
+
+/// An epoch's progress: a bar on a terminal (`epoch 3/10`, images/s, the
+/// loss so far, the epoch's and the whole run's ETA), else a plain line on
+/// stderr every 10 seconds so piped output shows progress too.
+struct Progress {
+    bar: ProgressBar,
+    plain: bool,
+    last_line: Instant,
+    start: Instant,
+    images: usize,
+    done: usize,
+    total: usize,
+    epoch: usize,
+    epochs: usize,
+    epoch_images: usize,
+    loss: Option<f64>,
+}
+
+impl Progress {
+    fn new(on: bool, batches: usize, epoch: usize, epochs: usize, epoch_images: usize) -> Progress {
+        use std::io::IsTerminal;
+        let terminal = std::io::stderr().is_terminal();
+        let bar = if on && terminal { ProgressBar::new(batches as u64) } else { ProgressBar::hidden() };
+        bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} batches, epoch eta {eta}").unwrap().progress_chars("=> "));
+        let now = Instant::now();
+        let p = Progress { bar, plain: on && !terminal, last_line: now, start: now, images: 0, done: 0, total: batches, epoch, epochs: epochs.max(epoch), epoch_images, loss: None };
+        p.bar.set_message(p.message());
+        p
+    }
+
+    fn message(&self) -> String {
+        let secs = self.start.elapsed().as_secs_f64().max(1e-9);
+        let ips = self.images as f64 / secs;
+        let mut m = format!("epoch {}/{}", self.epoch, self.epochs);
+        if let Some(l) = self.loss {
+            m += &format!(" loss {l:.4}");
+        }
+        if self.images > 0 {
+            m += &format!(", {ips:.0} images/s");
+            // The rest of this epoch and every later one at this speed.
+            let left = (self.total - self.done) as f64 / self.done.max(1) as f64 * secs + (self.epochs - self.epoch) as f64 * self.epoch_images as f64 / ips;
+            m += &format!(", run eta {}", indicatif::HumanDuration(std::time::Duration::from_secs_f64(left)));
+        }
+        m
+    }
+
+    fn step(&mut self, images: usize) {
+        self.images += images;
+        self.done += 1;
+        self.bar.set_message(self.message());
+        self.bar.inc(1);
+        if self.plain && self.last_line.elapsed().as_secs() >= 10 {
+            eprintln!("{} ({}/{} batches)", self.message(), self.done, self.total);
+            self.last_line = Instant::now();
+        }
     }
 }
 
@@ -557,8 +630,9 @@ pub fn evaluate(model: &mut Sequential, device: &Device, data: &Dataset, batch_s
 fn evaluate_with(model: &mut Sequential, device: &Device, data: &Dataset, batch_size: usize, progress: bool) -> Result<Metrics> {
     let (mut loss, mut correct) = (0f64, 0usize);
     let batches = data.batches(batch_size, None);
-    let bar = if progress { ProgressBar::new(batches.len() as u64) } else { ProgressBar::hidden() };
-    bar.set_style(ProgressStyle::with_template("evaluating [{bar:30}] {pos}/{len} batches, eta {eta}").unwrap().progress_chars("=> "));
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = if progress && terminal { ProgressBar::new(batches.len() as u64) } else { ProgressBar::hidden() };
+    bar.set_style(ProgressStyle::with_template("evaluating [{bar:30}] {pos}/{len} batches, {per_sec}, eta {eta}").unwrap().progress_chars("=> "));
     let mut confusion: Vec<Vec<u64>> = Vec::new();
     let mut in_top5 = 0usize;
     for idx in batches {

@@ -41,3 +41,259 @@ pub fn main_with<A>(args: A, run: impl FnOnce(A) -> wgpu_cnn::Result<()>) -> std
         }
     }
 }
+
+// ---------------------------------------------------------------- the training examples' options
+
+use std::path::PathBuf;
+
+use wgpu_cnn::data::Dataset;
+use wgpu_cnn::nn::Sequential;
+use wgpu_cnn::ops::optim::{AdamConfig, SgdConfig};
+use wgpu_cnn::ops::softmax_xent::CrossEntropyConfig;
+use wgpu_cnn::optim::{LrSchedule, Optimizer, OptimizerConfig, Plateau};
+use wgpu_cnn::train::{EpochStats, StopFlag, TrainConfig, Trainer};
+use wgpu_cnn::Error;
+
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
+pub enum OptArg {
+    /// SGD with momentum 0.9.
+    Sgd,
+    Adam,
+    Adamw,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
+pub enum ScheduleArg {
+    Constant,
+    /// ×0.1 every third of the run.
+    Step,
+    /// Cosine to 0 over the run, per epoch.
+    Cosine,
+    /// Per step: cosine annealing to 0 over every step of the run.
+    WarmupCosine,
+    /// Per step: one-cycle with --lr as the peak.
+    OneCycle,
+    /// ×0.1 when the test loss has not improved for 2 epochs.
+    Plateau,
+}
+
+/// What each training example defaults to.
+pub struct Defaults {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub optimizer: OptArg,
+    pub schedule: ScheduleArg,
+}
+
+/// The options every training example shares.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrainArgs {
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
+    /// Total epochs, counting those a resumed checkpoint already did.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Learning rate (default: SGD 0.01 with momentum 0.9, Adam/AdamW 1e-3).
+    #[arg(long)]
+    pub lr: Option<f32>,
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptArg>,
+    /// Weight decay (default: 0, AdamW 0.01).
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleArg>,
+    /// Linear warm-up epochs before a per-epoch schedule.
+    #[arg(long, default_value_t = 0)]
+    pub warmup_epochs: usize,
+    /// Cross-entropy label smoothing in [0, 1].
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f32,
+    /// Clip the global gradient norm to this.
+    #[arg(long)]
+    pub clip_grad_norm: Option<f32>,
+    /// Stop when test accuracy has not improved for this many epochs (the best weights are kept).
+    #[arg(long)]
+    pub early_stopping: Option<usize>,
+    /// Also report test accuracy with test-time augmentation (flips and shifts).
+    #[arg(long)]
+    pub tta: bool,
+    /// Save a checkpoint here after every epoch (and on Ctrl-C).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Resume from this checkpoint.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Write training curves here (SVG).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Write the per-epoch history here (.csv, else JSON).
+    #[arg(long)]
+    pub history: Option<PathBuf>,
+    /// Train on the first N training images only.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl TrainArgs {
+    /// The training set cut to `--limit`; a limit of 0 is an error, not a silent no-op.
+    pub fn limit(&self, train: Dataset) -> wgpu_cnn::Result<Dataset> {
+        match self.limit {
+            Some(0) => Err(Error::InvalidArgument { op: "--limit", msg: "0 images leaves nothing to train on".into() }),
+            Some(n) => Ok(train.take(n)),
+            None => Ok(train),
+        }
+    }
+
+    /// The optimiser and configuration these options and `d` give.
+    pub fn trainer(&self, d: &Defaults, model: Sequential, device: wgpu_cnn::Device) -> wgpu_cnn::Result<Trainer> {
+        let opt = self.optimizer.unwrap_or(d.optimizer);
+        let lr = self.lr.unwrap_or(if opt == OptArg::Sgd { 0.01 } else { 1e-3 });
+        let config = match opt {
+            OptArg::Sgd => OptimizerConfig::Sgd(SgdConfig { momentum: 0.9, weight_decay: self.weight_decay.unwrap_or(0.0), ..SgdConfig::new(lr) }),
+            OptArg::Adam => OptimizerConfig::Adam(AdamConfig { weight_decay: self.weight_decay.unwrap_or(0.0), ..AdamConfig::adam(lr) }),
+            OptArg::Adamw => OptimizerConfig::Adam(AdamConfig { weight_decay: self.weight_decay.unwrap_or(0.01), ..AdamConfig::adamw(lr) }),
+        };
+        let epochs = self.epochs.unwrap_or(d.epochs);
+        let batch_size = self.batch_size.unwrap_or(d.batch_size);
+        let (schedule, plateau) = match self.schedule.unwrap_or(d.schedule) {
+            ScheduleArg::Constant => (LrSchedule::Constant, None),
+            ScheduleArg::Step => (LrSchedule::Step { every: (epochs / 3).max(1), gamma: 0.1 }, None),
+            ScheduleArg::Cosine => (LrSchedule::Cosine { min_lr: 0.0 }, None),
+            ScheduleArg::WarmupCosine => (LrSchedule::WarmupCosine { warmup_steps: 0, min_lr: 0.0 }, None),
+            ScheduleArg::OneCycle => (LrSchedule::one_cycle(lr), None),
+            ScheduleArg::Plateau => (LrSchedule::Constant, Some(Plateau { patience: 2, ..Plateau::new() })),
+        };
+        let cfg = TrainConfig {
+            epochs,
+            batch_size,
+            seed: self.seed,
+            schedule,
+            warmup_epochs: self.warmup_epochs,
+            clip_grad_norm: self.clip_grad_norm,
+            early_stopping_patience: self.early_stopping,
+            reduce_on_plateau: plateau,
+            loss: CrossEntropyConfig { label_smoothing: self.label_smoothing, ..CrossEntropyConfig::default() },
+            ..TrainConfig::default()
+        };
+        Trainer::new(model, Optimizer::new(config)?, cfg, device)
+    }
+
+    /// Checks the output paths before any training.
+    pub fn check_paths(&self) -> wgpu_cnn::Result<()> {
+        for path in [&self.checkpoint, &self.plot, &self.history].into_iter().flatten() {
+            wgpu_cnn::checkpoint::check_writable(path)?;
+        }
+        Ok(())
+    }
+}
+
+/// The command line that resumes this run from `checkpoint`.
+fn resume_command(checkpoint: &std::path::Path) -> String {
+    let mut args: Vec<String> = Vec::new();
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        if a == "--resume" {
+            it.next();
+        } else if !a.starts_with("--resume=") {
+            args.push(a);
+        }
+    }
+    let example = std::env::args().next().and_then(|p| std::path::Path::new(&p).file_stem().map(|s| s.to_string_lossy().into_owned())).unwrap_or_default();
+    format!("cargo run --release --example {example} -- {} --resume {}", args.join(" "), checkpoint.display())
+}
+
+/// Trains `t` (after `--resume`) to `--epochs`, printing each epoch, saving
+/// the checkpoint after each, the plot and history at the end; evaluates on
+/// `test` after each epoch and prints the confusion matrix (≤ 20 classes) at
+/// the end. Ctrl-C finishes the step, saves everything asked for, prints the
+/// command that resumes, and exits with 130.
+pub fn run_training(args: &TrainArgs, t: &mut Trainer, train: &Dataset, test: Option<&Dataset>, class_names: &[String]) -> wgpu_cnn::Result<Vec<EpochStats>> {
+    args.check_paths()?;
+    if let Some(path) = &args.resume {
+        wgpu_cnn::checkpoint::load(path, t)?;
+        println!("resumed from {} at epoch {} ({} batches into the next), step {}", path.display(), t.epoch, t.epoch_step, t.step);
+    }
+    let epochs = t.config.epochs;
+    if epochs == 0 {
+        return Err(Error::InvalidArgument { op: "--epochs", msg: "0 epochs: nothing to do".into() });
+    }
+    if t.epoch >= epochs {
+        return Err(Error::InvalidArgument {
+            op: "--epochs",
+            msg: format!("nothing to do: the checkpoint has finished {} epochs and --epochs is {epochs} (it counts the resumed epochs: raise it to train more)", t.epoch),
+        });
+    }
+    t.stop = Some(StopFlag::on_ctrl_c()?);
+    let mut history: Vec<EpochStats> = Vec::new();
+    let finish = |t: &mut Trainer, history: &[EpochStats]| -> wgpu_cnn::Result<()> {
+        if let Some(path) = &args.checkpoint {
+            wgpu_cnn::checkpoint::save(path, t)?;
+        }
+        if let Some(path) = &args.plot {
+            wgpu_cnn::plot::training_curves(path, history)?;
+            println!("curves written to {}", path.display());
+        }
+        if let Some(path) = &args.history {
+            wgpu_cnn::plot::write_history(path, history)?;
+            println!("history written to {}", path.display());
+        }
+        Ok(())
+    };
+    while t.epoch < epochs {
+        let r = t.fit_until(train, test, t.epoch + 1, |s| {
+            let test_part = match (s.val_loss, s.val_accuracy) {
+                (Some(l), Some(a)) => format!("  test loss {l:.4}  test accuracy {:.2}%", 100.0 * a),
+                _ => String::new(),
+            };
+            let train_acc = s.train_accuracy.map_or(String::new(), |a| format!("  train accuracy {:.2}%", 100.0 * a));
+            println!("epoch {:>3}/{epochs}  lr {:.5}  train loss {:.4}{train_acc}{test_part}  {:.0} images/s  ({:.1} s)", s.epoch, s.lr, s.train_loss, s.images_per_sec, s.seconds);
+            wgpu_cnn::train::Control::Continue
+        });
+        match r {
+            Ok(h) => history.extend(h),
+            Err(Error::Interrupted { epoch, epoch_step, step }) => {
+                println!("\ninterrupted in epoch {epoch} after {epoch_step} of its batches (step {step})");
+                finish(t, &history)?;
+                match &args.checkpoint {
+                    Some(path) => println!("checkpoint written to {}; resume with:\n  {}", path.display(), resume_command(path)),
+                    None => println!("no checkpoint was asked for (--checkpoint PATH saves one, also on Ctrl-C)"),
+                }
+                std::process::exit(130);
+            }
+            Err(e) => return Err(e),
+        }
+        if let Some(path) = &args.checkpoint {
+            wgpu_cnn::checkpoint::save(path, t)?;
+        }
+        if t.stopped_early {
+            println!("early stopping: test accuracy has not improved for {} epochs; the best epoch's weights are kept", args.early_stopping.unwrap_or(0));
+            break;
+        }
+    }
+    finish(t, &history)?;
+    if let Some(test) = test {
+        let m = t.evaluate(test)?;
+        if m.confusion.len() <= 20 {
+            println!("\nconfusion matrix on the test set (rows: label, columns: predicted):\n{}", m.confusion_table(class_names));
+        }
+        if let Some(top5) = m.top5 {
+            println!("top-5 accuracy {:.2}%", 100.0 * top5);
+        }
+        if args.tta {
+            let (mut right, mut n) = (0usize, 0usize);
+            for idx in test.batches(256, None) {
+                let (x, labels) = test.batch(&t.device, &idx, None)?;
+                let pred = wgpu_cnn::train::predict(&mut t.model, &x, true)?;
+                right += pred.iter().zip(&labels).filter(|(p, l)| **p as i64 == **l).count();
+                n += labels.len();
+            }
+            println!("test accuracy with test-time augmentation {:.2}% (without {:.2}%)", 100.0 * right as f64 / n.max(1) as f64, 100.0 * m.accuracy);
+        }
+    }
+    Ok(history)
+}
