@@ -98,7 +98,7 @@ pub fn concat_backward(dy: &Tensor, channels: &[usize]) -> Result<Vec<Tensor>> {
 
 // ---------------------------------------------------------------- CPU reference
 
-/// parts[i]: (n, c_i, inner) → (n, Σ c_i, inner); each part's block per image is contiguous.
+/// `parts[i]`: (n, c_i, inner) → (n, Σ c_i, inner); each part's block per image is contiguous.
 pub fn concat_forward_cpu(parts: &[&[f32]], n: usize) -> Vec<f32> {
     let total: usize = parts.iter().map(|p| p.len()).sum();
     let mut out = Vec::with_capacity(total);
