@@ -6,8 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A Vulkan driver manifest in either standard place, and the loader.
 has_vulkan() {
-    ls /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json >/dev/null 2>&1 && { ldconfig -p 2>/dev/null | grep -q libvulkan.so.1; }
+    local icd=no d
+    for d in /usr/share/vulkan/icd.d /etc/vulkan/icd.d; do
+        compgen -G "$d/*.json" >/dev/null && icd=yes
+    done
+    [ "$icd" = yes ] && { ldconfig -p 2>/dev/null | grep -q libvulkan.so.1; }
 }
 
 if [ -z "${WGPU_CNN_SKIP_GPU_TESTS:-}" ] && [ "$(uname -s)" = Linux ] && ! has_vulkan; then
