@@ -126,7 +126,7 @@ pub struct TrainArgs {
     /// Resume from this checkpoint.
     #[arg(long)]
     pub resume: Option<PathBuf>,
-    /// Write training curves here (SVG).
+    /// Write training curves here (.svg or .png).
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// Write the per-epoch history here (.csv, else JSON).

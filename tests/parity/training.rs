@@ -370,9 +370,17 @@ fn training_curves_svg() {
     assert!(std::fs::read_to_string(&path).unwrap().matches("<circle").count() >= 3);
     let bad = wgpu_cnn::plot::training_curves(Path::new("/nonexistent/dir/c.svg"), &hist);
     assert!(bad.is_err());
-    // Not SVG: refused, rather than SVG text in a .png file.
+    // PNG by the extension (a real PNG: its magic bytes, and it decodes at the plot's size).
     let png = tmp("curves.png");
-    assert!(matches!(wgpu_cnn::plot::training_curves(&png, &hist), Err(Error::File { kind: FileErrorKind::Write, .. })) && !png.exists());
+    wgpu_cnn::plot::training_curves(&png, &hist).unwrap();
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    let img = image::load_from_memory(&bytes).unwrap();
+    assert_eq!((img.width(), img.height()), (1350, 400));
+    assert!(img.to_rgb8().pixels().any(|p| p.0 == [0, 0, 255]), "the blue train curve is drawn");
+    // Another extension: refused, rather than SVG text in it.
+    let txt = tmp("curves.txt");
+    assert!(matches!(wgpu_cnn::plot::training_curves(&txt, &hist), Err(Error::File { kind: FileErrorKind::Write, .. })) && !txt.exists());
     // The history: CSV with a row per epoch, JSON with the step losses.
     let csv = tmp("history.csv");
     wgpu_cnn::plot::write_history(&csv, &hist).unwrap();
