@@ -122,6 +122,7 @@ impl Device {
         }
     }
 
+    /// Whether this is a GPU (hardware or software) rather than the CPU path.
     pub fn is_gpu(&self) -> bool {
         matches!(self, Device::Gpu(_))
     }
@@ -170,10 +171,15 @@ impl fmt::Debug for Device {
 /// What was chosen, in words: name, backend, type, driver.
 #[derive(Clone, Debug)]
 pub struct AdapterSummary {
+    /// The adapter's name.
     pub name: String,
+    /// Vulkan, Metal, DX12, …
     pub backend: wgpu::Backend,
+    /// Discrete, integrated, CPU (software), …
     pub device_type: wgpu::DeviceType,
+    /// The driver's name.
     pub driver: String,
+    /// The driver's version text.
     pub driver_info: String,
 }
 
@@ -197,6 +203,7 @@ impl AdapterSummary {
             .collect()
     }
 
+    /// Whether the adapter runs on the CPU (lavapipe, WARP): correct, not fast.
     pub fn is_software(&self) -> bool {
         self.device_type == wgpu::DeviceType::Cpu
     }

@@ -5,23 +5,58 @@
 pub enum Error {
     /// Operands whose shapes do not fit the op.
     #[error("{op}: {msg}")]
-    Shape { op: &'static str, msg: String },
+    Shape {
+        /// The op that failed.
+        op: &'static str,
+        /// What was wrong, with the shapes or values.
+        msg: String,
+    },
 
     /// A setting outside its valid range (stride 0, a NaN learning rate, ...).
     #[error("{op}: invalid argument: {msg}")]
-    InvalidArgument { op: &'static str, msg: String },
+    InvalidArgument {
+        /// The op that failed.
+        op: &'static str,
+        /// What was wrong, with the shapes or values.
+        msg: String,
+    },
 
     /// Host data whose length does not match the shape it was given.
     #[error("{op}: shape {shape:?} holds {expected} elements but {got} were given")]
-    DataLength { op: &'static str, shape: Vec<usize>, expected: usize, got: usize },
+    DataLength {
+        /// The op that failed.
+        op: &'static str,
+        /// The shape given.
+        shape: Vec<usize>,
+        /// Elements the shape holds.
+        expected: usize,
+        /// Elements given.
+        got: usize,
+    },
 
     /// Operands that live on different devices.
     #[error("{op}: operands live on different devices ({a} and {b}); move one with Tensor::to_device")]
-    DeviceMismatch { op: &'static str, a: String, b: String },
+    DeviceMismatch {
+        /// The op that failed.
+        op: &'static str,
+        /// One operand's device.
+        a: String,
+        /// The other's.
+        b: String,
+    },
 
     /// A buffer larger than the device can bind in one storage binding.
     #[error("{op}: {what} needs {bytes} bytes but the device binds at most {limit} bytes per storage buffer; split the work into smaller batches")]
-    TooLarge { op: &'static str, what: String, bytes: u64, limit: u64 },
+    TooLarge {
+        /// The op that failed.
+        op: &'static str,
+        /// The buffer.
+        what: String,
+        /// Its size.
+        bytes: u64,
+        /// The device's binding limit.
+        limit: u64,
+    },
 
     /// No adapter was found (or none matched the request).
     #[error("no GPU adapter: {0}")]
@@ -29,11 +64,21 @@ pub enum Error {
 
     /// The adapter refused to create a device.
     #[error("could not open a device on adapter `{adapter}`: {msg}")]
-    RequestDevice { adapter: String, msg: String },
+    RequestDevice {
+        /// The adapter's name.
+        adapter: String,
+        /// wgpu's reason.
+        msg: String,
+    },
 
     /// A shader or pipeline failed to compile or validate.
     #[error("kernel `{kernel}`: {msg}")]
-    Kernel { kernel: &'static str, msg: String },
+    Kernel {
+        /// The kernel's name.
+        kernel: &'static str,
+        /// The compiler's or validator's message.
+        msg: String,
+    },
 
     /// A wgpu validation or out-of-memory error raised while running work.
     #[error("wgpu reported an error: {0}")]
@@ -41,7 +86,12 @@ pub enum Error {
 
     /// wgpu ran out of memory creating a buffer or running work.
     #[error("{op}: the GPU is out of memory: {msg}")]
-    OutOfMemory { op: &'static str, msg: String },
+    OutOfMemory {
+        /// The op that failed.
+        op: &'static str,
+        /// wgpu's message.
+        msg: String,
+    },
 
     /// The device was lost (driver reset, `destroy`, unplugged). Every call
     /// on its tensors returns this from then on; open a new device.
@@ -50,16 +100,35 @@ pub enum Error {
 
     /// Waiting for the GPU took longer than `GpuOptions::timeout`.
     #[error("{op}: the GPU did not finish within {seconds:.1} s (GpuOptions::timeout)")]
-    Timeout { op: &'static str, seconds: f64 },
+    Timeout {
+        /// The op that failed.
+        op: &'static str,
+        /// The limit that passed.
+        seconds: f64,
+    },
 
     /// Training produced a NaN or infinite loss or gradient.
     #[error("training stopped at epoch {epoch}, step {step}: {what} is not finite; the weights after this step are not trustworthy and no checkpoint was written after it (lower the learning rate or set clip_grad_norm)")]
-    NonFinite { what: String, epoch: usize, step: u64 },
+    NonFinite {
+        /// What went NaN or infinite.
+        what: String,
+        /// The epoch, counting from 1.
+        epoch: usize,
+        /// The step, counting from 1.
+        step: u64,
+    },
 
     /// Training stopped on request (Ctrl-C, [`crate::train::StopFlag`]) after
     /// a complete step: the trainer is consistent and can be checkpointed and resumed.
     #[error("training interrupted after step {step} (epoch {epoch}, {epoch_step} batches into it)")]
-    Interrupted { epoch: usize, epoch_step: usize, step: u64 },
+    Interrupted {
+        /// The epoch in progress, counting from 1.
+        epoch: usize,
+        /// Batches of it done.
+        epoch_step: usize,
+        /// Steps done in all.
+        step: u64,
+    },
 
     /// Reading a buffer back to the host failed.
     #[error("reading back a GPU buffer failed: {0}")]
@@ -67,7 +136,14 @@ pub enum Error {
 
     /// A data or checkpoint file that is missing, truncated or corrupt.
     #[error("{}: {kind}: {msg}", path.display())]
-    File { path: std::path::PathBuf, kind: FileErrorKind, msg: String },
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Which kind of problem.
+        kind: FileErrorKind,
+        /// Details.
+        msg: String,
+    },
 }
 
 /// What was wrong with a file, so callers can tell the cases apart.
@@ -122,6 +198,7 @@ pub(crate) fn file_err<T>(path: &std::path::Path, kind: FileErrorKind, msg: impl
     Err(Error::File { path: path.to_path_buf(), kind, msg: msg.into() })
 }
 
+/// Results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Shorthand for a shape error.

@@ -38,6 +38,7 @@ pub enum GemmVariant {
 }
 
 impl GemmVariant {
+    /// Every variant, in the order the tuner tries them.
     pub const ALL: [GemmVariant; 7] = [
         GemmVariant::Blocked,
         GemmVariant::Blocked8,
@@ -61,6 +62,7 @@ impl GemmVariant {
         }
     }
 
+    /// The variant with this name (`blocked`, `tiled`, …), as in tuning files and logs.
     pub fn from_name(name: &str) -> Option<GemmVariant> {
         GemmVariant::ALL.into_iter().find(|v| v.name() == name)
     }
@@ -885,18 +887,22 @@ pub struct GpuBuffer {
 }
 
 impl GpuBuffer {
+    /// The underlying wgpu buffer.
     pub fn buffer(&self) -> &wgpu::Buffer {
         self.buffer.as_ref().expect("buffer present until drop")
     }
 
+    /// Length in f32 elements.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether the buffer holds no elements.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
+    /// The context that owns the buffer.
     pub fn context(&self) -> &Arc<GpuContext> {
         &self.ctx
     }

@@ -36,11 +36,14 @@ pub enum Access {
 /// One WGSL file: `shaders/<stem>.wgsl`, owned by `src/ops/<stem>.rs`.
 #[derive(Debug)]
 pub struct Shader {
+    /// The op stem: `shaders/<stem>.wgsl`.
     pub stem: &'static str,
+    /// The WGSL source.
     pub source: &'static str,
 }
 
 impl Shader {
+    /// A shader named by its stem.
     pub const fn new(stem: &'static str, source: &'static str) -> Shader {
         Shader { stem, source }
     }
@@ -56,6 +59,7 @@ pub struct KernelDef {
     /// The WGSL entry point; differs from `name` for a variant of an entry
     /// point with other override constants.
     pub entry: &'static str,
+    /// The shader holding the entry point.
     pub shader: &'static Shader,
     /// One entry per `@binding(i)`, in order.
     pub bindings: &'static [Access],
@@ -82,7 +86,9 @@ impl KernelDef {
 /// these by a GPU's peaks for a napkin estimate of its time there.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Work {
+    /// Floating-point operations.
     pub flops: f64,
+    /// Bytes read and written.
     pub bytes: f64,
 }
 
@@ -102,7 +108,9 @@ fn no_work<P>(_: &P) -> Work {
 /// same params.
 #[derive(Debug)]
 pub struct Kernel<P> {
+    /// The untyped declaration (name, entry, bindings, …).
     pub def: KernelDef,
+    /// FLOPs and bytes of one dispatch with these params (for the profile's napkin model).
     pub work: fn(&P) -> Work,
     _params: PhantomData<fn(P)>,
 }

@@ -47,6 +47,8 @@
 //! (MNIST, CIFAR-10, image folders, augmentation), [`checkpoint`] and
 //! [`weights`] (files), [`device`] and [`gpu`] (adapters, the host layer).
 
+#![warn(missing_docs)]
+
 pub mod checkpoint;
 pub mod data;
 pub mod device;

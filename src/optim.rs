@@ -12,12 +12,14 @@ use crate::tensor::Tensor;
 /// Which update rule.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum OptimizerConfig {
+    /// SGD with momentum, dampening, Nesterov and weight decay.
     Sgd(SgdConfig),
     /// Adam, or AdamW when `decoupled`.
     Adam(AdamConfig),
 }
 
 impl OptimizerConfig {
+    /// The learning rate.
     pub fn lr(&self) -> f32 {
         match self {
             OptimizerConfig::Sgd(c) => c.lr,
@@ -43,6 +45,7 @@ impl OptimizerConfig {
 /// An optimiser with its state: momentum buffers (SGD) or first and second
 /// moments (Adam), created on first use beside each parameter.
 pub struct Optimizer {
+    /// The update rule and its settings (the rate follows the schedule).
     pub config: OptimizerConfig,
     /// The learning rate before any schedule.
     pub base_lr: f32,
@@ -52,6 +55,7 @@ pub struct Optimizer {
 }
 
 impl Optimizer {
+    /// An optimiser with no state yet.
     pub fn new(config: OptimizerConfig) -> Result<Optimizer> {
         config.validate()?;
         Ok(Optimizer { base_lr: config.lr(), config, steps: 0, state: BTreeMap::new() })
@@ -62,6 +66,7 @@ impl Optimizer {
         self.config.lr()
     }
 
+    /// Sets the rate the next step uses.
     pub fn set_lr(&mut self, lr: f32) -> Result<()> {
         let mut c = self.config;
         c.set_lr(lr);
@@ -133,20 +138,43 @@ impl Optimizer {
 /// `OneCycle`, whose step count covers the whole run).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum LrSchedule {
+    /// The base rate throughout.
     Constant,
     /// Multiply by `gamma` every `every` epochs.
-    Step { every: usize, gamma: f32 },
+    Step {
+        /// Epochs between reductions.
+        every: usize,
+        /// The factor of each reduction.
+        gamma: f32,
+    },
     /// Cosine from the base rate down to `min_lr` over the run.
-    Cosine { min_lr: f32 },
+    Cosine {
+        /// The rate at the end.
+        min_lr: f32,
+    },
     /// Per step: linear warm-up over `warmup_steps` from base/warmup_steps to
     /// the base rate, then cosine down to `min_lr` at the last step (PyTorch's
     /// `SequentialLR` of `LinearLR(start_factor = 1/warmup_steps)` and
     /// `CosineAnnealingLR(T_max = total − warmup_steps, eta_min = min_lr)`).
-    WarmupCosine { warmup_steps: usize, min_lr: f32 },
+    WarmupCosine {
+        /// Steps of linear warm-up.
+        warmup_steps: usize,
+        /// The rate at the last step.
+        min_lr: f32,
+    },
     /// Per step: PyTorch's `OneCycleLR` (cosine annealing, two phases): from
     /// `max_lr / div_factor` up to `max_lr` over `pct_start` of the run, then
     /// down to that over `final_div_factor`. The optimiser's base rate is unused.
-    OneCycle { max_lr: f32, pct_start: f32, div_factor: f32, final_div_factor: f32 },
+    OneCycle {
+        /// The peak rate.
+        max_lr: f32,
+        /// Share of the run spent rising.
+        pct_start: f32,
+        /// The starting rate is `max_lr / div_factor`.
+        div_factor: f32,
+        /// The final rate is the starting one over this.
+        final_div_factor: f32,
+    },
 }
 
 impl LrSchedule {
@@ -226,8 +254,11 @@ pub fn check_schedule(s: &LrSchedule) -> Result<()> {
 /// improvement, the rate is multiplied by `factor`, down to `min_lr`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Plateau {
+    /// Multiplies the rate on a plateau.
     pub factor: f32,
+    /// Epochs without improvement before reducing.
     pub patience: usize,
+    /// The rate never goes below this.
     pub min_lr: f32,
 }
 
@@ -254,6 +285,7 @@ pub struct PlateauState {
 }
 
 impl PlateauState {
+    /// No history; scale 1.
     pub fn new() -> PlateauState {
         PlateauState { best: None, bad_epochs: 0, scale: 1.0 }
     }

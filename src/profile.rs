@@ -150,6 +150,7 @@ impl Profiler {
 /// A GPU's peak rates, for the napkin column of a profile.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Peak {
+    /// The GPU's name.
     pub name: &'static str,
     /// fp32 FLOP/s (no tensor cores: the kernels are plain fp32).
     pub flops_per_s: f64,
@@ -172,17 +173,24 @@ impl Peak {
 /// memory bounds.
 #[derive(Clone, Debug)]
 pub struct ProfileReport {
+    /// One row per kernel, slowest first.
     pub rows: Vec<ProfileRow>,
+    /// GPU time of every kernel together.
     pub total_ms: f64,
+    /// The GPU the napkin model uses.
     pub peak: Peak,
     /// Σ of the rows' `napkin_ms`.
     pub napkin_ms: f64,
 }
 
+/// One kernel's share of the profile.
 #[derive(Clone, Debug)]
 pub struct ProfileRow {
+    /// The kernel's name.
     pub kernel: &'static str,
+    /// Dispatches.
     pub calls: u64,
+    /// GPU time of all its dispatches.
     pub total_ms: f64,
     /// Fraction of all timed GPU work.
     pub share: f64,

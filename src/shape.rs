@@ -34,9 +34,13 @@ fn conv_out_len(len: usize, k: usize, stride: usize, pad: usize, dil: usize) -> 
 /// Settings of a 2-d convolution (PyTorch's `Conv2d` arguments), per axis `[h, w]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2dConfig {
+    /// Step between windows, `[h, w]`.
     pub stride: [usize; 2],
+    /// Zeros added on each side, `[h, w]`.
     pub padding: [usize; 2],
+    /// Spacing between kernel taps, `[h, w]`.
     pub dilation: [usize; 2],
+    /// Channel groups: input and output channels split into this many independent convolutions.
     pub groups: usize,
 }
 
@@ -47,18 +51,22 @@ impl Default for Conv2dConfig {
 }
 
 impl Conv2dConfig {
+    /// Sets both strides.
     pub fn stride(mut self, s: usize) -> Self {
         self.stride = [s, s];
         self
     }
+    /// Sets both paddings.
     pub fn padding(mut self, p: usize) -> Self {
         self.padding = [p, p];
         self
     }
+    /// Sets both dilations.
     pub fn dilation(mut self, d: usize) -> Self {
         self.dilation = [d, d];
         self
     }
+    /// Sets the group count.
     pub fn groups(mut self, g: usize) -> Self {
         self.groups = g;
         self
@@ -101,19 +109,30 @@ impl Padding {
 /// weight `[c_out, c_in/groups, kh, kw]`, output `[n, c_out, oh, ow]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2dGeometry {
+    /// Batch size.
     pub n: usize,
+    /// Input channels.
     pub c_in: usize,
+    /// Input height.
     pub h: usize,
+    /// Input width.
     pub w: usize,
+    /// Output channels.
     pub c_out: usize,
+    /// Kernel height.
     pub kh: usize,
+    /// Kernel width.
     pub kw: usize,
+    /// Output height.
     pub oh: usize,
+    /// Output width.
     pub ow: usize,
+    /// The settings this geometry was made from.
     pub cfg: Conv2dConfig,
 }
 
 impl Conv2dGeometry {
+    /// Validates an input `[n, c_in, h, w]` and weight `[c_out, c_in/groups, kh, kw]` under `cfg`; errors name the shapes.
     pub fn new(input: &[usize], weight: &[usize], cfg: Conv2dConfig) -> Result<Conv2dGeometry> {
         const OP: &str = "conv2d";
         let &[n, c_in, h, w] = input else {
@@ -196,12 +215,15 @@ impl Conv2dGeometry {
         Ok(geo)
     }
 
+    /// `[n, c_in, h, w]`.
     pub fn input_shape(&self) -> [usize; 4] {
         [self.n, self.c_in, self.h, self.w]
     }
+    /// `[c_out, c_in/groups, kh, kw]`.
     pub fn weight_shape(&self) -> [usize; 4] {
         [self.c_out, self.c_in / self.cfg.groups, self.kh, self.kw]
     }
+    /// `[n, c_out, oh, ow]`.
     pub fn output_shape(&self) -> [usize; 4] {
         [self.n, self.c_out, self.oh, self.ow]
     }
@@ -236,8 +258,11 @@ impl Conv2dGeometry {
 /// Settings of a 2-d pooling window, per axis `[h, w]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pool2dConfig {
+    /// Window size, `[h, w]`.
     pub kernel: [usize; 2],
+    /// Step between windows, `[h, w]`.
     pub stride: [usize; 2],
+    /// Implicit padding on each side, `[h, w]` (−∞ for max pooling, 0 for average).
     pub padding: [usize; 2],
     /// Round the output size up (a last, partial window may start in the input or left padding).
     pub ceil_mode: bool,
@@ -250,18 +275,22 @@ impl Pool2dConfig {
     pub fn new(k: usize) -> Pool2dConfig {
         Pool2dConfig { kernel: [k, k], stride: [k, k], padding: [0, 0], ceil_mode: false, count_include_pad: true }
     }
+    /// Sets both strides.
     pub fn stride(mut self, s: usize) -> Self {
         self.stride = [s, s];
         self
     }
+    /// Sets both paddings.
     pub fn padding(mut self, p: usize) -> Self {
         self.padding = [p, p];
         self
     }
+    /// Rounds the output size up, as PyTorch's `ceil_mode`.
     pub fn ceil_mode(mut self, on: bool) -> Self {
         self.ceil_mode = on;
         self
     }
+    /// Whether average pooling counts padding in its divisor.
     pub fn count_include_pad(mut self, on: bool) -> Self {
         self.count_include_pad = on;
         self
@@ -286,16 +315,24 @@ fn pool_out_len(len: usize, k: usize, stride: usize, pad: usize, ceil: bool) -> 
 /// The validated geometry of a pooling op over `[n, c, h, w]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pool2dGeometry {
+    /// Batch size.
     pub n: usize,
+    /// Channels.
     pub c: usize,
+    /// Input height.
     pub h: usize,
+    /// Input width.
     pub w: usize,
+    /// Output height.
     pub oh: usize,
+    /// Output width.
     pub ow: usize,
+    /// The window settings.
     pub cfg: Pool2dConfig,
 }
 
 impl Pool2dGeometry {
+    /// Validates an input `[n, c, h, w]` under `cfg` (`op` names the caller in errors).
     pub fn new(op: &'static str, input: &[usize], cfg: Pool2dConfig) -> Result<Pool2dGeometry> {
         let &[n, c, h, w] = input else {
             return shape_err(op, format!("input must be NCHW (4-D), got {input:?}"));
@@ -341,6 +378,7 @@ impl Pool2dGeometry {
         Ok(Pool2dGeometry { n, c, h, w, oh: output[0], ow: output[1], cfg: Pool2dConfig { kernel: [1, 1], stride: [1, 1], padding: [0, 0], ceil_mode: false, count_include_pad: true } })
     }
 
+    /// `[n, c, oh, ow]`.
     pub fn output_shape(&self) -> [usize; 4] {
         [self.n, self.c, self.oh, self.ow]
     }

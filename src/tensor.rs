@@ -90,14 +90,17 @@ impl Tensor {
         Tensor { shape: shape.to_vec(), data: Data::Cpu(array.into_shared()) }
     }
 
+    /// The shape.
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
 
+    /// Number of axes.
     pub fn ndim(&self) -> usize {
         self.shape.len()
     }
 
+    /// Number of elements.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
@@ -320,6 +323,7 @@ impl Indices {
         Indices { shape: shape.to_vec(), data }
     }
 
+    /// The shape of the index tensor.
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }

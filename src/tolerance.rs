@@ -4,11 +4,14 @@
 /// loosened tolerance carries a comment saying why.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Tolerance {
+    /// Absolute part.
     pub abs: f32,
+    /// Relative part (times |want|).
     pub rel: f32,
 }
 
 impl Tolerance {
+    /// `|got − want| ≤ abs + rel·|want|`.
     pub const fn new(abs: f32, rel: f32) -> Tolerance {
         Tolerance { abs, rel }
     }

@@ -24,12 +24,16 @@ use crate::nn::State;
 use crate::optim::{check_schedule, LrSchedule, Optimizer, Plateau, PlateauState};
 use crate::tensor::Tensor;
 
+/// How to train: epochs, batches, schedule, regularisation, loss, stopping, loading.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainConfig {
+    /// Total epochs (counting those a resumed checkpoint already did).
     pub epochs: usize,
+    /// Images per step.
     pub batch_size: usize,
     /// Seeds shuffling and augmentation (epoch e uses seed + e).
     pub seed: u64,
+    /// How the learning rate changes.
     pub schedule: LrSchedule,
     /// Linear warm-up epochs before the schedule.
     pub warmup_epochs: usize,
@@ -48,7 +52,9 @@ pub struct TrainConfig {
     pub reduce_on_plateau: Option<Plateau>,
     /// Read the running loss back every this many steps (0: only at epoch end).
     pub log_every: usize,
+    /// Training-time augmentation.
     pub augment: Option<Augment>,
+    /// Cross-entropy settings (label smoothing, ignore_index, reduction).
     pub loss: CrossEntropyConfig,
     /// Show a progress bar (it stays hidden when stderr is not a terminal).
     pub progress: bool,
@@ -92,14 +98,19 @@ impl Default for TrainConfig {
 pub struct EpochStats {
     /// Counting from 1.
     pub epoch: usize,
+    /// The learning rate at the epoch's start.
     pub lr: f32,
     /// Mean of the batch losses.
     pub train_loss: f32,
     /// Share of training images classified right during the epoch (as the weights changed).
     pub train_accuracy: Option<f32>,
+    /// Validation loss, when a validation set was given.
     pub val_loss: Option<f32>,
+    /// Validation accuracy, when a validation set was given.
     pub val_accuracy: Option<f32>,
+    /// Training throughput.
     pub images_per_sec: f64,
+    /// Wall time of the epoch, evaluation included.
     pub seconds: f64,
     /// Every step's loss, in order.
     pub step_losses: Vec<f32>,
@@ -108,14 +119,18 @@ pub struct EpochStats {
 /// Returned by the epoch hook.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Control {
+    /// Go on.
     Continue,
+    /// Stop after this epoch.
     Stop,
 }
 
 /// Loss and accuracy of a model on a data set, with the confusion matrix.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Metrics {
+    /// Mean cross-entropy.
     pub loss: f32,
+    /// Share classified right.
     pub accuracy: f32,
     /// Share of items whose label is among the 5 most likely classes (when there are more than 5).
     pub top5: Option<f32>,
@@ -164,6 +179,7 @@ impl Metrics {
 pub struct StopFlag(std::sync::Arc<std::sync::atomic::AtomicBool>);
 
 impl StopFlag {
+    /// A flag not yet set.
     pub fn new() -> StopFlag {
         StopFlag::default()
     }
@@ -173,6 +189,7 @@ impl StopFlag {
         self.0.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Whether a stop was asked for.
     pub fn is_set(&self) -> bool {
         self.0.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -198,9 +215,13 @@ impl StopFlag {
 
 /// A model, its optimiser and the training state.
 pub struct Trainer {
+    /// The model.
     pub model: Sequential,
+    /// The optimiser and its state.
     pub optimizer: Optimizer,
+    /// The settings.
     pub config: TrainConfig,
+    /// Where the model lives.
     pub device: Device,
     /// Epochs completed.
     pub epoch: usize,
@@ -231,6 +252,7 @@ pub struct Trainer {
 }
 
 impl Trainer {
+    /// A trainer at epoch 0; errors on settings out of range.
     pub fn new(model: Sequential, optimizer: Optimizer, config: TrainConfig, device: Device) -> Result<Trainer> {
         check_schedule(&config.schedule)?;
         if config.batch_size == 0 {

@@ -39,6 +39,7 @@ pub struct WeightsMeta {
     pub classes: Vec<String>,
     /// Per-channel normalisation applied to pixels in [0, 1] (empty: none).
     pub mean: Vec<f32>,
+    /// Per-channel standard deviation (empty: none).
     pub std: Vec<f32>,
 }
 

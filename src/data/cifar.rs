@@ -8,9 +8,11 @@ use std::path::Path;
 use crate::data::Dataset;
 use crate::error::{file_err, FileErrorKind as K, Result};
 
+/// Bytes of one record: the label, then 3×32×32 pixels.
 pub const RECORD: usize = 1 + 3 * 32 * 32;
 /// Per-channel mean and std of the training set (the usual normalisation).
 pub const MEAN: [f32; 3] = [0.4914, 0.4822, 0.4465];
+/// Per-channel standard deviation of the training set (for normalisation).
 pub const STD: [f32; 3] = [0.2470, 0.2435, 0.2616];
 
 /// Where to get the data, for error messages.

@@ -26,7 +26,9 @@ pub const EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "gif", "webp"];
 pub enum Color {
     /// Grayscale when every image is, else RGB.
     Auto,
+    /// One channel (luma).
     Gray,
+    /// Three channels.
     Rgb,
 }
 
@@ -36,7 +38,12 @@ pub enum Normalize {
     /// Pixels stay in [0, 1].
     None,
     /// Subtract these means and divide by these deviations, one per channel.
-    Given { mean: Vec<f32>, std: Vec<f32> },
+    Given {
+        /// One per channel.
+        mean: Vec<f32>,
+        /// One per channel, > 0.
+        std: Vec<f32>,
+    },
     /// Computed from the training split in one pass.
     FromTrain,
 }
@@ -48,6 +55,7 @@ pub struct FolderConfig {
     /// share one (the shorter side when it is not square), else the smallest
     /// shorter side among them.
     pub size: Option<usize>,
+    /// Grayscale or RGB.
     pub color: Color,
     /// Fraction held out for validation when there is no `val/` or `test/` folder.
     pub val_split: f32,
@@ -55,6 +63,7 @@ pub struct FolderConfig {
     pub seed: u64,
     /// Skip (and count) files that do not decode instead of failing.
     pub skip_bad: bool,
+    /// Per-channel normalisation.
     pub normalize: Normalize,
     /// Decoding threads (0: one per core).
     pub workers: usize,
@@ -73,6 +82,7 @@ pub struct Preprocess {
     pub input: [usize; 3],
     /// Per-channel mean and std (empty: none).
     pub mean: Vec<f32>,
+    /// Per-channel standard deviation (empty: none).
     pub std: Vec<f32>,
 }
 
@@ -151,6 +161,7 @@ pub fn decode(path: &Path) -> Result<DynamicImage> {
 /// An image folder read into memory.
 #[derive(Clone, Debug)]
 pub struct ImageFolder {
+    /// The training split.
     pub train: Dataset,
     /// From `val/` or `test/`, or the held-out split (`None` when the split is 0).
     pub val: Option<Dataset>,

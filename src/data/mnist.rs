@@ -14,7 +14,9 @@ use crate::error::{file_err, FileErrorKind as K, Result};
 /// Which half of MNIST.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Split {
+    /// The 60,000 training images.
     Train,
+    /// The 10,000 test images.
     Test,
 }
 

@@ -18,17 +18,21 @@ use crate::tensor::Tensor;
 /// Images (`[n, c, h, w]` as f32, row-major) with their class labels.
 #[derive(Clone, Debug)]
 pub struct Dataset {
+    /// Pixels, `[n, c, h, w]` row-major.
     pub images: Vec<f32>,
+    /// Class index of each image.
     pub labels: Vec<i64>,
     /// `[c, h, w]` of one image.
     pub item_shape: [usize; 3],
 }
 
 impl Dataset {
+    /// Number of images.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
 
+    /// Whether there are no images.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
@@ -137,6 +141,7 @@ pub fn prefetch(
 pub struct Augment {
     /// Pad each side by this much, then crop back to the original size at a random offset.
     pub crop_padding: usize,
+    /// Mirror left-right with probability ½.
     pub horizontal_flip: bool,
     /// Rotate by a uniform angle in ±this many degrees (0: never).
     pub rotate_degrees: f32,
@@ -219,7 +224,12 @@ pub enum View {
     /// Mirrored left-right.
     HorizontalFlip,
     /// Shifted by (dy, dx) pixels, zero-filled.
-    Shift { dy: isize, dx: isize },
+    Shift {
+        /// Rows down (negative: up).
+        dy: isize,
+        /// Columns right (negative: left).
+        dx: isize,
+    },
     /// Rotated by this many degrees about the centre.
     Rotate(f32),
 }

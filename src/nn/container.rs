@@ -15,12 +15,14 @@ use crate::tensor::Tensor;
 /// name (as the attributes of a PyTorch module that calls them in order).
 #[derive(Default)]
 pub struct Sequential {
+    /// The layers, in order.
     pub layers: Vec<Box<dyn Layer>>,
     /// Child names by position; a missing or empty one is the index.
     names: Vec<String>,
 }
 
 impl Sequential {
+    /// An empty container.
     pub fn new() -> Sequential {
         Sequential::default()
     }
@@ -137,7 +139,9 @@ impl Layer for Sequential {
 /// name them as torchvision's `BasicBlock`/`Bottleneck` do (`conv1`, `bn1`, …
 /// at the block's level, the projection as `downsample`).
 pub struct Residual {
+    /// The residual branch.
     pub body: Sequential,
+    /// The projection (`None`: the identity).
     pub shortcut: Option<Sequential>,
     /// Applied to the sum (torchvision's blocks end in a ReLU).
     pub post: Option<ActivationLayer>,
@@ -147,6 +151,7 @@ pub struct Residual {
 }
 
 impl Residual {
+    /// `body(x) + shortcut(x)`, named `body.…` and `shortcut.…`.
     pub fn new(body: Sequential, shortcut: Option<Sequential>) -> Residual {
         Residual { body, shortcut, post: None, body_name: Some("body"), shortcut_name: "shortcut" }
     }
@@ -222,11 +227,13 @@ impl Layer for Residual {
 /// backward splits the gradient and adds the branches' input gradients.
 /// Branch state is named by the branch names given.
 pub struct Concat {
+    /// The branches and their names, in concatenation order.
     pub branches: Vec<(String, Box<dyn Layer>)>,
     channels: Vec<usize>,
 }
 
 impl Concat {
+    /// A concatenation with no branches yet (add them with [`Concat::branch`]).
     pub fn new() -> Concat {
         Concat { branches: Vec::new(), channels: Vec::new() }
     }
@@ -292,10 +299,13 @@ impl Layer for Concat {
 pub struct SummaryRow {
     /// The layer's path in state names (`"features.3"`, `"layer1.0"`).
     pub name: String,
+    /// The layer kind ("Conv2d", …).
     pub kind: &'static str,
+    /// One line describing the layer.
     pub description: String,
     /// Including the batch axis.
     pub output: Vec<usize>,
+    /// Learnable scalars in this row.
     pub params: usize,
     /// The row's parameters by the kind of layer holding them (a container's children).
     pub by_kind: Vec<(&'static str, usize)>,
@@ -304,11 +314,14 @@ pub struct SummaryRow {
 /// Output shapes and parameter counts, layer by layer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Summary {
+    /// The input shape, batch included.
     pub input: Vec<usize>,
+    /// One row per layer (nested `Sequential`s expanded).
     pub rows: Vec<SummaryRow>,
 }
 
 impl Summary {
+    /// Learnable scalars in the whole model.
     pub fn total_params(&self) -> usize {
         self.rows.iter().map(|r| r.params).sum()
     }

@@ -23,10 +23,12 @@ pub enum Init {
 /// A seeded stream of initial weights.
 pub struct Initializer {
     rng: StdRng,
+    /// The scheme for weights (biases follow PyTorch's default).
     pub scheme: Init,
 }
 
 impl Initializer {
+    /// A generator seeded with `seed` drawing weights by `scheme`.
     pub fn new(seed: u64, scheme: Init) -> Initializer {
         Initializer { rng: StdRng::seed_from_u64(seed), scheme }
     }

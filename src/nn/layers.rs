@@ -36,7 +36,9 @@ fn no_cache(layer: &'static str) -> Error {
 
 /// A weight, an optional bias and their gradients: what Conv2d and Linear share.
 pub struct WeightBias {
+    /// `[c_out, c_in/groups, kh, kw]` or `[out, in]`.
     pub weight: Tensor,
+    /// One per output channel or feature.
     pub bias: Option<Tensor>,
     gw: Grad,
     gb: Option<Grad>,
@@ -76,7 +78,9 @@ impl WeightBias {
 
 /// 2-d convolution; weight `[c_out, c_in/groups, kh, kw]`, optional bias `[c_out]`.
 pub struct Conv2d {
+    /// Weight and bias.
     pub params: WeightBias,
+    /// Stride, padding, dilation, groups.
     pub cfg: Conv2dConfig,
     /// Padding that is not symmetric, applied by a zero-pad before the
     /// convolution (whose own padding is then 0): `[top, bottom, left, right]`.
@@ -88,6 +92,7 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
+    /// `c_in → c_out` channels with a `kernel` window, PyTorch's default initialisation by `init`'s scheme.
     pub fn new(dev: &Device, c_in: usize, c_out: usize, kernel: [usize; 2], cfg: Conv2dConfig, bias: bool, init: &mut Initializer) -> Result<Conv2d> {
         if cfg.groups == 0 || c_in % cfg.groups != 0 || c_out % cfg.groups != 0 {
             return Err(Error::InvalidArgument { op: "Conv2d", msg: format!("groups {} must divide c_in {c_in} and c_out {c_out}", cfg.groups) });
@@ -208,11 +213,13 @@ impl Layer for Conv2d {
 /// Zero padding by `[top, bottom, left, right]` (PyTorch's `ZeroPad2d` takes
 /// them as left, right, top, bottom).
 pub struct ZeroPad2d {
+    /// `[top, bottom, left, right]`.
     pub sides: [usize; 4],
     input: Option<Vec<usize>>,
 }
 
 impl ZeroPad2d {
+    /// Pads by `[top, bottom, left, right]`.
     pub fn new(sides: [usize; 4]) -> ZeroPad2d {
         ZeroPad2d { sides, input: None }
     }
@@ -247,13 +254,17 @@ impl Layer for ZeroPad2d {
 /// Transposed 2-d convolution (PyTorch's `ConvTranspose2d`): weight
 /// `[c_in, c_out/groups, kh, kw]`, optional bias `[c_out]`; upsamples by the stride.
 pub struct ConvTranspose2d {
+    /// Weight `[c_in, c_out/groups, kh, kw]` and bias `[c_out]`.
     pub params: WeightBias,
+    /// Stride, padding, dilation, groups.
     pub cfg: Conv2dConfig,
+    /// Extra rows and columns on the bottom and right of the output.
     pub output_padding: [usize; 2],
     x: Option<Tensor>,
 }
 
 impl ConvTranspose2d {
+    /// `c_in → c_out` channels (PyTorch's `ConvTranspose2d` arguments).
     pub fn new(dev: &Device, c_in: usize, c_out: usize, kernel: [usize; 2], cfg: Conv2dConfig, output_padding: [usize; 2], bias: bool, init: &mut Initializer) -> Result<ConvTranspose2d> {
         if cfg.groups == 0 || c_in % cfg.groups != 0 || c_out % cfg.groups != 0 {
             return Err(Error::InvalidArgument { op: "ConvTranspose2d", msg: format!("groups {} must divide c_in {c_in} and c_out {c_out}", cfg.groups) });
@@ -307,11 +318,13 @@ impl Layer for ConvTranspose2d {
 
 /// `y = x·Wᵀ + b`; weight `[out, in]`, bias `[out]`, input `[n, in]`.
 pub struct Linear {
+    /// Weight `[out, in]` and bias `[out]`.
     pub params: WeightBias,
     x: Option<Tensor>,
 }
 
 impl Linear {
+    /// `inputs → outputs` features.
     pub fn new(dev: &Device, inputs: usize, outputs: usize, bias: bool, init: &mut Initializer) -> Result<Linear> {
         Ok(Linear { params: WeightBias::new(dev, &[outputs, inputs], inputs, outputs, bias, init)?, x: None })
     }
@@ -369,11 +382,13 @@ impl Layer for Linear {
 
 /// Max pooling; keeps the argmax mask for backward.
 pub struct MaxPool2d {
+    /// Window, stride, padding, ceil mode.
     pub cfg: Pool2dConfig,
     cache: Option<(Indices, Vec<usize>)>,
 }
 
 impl MaxPool2d {
+    /// Max pooling with `cfg`'s window.
     pub fn new(cfg: Pool2dConfig) -> MaxPool2d {
         MaxPool2d { cfg, cache: None }
     }
@@ -404,11 +419,13 @@ impl Layer for MaxPool2d {
 
 /// Average pooling.
 pub struct AvgPool2d {
+    /// Window, stride, padding, divisor rule.
     pub cfg: Pool2dConfig,
     input: Option<Vec<usize>>,
 }
 
 impl AvgPool2d {
+    /// Average pooling with `cfg`'s window.
     pub fn new(cfg: Pool2dConfig) -> AvgPool2d {
         AvgPool2d { cfg, input: None }
     }
@@ -442,6 +459,7 @@ pub struct GlobalAvgPool {
 }
 
 impl GlobalAvgPool {
+    /// Global average pooling.
     pub fn new() -> GlobalAvgPool {
         GlobalAvgPool::default()
     }
@@ -469,11 +487,13 @@ impl Layer for GlobalAvgPool {
 /// Adaptive average pooling to a fixed output size (PyTorch's
 /// `AdaptiveAvgPool2d`), whatever the input size: `[n, c, h, w] → [n, c, oh, ow]`.
 pub struct AdaptiveAvgPool2d {
+    /// `[oh, ow]`.
     pub output: [usize; 2],
     input: Option<Vec<usize>>,
 }
 
 impl AdaptiveAvgPool2d {
+    /// Pools any input to `[oh, ow]`.
     pub fn new(output: [usize; 2]) -> AdaptiveAvgPool2d {
         AdaptiveAvgPool2d { output, input: None }
     }
@@ -501,6 +521,7 @@ impl Layer for AdaptiveAvgPool2d {
 /// Upsampling (PyTorch's `Upsample`): by an integer factor or to a fixed size,
 /// nearest or bilinear (`align_corners = false`).
 pub struct Upsample {
+    /// Nearest or bilinear.
     pub mode: UpsampleMode,
     scale: usize,
     size: Option<[usize; 2]>,
@@ -556,12 +577,15 @@ impl Layer for Upsample {
 /// Softmax or log-softmax along one axis (PyTorch's `Softmax(dim)`,
 /// `LogSoftmax(dim)`; a negative `dim` counts from the end).
 pub struct Softmax {
+    /// The axis (negative: from the end).
     pub dim: isize,
+    /// Log-softmax instead of softmax.
     pub log: bool,
     y: Option<Tensor>,
 }
 
 impl Softmax {
+    /// Softmax along `dim`.
     pub fn new(dim: isize) -> Softmax {
         Softmax { dim, log: false, y: None }
     }
@@ -604,10 +628,13 @@ impl Layer for Softmax {
 
 /// Batch normalisation over `[n, c, h, w]` (2-d) or `[n, c]` (1-d).
 pub struct BatchNorm {
+    /// Scale γ, `[c]`.
     pub gamma: Tensor,
+    /// Shift β, `[c]`.
     pub beta: Tensor,
     /// `[2, c]`: running mean; running variance.
     pub running: Tensor,
+    /// Eps and momentum (PyTorch's 1e-5 and 0.1).
     pub cfg: BatchNormConfig,
     spatial: bool,
     gg: Grad,
@@ -703,9 +730,13 @@ impl Layer for BatchNorm {
 /// normalisation over channel groups (`GroupNorm`, via [`LayerNorm::group_norm`]),
 /// with a learnable `weight` and `bias` (eps 1e-5, the biased variance).
 pub struct LayerNorm {
+    /// Scale, the normalised shape (LayerNorm) or `[channels]` (GroupNorm).
     pub weight: Tensor,
+    /// Shift, same shape as `weight`.
     pub bias: Tensor,
+    /// Trailing dims or channel groups.
     pub kind: NormKind,
+    /// Added to the variance (1e-5).
     pub eps: f32,
     gw: Grad,
     gb: Grad,
@@ -780,6 +811,7 @@ impl Layer for LayerNorm {
 
 /// Inverted dropout; a fresh mask every training forward (seed, step).
 pub struct Dropout {
+    /// Probability of zeroing an element.
     pub p: f32,
     seed: u64,
     step: u32,
@@ -787,6 +819,7 @@ pub struct Dropout {
 }
 
 impl Dropout {
+    /// Dropout with probability `p` in [0, 1); masks seeded from `init`.
     pub fn new(p: f32, init: &mut Initializer) -> Result<Dropout> {
         if !(0.0..1.0).contains(&p) {
             return Err(Error::InvalidArgument { op: "dropout", msg: format!("p = {p} must be in [0, 1)") });
@@ -825,11 +858,13 @@ impl Layer for Dropout {
 
 /// An activation function as a layer.
 pub struct ActivationLayer {
+    /// Which function.
     pub act: Activation,
     x: Option<Tensor>,
 }
 
 impl ActivationLayer {
+    /// The activation as a layer.
     pub fn new(act: Activation) -> ActivationLayer {
         ActivationLayer { act, x: None }
     }
@@ -868,6 +903,7 @@ pub struct Flatten {
 }
 
 impl Flatten {
+    /// Flattens every axis after the batch axis.
     pub fn new() -> Flatten {
         Flatten::default()
     }

@@ -19,15 +19,20 @@ use crate::tensor::Tensor;
 /// Training or inference: batch-norm and dropout behave differently.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
+    /// Batch statistics, dropout on; layers keep what backward needs.
     Train,
+    /// Running statistics, dropout off.
     Eval,
 }
 
 /// A learnable tensor and its gradient, named like PyTorch's state dict
 /// (`"0.weight"`, `"3.body.1.bias"`).
 pub struct Param<'a> {
+    /// The dotted name.
     pub name: String,
+    /// The parameter.
     pub value: &'a mut Tensor,
+    /// Its gradient.
     pub grad: &'a mut Tensor,
 }
 
@@ -35,13 +40,19 @@ pub struct Param<'a> {
 pub struct StateEntry<'a> {
     /// The PyTorch-style dotted name.
     pub name: String,
+    /// What it is.
     pub state: State<'a>,
 }
 
 /// What a piece of state is.
 pub enum State<'a> {
     /// A learnable tensor and its gradient.
-    Param { value: &'a mut Tensor, grad: &'a mut Grad },
+    Param {
+        /// The parameter.
+        value: &'a mut Tensor,
+        /// Its gradient.
+        grad: &'a mut Grad,
+    },
     /// Saved but not learned (batch-norm running statistics).
     Buffer(&'a mut Tensor),
     /// Integer state that must be saved (dropout's step counter, which picks its masks).
@@ -49,12 +60,15 @@ pub enum State<'a> {
 }
 
 impl<'a> StateEntry<'a> {
+    /// A parameter entry.
     pub fn param(name: String, value: &'a mut Tensor, grad: &'a mut Grad) -> StateEntry<'a> {
         StateEntry { name, state: State::Param { value, grad } }
     }
+    /// A buffer entry.
     pub fn buffer(name: String, t: &'a mut Tensor) -> StateEntry<'a> {
         StateEntry { name, state: State::Buffer(t) }
     }
+    /// A counter entry.
     pub fn counter(name: String, c: &'a mut u32) -> StateEntry<'a> {
         StateEntry { name, state: State::Counter(c) }
     }

@@ -14,11 +14,14 @@ fn relu() -> ActivationLayer {
 /// and its number of classes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ModelSpec {
+    /// `[channels, height, width]` of one image.
     pub input: [usize; 3],
+    /// Number of classes (the last layer's outputs).
     pub classes: usize,
 }
 
 impl ModelSpec {
+    /// A spec for `input` images and `classes` classes.
     pub fn new(input: [usize; 3], classes: usize) -> ModelSpec {
         ModelSpec { input, classes }
     }

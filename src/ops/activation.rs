@@ -14,12 +14,16 @@ pub(crate) static ACTIVATION_FORWARD: Kernel<ActParams> = Kernel::new(&SHADER, "
 pub(crate) static ACTIVATION_BACKWARD: Kernel<ActParams> = Kernel::new(&SHADER, "activation_backward", &[Read, Read, ReadWrite, Uniform]).with_work(|p| Work::f32s(3 * p.len as usize, 5 * p.len as usize));
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&ACTIVATION_FORWARD.def, &ACTIVATION_BACKWARD.def];
 
+/// An elementwise activation function, PyTorch's definitions.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Activation {
+    /// max(x, 0).
     Relu,
     /// Slope for x ≤ 0 (PyTorch's default is 0.01).
     LeakyRelu(f32),
+    /// 1 / (1 + e^−x).
     Sigmoid,
+    /// tanh(x).
     Tanh,
     /// Exact GELU, x·Φ(x).
     Gelu,
@@ -39,11 +43,14 @@ impl Activation {
         }
     }
 
+    /// Every activation (one parameter value for LeakyReLU).
     pub const ALL: [Activation; 6] =
         [Activation::Relu, Activation::LeakyRelu(0.01), Activation::Sigmoid, Activation::Tanh, Activation::Gelu, Activation::GeluTanh];
 }
 
 /// Matches `ActParams` in `shaders/activation.wgsl`.
+// Field for field the WGSL struct of the same name, which says what each is.
+#[allow(missing_docs)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct ActParams {
@@ -135,6 +142,7 @@ pub(crate) fn erf_approx(v: f32) -> f32 {
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 
 #[inline]
+/// f(v).
 pub fn activation_forward_cpu(act: Activation, v: f32) -> f32 {
     match act {
         // f32::max drops a NaN; PyTorch's ReLU passes it on.
@@ -154,6 +162,7 @@ pub fn activation_forward_cpu(act: Activation, v: f32) -> f32 {
 }
 
 #[inline]
+/// f′(v) (ReLU's is 0 at 0, as PyTorch).
 pub fn activation_derivative_cpu(act: Activation, v: f32) -> f32 {
     match act {
         Activation::Relu => (v > 0.0) as u8 as f32,

@@ -30,6 +30,7 @@ pub(crate) const KERNELS: &[&crate::kernel::KernelDef] =
 /// Settings shared by forward and backward.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BatchNormConfig {
+    /// Added to the variance (1e-5).
     pub eps: f32,
     /// Weight of the new batch statistic in the running average.
     pub momentum: f32,
@@ -42,6 +43,8 @@ impl Default for BatchNormConfig {
 }
 
 /// Matches `BnParams` in `shaders/batchnorm.wgsl`.
+// Field for field the WGSL struct of the same name, which says what each is.
+#[allow(missing_docs)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct BnParams {
@@ -63,7 +66,9 @@ pub struct BnParams {
 /// The learnable scale and shift, `[c]` each.
 #[derive(Clone, Copy)]
 pub struct Affine<'a> {
+    /// Scale γ, `[c]`.
     pub gamma: &'a Tensor,
+    /// Shift β, `[c]`.
     pub beta: &'a Tensor,
 }
 
@@ -176,6 +181,7 @@ pub fn batchnorm_forward_eval_relu(x: &Tensor, affine: Option<Affine>, running: 
 
 /// Gradients of batch-norm.
 pub struct BatchNormGrads {
+    /// dL/dx.
     pub dx: Tensor,
     /// `[c]`; also meaningful without an affine part (Σ dy·x̂).
     pub dgamma: Tensor,

@@ -19,6 +19,8 @@ pub(crate) static BIAS_GRAD: Kernel<BiasParams> = Kernel::new(&SHADER, "bias_gra
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&BIAS_ADD.def, &BIAS_GRAD.def];
 
 /// Matches `BiasParams` in `shaders/bias.wgsl`.
+// Field for field the WGSL struct of the same name, which says what each is.
+#[allow(missing_docs)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct BiasParams {

@@ -15,6 +15,8 @@ pub(crate) static CLIP_SCALE: Kernel<ClipParams> = Kernel::new(&SHADER, "clip_sc
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&CLIP_SCALE.def];
 
 /// Matches `ClipParams` in `shaders/clip.wgsl`.
+// Field for field the WGSL struct of the same name, which says what each is.
+#[allow(missing_docs)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct ClipParams {

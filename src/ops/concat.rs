@@ -18,6 +18,8 @@ pub(crate) static CONCAT_BACKWARD: Kernel<ConcatParams> = Kernel::new(&SHADER, "
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&CONCAT_FORWARD.def, &CONCAT_BACKWARD.def];
 
 /// Matches `ConcatParams` in `shaders/concat.wgsl`.
+// Field for field the WGSL struct of the same name, which says what each is.
+#[allow(missing_docs)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct ConcatParams {

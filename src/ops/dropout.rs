@@ -13,6 +13,8 @@ pub(crate) static DROPOUT_APPLY: Kernel<DropoutParams> = Kernel::new(&SHADER, "d
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&DROPOUT_APPLY.def];
 
 /// Matches `DropoutParams` in `shaders/dropout.wgsl`.
+// Field for field the WGSL struct of the same name, which says what each is.
+#[allow(missing_docs)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct DropoutParams {
@@ -31,6 +33,7 @@ pub struct DropoutParams {
 pub struct DropoutConfig {
     /// Probability of zeroing an element, in [0, 1).
     pub p: f32,
+    /// Seeds the masks (with `step`, a counter-based RNG: no state on the device).
     pub seed: u64,
     /// Advance it every training step for a fresh mask.
     pub step: u32,

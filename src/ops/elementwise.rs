@@ -19,6 +19,8 @@ pub(crate) const KERNELS: &[&crate::kernel::KernelDef] =
     &[&ELEMENTWISE_ADD.def, &ELEMENTWISE_COMBINE.def, &ELEMENTWISE_FILL.def, &ELEMENTWISE_COMBINE_SIGN.def];
 
 /// Matches `EwParams` in `shaders/elementwise.wgsl`.
+// Field for field the WGSL struct of the same name, which says what each is.
+#[allow(missing_docs)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct EwParams {

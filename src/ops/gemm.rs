@@ -60,6 +60,7 @@ pub struct GemmConfig {
     pub trans_a: bool,
     /// Use Bᵀ: B is stored `[N, K]` (or `[B, N, K]`).
     pub trans_b: bool,
+    /// Scales the product (`C = α·op(A)·op(B) + β·C`).
     pub alpha: f32,
     /// Weight of the existing C in [`gemm_into`]; 0 ignores C entirely (NaN included).
     pub beta: f32,
@@ -74,6 +75,8 @@ impl Default for GemmConfig {
 }
 
 /// Matches `GemmParams` in `shaders/gemm.wgsl`, field for field.
+// Field for field the WGSL struct of the same name, which says what each is.
+#[allow(missing_docs)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct GemmParams {
@@ -104,12 +107,17 @@ pub struct GemmParams {
 /// The validated geometry of one GEMM call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GemmShape {
+    /// Independent products.
     pub batch: usize,
+    /// Rows of C.
     pub m: usize,
+    /// Columns of C.
     pub n: usize,
+    /// The shared dimension.
     pub k: usize,
     /// A has its own matrix per batch item (3-D); otherwise it is broadcast.
     pub a_batched: bool,
+    /// Whether B differs per batch entry (else shared).
     pub b_batched: bool,
 }
 

@@ -21,6 +21,8 @@ pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&IM2COL.def];
 
 /// Matches `Im2colParams` in `shaders/im2col.wgsl` and `shaders/col2im.wgsl`
 /// (`offset` is `in_offset` for im2col, `out_offset` for col2im).
+// Field for field the WGSL struct of the same name, which says what each is.
+#[allow(missing_docs)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct Im2colParams {
@@ -43,6 +45,7 @@ pub struct Im2colParams {
 }
 
 impl Im2colParams {
+    /// Params for `g`, reading the input from element `offset`.
     pub fn new(g: &Conv2dGeometry, offset: usize) -> Im2colParams {
         let c = &g.cfg;
         Im2colParams {

@@ -23,6 +23,8 @@ pub(crate) static LAYERNORM_BACKWARD: Kernel<NormParams> = Kernel::new(&SHADER, 
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&LAYERNORM_FORWARD.def, &LAYERNORM_BACKWARD.def];
 
 /// Matches `NormParams` in `shaders/layernorm.wgsl`.
+// Field for field the WGSL struct of the same name, which says what each is.
+#[allow(missing_docs)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct NormParams {
@@ -39,13 +41,20 @@ pub struct NormParams {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NormKind {
     /// The last `dims` axes (affine shape = those axes).
-    Layer { dims: usize },
+    Layer {
+        /// How many trailing axes.
+        dims: usize,
+    },
     /// `groups` groups of channels of `[n, c, …]` (affine shape = `[c]`).
-    Group { groups: usize },
+    Group {
+        /// Channel groups (must divide the channels).
+        groups: usize,
+    },
 }
 
 /// Gradients of a normalisation.
 pub struct NormGrads {
+    /// dL/dx.
     pub dx: Tensor,
     /// dγ and dβ, when the normalisation is affine.
     pub affine: Option<(Tensor, Tensor)>,
@@ -159,6 +168,7 @@ fn channel(p: &NormParams, row: usize, e: usize) -> usize {
 }
 
 #[allow(clippy::type_complexity)]
+/// (y, per-row mean and 1/σ).
 pub fn layernorm_forward_cpu(x: &[f32], affine: Option<(&[f32], &[f32])>, p: &NormParams) -> (Vec<f32>, Vec<f32>) {
     let d = p.d as usize;
     let mut y = vec![0f32; x.len()];

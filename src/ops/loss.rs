@@ -28,10 +28,15 @@ pub enum RegressionLoss {
     /// |p − t|
     L1,
     /// 0.5 (p − t)² / β where |p − t| < β, else |p − t| − 0.5 β (PyTorch's default β = 1).
-    SmoothL1 { beta: f32 },
+    SmoothL1 {
+        /// Where the quadratic part ends (> 0).
+        beta: f32,
+    },
 }
 
 /// Matches `LossParams` in `shaders/loss.wgsl`.
+// Field for field the WGSL struct of the same name, which says what each is.
+#[allow(missing_docs)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct LossParams {

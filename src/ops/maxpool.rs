@@ -22,6 +22,8 @@ pub(crate) fn pool_work(p: &PoolParams) -> Work {
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&MAXPOOL_FORWARD.def, &MAXPOOL_BACKWARD.def];
 
 /// Matches `PoolParams` in `shaders/maxpool.wgsl` and `shaders/avgpool.wgsl`.
+// Field for field the WGSL struct of the same name, which says what each is.
+#[allow(missing_docs)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct PoolParams {
@@ -40,6 +42,7 @@ pub struct PoolParams {
 }
 
 impl PoolParams {
+    /// Params for `g`.
     pub fn new(g: &Pool2dGeometry) -> PoolParams {
         PoolParams {
             planes: (g.n * g.c) as u32,

@@ -16,20 +16,28 @@ pub(crate) static OPTIM_SGD_STEP: Kernel<OptimParams> = Kernel::new(&SHADER, "op
 pub(crate) static OPTIM_ADAM_STEP: Kernel<OptimParams> = Kernel::new(&SHADER, "optim_adam_step", BINDINGS).with_work(|p| Work::f32s(7 * p.len as usize, 15 * p.len as usize));
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&OPTIM_SGD_STEP.def, &OPTIM_ADAM_STEP.def];
 
+/// SGD settings, PyTorch's `torch.optim.SGD`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SgdConfig {
+    /// Learning rate.
     pub lr: f32,
+    /// Momentum factor (0: none).
     pub momentum: f32,
+    /// Dampening of the momentum update.
     pub dampening: f32,
+    /// L2 penalty added to the gradient.
     pub weight_decay: f32,
+    /// Nesterov momentum.
     pub nesterov: bool,
 }
 
 impl SgdConfig {
+    /// Plain SGD at `lr`.
     pub fn new(lr: f32) -> SgdConfig {
         SgdConfig { lr, momentum: 0.0, dampening: 0.0, weight_decay: 0.0, nesterov: false }
     }
 
+    /// Checks the settings (finite, in range, Nesterov's requirements).
     pub fn validate(&self) -> Result<()> {
         check_lr(self.lr)?;
         let bad = |msg: String| Err(Error::InvalidArgument { op: "sgd", msg });
@@ -43,12 +51,18 @@ impl SgdConfig {
     }
 }
 
+/// Adam/AdamW settings, PyTorch's `torch.optim.Adam` and `AdamW`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamConfig {
+    /// Learning rate.
     pub lr: f32,
+    /// Decay of the first moment.
     pub beta1: f32,
+    /// Decay of the second moment.
     pub beta2: f32,
+    /// Added to the denominator.
     pub eps: f32,
+    /// Weight decay (L2 for Adam, decoupled for AdamW).
     pub weight_decay: f32,
     /// AdamW: decay the weights directly instead of adding wd·p to the gradient.
     pub decoupled: bool,
@@ -65,6 +79,7 @@ impl AdamConfig {
         AdamConfig { weight_decay: 0.01, decoupled: true, ..AdamConfig::adam(lr) }
     }
 
+    /// Checks the settings.
     pub fn validate(&self) -> Result<()> {
         check_lr(self.lr)?;
         if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) || !(self.eps >= 0.0) || !(self.weight_decay >= 0.0) {
@@ -86,6 +101,8 @@ fn check_lr(lr: f32) -> Result<()> {
 }
 
 /// Matches `OptimParams` in `shaders/optim.wgsl`.
+// Field for field the WGSL struct of the same name, which says what each is.
+#[allow(missing_docs)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct OptimParams {
@@ -190,6 +207,7 @@ pub fn optim_adam_step(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mu
 
 // ---------------------------------------------------------------- CPU reference
 
+/// One SGD step on host slices (the spec for the kernel).
 pub fn optim_sgd_step_cpu(p: &mut [f32], grad: &[f32], mut buf: Option<&mut [f32]>, q: &OptimParams) {
     for i in 0..p.len() {
         let mut g = grad[i] + q.weight_decay * p[i];
@@ -201,6 +219,7 @@ pub fn optim_sgd_step_cpu(p: &mut [f32], grad: &[f32], mut buf: Option<&mut [f32
     }
 }
 
+/// One Adam/AdamW step on host slices.
 pub fn optim_adam_step_cpu(p: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], q: &OptimParams) {
     for i in 0..p.len() {
         let mut g = grad[i];

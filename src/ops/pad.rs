@@ -21,6 +21,8 @@ pub(crate) static PAD_BACKWARD: Kernel<PadParams> = Kernel::new(&SHADER, "pad_ba
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&PAD_FORWARD.def, &PAD_BACKWARD.def];
 
 /// Matches `PadParams` in `shaders/pad.wgsl`.
+// Field for field the WGSL struct of the same name, which says what each is.
+#[allow(missing_docs)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct PadParams {
@@ -72,6 +74,7 @@ pub fn pad_backward(dy: &Tensor, input_shape: &[usize], sides: [usize; 4]) -> Re
 
 // ---------------------------------------------------------------- CPU reference
 
+/// x: (planes, h, w) → padded planes.
 pub fn pad_forward_cpu(x: &[f32], p: &PadParams) -> Vec<f32> {
     let (h, w) = (p.h as usize, p.w as usize);
     let (ph, pw) = (h + (p.top + p.bottom) as usize, w + (p.left + p.right) as usize);
@@ -85,6 +88,7 @@ pub fn pad_forward_cpu(x: &[f32], p: &PadParams) -> Vec<f32> {
     y
 }
 
+/// dy: padded planes → dx: (planes, h, w).
 pub fn pad_backward_cpu(dy: &[f32], p: &PadParams) -> Vec<f32> {
     let (h, w) = (p.h as usize, p.w as usize);
     let (ph, pw) = (h + (p.top + p.bottom) as usize, w + (p.left + p.right) as usize);

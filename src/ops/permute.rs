@@ -15,6 +15,8 @@ pub(crate) static PERMUTE_SWAP: Kernel<PermuteParams> = Kernel::new(&SHADER, "pe
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&PERMUTE_SWAP.def];
 
 /// Matches `PermuteParams` in `shaders/permute.wgsl`.
+// Field for field the WGSL struct of the same name, which says what each is.
+#[allow(missing_docs)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct PermuteParams {

@@ -17,6 +17,8 @@ pub(crate) static REDUCE_COLS: Kernel<ReduceParams> = Kernel::new(&SHADER, "redu
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&REDUCE_ROWS.def, &REDUCE_COLS.def];
 
 /// Matches `ReduceParams` in `shaders/reduce.wgsl`.
+// Field for field the WGSL struct of the same name, which says what each is.
+#[allow(missing_docs)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct ReduceParams {

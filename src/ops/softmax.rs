@@ -20,6 +20,8 @@ pub(crate) static SOFTMAX_BACKWARD: Kernel<SoftmaxParams> = Kernel::new(&SHADER,
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&SOFTMAX_FORWARD.def, &SOFTMAX_BACKWARD.def];
 
 /// Matches `SoftmaxParams` in `shaders/softmax.wgsl`.
+// Field for field the WGSL struct of the same name, which says what each is.
+#[allow(missing_docs)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct SoftmaxParams {
@@ -79,6 +81,7 @@ fn at(p: &SoftmaxParams, line: usize, k: usize) -> usize {
     (line / inner) * p.dim as usize * inner + line % inner + k * inner
 }
 
+/// Softmax or log-softmax along the params' axis.
 pub fn softmax_forward_cpu(x: &[f32], p: &SoftmaxParams) -> Vec<f32> {
     let mut y = vec![0f32; x.len()];
     for line in 0..(p.outer * p.inner) as usize {
@@ -92,6 +95,7 @@ pub fn softmax_forward_cpu(x: &[f32], p: &SoftmaxParams) -> Vec<f32> {
     y
 }
 
+/// The backward of [`softmax_forward_cpu`].
 pub fn softmax_backward_cpu(y: &[f32], dy: &[f32], p: &SoftmaxParams) -> Vec<f32> {
     let mut dx = vec![0f32; y.len()];
     for line in 0..(p.outer * p.inner) as usize {

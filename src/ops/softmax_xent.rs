@@ -20,15 +20,18 @@ pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&SOFTMAX_XENT_FORWARD
 pub enum Reduction {
     /// Mean over the rows that are not ignored (PyTorch's default).
     Mean,
+    /// The sum over rows.
     Sum,
 }
 
+/// Cross-entropy settings, PyTorch's `CrossEntropyLoss` arguments.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CrossEntropyConfig {
     /// ε in target = (1 − ε)·onehot + ε/C; in [0, 1].
     pub label_smoothing: f32,
     /// Rows with this label contribute neither loss nor gradient.
     pub ignore_index: Option<i64>,
+    /// Mean or sum over the rows.
     pub reduction: Reduction,
 }
 
@@ -39,6 +42,8 @@ impl Default for CrossEntropyConfig {
 }
 
 /// Matches `XentParams` in `shaders/softmax_xent.wgsl`.
+// Field for field the WGSL struct of the same name, which says what each is.
+#[allow(missing_docs)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct XentParams {

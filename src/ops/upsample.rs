@@ -24,12 +24,15 @@ pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&UPSAMPLE_FORWARD.def
 /// Nearest or bilinear.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpsampleMode {
+    /// Each output takes its nearest input (floor of `o·in/out`).
     Nearest,
     /// Bilinear, `align_corners = false` (PyTorch's default).
     Bilinear,
 }
 
 /// Matches `UpsampleParams` in `shaders/upsample.wgsl`.
+// Field for field the WGSL struct of the same name, which says what each is.
+#[allow(missing_docs)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct UpsampleParams {
