@@ -114,6 +114,12 @@ pub struct TrainArgs {
     /// Clip the global gradient norm to this.
     #[arg(long)]
     pub clip_grad_norm: Option<f32>,
+    /// Add l1·sign(w) to every gradient.
+    #[arg(long, default_value_t = 0.0)]
+    pub l1: f32,
+    /// Add l2·w to every gradient.
+    #[arg(long, default_value_t = 0.0)]
+    pub l2: f32,
     /// Stop when test accuracy has not improved for this many epochs (the best weights are kept).
     #[arg(long)]
     pub early_stopping: Option<usize>,
@@ -175,6 +181,8 @@ impl TrainArgs {
             schedule,
             warmup_epochs: self.warmup_epochs,
             clip_grad_norm: self.clip_grad_norm,
+            l1: self.l1,
+            l2: self.l2,
             early_stopping_patience: self.early_stopping,
             reduce_on_plateau: plateau,
             loss: CrossEntropyConfig { label_smoothing: self.label_smoothing, ..CrossEntropyConfig::default() },
@@ -280,6 +288,22 @@ pub fn run_training(args: &TrainArgs, t: &mut Trainer, train: &Dataset, test: Op
         let m = t.evaluate(test)?;
         if m.confusion.len() <= 20 {
             println!("\nconfusion matrix on the test set (rows: label, columns: predicted):\n{}", m.confusion_table(class_names));
+        }
+        if let Some(path) = &args.history {
+            // Beside the history: one CSV row per label, one column per prediction.
+            let path = path.with_extension("confusion.csv");
+            let mut csv = String::from("label");
+            for j in 0..m.confusion.len() {
+                csv += &format!(",{}", class_names.get(j).cloned().unwrap_or_else(|| j.to_string()));
+            }
+            for (i, row) in m.confusion.iter().enumerate() {
+                csv += &format!("\n{}", class_names.get(i).cloned().unwrap_or_else(|| i.to_string()));
+                for v in row {
+                    csv += &format!(",{v}");
+                }
+            }
+            wgpu_cnn::checkpoint::write_atomic(&path, (csv + "\n").as_bytes())?;
+            println!("confusion matrix written to {}", path.display());
         }
         if let Some(top5) = m.top5 {
             println!("top-5 accuracy {:.2}%", 100.0 * top5);
