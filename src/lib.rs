@@ -61,6 +61,7 @@ pub mod kernel;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod parallel;
 pub mod plot;
 pub mod pool;
 pub mod profile;

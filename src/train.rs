@@ -334,12 +334,31 @@ impl Trainer {
     /// [`Trainer::train_step`]; a `dry` step (inside a dry run) skips the
     /// gradient check's verdict (nothing was computed) and counts no step.
     fn step_inner(&mut self, x: &Tensor, labels: &[i64], dry: bool) -> Result<Tensor> {
+        let loss = self.gradients(x, labels, 1.0)?;
+        self.update(dry)?;
+        Ok(loss)
+    }
+
+    /// Forward and backward on one batch: the parameters' gradients (scaled
+    /// by `scale`, e.g. a shard's share of the whole batch) replace the old
+    /// ones; returns the (unscaled) loss as a `[1]` tensor on the device.
+    pub(crate) fn gradients(&mut self, x: &Tensor, labels: &[i64], scale: f32) -> Result<Tensor> {
         self.model.zero_grad();
         let logits = self.model.forward(x, Mode::Train)?;
-        let (loss, dlogits) = softmax_xent(&logits, labels, self.config.loss)?;
+        let (loss, mut dlogits) = softmax_xent(&logits, labels, self.config.loss)?;
         self.last_logits = Some(logits);
+        if scale != 1.0 {
+            dlogits = crate::ops::elementwise::elementwise_add(&dlogits, &dlogits, scale, 0.0)?;
+        }
         // The input needs no gradient: the first layer computes its parameters' only.
         self.model.backward_params(&dlogits)?;
+        Ok(loss)
+    }
+
+    /// Regularisation, clipping, the gradient check and the optimiser step
+    /// on the gradients in place; on the GPU the step is submitted here.
+    /// A `dry` step (inside a dry run) skips the check's verdict and counts no step.
+    pub(crate) fn update(&mut self, dry: bool) -> Result<()> {
         let (l1, l2) = (self.config.l1, self.config.l2);
         if l1 > 0.0 || l2 > 0.0 || self.config.clip_grad_norm.is_some() {
             let mut params = self.model.parameters("")?;
@@ -375,7 +394,7 @@ impl Trainer {
         if !dry {
             self.step += 1;
         }
-        Ok(loss)
+        Ok(())
     }
 
     /// One pass over `data` (the rest of it, after an interruption); returns

@@ -28,6 +28,7 @@ mod maxpool;
 mod optim;
 mod reliability;
 mod pad;
+mod parallel;
 mod permute;
 mod reduce;
 mod softmax;
