@@ -36,3 +36,23 @@ fi
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 cargo test --all-targets
 cargo test --doc
+
+# Data parallelism across processes (the `mpi` feature) needs Open MPI and
+# libclang (for the MPI bindings): installed with apt-get where it can be,
+# then `mpirun -np 2` runs the equality test. WGPU_CNN_SKIP_MPI_TESTS=1 skips it, loudly.
+if [ -n "${WGPU_CNN_SKIP_MPI_TESTS:-}" ]; then
+    echo "== SKIPPED the MPI test: WGPU_CNN_SKIP_MPI_TESTS is set"
+    exit 0
+fi
+if ! command -v mpirun >/dev/null 2>&1 || ! ldconfig -p 2>/dev/null | grep -q libclang; then
+    if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" -eq 0 ] || command -v sudo >/dev/null 2>&1; }; then
+        echo "== installing Open MPI and libclang for the MPI test"
+        SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends openmpi-bin libopenmpi-dev libclang-dev >/dev/null
+    else
+        echo "the MPI test needs Open MPI (mpirun, libopenmpi-dev) and libclang; install them or set WGPU_CNN_SKIP_MPI_TESTS=1"
+        exit 1
+    fi
+fi
+cargo test --features mpi --test parity parallel::mpi

@@ -138,3 +138,122 @@ fn state_values(model: &mut Sequential) -> Result<Vec<Vec<f32>>> {
         })
         .collect()
 }
+
+/// Data parallelism across processes and hosts through MPI (cargo feature
+/// `mpi`): one process per device under `mpirun -np N`. Every rank shuffles
+/// each epoch's order with the same seed and takes its own shard of it
+/// (PyTorch's `DistributedSampler`); each step's gradients are gathered from
+/// every rank and summed in rank order, so the sum does not depend on timing
+/// and every rank applies the same update. Rank 0 is the one to log,
+/// evaluate and checkpoint. An error on any rank should end the job with
+/// [`Distributed::abort`] rather than leave the others waiting.
+#[cfg(feature = "mpi")]
+pub struct Distributed {
+    world: mpi::topology::SimpleCommunicator,
+    /// This rank's replica.
+    pub trainer: Trainer,
+}
+
+#[cfg(feature = "mpi")]
+impl Distributed {
+    /// Wraps this rank's trainer; every rank must call it, and all start from rank 0's weights.
+    pub fn new(world: mpi::topology::SimpleCommunicator, mut trainer: Trainer) -> Result<Distributed> {
+        use mpi::traits::*;
+        let mut values = state_values(&mut trainer.model)?;
+        let root = world.process_at_rank(0);
+        for v in values.iter_mut() {
+            root.broadcast_into(&mut v[..]);
+        }
+        write_state(&mut trainer.model, &values)?;
+        Ok(Distributed { world, trainer })
+    }
+
+    /// This process's rank.
+    pub fn rank(&self) -> usize {
+        use mpi::traits::*;
+        self.world.rank() as usize
+    }
+
+    /// The number of processes.
+    pub fn size(&self) -> usize {
+        use mpi::traits::*;
+        self.world.size() as usize
+    }
+
+    /// Ends every process of the job with `code` after printing `error` (use on any rank's error).
+    pub fn abort(&self, error: &Error, code: i32) -> ! {
+        use mpi::traits::*;
+        eprintln!("rank {} of {}: {error}; stopping the job", self.rank(), self.size());
+        self.world.abort(code)
+    }
+
+    /// One epoch: this rank's shard of the seeded order, in batches of
+    /// `config.batch_size` per rank; returns the mean of the global batches' losses.
+    pub fn train_epoch(&mut self, data: &Dataset) -> Result<f32> {
+        use mpi::traits::*;
+        let (rank, size) = (self.rank(), self.size());
+        let t = &mut self.trainer;
+        let epoch_seed = t.config.seed.wrapping_add(t.epoch as u64);
+        let order: Vec<usize> = data.batches(data.len().max(1), Some(epoch_seed)).concat();
+        // Rank r takes every size-th index from r; every rank takes the same number of steps.
+        let shard: Vec<usize> = order.iter().skip(rank).step_by(size).copied().collect();
+        let per_rank = order.len().div_ceil(size);
+        let steps = per_rank.div_ceil(t.config.batch_size.max(1));
+        let mut total = 0f64;
+        for s in 0..steps {
+            let lo = (s * t.config.batch_size).min(shard.len());
+            let hi = ((s + 1) * t.config.batch_size).min(shard.len());
+            let mine = &shard[lo..hi];
+            // Every rank's count for this step, to weight its gradient by its share.
+            let counts: Vec<u64> = (0..size).map(|r| {
+                let len = order.iter().skip(r).step_by(size).count();
+                let (a, b) = ((s * t.config.batch_size).min(len), ((s + 1) * t.config.batch_size).min(len));
+                (b - a) as u64
+            }).collect();
+            let global: u64 = counts.iter().sum();
+            let local_loss = if mine.is_empty() {
+                t.model.zero_grad();
+                for p in t.model.parameters("")? {
+                    crate::ops::elementwise::elementwise_fill(p.grad, 0.0)?;
+                }
+                0.0
+            } else {
+                let (x, labels) = data.batch(&t.device, mine, None)?;
+                let share = mine.len() as f32 / global as f32;
+                t.gradients(&x, &labels, share)?.to_vec()?[0] * share
+            };
+            // Gather every rank's gradients (and loss share) and sum them in rank order.
+            let mut local: Vec<f32> = vec![local_loss];
+            for p in t.model.parameters("")? {
+                local.extend(p.grad.to_vec()?);
+            }
+            let mut all = vec![0f32; local.len() * size];
+            self.world.all_gather_into(&local[..], &mut all[..]);
+            let mut sum = all[..local.len()].to_vec();
+            for r in 1..size {
+                sum.iter_mut().zip(&all[r * local.len()..(r + 1) * local.len()]).for_each(|(a, b)| *a += b);
+            }
+            total += sum[0] as f64;
+            let mut at = 1;
+            for p in t.model.parameters("")? {
+                let n = p.grad.numel();
+                p.grad.write(&sum[at..at + n])?;
+                at += n;
+            }
+            t.update(false)?;
+        }
+        t.epoch += 1;
+        Ok((total / steps.max(1) as f64) as f32)
+    }
+}
+
+#[cfg(feature = "mpi")]
+fn write_state(model: &mut Sequential, values: &[Vec<f32>]) -> Result<()> {
+    let mut it = values.iter();
+    for e in model.state("") {
+        if let State::Param { value: t, .. } | State::Buffer(t) = e.state {
+            t.write(it.next().map(Vec::as_slice).unwrap_or_default())?;
+        }
+    }
+    Ok(())
+}

@@ -77,3 +77,101 @@ fn data_parallel_epoch() {
     assert!(m.loss.is_finite() && m.loss < first, "evaluation loss {} after training (first epoch's mean {first})", m.loss);
     assert!(DataParallel::new(&[], |d| models::lenet5(d, &mut Initializer::new(1, Init::PytorchDefault)), opt(), TrainConfig::default()).is_err());
 }
+
+/// `mpirun -np 2` of the child below: two processes, each with its shard of
+/// every batch, end with the weights one process gets on the combined
+/// batches (feature `mpi`; scripts/test.sh runs it when Open MPI is there).
+#[cfg(feature = "mpi")]
+#[test]
+fn mpi_two_ranks_match_one_process() {
+    let out = crate::training::tmp("mpi-weights.bin");
+    let _ = std::fs::remove_file(&out);
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = std::process::Command::new("mpirun");
+    if unsafe_is_root() {
+        cmd.arg("--allow-run-as-root");
+    }
+    let status = cmd
+        .args(["--oversubscribe", "-np", "2"])
+        .arg(&exe)
+        .args(["--exact", "parallel::mpi_child", "--nocapture", "--test-threads", "1"])
+        .env("WGPU_CNN_MPI_OUT", &out)
+        .status()
+        .expect("mpirun (Open MPI) is installed");
+    assert!(status.success(), "mpirun: {status}");
+    let got: Vec<f32> = bytemuck::pod_collect_to_vec(&std::fs::read(&out).unwrap());
+    // One process on the same global batches: rank 0's slice, then rank 1's.
+    let data = mnist_slice(wgpu_cnn::data::mnist::Split::Train, 90);
+    let mut one = lenet_trainer(&Device::Cpu, opt(), TrainConfig { batch_size: 16, ..TrainConfig::default() });
+    let order: Vec<usize> = data.batches(data.len(), Some(one.config.seed)).concat();
+    let shards: Vec<Vec<usize>> = (0..2).map(|r| order.iter().skip(r).step_by(2).copied().collect()).collect();
+    for s in 0..3 {
+        let idx: Vec<usize> = shards.iter().flat_map(|sh| sh[(s * 16).min(sh.len())..((s + 1) * 16).min(sh.len())].to_vec()).collect();
+        let (x, labels) = data.batch(&Device::Cpu, &idx, None).unwrap();
+        one.train_step(&x, &labels).unwrap();
+    }
+    let want: Vec<f32> = weights(&mut one).concat();
+    Tolerance::new(1e-5, 1e-4).assert("rank 0's weights after an epoch vs one process", &got, &want);
+}
+
+/// A rank that fails ends the whole job with its error (the other rank is
+/// waiting in the gradient exchange and must not hang).
+#[cfg(feature = "mpi")]
+#[test]
+fn mpi_failed_rank_stops_the_job() {
+    let out = crate::training::tmp("mpi-fail.bin");
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = std::process::Command::new("mpirun");
+    if unsafe_is_root() {
+        cmd.arg("--allow-run-as-root");
+    }
+    let start = std::time::Instant::now();
+    let run = cmd
+        .args(["--oversubscribe", "-np", "2"])
+        .arg(&exe)
+        .args(["--exact", "parallel::mpi_child", "--nocapture", "--test-threads", "1"])
+        .env("WGPU_CNN_MPI_OUT", &out)
+        .env("WGPU_CNN_MPI_FAIL", "1")
+        .output()
+        .expect("mpirun (Open MPI) is installed");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "the job should fail");
+    assert!(stderr.contains("rank 1 of 2") && stderr.contains("label 99"), "{stderr}");
+    assert!(start.elapsed().as_secs() < 60, "the job ended promptly");
+}
+
+#[cfg(feature = "mpi")]
+fn unsafe_is_root() -> bool {
+    std::process::Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
+/// Not a test of its own: each MPI rank of the test above (a no-op unless
+/// WGPU_CNN_MPI_OUT is set). Trains one epoch of 90 images, 16 per rank per
+/// step; rank 0 writes its weights and optimiser state.
+#[cfg(feature = "mpi")]
+#[test]
+fn mpi_child() {
+    let Some(out) = std::env::var_os("WGPU_CNN_MPI_OUT") else { return };
+    let universe = mpi::initialize().expect("MPI initialises");
+    let world = universe.world();
+    let mut data = mnist_slice(wgpu_cnn::data::mnist::Split::Train, 90);
+    if std::env::var_os("WGPU_CNN_MPI_FAIL").is_some() && mpi::traits::Communicator::rank(&world) == 1 {
+        data.labels[1] = 99; // out of range: rank 1 fails in its first step
+    }
+    let mut t = lenet_trainer(&Device::Cpu, opt(), TrainConfig { batch_size: 16, ..TrainConfig::default() });
+    // A different start on rank 1: Distributed::new must broadcast rank 0's weights.
+    if mpi::traits::Communicator::rank(&world) == 1 {
+        for p in t.model.parameters("").unwrap() {
+            let v = vec![0.5; p.value.numel()];
+            p.value.write(&v).unwrap();
+        }
+    }
+    let mut d = wgpu_cnn::parallel::Distributed::new(world, t).unwrap();
+    if let Err(e) = d.train_epoch(&data) {
+        d.abort(&e, 1);
+    }
+    if d.rank() == 0 {
+        let w: Vec<f32> = weights(&mut d.trainer).concat();
+        std::fs::write(out, bytemuck::cast_slice(&w)).unwrap();
+    }
+}
