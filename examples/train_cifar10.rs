@@ -47,9 +47,19 @@ fn run(args: Args) -> wgpu_cnn::Result<()> {
         Net::Vgg => models::vgg_small(&dev, init)?,
     };
     let defaults = Defaults { epochs: 30, batch_size: 128, optimizer: OptArg::Sgd, schedule: ScheduleArg::Cosine };
-    let mut t = args.train.trainer(&defaults, model, dev)?;
+    let mut t = args.train.trainer(&defaults, model, dev.clone())?;
     t.config.augment = Some(Augment { crop_padding: 4, horizontal_flip: true, ..Augment::default() });
     let names: Vec<String> = CLASSES.iter().map(|s| s.to_string()).collect();
-    common::run_training(&args.train, &mut t, &train, Some(&test), &names)?;
+    let net = args.net;
+    let build = |d: &wgpu_cnn::Device, seed: u64| {
+        let init = &mut Initializer::new(seed, Init::KaimingNormal);
+        match net {
+            Net::Resnet20 => models::resnet20(d, init),
+            Net::Vgg => models::vgg_small(d, init),
+        }
+    };
+    if !common::run_parallel(&args.train, &mut t, &build, &dev, &train, Some(&test))? {
+        common::run_training(&args.train, &mut t, &train, Some(&test), &names)?;
+    }
     Ok(())
 }

@@ -44,10 +44,6 @@ struct Args {
     /// Rotate training images by up to ± this many degrees.
     #[arg(long, default_value_t = 0.0)]
     rotate: f32,
-    /// Data-parallel replicas, one device each (several devices on one adapter
-    /// when there is one GPU): each batch is split across them.
-    #[arg(long, default_value_t = 1)]
-    devices: usize,
     /// Save the trained weights (with class names and preprocessing) here.
     #[arg(long)]
     save: Option<PathBuf>,
@@ -86,9 +82,8 @@ fn run(args: Args) -> wgpu_cnn::Result<()> {
     let defaults = Defaults { epochs: 5, batch_size: 32, optimizer: OptArg::Adam, schedule: ScheduleArg::Constant };
     let mut trainer = args.train.trainer(&defaults, model, device.clone())?;
     trainer.config.augment = (args.flip || args.rotate > 0.0).then_some(Augment { horizontal_flip: args.flip, rotate_degrees: args.rotate, ..Augment::default() });
-    if args.devices > 1 {
-        trainer = data_parallel(&args, spec, &device, trainer, &train, data.val.as_ref())?;
-    } else {
+    let build = |d: &wgpu_cnn::Device, seed: u64| models::build(&args.model, spec, d, &mut Initializer::new(seed, Init::PytorchDefault));
+    if !common::run_parallel(&args.train, &mut trainer, &build, &device, &train, data.val.as_ref())? {
         common::run_training(&args.train, &mut trainer, &train, data.val.as_ref(), &data.classes)?;
     }
     if let Some(path) = &args.save {
@@ -99,26 +94,3 @@ fn run(args: Args) -> wgpu_cnn::Result<()> {
     Ok(())
 }
 
-/// `--devices N`: the same training on N replicas in lockstep; returns replica 0.
-fn data_parallel(args: &Args, spec: ModelSpec, device: &wgpu_cnn::Device, template: wgpu_cnn::train::Trainer, train: &wgpu_cnn::data::Dataset, val: Option<&wgpu_cnn::data::Dataset>) -> wgpu_cnn::Result<wgpu_cnn::train::Trainer> {
-    use wgpu_cnn::parallel::DataParallel;
-    let devices = (0..args.devices)
-        .map(|_| if device.is_gpu() { wgpu_cnn::Device::gpu() } else { Ok(wgpu_cnn::Device::Cpu) })
-        .collect::<wgpu_cnn::Result<Vec<_>>>()?;
-    let opt = template.optimizer.config;
-    let cfg = template.config.clone();
-    let mut seed = args.train.seed;
-    let mut dp = DataParallel::new(&devices, |d| models::build(&args.model, spec, d, &mut Initializer::new(seed, Init::PytorchDefault)).inspect(|_| seed += 1), opt, cfg)?;
-    println!("{} replicas; {} bytes of gradients summed per step", args.devices, dp.bytes_all_reduced_per_step());
-    while dp.replicas[0].epoch < dp.replicas[0].config.epochs {
-        let t0 = std::time::Instant::now();
-        let loss = dp.train_epoch(train)?;
-        let secs = t0.elapsed().as_secs_f64();
-        let test = val.map(|v| dp.evaluate(v)).transpose()?.map_or(String::new(), |m| format!("  test loss {:.4}  test accuracy {:.2}%", m.loss, 100.0 * m.accuracy));
-        println!("epoch {:>3}/{}  train loss {loss:.4}{test}  {:.0} images/s  ({secs:.1} s)", dp.replicas[0].epoch, dp.replicas[0].config.epochs, train.len() as f64 / secs);
-        if let Some(path) = &args.train.checkpoint {
-            wgpu_cnn::checkpoint::save(path, &mut dp.replicas[0])?;
-        }
-    }
-    Ok(dp.replicas.swap_remove(0))
-}

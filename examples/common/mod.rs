@@ -138,6 +138,11 @@ pub struct TrainArgs {
     /// Write the per-epoch history here (.csv, else JSON).
     #[arg(long)]
     pub history: Option<PathBuf>,
+    /// Data-parallel replicas in this process, one device each (several devices
+    /// on one adapter when there is one GPU); each batch is split across them.
+    /// Under `mpirun` (built with `--features mpi`) each process is one replica instead.
+    #[arg(long, default_value_t = 1)]
+    pub devices: usize,
     /// Train on the first N training images only.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -320,4 +325,69 @@ pub fn run_training(args: &TrainArgs, t: &mut Trainer, train: &Dataset, test: Op
         }
     }
     Ok(history)
+}
+
+/// Data-parallel training when asked for: `--devices N` (N > 1) trains N
+/// replicas in this process; a launch by `mpirun` (with the `mpi` feature)
+/// trains one replica per process, rank 0 printing and checkpointing. Returns
+/// false when neither applies (train with [`run_training`]); afterwards `t`
+/// holds the trained model (replica 0's or this rank's).
+pub fn run_parallel(
+    args: &TrainArgs,
+    t: &mut Trainer,
+    build: &dyn Fn(&wgpu_cnn::Device, u64) -> wgpu_cnn::Result<Sequential>,
+    device: &wgpu_cnn::Device,
+    train: &Dataset,
+    test: Option<&Dataset>,
+) -> wgpu_cnn::Result<bool> {
+    #[cfg(feature = "mpi")]
+    if std::env::var_os("OMPI_COMM_WORLD_SIZE").is_some() || std::env::var_os("PMI_SIZE").is_some() {
+        let universe = mpi::initialize().ok_or_else(|| Error::InvalidArgument { op: "mpi", msg: "MPI was already initialised".into() })?;
+        let replica = Trainer::new(build(device, args.seed)?, Optimizer::new(t.optimizer.config)?, TrainConfig { progress: false, ..t.config.clone() }, device.clone())?;
+        let mut d = wgpu_cnn::parallel::Distributed::new(universe.world(), replica)?;
+        if d.rank() == 0 {
+            println!("{} MPI ranks", d.size());
+        }
+        while d.trainer.epoch < d.trainer.config.epochs {
+            let t0 = std::time::Instant::now();
+            let loss = match d.train_epoch(train) {
+                Ok(l) => l,
+                Err(e) => d.abort(&e, 1),
+            };
+            if d.rank() == 0 {
+                let secs = t0.elapsed().as_secs_f64();
+                let m = test.map(|v| d.trainer.evaluate(v)).transpose()?;
+                let test_part = m.map_or(String::new(), |m| format!("  test loss {:.4}  test accuracy {:.2}%", m.loss, 100.0 * m.accuracy));
+                println!("epoch {:>3}/{}  train loss {loss:.4}{test_part}  {:.0} images/s (all ranks)  ({secs:.1} s)", d.trainer.epoch, d.trainer.config.epochs, train.len() as f64 / secs);
+                if let Some(path) = &args.checkpoint {
+                    wgpu_cnn::checkpoint::save(path, &mut d.trainer)?;
+                }
+            }
+        }
+        *t = d.trainer;
+        return Ok(true);
+    }
+    if args.devices <= 1 {
+        return Ok(false);
+    }
+    use wgpu_cnn::parallel::DataParallel;
+    let devices = (0..args.devices).map(|_| if device.is_gpu() { wgpu_cnn::Device::gpu() } else { Ok(wgpu_cnn::Device::Cpu) }).collect::<wgpu_cnn::Result<Vec<_>>>()?;
+    let mut seed = args.seed;
+    let mut dp = DataParallel::new(&devices, |d| build(d, seed).inspect(|_| seed += 1), t.optimizer.config, t.config.clone())?;
+    for r in &mut dp.replicas {
+        r.config.augment = t.config.augment;
+    }
+    println!("{} replicas; {} bytes of gradients summed per step", args.devices, dp.bytes_all_reduced_per_step());
+    while dp.replicas[0].epoch < dp.replicas[0].config.epochs {
+        let t0 = std::time::Instant::now();
+        let loss = dp.train_epoch(train)?;
+        let secs = t0.elapsed().as_secs_f64();
+        let test_part = test.map(|v| dp.evaluate(v)).transpose()?.map_or(String::new(), |m| format!("  test loss {:.4}  test accuracy {:.2}%", m.loss, 100.0 * m.accuracy));
+        println!("epoch {:>3}/{}  train loss {loss:.4}{test_part}  {:.0} images/s  ({secs:.1} s)", dp.replicas[0].epoch, dp.replicas[0].config.epochs, train.len() as f64 / secs);
+        if let Some(path) = &args.checkpoint {
+            wgpu_cnn::checkpoint::save(path, &mut dp.replicas[0])?;
+        }
+    }
+    *t = dp.replicas.swap_remove(0);
+    Ok(true)
 }
