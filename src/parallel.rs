@@ -21,6 +21,10 @@ use crate::train::{Metrics, TrainConfig, Trainer};
 pub struct DataParallel {
     /// One per device; replica 0 evaluates and is the one to checkpoint.
     pub replicas: Vec<Trainer>,
+    /// After every step, set every replica's buffers (batch-norm running
+    /// statistics) to their mean over the replicas, so all evaluate alike.
+    /// Off by default: each keeps its own, as PyTorch's DDP without SyncBatchNorm.
+    pub sync_buffers: bool,
 }
 
 impl DataParallel {
@@ -44,7 +48,7 @@ impl DataParallel {
                 }
             }
         }
-        Ok(DataParallel { replicas })
+        Ok(DataParallel { replicas, sync_buffers: false })
     }
 
     /// The bytes one step sums across replicas: every gradient, once per replica.
@@ -97,6 +101,25 @@ impl DataParallel {
                 p.grad.write(g)?;
             }
             r.update(false)?;
+        }
+        if self.sync_buffers {
+            let k = self.replicas[..k].len();
+            let mut means: Vec<Vec<f32>> = Vec::new();
+            for r in &mut self.replicas[..k] {
+                for (j, (_, b)) in r.model.buffers("").into_iter().enumerate() {
+                    let v = b.to_vec()?;
+                    match means.get_mut(j) {
+                        Some(acc) => acc.iter_mut().zip(&v).for_each(|(a, x)| *a += x),
+                        None => means.push(v),
+                    }
+                }
+            }
+            means.iter_mut().flatten().for_each(|v| *v /= k as f32);
+            for r in &mut self.replicas {
+                for ((_, b), m) in r.model.buffers("").into_iter().zip(&means) {
+                    b.write(m)?;
+                }
+            }
         }
         Ok(loss)
     }

@@ -175,3 +175,21 @@ fn mpi_child() {
         std::fs::write(out, bytemuck::cast_slice(&w)).unwrap();
     }
 }
+
+/// With batch-norm, replicas keep their own running statistics unless
+/// `sync_buffers` averages them after every step; the weights stay identical either way.
+#[test]
+fn batchnorm_buffers_per_replica_or_synchronised() {
+    let data = mnist_slice(wgpu_cnn::data::mnist::Split::Train, 64);
+    let build = |d: &Device| models::mlp(d, 32, 0.0, &mut Initializer::new(3, Init::KaimingUniform));
+    for sync in [false, true] {
+        let mut dp = DataParallel::new(&[Device::Cpu, Device::Cpu], build, opt(), TrainConfig::default()).unwrap();
+        dp.sync_buffers = sync;
+        let (images, labels) = data.batch_host(&(0..64).collect::<Vec<_>>(), None);
+        dp.train_step(&images, data.item_shape, &labels).unwrap();
+        let bufs = |dp: &mut DataParallel, r: usize| -> Vec<Vec<f32>> { dp.replicas[r].model.buffers("").into_iter().map(|(_, b)| b.to_vec().unwrap()).collect() };
+        let (b0, b1) = (bufs(&mut dp, 0), bufs(&mut dp, 1));
+        assert_eq!(b0 == b1, sync, "running statistics equal across replicas iff synchronised");
+        assert_eq!(weights(&mut dp.replicas[0]), weights(&mut dp.replicas[1]));
+    }
+}
