@@ -497,7 +497,7 @@ fn sigint_saves_and_exits_130() {
     let _ = std::fs::remove_file(&ready);
     let _ = std::fs::remove_file(&ckpt);
     let exe = std::env::current_exe().unwrap();
-    let mut child = std::process::Command::new(&exe)
+    let child = std::process::Command::new(&exe)
         .args(["--exact", "training::sigint_child", "--nocapture", "--test-threads", "1"])
         .env("WGPU_CNN_SIGINT_DIR", &dir)
         .stdout(std::process::Stdio::null())
