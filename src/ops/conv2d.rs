@@ -15,7 +15,6 @@
 //! training layer keeps the forward's columns (one chunk, ≤ 64 MB) for its
 //! backward; otherwise backward rebuilds them. The first layer skips dx.
 
-use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
 
 use std::sync::Arc;
@@ -26,7 +25,7 @@ use crate::gpu::GpuContext;
 use crate::ops::col2im::{col2im_cpu, col2im_gpu};
 use crate::ops::activation::{activation_forward, activation_forward_in_place_cpu, Activation};
 use crate::ops::bias::{bias_add, bias_grad};
-use crate::ops::gemm::{gemm_gpu_strided, Epilogue, GemmConfig, GemmLayout, GemmShape};
+use crate::ops::gemm::{gemm_matmul_cpu, gemm_gpu_strided, Epilogue, GemmConfig, GemmLayout, GemmShape};
 use crate::ops::im2col::{im2col_cpu_into, im2col_gpu};
 use crate::ops::permute::{permute_swap_cpu, permute_swap_gpu};
 use crate::ops::reduce::{reduce_rows_cpu, reduce_rows_gpu};
@@ -247,7 +246,7 @@ fn gemm_groups_cpu(a: &[f32], b: &[f32], c: &mut [f32], s: GemmShape, l: GemmLay
         let mut cv = ArrayViewMut2::from_shape((s.m, s.n), &mut c[gi * l.stride_c..gi * l.stride_c + s.m * s.n]).unwrap();
         let av = if ta { av.reversed_axes() } else { av };
         let bv = if tb { bv.reversed_axes() } else { bv };
-        general_mat_mul(1.0, &av, &bv, beta, &mut cv);
+        gemm_matmul_cpu(1.0, &av, &bv, beta, &mut cv);
     }
 }
 

@@ -261,9 +261,48 @@ pub fn gemm_cpu(a: &[f32], b: &[f32], c: &mut [f32], s: GemmShape, cfg: GemmConf
         let ai = if cfg.trans_a { ai.reversed_axes() } else { ai };
         let bi = if cfg.trans_b { bi.reversed_axes() } else { bi };
         let mut ci = c3.index_axis_mut(Axis(0), i);
-        general_mat_mul(cfg.alpha, &ai, &bi, cfg.beta, &mut ci);
+        gemm_matmul_cpu(cfg.alpha, &ai, &bi, cfg.beta, &mut ci);
     }
     Ok(())
+}
+
+/// `c = alpha·a·b + beta·c` on the CPU, with the larger of C's two dimensions
+/// split across the machine's cores for large products (matrixmultiply runs
+/// single-threaded: its own threads cost more than they gave on the small
+/// GEMMs of a training step). Every element sums over k in the same order
+/// however C is split, so the result does not depend on the core count.
+pub fn gemm_matmul_cpu(alpha: f32, a: &ArrayView2<f32>, b: &ArrayView2<f32>, beta: f32, c: &mut ndarray::ArrayViewMut2<f32>) {
+    let (m, k, n) = (a.nrows(), a.ncols(), b.ncols());
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    // Below ~32 MFLOP starting a thread costs more than the split saves.
+    if threads < 2 || 2 * m * n * k < (1 << 25) || m.max(n) < 2 * threads {
+        general_mat_mul(alpha, a, b, beta, c);
+        return;
+    }
+    // The first part runs on this thread, the others on scoped threads.
+    std::thread::scope(|s| {
+        if m >= n {
+            let rows = m.div_ceil(threads);
+            let mut parts = a.axis_chunks_iter(Axis(0), rows).zip(c.axis_chunks_iter_mut(Axis(0), rows));
+            let first = parts.next();
+            for (ai, mut ci) in parts {
+                s.spawn(move || general_mat_mul(alpha, &ai, b, beta, &mut ci));
+            }
+            if let Some((ai, mut ci)) = first {
+                general_mat_mul(alpha, &ai, b, beta, &mut ci);
+            }
+        } else {
+            let cols = n.div_ceil(threads);
+            let mut parts = b.axis_chunks_iter(Axis(1), cols).zip(c.axis_chunks_iter_mut(Axis(1), cols));
+            let first = parts.next();
+            for (bi, mut ci) in parts {
+                s.spawn(move || general_mat_mul(alpha, a, &bi, beta, &mut ci));
+            }
+            if let Some((bi, mut ci)) = first {
+                general_mat_mul(alpha, a, &bi, beta, &mut ci);
+            }
+        }
+    });
 }
 
 /// c: (…, N) += bias (N) on every row.
