@@ -12,7 +12,7 @@
 use crate::data::{prefetch, Dataset};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::nn::{Layer, Sequential, State};
+use crate::nn::{state_values, write_state_values, Layer, Sequential};
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::tensor::Tensor;
 use crate::train::{Metrics, TrainConfig, Trainer};
@@ -40,13 +40,7 @@ impl DataParallel {
             .collect::<Result<Vec<_>>>()?;
         let start = state_values(&mut replicas[0].model)?;
         for r in &mut replicas[1..] {
-            let mut it = start.iter();
-            for e in r.model.state("") {
-                if let State::Param { value: t, .. } | State::Buffer(t) = e.state {
-                    let v = it.next().ok_or_else(|| Error::InvalidArgument { op: "DataParallel", msg: "the replicas' models differ in structure".into() })?;
-                    t.write(v)?;
-                }
-            }
+            write_state_values(&mut r.model, &start)?;
         }
         Ok(DataParallel { replicas, sync_buffers: false })
     }
@@ -151,16 +145,6 @@ impl DataParallel {
     }
 }
 
-fn state_values(model: &mut Sequential) -> Result<Vec<Vec<f32>>> {
-    model
-        .state("")
-        .into_iter()
-        .filter_map(|e| match e.state {
-            State::Param { value: t, .. } | State::Buffer(t) => Some(t.to_vec()),
-            State::Counter(_) => None,
-        })
-        .collect()
-}
 
 /// Data parallelism across processes and hosts through MPI (cargo feature
 /// `mpi`): one process per device under `mpirun -np N`. Every rank shuffles
@@ -187,7 +171,7 @@ impl Distributed {
         for v in values.iter_mut() {
             root.broadcast_into(&mut v[..]);
         }
-        write_state(&mut trainer.model, &values)?;
+        write_state_values(&mut trainer.model, &values)?;
         Ok(Distributed { world, trainer })
     }
 
@@ -270,13 +254,3 @@ impl Distributed {
     }
 }
 
-#[cfg(feature = "mpi")]
-fn write_state(model: &mut Sequential, values: &[Vec<f32>]) -> Result<()> {
-    let mut it = values.iter();
-    for e in model.state("") {
-        if let State::Param { value: t, .. } | State::Buffer(t) = e.state {
-            t.write(it.next().map(Vec::as_slice).unwrap_or_default())?;
-        }
-    }
-    Ok(())
-}

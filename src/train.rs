@@ -20,7 +20,6 @@ use crate::ops::clip::clip_global_norm;
 use crate::ops::elementwise::{elementwise_combine, elementwise_combine_sign};
 use crate::ops::reduce::reduce_sum_squares;
 use crate::ops::softmax_xent::{softmax_xent, softmax_xent_probs_cpu, CrossEntropyConfig};
-use crate::nn::State;
 use crate::optim::{check_schedule, LrSchedule, Optimizer, Plateau, PlateauState};
 use crate::tensor::Tensor;
 
@@ -537,7 +536,7 @@ impl Trainer {
             }
             if let (Some(patience), Some(m)) = (self.config.early_stopping_patience, &metrics) {
                 if self.best.as_ref().is_none_or(|(b, _)| m.accuracy > *b) {
-                    let snapshot = if self.config.restore_best { self.state_values()? } else { Vec::new() };
+                    let snapshot = if self.config.restore_best { crate::nn::state_values(&mut self.model)? } else { Vec::new() };
                     (self.best, self.since_best) = (Some((m.accuracy, snapshot)), 0);
                 } else {
                     self.since_best += 1;
@@ -546,7 +545,7 @@ impl Trainer {
                         self.stopped_early = true;
                         if self.config.restore_best {
                             if let Some((acc, values)) = self.best.take() {
-                                self.restore_state(&values)?;
+                                crate::nn::write_state_values(&mut self.model, &values)?;
                                 log::info!("restored the weights of the best epoch (validation accuracy {acc})");
                             }
                         }
@@ -568,27 +567,6 @@ impl Trainer {
         Ok(ctx.profile_report().map_or(0.0, |r| r.total_ms))
     }
 
-    /// Every parameter and buffer of the model, on the host.
-    fn state_values(&mut self) -> Result<Vec<Vec<f32>>> {
-        self.model
-            .state("")
-            .into_iter()
-            .filter_map(|e| match e.state {
-                State::Param { value: t, .. } | State::Buffer(t) => Some(t.to_vec()),
-                State::Counter(_) => None,
-            })
-            .collect()
-    }
-
-    fn restore_state(&mut self, values: &[Vec<f32>]) -> Result<()> {
-        let mut it = values.iter();
-        for e in self.model.state("") {
-            if let State::Param { value: t, .. } | State::Buffer(t) = e.state {
-                t.write(it.next().map(Vec::as_slice).unwrap_or_default())?;
-            }
-        }
-        Ok(())
-    }
 }
 
 /// An epoch's progress: a bar on a terminal (`epoch 3/10`, images/s, the

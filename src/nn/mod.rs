@@ -201,3 +201,28 @@ pub(crate) fn join(prefix: &str, name: &str) -> String {
         format!("{prefix}.{name}")
     }
 }
+
+/// Every parameter and buffer of `model`, copied to the host in the state
+/// walk's order (for snapshots and for copying weights between replicas).
+pub(crate) fn state_values(model: &mut dyn Layer) -> Result<Vec<Vec<f32>>> {
+    model
+        .state("")
+        .into_iter()
+        .filter_map(|e| match e.state {
+            State::Param { value: t, .. } | State::Buffer(t) => Some(t.to_vec()),
+            State::Counter(_) => None,
+        })
+        .collect()
+}
+
+/// Writes values taken by [`state_values`] (from a model of the same structure) back.
+pub(crate) fn write_state_values(model: &mut dyn Layer, values: &[Vec<f32>]) -> Result<()> {
+    let mut it = values.iter();
+    for e in model.state("") {
+        if let State::Param { value: t, .. } | State::Buffer(t) = e.state {
+            let v = it.next().ok_or_else(|| crate::Error::InvalidArgument { op: "write_state_values", msg: "fewer values than the model has tensors".into() })?;
+            t.write(v)?;
+        }
+    }
+    Ok(())
+}
