@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use wgpu_cnn::data::folder::Preprocess;
+use wgpu_cnn::data::folder::{Color, Preprocess};
 use wgpu_cnn::nn::models::{self, ModelSpec};
 use wgpu_cnn::nn::{Init, Initializer};
 use wgpu_cnn::train::{predict_proba, top_k};
@@ -18,7 +18,7 @@ use wgpu_cnn::{Error, Tensor};
 
 #[path = "common/mod.rs"]
 mod common;
-use common::DeviceArg;
+use common::{DeviceArg, ImageArgs};
 
 #[derive(Parser, Debug)]
 #[command(about = "Classify images with a trained wgpu-cnn or PyTorch model")]
@@ -29,13 +29,9 @@ struct Args {
     /// The model (default: the one named in the file).
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(models::NAMES))]
     model: Option<String>,
-    /// Input side (default: from the file, else the model's own: 28 for lenet5, 32 otherwise).
-    #[arg(long)]
-    size: Option<usize>,
-    #[arg(long, conflicts_with = "rgb")]
-    grayscale: bool,
-    #[arg(long)]
-    rgb: bool,
+    /// Input side and colour (default: from the file, else the model's own: 1@28×28 for lenet5).
+    #[command(flatten)]
+    image: ImageArgs,
     /// Number of classes (default: from the file's class names, else 10).
     #[arg(long)]
     classes: Option<usize>,
@@ -67,13 +63,13 @@ fn run(args: Args) -> wgpu_cnn::Result<()> {
     let name = args.model.clone().or(meta.model.clone()).ok_or_else(|| bad(format!("{} does not say which model it is for; pass --model", args.weights.display())))?;
     let default = ModelSpec::default_for(&name)?;
     let [mut c, mut h, mut w] = meta.input.unwrap_or(default.input);
-    if let Some(s) = args.size {
+    if let Some(s) = args.image.size {
         (h, w) = (s, s);
     }
-    if args.grayscale {
-        c = 1;
-    } else if args.rgb {
-        c = 3;
+    match args.image.color() {
+        Color::Gray => c = 1,
+        Color::Rgb => c = 3,
+        Color::Auto => {}
     }
     let classes = args.classes.unwrap_or(if meta.classes.is_empty() { default.classes } else { meta.classes.len() });
     let (mean, std) = if args.mean.is_empty() && args.std.is_empty() { (meta.mean.clone(), meta.std.clone()) } else { (args.mean.clone(), args.std.clone()) };

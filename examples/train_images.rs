@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use wgpu_cnn::data::folder::{self, Color, FolderConfig, Normalize};
+use wgpu_cnn::data::folder::{self, FolderConfig, Normalize};
 use wgpu_cnn::data::Augment;
 use wgpu_cnn::nn::models::{self, ModelSpec};
 use wgpu_cnn::nn::{Init, Initializer};
@@ -13,7 +13,7 @@ use wgpu_cnn::weights::{save_weights, WeightsMeta};
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{Defaults, OptArg, ScheduleArg, TrainArgs};
+use common::{Defaults, ImageArgs, OptArg, ScheduleArg, TrainArgs};
 
 #[derive(Parser, Debug)]
 #[command(about = "Train a built-in model on an image folder with wgpu-cnn")]
@@ -23,15 +23,8 @@ struct Args {
     data: PathBuf,
     #[arg(long, default_value = "lenet5", value_parser = clap::builder::PossibleValuesParser::new(models::NAMES))]
     model: String,
-    /// Side of the square input (default: the images' own size).
-    #[arg(long)]
-    size: Option<usize>,
-    /// Read the images as grayscale (default: grayscale when every image is).
-    #[arg(long, conflicts_with = "rgb")]
-    grayscale: bool,
-    /// Read the images as RGB.
-    #[arg(long)]
-    rgb: bool,
+    #[command(flatten)]
+    image: ImageArgs,
     /// Held-out fraction when the folder has no val/ or test/.
     #[arg(long, default_value_t = 0.1)]
     val_split: f32,
@@ -62,8 +55,7 @@ fn run(args: Args) -> wgpu_cnn::Result<()> {
     args.train.check_paths()?;
     let device = common::open_device(args.train.device, false)?;
     println!("device: {device}");
-    let color = if args.grayscale { Color::Gray } else if args.rgb { Color::Rgb } else { Color::Auto };
-    let cfg = FolderConfig { size: args.size, color, val_split: args.val_split, seed: args.train.seed, skip_bad: args.skip_bad, normalize: Normalize::FromTrain, workers: 0 };
+    let cfg = FolderConfig { size: args.image.size, color: args.image.color(), val_split: args.val_split, seed: args.train.seed, skip_bad: args.skip_bad, normalize: Normalize::FromTrain, workers: 0 };
     let t0 = std::time::Instant::now();
     let data = folder::load(&args.data, &cfg)?;
     let [c, h, w] = data.preprocess.input;

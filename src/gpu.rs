@@ -335,6 +335,11 @@ impl GpuContext {
         self.gemm_variant
     }
 
+    /// Whether kernels are being timed (`GpuOptions::profile`).
+    pub fn is_profiling(&self) -> bool {
+        self.profiler.is_some()
+    }
+
     /// Time per kernel since the context opened (or the last reset); `None`
     /// unless opened with `GpuOptions::profile`. Flush first to include pending work.
     pub fn profile_report(&self) -> Option<ProfileReport> {

@@ -219,10 +219,8 @@ impl Distributed {
             }).collect();
             let global: u64 = counts.iter().sum();
             let local_loss = if mine.is_empty() {
+                // No images this step: zero gradients (reading them after zero_grad fills zeros).
                 t.model.zero_grad();
-                for p in t.model.parameters("")? {
-                    crate::ops::elementwise::elementwise_fill(p.grad, 0.0)?;
-                }
                 0.0
             } else {
                 let (x, labels) = data.batch(&t.device, mine, None)?;

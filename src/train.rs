@@ -456,8 +456,7 @@ impl Trainer {
                     let (all, classes) = (lw.to_vec()?, *classes);
                     for (r, &l) in window_labels.iter().enumerate() {
                         let row = &all[r * classes..(r + 1) * classes];
-                        let argmax = row.iter().enumerate().fold(0, |b, (j, &v)| if v > row[b] { j } else { b });
-                        right += (argmax as i64 == l) as usize;
+                        right += (argmax(row) as i64 == l) as usize;
                     }
                     seen += window_labels.len();
                     window_labels.clear();
@@ -563,10 +562,12 @@ impl Trainer {
     /// The profiler's total so far (0 without profiling), after the work recorded so far.
     fn profiled_ms(&self) -> Result<f64> {
         let Device::Gpu(ctx) = &self.device else { return Ok(0.0) };
+        if !ctx.is_profiling() {
+            return Ok(0.0); // no submit just to read nothing
+        }
         ctx.flush()?;
         Ok(ctx.profile_report().map_or(0.0, |r| r.total_ms))
     }
-
 }
 
 /// An epoch's progress: a bar on a terminal (`epoch 3/10`, images/s, the
@@ -669,9 +670,9 @@ fn evaluate_with(model: &mut Sequential, device: &Device, data: &Dataset, batch_
                 return Err(Error::InvalidArgument { op: "evaluate", msg: format!("label {l} is out of range for the model's {c} classes") });
             }
             loss -= row[l as usize] as f64;
-            let argmax = row.iter().enumerate().fold(0, |best, (j, &v)| if v > row[best] { j } else { best });
-            correct += (argmax == l as usize) as usize;
-            confusion[l as usize][argmax] += 1;
+            let predicted = argmax(row);
+            correct += (predicted == l as usize) as usize;
+            confusion[l as usize][predicted] += 1;
             // In the top 5: fewer than 5 classes score higher (ties to the lower index).
             let above = row.iter().enumerate().filter(|&(j, &v)| v > row[l as usize] || (v == row[l as usize] && j < l as usize)).count();
             in_top5 += (above < 5) as usize;
@@ -687,7 +688,7 @@ fn evaluate_with(model: &mut Sequential, device: &Device, data: &Dataset, batch_
 /// `tta`, the softmax is averaged over flips and shifted crops first.
 pub fn predict(model: &mut Sequential, x: &Tensor, tta: bool) -> Result<Vec<usize>> {
     let probs = predict_proba_views(model, x, if tta { Tta::Default } else { Tta::None })?;
-    Ok(probs.iter().map(|p| top_k(p, 1)[0].0).collect())
+    Ok(probs.iter().map(|p| argmax(p)).collect())
 }
 
 /// Which views of a batch to average predictions over (test-time augmentation).
@@ -736,6 +737,11 @@ pub fn predict_proba_views(model: &mut Sequential, x: &Tensor, tta: Tta) -> Resu
     let scale = 1.0 / views.len() as f32;
     let c = probs.len() / n;
     Ok(probs.chunks(c).map(|row| row.iter().map(|p| p * scale).collect()).collect())
+}
+
+/// The index of the largest value (the first of ties).
+fn argmax(row: &[f32]) -> usize {
+    row.iter().enumerate().fold(0, |best, (j, &v)| if v > row[best] { j } else { best })
 }
 
 /// The `k` most likely classes of one row of probabilities, most likely

@@ -42,6 +42,36 @@ pub fn main_with<A>(args: A, run: impl FnOnce(A) -> wgpu_cnn::Result<()>) -> std
     }
 }
 
+// ---------------------------------------------------------------- image options
+
+/// How images are read: side and colour (`train_images`, `classify`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ImageArgs {
+    /// Side of the square input (default: the images' own size, or the weights file's).
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// Read the images as grayscale (default: grayscale when every image is, or the file's).
+    #[arg(long, conflicts_with = "rgb")]
+    pub grayscale: bool,
+    /// Read the images as RGB.
+    #[arg(long)]
+    pub rgb: bool,
+}
+
+impl ImageArgs {
+    /// The colour these options ask for.
+    pub fn color(&self) -> wgpu_cnn::data::folder::Color {
+        use wgpu_cnn::data::folder::Color;
+        if self.grayscale {
+            Color::Gray
+        } else if self.rgb {
+            Color::Rgb
+        } else {
+            Color::Auto
+        }
+    }
+}
+
 // ---------------------------------------------------------------- the training examples' options
 
 use std::path::PathBuf;
