@@ -1,4 +1,6 @@
-// Optimiser updates, one invocation per parameter element (PyTorch's formulas).
+// Optimiser updates, one invocation per parameter element (PyTorch's formulas),
+// for up to SLOTS parameter tensors per dispatch: a model's update is a few
+// dispatches, not one per tensor (multi-tensor apply).
 //
 // optim_sgd_step:  g = grad + wd·p; with momentum: buf = g on the first step, else
 //            momentum·buf + (1 − dampening)·g; g = nesterov ? g + momentum·buf : buf;
@@ -7,9 +9,21 @@
 //            m = β1·m + (1 − β1)·g;  v = β2·v + (1 − β2)·g²;
 //            p −= (lr / bc1) · m / (sqrt(v) / sqrt(bc2) + eps)   (eps after the bias correction)
 // bc1 = 1 − β1^t and sqrt(bc2) = sqrt(1 − β2^t) are computed on the host.
+//
+// Slot s binds parameter p<s>, gradient g<s>, momentum buffer / first moment
+// m<s> and second moment v<s> (4 bindings a slot, 7 slots: 28 storage
+// bindings, within the 31 buffers Metal allows a stage). Unused slots and
+// unused states are bound to small scratch buffers and never touched.
+// Workgroups are laid out slot after slot: slot s owns the flat workgroup ids
+// [first[s], first[s + 1]), so a workgroup reads one tensor's contiguous run.
+
+const SLOTS: u32 = 7u;
 
 struct OptimParams {
-    len: u32,
+    // Elements of each slot's tensor (0 for an unused slot).
+    len: array<vec4<u32>, 2>,
+    // The first flat workgroup id of each slot; first[SLOTS] is the total.
+    first: array<vec4<u32>, 2>,
     flags: u32, // 1: nesterov, 2: first step, 4: decoupled weight decay, 8: momentum
     lr: f32,
     momentum: f32,
@@ -21,13 +35,38 @@ struct OptimParams {
     bc1: f32,
     bc2_sqrt: f32,
     _pad0: u32,
+    _pad1: u32,
 }
 
-@group(0) @binding(0) var<storage, read_write> param: array<f32>;
-@group(0) @binding(1) var<storage, read> grad: array<f32>;
-@group(0) @binding(2) var<storage, read_write> state1: array<f32>; // momentum buffer / m
-@group(0) @binding(3) var<storage, read_write> state2: array<f32>; // v
-@group(0) @binding(4) var<uniform> params: OptimParams;
+@group(0) @binding(0) var<storage, read_write> p0: array<f32>;
+@group(0) @binding(1) var<storage, read> g0: array<f32>;
+@group(0) @binding(2) var<storage, read_write> m0: array<f32>;
+@group(0) @binding(3) var<storage, read_write> v0: array<f32>;
+@group(0) @binding(4) var<storage, read_write> p1: array<f32>;
+@group(0) @binding(5) var<storage, read> g1: array<f32>;
+@group(0) @binding(6) var<storage, read_write> m1: array<f32>;
+@group(0) @binding(7) var<storage, read_write> v1: array<f32>;
+@group(0) @binding(8) var<storage, read_write> p2: array<f32>;
+@group(0) @binding(9) var<storage, read> g2: array<f32>;
+@group(0) @binding(10) var<storage, read_write> m2: array<f32>;
+@group(0) @binding(11) var<storage, read_write> v2: array<f32>;
+@group(0) @binding(12) var<storage, read_write> p3: array<f32>;
+@group(0) @binding(13) var<storage, read> g3: array<f32>;
+@group(0) @binding(14) var<storage, read_write> m3: array<f32>;
+@group(0) @binding(15) var<storage, read_write> v3: array<f32>;
+@group(0) @binding(16) var<storage, read_write> p4: array<f32>;
+@group(0) @binding(17) var<storage, read> g4: array<f32>;
+@group(0) @binding(18) var<storage, read_write> m4: array<f32>;
+@group(0) @binding(19) var<storage, read_write> v4: array<f32>;
+@group(0) @binding(20) var<storage, read_write> p5: array<f32>;
+@group(0) @binding(21) var<storage, read> g5: array<f32>;
+@group(0) @binding(22) var<storage, read_write> m5: array<f32>;
+@group(0) @binding(23) var<storage, read_write> v5: array<f32>;
+@group(0) @binding(24) var<storage, read_write> p6: array<f32>;
+@group(0) @binding(25) var<storage, read> g6: array<f32>;
+@group(0) @binding(26) var<storage, read_write> m6: array<f32>;
+@group(0) @binding(27) var<storage, read_write> v6: array<f32>;
+@group(0) @binding(28) var<uniform> params: OptimParams;
 
 override WG: u32 = 256u;
 
@@ -36,32 +75,141 @@ const FIRST: u32 = 2u;
 const DECOUPLED: u32 = 4u;
 const MOMENTUM: u32 = 8u;
 
-@compute @workgroup_size(WG)
-fn optim_sgd_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let q = params;
-    let i = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
-    if (i >= q.len) { return; }
-    var g = grad[i] + q.weight_decay * param[i];
-    if ((q.flags & MOMENTUM) != 0u) {
-        var buf = g;
-        if ((q.flags & FIRST) == 0u) { buf = q.momentum * state1[i] + (1.0 - q.dampening) * g; }
-        state1[i] = buf;
-        if ((q.flags & NESTEROV) != 0u) { g = g + q.momentum * buf; } else { g = buf; }
+// Bindings cannot be indexed, so each slot is a case.
+fn load_p(s: u32, i: u32) -> f32 {
+    switch s {
+        case 0u: { return p0[i]; }
+        case 1u: { return p1[i]; }
+        case 2u: { return p2[i]; }
+        case 3u: { return p3[i]; }
+        case 4u: { return p4[i]; }
+        case 5u: { return p5[i]; }
+        default: { return p6[i]; }
     }
-    param[i] -= q.lr * g;
+}
+
+fn store_p(s: u32, i: u32, x: f32) {
+    switch s {
+        case 0u: { p0[i] = x; }
+        case 1u: { p1[i] = x; }
+        case 2u: { p2[i] = x; }
+        case 3u: { p3[i] = x; }
+        case 4u: { p4[i] = x; }
+        case 5u: { p5[i] = x; }
+        default: { p6[i] = x; }
+    }
+}
+
+fn load_g(s: u32, i: u32) -> f32 {
+    switch s {
+        case 0u: { return g0[i]; }
+        case 1u: { return g1[i]; }
+        case 2u: { return g2[i]; }
+        case 3u: { return g3[i]; }
+        case 4u: { return g4[i]; }
+        case 5u: { return g5[i]; }
+        default: { return g6[i]; }
+    }
+}
+
+fn load_m(s: u32, i: u32) -> f32 {
+    switch s {
+        case 0u: { return m0[i]; }
+        case 1u: { return m1[i]; }
+        case 2u: { return m2[i]; }
+        case 3u: { return m3[i]; }
+        case 4u: { return m4[i]; }
+        case 5u: { return m5[i]; }
+        default: { return m6[i]; }
+    }
+}
+
+fn store_m(s: u32, i: u32, x: f32) {
+    switch s {
+        case 0u: { m0[i] = x; }
+        case 1u: { m1[i] = x; }
+        case 2u: { m2[i] = x; }
+        case 3u: { m3[i] = x; }
+        case 4u: { m4[i] = x; }
+        case 5u: { m5[i] = x; }
+        default: { m6[i] = x; }
+    }
+}
+
+fn load_v(s: u32, i: u32) -> f32 {
+    switch s {
+        case 0u: { return v0[i]; }
+        case 1u: { return v1[i]; }
+        case 2u: { return v2[i]; }
+        case 3u: { return v3[i]; }
+        case 4u: { return v4[i]; }
+        case 5u: { return v5[i]; }
+        default: { return v6[i]; }
+    }
+}
+
+fn store_v(s: u32, i: u32, x: f32) {
+    switch s {
+        case 0u: { v0[i] = x; }
+        case 1u: { v1[i] = x; }
+        case 2u: { v2[i] = x; }
+        case 3u: { v3[i] = x; }
+        case 4u: { v4[i] = x; }
+        case 5u: { v5[i] = x; }
+        default: { v6[i] = x; }
+    }
+}
+
+fn slot_len(s: u32) -> u32 {
+    return params.len[s / 4u][s % 4u];
+}
+
+fn slot_first(s: u32) -> u32 {
+    return params.first[s / 4u][s % 4u];
+}
+
+// The (slot, element) this invocation updates; slot SLOTS when none.
+fn locate(wid: vec3<u32>, lid: u32, nwg: vec3<u32>) -> vec2<u32> {
+    let flat = wid.x + (wid.y + wid.z * nwg.y) * nwg.x;
+    var s = 0u;
+    while (s < SLOTS && flat >= slot_first(s + 1u)) { s++; }
+    if (s == SLOTS) { return vec2<u32>(SLOTS, 0u); }
+    let i = (flat - slot_first(s)) * WG + lid;
+    if (i >= slot_len(s)) { return vec2<u32>(SLOTS, 0u); }
+    return vec2<u32>(s, i);
 }
 
 @compute @workgroup_size(WG)
-fn optim_adam_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn optim_sgd_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let at = locate(wid, lid, nwg);
+    let s = at.x;
+    let i = at.y;
+    if (s == SLOTS) { return; }
     let q = params;
-    let i = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
-    if (i >= q.len) { return; }
-    var p = param[i];
-    var g = grad[i];
+    let p = load_p(s, i);
+    var g = load_g(s, i) + q.weight_decay * p;
+    if ((q.flags & MOMENTUM) != 0u) {
+        var buf = g;
+        if ((q.flags & FIRST) == 0u) { buf = q.momentum * load_m(s, i) + (1.0 - q.dampening) * g; }
+        store_m(s, i, buf);
+        if ((q.flags & NESTEROV) != 0u) { g = g + q.momentum * buf; } else { g = buf; }
+    }
+    store_p(s, i, p - q.lr * g);
+}
+
+@compute @workgroup_size(WG)
+fn optim_adam_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let at = locate(wid, lid, nwg);
+    let s = at.x;
+    let i = at.y;
+    if (s == SLOTS) { return; }
+    let q = params;
+    var p = load_p(s, i);
+    var g = load_g(s, i);
     if ((q.flags & DECOUPLED) != 0u) { p *= 1.0 - q.lr * q.weight_decay; } else { g += q.weight_decay * p; }
-    let m = q.beta1 * state1[i] + (1.0 - q.beta1) * g;
-    let v = q.beta2 * state2[i] + (1.0 - q.beta2) * g * g;
-    state1[i] = m;
-    state2[i] = v;
-    param[i] = p - (q.lr / q.bc1) * m / (sqrt(v) / q.bc2_sqrt + q.eps);
+    let m = q.beta1 * load_m(s, i) + (1.0 - q.beta1) * g;
+    let v = q.beta2 * load_v(s, i) + (1.0 - q.beta2) * g * g;
+    store_m(s, i, m);
+    store_v(s, i, v);
+    store_p(s, i, p - (q.lr / q.bc1) * m / (sqrt(v) / q.bc2_sqrt + q.eps));
 }

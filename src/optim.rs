@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
 use crate::nn::Layer;
-use crate::ops::optim::{optim_adam_step, optim_sgd_step, AdamConfig, SgdConfig};
+use crate::ops::optim::{optim_adam_step_multi, optim_sgd_step_multi, AdamConfig, SgdConfig, Slot};
 use crate::tensor::Tensor;
 
 /// Which update rule.
@@ -75,32 +75,32 @@ impl Optimizer {
         Ok(())
     }
 
-    /// Updates every parameter of `model` from its gradient.
+    /// Updates every parameter of `model` from its gradient: on the GPU a
+    /// few multi-tensor dispatches ([`crate::ops::optim::OPTIM_SLOTS`] tensors each), not one per tensor.
     pub fn step(&mut self, model: &mut dyn Layer) -> Result<()> {
         self.steps += 1;
-        for p in model.parameters("")? {
-            let (s1, s2) = match self.state.entry(p.name.clone()) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    let dev = p.value.device();
-                    let second = matches!(self.config, OptimizerConfig::Adam(_)).then(|| Tensor::zeros(&dev, p.value.shape())).transpose()?;
-                    e.insert((Tensor::zeros(&dev, p.value.shape())?, second))
-                }
-            };
-            match &self.config {
-                OptimizerConfig::Sgd(c) => {
-                    let buf = (c.momentum > 0.0).then_some(s1);
-                    optim_sgd_step(p.value, p.grad, buf, self.steps == 1, c)?;
-                }
-                OptimizerConfig::Adam(c) => {
-                    let Some(v) = s2.as_mut() else {
-                        return Err(Error::InvalidArgument { op: "Optimizer::step", msg: format!("`{}` has no second moment (restored from an SGD checkpoint?)", p.name) });
-                    };
-                    optim_adam_step(p.value, p.grad, s1, v, self.steps, c)?;
-                }
+        let adam = matches!(self.config, OptimizerConfig::Adam(_));
+        let mut params = model.parameters("")?;
+        for p in &params {
+            if !self.state.contains_key(&p.name) {
+                let dev = p.value.device();
+                let second = adam.then(|| Tensor::zeros(&dev, p.value.shape())).transpose()?;
+                self.state.insert(p.name.clone(), (Tensor::zeros(&dev, p.value.shape())?, second));
             }
         }
-        Ok(())
+        let mut state: std::collections::HashMap<&String, &mut (Tensor, Option<Tensor>)> = self.state.iter_mut().collect();
+        let mut slots = Vec::with_capacity(params.len());
+        for p in params.iter_mut() {
+            let (s1, s2) = state.remove(&p.name).expect("state created above");
+            if adam && s2.is_none() {
+                return Err(Error::InvalidArgument { op: "Optimizer::step", msg: format!("`{}` has no second moment (restored from an SGD checkpoint?)", p.name) });
+            }
+            slots.push(Slot { param: &mut *p.value, grad: &*p.grad, state1: Some(s1), state2: s2.as_mut() });
+        }
+        match &self.config {
+            OptimizerConfig::Sgd(c) => optim_sgd_step_multi(&mut slots, self.steps == 1, c),
+            OptimizerConfig::Adam(c) => optim_adam_step_multi(&mut slots, self.steps, c),
+        }
     }
 
     /// The step count and which parameters have state, to undo a dry run's step.

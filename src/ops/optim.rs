@@ -11,9 +11,26 @@ use crate::ops::check_shape;
 use crate::tensor::{same_device, Tensor};
 
 const SHADER: Shader = Shader::new("optim", include_str!("../../shaders/optim.wgsl"));
-const BINDINGS: &[crate::kernel::Access] = &[ReadWrite, Read, ReadWrite, ReadWrite, Uniform];
-pub(crate) static OPTIM_SGD_STEP: Kernel<OptimParams> = Kernel::new(&SHADER, "optim_sgd_step", BINDINGS).with_work(|p| Work::f32s(5 * p.len as usize, 6 * p.len as usize));
-pub(crate) static OPTIM_ADAM_STEP: Kernel<OptimParams> = Kernel::new(&SHADER, "optim_adam_step", BINDINGS).with_work(|p| Work::f32s(7 * p.len as usize, 15 * p.len as usize));
+
+/// Parameter tensors one dispatch updates (`SLOTS` in `shaders/optim.wgsl`).
+pub const OPTIM_SLOTS: usize = 7;
+
+/// Per slot: parameter, gradient, first and second state; then the params.
+const BINDINGS: &[crate::kernel::Access] = &{
+    let mut a = [ReadWrite; 4 * OPTIM_SLOTS + 1];
+    let mut s = 0;
+    while s < OPTIM_SLOTS {
+        a[4 * s + 1] = Read;
+        s += 1;
+    }
+    a[4 * OPTIM_SLOTS] = Uniform;
+    a
+};
+fn elements(p: &OptimParams) -> usize {
+    p.len.iter().map(|&l| l as usize).sum()
+}
+pub(crate) static OPTIM_SGD_STEP: Kernel<OptimParams> = Kernel::new(&SHADER, "optim_sgd_step", BINDINGS).with_work(|p| Work::f32s(5 * elements(p), 6 * elements(p)));
+pub(crate) static OPTIM_ADAM_STEP: Kernel<OptimParams> = Kernel::new(&SHADER, "optim_adam_step", BINDINGS).with_work(|p| Work::f32s(7 * elements(p), 15 * elements(p)));
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&OPTIM_SGD_STEP.def, &OPTIM_ADAM_STEP.def];
 
 /// SGD settings, PyTorch's `torch.optim.SGD`.
@@ -106,7 +123,8 @@ fn check_lr(lr: f32) -> Result<()> {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct OptimParams {
-    pub len: u32,
+    pub len: [u32; 8],
+    pub first: [u32; 8],
     pub flags: u32,
     pub lr: f32,
     pub momentum: f32,
@@ -118,6 +136,7 @@ pub struct OptimParams {
     pub bc1: f32,
     pub bc2_sqrt: f32,
     pub _pad0: u32,
+    pub _pad1: u32,
 }
 
 const NESTEROV: u32 = 1;
@@ -125,65 +144,59 @@ const FIRST: u32 = 2;
 const DECOUPLED: u32 = 4;
 const MOMENTUM: u32 = 8;
 
+/// One parameter tensor's share of an optimiser step: the parameter, its
+/// gradient and the optimiser's state for it (SGD: the momentum buffer in
+/// `state1`, needed when momentum > 0; Adam: `state1` = m, `state2` = v).
+pub struct Slot<'a> {
+    /// Updated in place.
+    pub param: &'a mut Tensor,
+    /// Same shape as `param`.
+    pub grad: &'a Tensor,
+    /// Momentum buffer (SGD) or first moment (Adam).
+    pub state1: Option<&'a mut Tensor>,
+    /// Second moment (Adam).
+    pub state2: Option<&'a mut Tensor>,
+}
+
 /// One SGD step in place. `momentum_buf` (same shape as `param`) is needed
 /// when `cfg.momentum > 0`; on `first_step` it is initialised to the gradient.
 pub fn optim_sgd_step(param: &mut Tensor, grad: &Tensor, momentum_buf: Option<&mut Tensor>, first_step: bool, cfg: &SgdConfig) -> Result<()> {
-    cfg.validate()?;
-    check_shape("sgd", "gradient", grad.shape(), param.shape())?;
-    same_device("sgd", &[param, grad])?;
-    let use_momentum = cfg.momentum > 0.0;
-    let mut buf = match (use_momentum, momentum_buf) {
-        (true, Some(b)) => {
-            check_shape("sgd", "momentum buffer", b.shape(), param.shape())?;
-            same_device("sgd", &[param, b])?;
-            Some(b)
-        }
-        (true, None) => return Err(Error::InvalidArgument { op: "sgd", msg: "momentum > 0 needs a momentum buffer".into() }),
-        (false, _) => None,
-    };
-    param.make_unique()?;
-    if let Some(b) = buf.as_mut() {
-        b.make_unique()?;
-    }
-    let flags = (cfg.nesterov as u32 * NESTEROV) | (first_step as u32 * FIRST) | (use_momentum as u32 * MOMENTUM);
-    let q = OptimParams {
-        len: param.numel() as u32,
-        flags,
-        lr: cfg.lr,
-        momentum: cfg.momentum,
-        dampening: cfg.dampening,
-        weight_decay: cfg.weight_decay,
-        ..Default::default()
-    };
-    const OP: &str = "optim_sgd_step";
-    match param.device() {
-        Device::Cpu => {
-            let b = buf.map(|b| b.host_mut(OP)).transpose()?;
-            optim_sgd_step_cpu(param.host_mut(OP)?, grad.host(OP)?, b, &q);
-        }
-        Device::Gpu(ctx) => {
-            let s1 = buf.as_ref().map_or(Ok(ctx.scratch(0)), |b| b.buffer(OP))?;
-            ctx.dispatch(&OPTIM_SGD_STEP, &q, &[param.buffer(OP)?, grad.buffer(OP)?, s1, ctx.scratch(1)], ctx.grid_1d(q.len as usize, 256))?;
-        }
-    }
-    Ok(())
+    optim_sgd_step_multi(&mut [Slot { param, grad, state1: momentum_buf, state2: None }], first_step, cfg)
 }
 
 /// One Adam/AdamW step in place; `step` counts from 1; `m` and `v` start at zero.
 pub fn optim_adam_step(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, step: u32, cfg: &AdamConfig) -> Result<()> {
+    optim_adam_step_multi(&mut [Slot { param, grad, state1: Some(m), state2: Some(v) }], step, cfg)
+}
+
+/// [`optim_sgd_step`] for many tensors at once: on the GPU one dispatch per
+/// [`OPTIM_SLOTS`] tensors (multi-tensor apply) instead of one per tensor.
+pub fn optim_sgd_step_multi(slots: &mut [Slot<'_>], first_step: bool, cfg: &SgdConfig) -> Result<()> {
+    cfg.validate()?;
+    let use_momentum = cfg.momentum > 0.0;
+    for s in slots.iter() {
+        if use_momentum && s.state1.is_none() {
+            return Err(Error::InvalidArgument { op: "sgd", msg: "momentum > 0 needs a momentum buffer".into() });
+        }
+    }
+    let flags = (cfg.nesterov as u32 * NESTEROV) | (first_step as u32 * FIRST) | (use_momentum as u32 * MOMENTUM);
+    let q = OptimParams { flags, lr: cfg.lr, momentum: cfg.momentum, dampening: cfg.dampening, weight_decay: cfg.weight_decay, ..Default::default() };
+    // Without momentum the buffer (if given) is left alone.
+    apply(slots, &q, &OPTIM_SGD_STEP, use_momentum, false)
+}
+
+/// [`optim_adam_step`] for many tensors at once (see [`optim_sgd_step_multi`]).
+pub fn optim_adam_step_multi(slots: &mut [Slot<'_>], step: u32, cfg: &AdamConfig) -> Result<()> {
     cfg.validate()?;
     if step == 0 {
         return Err(Error::InvalidArgument { op: "adam", msg: "step counts from 1".into() });
     }
-    for (what, t) in [("gradient", grad), ("m", &*m), ("v", &*v)] {
-        check_shape("adam", what, t.shape(), param.shape())?;
-    }
-    same_device("adam", &[param, grad, m, v])?;
-    for t in [&mut *param, &mut *m, &mut *v] {
-        t.make_unique()?;
+    for s in slots.iter() {
+        if s.state1.is_none() || s.state2.is_none() {
+            return Err(Error::InvalidArgument { op: "adam", msg: "Adam needs both moments (m and v) for every parameter".into() });
+        }
     }
     let q = OptimParams {
-        len: param.numel() as u32,
         flags: cfg.decoupled as u32 * DECOUPLED,
         lr: cfg.lr,
         weight_decay: cfg.weight_decay,
@@ -194,12 +207,65 @@ pub fn optim_adam_step(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mu
         bc2_sqrt: (1.0 - cfg.beta2.powi(step as i32)).sqrt(),
         ..Default::default()
     };
-    const OP: &str = "optim_adam_step";
-    match param.device() {
-        Device::Cpu => optim_adam_step_cpu(param.host_mut(OP)?, grad.host(OP)?, m.host_mut(OP)?, v.host_mut(OP)?, &q),
+    apply(slots, &q, &OPTIM_ADAM_STEP, true, true)
+}
+
+/// Checks every slot, then runs `kernel`'s rule over them: on the CPU slot by
+/// slot (the reference), on the GPU [`OPTIM_SLOTS`] tensors a dispatch.
+fn apply(slots: &mut [Slot<'_>], base: &OptimParams, kernel: &'static Kernel<OptimParams>, use1: bool, use2: bool) -> Result<()> {
+    let op = kernel.def.name;
+    let Some(first) = slots.first() else { return Ok(()) };
+    let dev = first.param.device();
+    for s in slots.iter_mut() {
+        check_shape(op, "gradient", s.grad.shape(), s.param.shape())?;
+        same_device(op, &[s.param, s.grad])?;
+        if !dev.same(&s.param.device()) {
+            return Err(Error::DeviceMismatch { op, a: dev.to_string(), b: s.param.device().to_string() });
+        }
+        s.param.make_unique()?;
+        for (t, used) in [(&mut s.state1, use1), (&mut s.state2, use2)] {
+            if let (Some(t), true) = (t.as_deref_mut(), used) {
+                check_shape(op, "optimiser state", t.shape(), s.param.shape())?;
+                same_device(op, &[s.param, t])?;
+                t.make_unique()?;
+            }
+        }
+    }
+    match dev {
+        Device::Cpu => {
+            for s in slots.iter_mut() {
+                let p = s.param.host_mut(op)?;
+                let g = s.grad.host(op)?;
+                let s1 = s.state1.as_deref_mut().filter(|_| use1).map(|t| t.host_mut(op)).transpose()?;
+                if use2 {
+                    let (Some(m), Some(v)) = (s1, s.state2.as_deref_mut()) else { unreachable!("checked above") };
+                    optim_adam_step_cpu(p, g, m, v.host_mut(op)?, base);
+                } else {
+                    optim_sgd_step_cpu(p, g, s1, base);
+                }
+            }
+        }
         Device::Gpu(ctx) => {
-            let bufs = [param.buffer(OP)?, grad.buffer(OP)?, m.buffer(OP)?, v.buffer(OP)?];
-            ctx.dispatch(&OPTIM_ADAM_STEP, &q, &bufs, ctx.grid_1d(q.len as usize, 256))?;
+            for chunk in slots.chunks(OPTIM_SLOTS) {
+                let mut q = *base;
+                let mut groups = 0u32;
+                let mut bufs = Vec::with_capacity(4 * OPTIM_SLOTS);
+                for k in 0..OPTIM_SLOTS {
+                    q.first[k] = groups;
+                    let Some(s) = chunk.get(k) else {
+                        // Unused: writable slots share one scratch buffer, the read-only one the other.
+                        bufs.extend([ctx.scratch(0), ctx.scratch(1), ctx.scratch(0), ctx.scratch(0)]);
+                        continue;
+                    };
+                    q.len[k] = s.param.numel() as u32;
+                    groups += s.param.numel().div_ceil(256) as u32;
+                    let s1 = match &s.state1 { Some(t) if use1 => t.buffer(op)?, _ => ctx.scratch(0) };
+                    let s2 = match &s.state2 { Some(t) if use2 => t.buffer(op)?, _ => ctx.scratch(0) };
+                    bufs.extend([s.param.buffer(op)?, s.grad.buffer(op)?, s1, s2]);
+                }
+                q.first[OPTIM_SLOTS] = groups;
+                ctx.dispatch(kernel, &q, &bufs, ctx.grid_1d(groups as usize * 256, 256))?;
+            }
         }
     }
     Ok(())

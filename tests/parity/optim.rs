@@ -1,7 +1,7 @@
 //! Optimisers: three steps against a hand-written f64 reference (PyTorch's
 //! documented algorithms), on every device.
 
-use wgpu_cnn::ops::optim::{optim_adam_step, optim_sgd_step, AdamConfig, SgdConfig};
+use wgpu_cnn::ops::optim::{optim_adam_step, optim_adam_step_multi, optim_sgd_step, optim_sgd_step_multi, AdamConfig, SgdConfig, Slot, OPTIM_SLOTS};
 use wgpu_cnn::{Device, Tensor, Tolerance};
 
 use crate::harness::random;
@@ -105,6 +105,49 @@ fn adam(dev: &Device) {
     }
 }
 test_device!(optim_adam, adam);
+
+/// Nine tensors of uneven sizes in one call (on the GPU: a full dispatch of
+/// seven slots, then two): each ends where its own per-tensor reference does.
+fn multi(dev: &Device) {
+    let lens = [1usize, 37, 256, 257, 2, 1000, 3, 513, 64];
+    assert!(lens.len() > OPTIM_SLOTS);
+    let p0: Vec<Vec<f32>> = lens.iter().enumerate().map(|(i, &l)| random(60 + i as u64, l)).collect();
+    let gs: Vec<Vec<Vec<f32>>> = lens.iter().map(|&l| grads(l)).collect();
+    let upload = |v: &[f32]| Tensor::from_slice(dev, &[v.len()], v).unwrap();
+    let zeros = || lens.iter().map(|&l| Tensor::zeros(dev, &[l]).unwrap()).collect::<Vec<_>>();
+    // SGD with Nesterov momentum and weight decay.
+    let cfg = SgdConfig { momentum: 0.9, nesterov: true, weight_decay: 5e-4, ..SgdConfig::new(0.1) };
+    let (mut p, mut buf): (Vec<Tensor>, Vec<Tensor>) = (p0.iter().map(|v| upload(v)).collect(), zeros());
+    for t in 0..STEPS {
+        let g: Vec<Tensor> = gs.iter().map(|g| upload(&g[t])).collect();
+        let mut slots: Vec<Slot> = p.iter_mut().zip(&g).zip(buf.iter_mut()).map(|((param, grad), b)| Slot { param, grad, state1: Some(b), state2: None }).collect();
+        optim_sgd_step_multi(&mut slots, t == 0, &cfg).unwrap();
+    }
+    for (i, p) in p.iter().enumerate() {
+        let want = sgd_ref(&p0[i], &gs[i], &cfg);
+        Tolerance::new(1e-6, 1e-5).assert(&format!("multi-tensor sgd, tensor {i} on {dev}"), &p.to_vec().unwrap(), &want[STEPS - 1]);
+    }
+    // AdamW.
+    let cfg = AdamConfig::adamw(1e-2);
+    let (mut p, mut m, mut v): (Vec<Tensor>, _, _) = (p0.iter().map(|v| upload(v)).collect(), zeros(), zeros());
+    for t in 0..STEPS {
+        let g: Vec<Tensor> = gs.iter().map(|g| upload(&g[t])).collect();
+        let mut slots: Vec<Slot> = p.iter_mut().zip(&g).zip(m.iter_mut().zip(v.iter_mut())).map(|((param, grad), (m, v))| Slot { param, grad, state1: Some(m), state2: Some(v) }).collect();
+        optim_adam_step_multi(&mut slots, t as u32 + 1, &cfg).unwrap();
+    }
+    for (i, p) in p.iter().enumerate() {
+        let want = adam_ref(&p0[i], &gs[i], &cfg);
+        Tolerance::new(1e-6, 1e-5).assert(&format!("multi-tensor adamw, tensor {i} on {dev}"), &p.to_vec().unwrap(), &want[STEPS - 1]);
+    }
+    // Adam without a second moment, and a gradient of the wrong shape, are refused by name.
+    let (mut a, g, mut b) = (upload(&[1.0, 2.0]), upload(&[0.5, 0.5]), upload(&[0.0, 0.0]));
+    let e = optim_adam_step_multi(&mut [Slot { param: &mut a, grad: &g, state1: Some(&mut b), state2: None }], 1, &cfg).unwrap_err().to_string();
+    assert!(e.contains("adam") && e.contains("moments"), "{e}");
+    let short = upload(&[0.5]);
+    let e = optim_sgd_step_multi(&mut [Slot { param: &mut a, grad: &short, state1: None, state2: None }], true, &SgdConfig::new(0.1)).unwrap_err().to_string();
+    assert!(e.contains("optim_sgd_step") && e.contains("gradient"), "{e}");
+}
+test_device!(optim_multi, multi);
 
 fn bad_settings(dev: &Device) {
     let mut p = Tensor::zeros(dev, &[3]).unwrap();
