@@ -16,9 +16,11 @@
 // Grid: x over column blocks, y over row blocks, z over the batch; row_base and
 // col_base offset a dispatch that covers part of a larger grid.
 // beta == 0 never reads C (pooled buffers hold stale data, possibly NaN).
-// Epilogue: bias_mode 1 adds bias[j] to column j (a linear layer's bias), 2
-// adds bias[i] to row i, 0 none (the bias binding is then never read); relu 1
-// then applies ReLU (a layer followed by a ReLU layer, fused).
+// Epilogue: bias_mode 1 adds aux[j] to column j (a linear layer's bias), 2
+// adds aux[i] to row i, 0 none; relu 1 then applies ReLU (a layer followed by
+// a ReLU layer, fused); relu 2 instead multiplies by aux[idx] > 0, the
+// backward of a ReLU whose output aux is laid out like C (a linear layer's
+// input gradient through the ReLU before it). aux is read by nothing else.
 
 struct GemmParams {
     m: u32,
@@ -44,13 +46,20 @@ struct GemmParams {
     k_chunk: u32,
     bias_mode: u32,
     relu: u32,
+    // Non-zero: C's column j is pixel j % c_img_cols of image j / c_img_cols,
+    // stored NCHW (images c_img_stride apart, rows c_img_cols apart), so a
+    // convolution's output needs no permute.
+    c_img_cols: u32,
+    c_img_stride: u32,
     _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
 @group(0) @binding(1) var<storage, read> b: array<f32>;
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read> aux: array<f32>; // bias, or the ReLU output (relu 2)
 @group(0) @binding(4) var<uniform> params: GemmParams;
 
 // Invocations per workgroup along x (columns) and y (rows).
@@ -123,11 +132,18 @@ fn store_block(batch: u32, i0: u32, j0: u32, di: u32, dj: u32, acc: array<vec4<f
         for (var col = 0u; col < 4u; col++) {
             let j = j0 + col * dj;
             if (j >= params.n) { break; }
-            let idx = base + i * params.n + j;
+            var idx = base + i * params.n + j;
+            if (params.c_img_cols != 0u) {
+                idx = base + (j / params.c_img_cols) * params.c_img_stride + i * params.c_img_cols + j % params.c_img_cols;
+            }
             var v = params.alpha * acc[r][col];
             if (params.beta != 0.0) { v += params.beta * c[idx]; }
-            if (params.bias_mode == 1u) { v += bias[j]; } else if (params.bias_mode == 2u) { v += bias[i]; }
-            if (params.relu != 0u) { v = select(max(v, 0.0), v, is_nan(v)); } // NaN passes, as in PyTorch
+            if (params.bias_mode == 1u) { v += aux[j]; } else if (params.bias_mode == 2u) { v += aux[i]; }
+            if (params.relu == 1u) {
+                v = select(max(v, 0.0), v, is_nan(v)); // NaN passes, as in PyTorch
+            } else if (params.relu == 2u) {
+                v *= select(0.0, 1.0, aux[idx] > 0.0);
+            }
             c[idx] = v;
         }
     }

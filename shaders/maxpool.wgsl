@@ -5,6 +5,9 @@
 // its input plane. Ties keep the first maximum in row-major window order
 // (PyTorch's rule). Backward: gather form — one invocation per input element
 // sums the output gradients of every window whose mask chose it.
+// maxpool_backward_relu also applies the backward of a ReLU before the pooling:
+// dx = gathered · (x > 0), x being the pooling's input (the ReLU's output), so
+// the pair costs one dispatch, not two.
 
 struct PoolParams {
     planes: u32,        // n · c
@@ -24,7 +27,8 @@ struct PoolParams {
 @group(0) @binding(0) var<storage, read> src: array<f32>;        // forward: x; backward: dy
 @group(0) @binding(1) var<storage, read_write> mask: array<u32>; // forward writes, backward reads
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;  // forward: y; backward: dx
-@group(0) @binding(3) var<uniform> params: PoolParams;
+@group(0) @binding(3) var<storage, read> relu_out: array<f32>; // maxpool_backward_relu: the pooling's input
+@group(0) @binding(4) var<uniform> params: PoolParams;
 
 override WG: u32 = 256u;
 
@@ -66,11 +70,10 @@ fn maxpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     mask[idx] = best_i;
 }
 
-@compute @workgroup_size(WG)
-fn maxpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+// The gradient reaching input element idx (idx < planes·h·w): the sum over
+// the windows containing it whose mask chose it.
+fn gather(idx: u32) -> f32 {
     let p = params;
-    let idx = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
-    if (idx >= p.planes * p.h * p.w) { return; }
     let x = idx % p.w;
     let y = (idx / p.w) % p.h;
     let plane = idx / (p.w * p.h);
@@ -87,5 +90,22 @@ fn maxpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
             if (mask[o] == here) { acc += src[o]; }
         }
     }
-    dst[idx] = acc;
+    return acc;
+}
+
+@compute @workgroup_size(WG)
+fn maxpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let p = params;
+    let idx = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
+    if (idx >= p.planes * p.h * p.w) { return; }
+    dst[idx] = gather(idx);
+}
+
+@compute @workgroup_size(WG)
+fn maxpool_backward_relu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let p = params;
+    let idx = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
+    if (idx >= p.planes * p.h * p.w) { return; }
+    // ReLU's derivative from its output, as activation_backward takes it: 1 where > 0.
+    dst[idx] = gather(idx) * select(0.0, 1.0, relu_out[idx] > 0.0);
 }

@@ -22,6 +22,27 @@ pub struct Sequential {
 }
 
 impl Sequential {
+    /// Backward through layers `stop..` (last first), fusing an activation's
+    /// backward into the layer after it where that layer can; the gradient
+    /// at layer `stop`'s output.
+    fn backward_to(&mut self, dy: &Tensor, stop: usize) -> Result<Tensor> {
+        let mut g = dy.clone();
+        let mut i = self.layers.len();
+        while i > stop {
+            i -= 1;
+            if i > stop {
+                if let Some(act) = self.layers[i - 1].fusable_activation() {
+                    if let Some(dx) = self.layers[i].backward_fused(&g, act)? {
+                        (g, i) = (dx, i - 1);
+                        continue;
+                    }
+                }
+            }
+            g = self.layers[i].backward(&g)?;
+        }
+        Ok(g)
+    }
+
     /// An empty container.
     pub fn new() -> Sequential {
         Sequential::default()
@@ -100,24 +121,16 @@ impl Layer for Sequential {
         }
         Ok(h)
     }
+    /// Runs the layers backwards; a layer after a fusable activation (ReLU)
+    /// runs that activation's backward in its own kernels when it can.
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
-        let mut g = dy.clone();
-        for layer in self.layers.iter_mut().rev() {
-            g = layer.backward(&g)?;
-        }
-        Ok(g)
+        self.backward_to(dy, 0)
     }
     /// Stops at the first layer with parameters: nothing before it needs a gradient.
     fn backward_params(&mut self, dy: &Tensor) -> Result<()> {
         let Some(first) = self.layers.iter_mut().position(|l| l.param_count() > 0) else { return Ok(()) };
-        let mut g = dy.clone();
-        for (i, layer) in self.layers.iter_mut().enumerate().rev() {
-            if i == first {
-                return layer.backward_params(&g);
-            }
-            g = layer.backward(&g)?;
-        }
-        Ok(())
+        let g = self.backward_to(dy, first + 1)?;
+        self.layers[first].backward_params(&g)
     }
     fn state(&mut self, prefix: &str) -> Vec<StateEntry<'_>> {
         let names: Vec<String> = (0..self.layers.len()).map(|i| self.child_name(i)).collect();

@@ -13,8 +13,8 @@ use crate::ops::layernorm::{layernorm_backward, layernorm_forward, NormKind};
 use crate::ops::softmax::{softmax_backward, softmax_forward};
 use crate::ops::pad::{pad_backward, pad_forward};
 use crate::ops::upsample::{upsample_backward, upsample_forward, UpsampleMode};
-use crate::ops::gemm::{gemm, gemm_epilogue, GemmConfig};
-use crate::ops::maxpool::{maxpool_backward, maxpool_forward};
+use crate::ops::gemm::{gemm, gemm_epilogue, gemm_relu_backward, GemmConfig};
+use crate::ops::maxpool::{maxpool_backward, maxpool_backward_relu, maxpool_forward};
 use crate::shape::{Conv2dConfig, Conv2dGeometry, Padding, Pool2dConfig, Pool2dGeometry};
 use crate::tensor::{Indices, Tensor};
 
@@ -367,6 +367,16 @@ impl Layer for Linear {
         self.backward_params(dy)?;
         gemm(dy, &self.params.weight, GemmConfig::default())
     }
+    /// The ReLU before this layer: its backward rides in the dx GEMM's
+    /// epilogue, from this layer's input (the ReLU's output).
+    fn backward_fused(&mut self, dy: &Tensor, act: Activation) -> Result<Option<Tensor>> {
+        if act != Activation::Relu {
+            return Ok(None);
+        }
+        self.backward_params(dy)?;
+        let x = self.x.as_ref().ok_or_else(|| no_cache("Linear"))?;
+        gemm_relu_backward(dy, &self.params.weight, x, GemmConfig::default()).map(Some)
+    }
     fn backward_params(&mut self, dy: &Tensor) -> Result<()> {
         let x = self.x.as_ref().ok_or_else(|| no_cache("Linear"))?;
         let dw = gemm(dy, x, GemmConfig { trans_a: true, ..GemmConfig::default() })?;
@@ -384,7 +394,7 @@ impl Layer for Linear {
 pub struct MaxPool2d {
     /// Window, stride, padding, ceil mode.
     pub cfg: Pool2dConfig,
-    cache: Option<(Indices, Vec<usize>)>,
+    cache: Option<(Indices, Tensor)>,
 }
 
 impl MaxPool2d {
@@ -408,12 +418,18 @@ impl Layer for MaxPool2d {
     }
     fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let (y, mask) = maxpool_forward(x, self.cfg)?;
-        self.cache = (mode == Mode::Train).then(|| (mask, x.shape().to_vec()));
+        // The input (shared, not copied) serves a fused ReLU backward.
+        self.cache = (mode == Mode::Train).then(|| (mask, x.clone()));
         Ok(y)
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
-        let (mask, shape) = self.cache.as_ref().ok_or_else(|| no_cache("MaxPool2d"))?;
-        maxpool_backward(dy, mask, shape, self.cfg)
+        let (mask, x) = self.cache.as_ref().ok_or_else(|| no_cache("MaxPool2d"))?;
+        maxpool_backward(dy, mask, x.shape(), self.cfg)
+    }
+    /// ReLU's backward reads this layer's input (its output) in the same kernel.
+    fn backward_fused(&mut self, dy: &Tensor, act: Activation) -> Result<Option<Tensor>> {
+        let (mask, x) = self.cache.as_ref().ok_or_else(|| no_cache("MaxPool2d"))?;
+        (act == Activation::Relu).then(|| maxpool_backward_relu(dy, mask, x, self.cfg)).transpose()
     }
 }
 

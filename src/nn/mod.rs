@@ -105,6 +105,13 @@ pub trait Layer: Send {
     fn forward_fused(&mut self, _x: &Tensor, _mode: Mode, _act: Activation) -> Result<Option<Tensor>> {
         Ok(None)
     }
+    /// [`Layer::backward`] followed by the backward of `act`, the activation
+    /// layer just before this one (so this layer's input is its output), in
+    /// this layer's own kernels; `None` when this layer cannot (the caller
+    /// then runs both). Parameter gradients accumulate as in `backward`.
+    fn backward_fused(&mut self, _dy: &Tensor, _act: Activation) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
     /// For an activation layer whose work the layer before did
     /// ([`Layer::forward_fused`]): keep what backward needs, from the output.
     fn adopt_output(&mut self, _y: &Tensor, _mode: Mode) {}

@@ -161,6 +161,12 @@ pub fn activation_forward_cpu(act: Activation, v: f32) -> f32 {
     }
 }
 
+/// `dx ·= (y > 0)`: ReLU's backward from its output `y`, in place (the
+/// reference for the kernels that fuse it: max-pool backward, the GEMM epilogue).
+pub fn activation_relu_backward_cpu(dx: &mut [f32], y: &[f32]) {
+    dx.iter_mut().zip(y).for_each(|(g, &v)| *g *= activation_derivative_cpu(Activation::Relu, v));
+}
+
 #[inline]
 /// f′(v) (ReLU's is 0 at 0, as PyTorch).
 pub fn activation_derivative_cpu(act: Activation, v: f32) -> f32 {

@@ -376,9 +376,8 @@ pub(crate) fn conv2d_forward_gpu(
         // Y[img] (c_out, p) = W (c_out, c_in) · X[img] (c_in, p), W shared by every image;
         // bias per row (channel) and ReLU in the GEMM's store.
         let s = GemmShape { batch: geo.n, m: geo.c_out, n: p, k: geo.c_in, a_batched: false, b_batched: true };
-        return gemm_gpu_strided(ctx, w, x, y, s, GemmLayout::packed(&s), plain, Epilogue { bias, bias_per_row: true, relu });
+        return gemm_gpu_strided(ctx, w, x, y, s, GemmLayout::packed(&s), plain, Epilogue { bias, bias_per_row: true, relu, relu_grad: None });
     }
-    let bias = bias.map(|b| (b, geo.c_out));
     let chunk = gpu_chunk(ctx, geo);
     // Kept columns (one chunk) go straight into the caller's buffer.
     let own;
@@ -389,14 +388,26 @@ pub(crate) fn conv2d_forward_gpu(
             own.buffer()
         }
     };
-    let yc = ctx.alloc("conv2d", geo.c_out * chunk * p)?;
+    // One group: the GEMM stores NCHW, with bias and ReLU, straight into y.
+    // Grouped: into (c_out, nb·p) columns, then a permute adds them (the
+    // epilogue's bias index is the row within a group).
+    let yc = if groups == 1 { None } else { Some(ctx.alloc("conv2d", geo.c_out * chunk * p)?) };
     for img0 in (0..geo.n).step_by(chunk) {
         let nb = chunk.min(geo.n - img0);
         let sub = geo.with_batch(nb);
         im2col_gpu(ctx, x, img0 * geo.c_in * geo.h * geo.w, cols, &sub)?;
-        let (s, l) = group_gemm(groups, cog, nb * p, kc, [cog * kc, kc * nb * p, cog * nb * p]);
-        gemm_gpu_strided(ctx, w, cols, yc.buffer(), s, l, plain, Epilogue::default())?;
-        permute_swap_gpu(ctx, yc.buffer(), 0, y, img0 * geo.c_out * p, [geo.c_out, nb, p], bias, relu)?;
+        let (s, mut l) = group_gemm(groups, cog, nb * p, kc, [cog * kc, kc * nb * p, cog * nb * p]);
+        match &yc {
+            None => {
+                l.offset_c = img0 * geo.c_out * p;
+                l.c_images = Some((p, geo.c_out * p));
+                gemm_gpu_strided(ctx, w, cols, y, s, l, plain, Epilogue { bias, bias_per_row: true, relu, relu_grad: None })?;
+            }
+            Some(yc) => {
+                gemm_gpu_strided(ctx, w, cols, yc.buffer(), s, l, plain, Epilogue::default())?;
+                permute_swap_gpu(ctx, yc.buffer(), 0, y, img0 * geo.c_out * p, [geo.c_out, nb, p], bias.map(|b| (b, geo.c_out)), relu)?;
+            }
+        }
     }
     Ok(())
 }

@@ -99,9 +99,15 @@ pub struct GemmParams {
     pub k_chunk: u32,
     /// 0 no bias, 1 `bias[j]` added to column j, 2 `bias[i]` to row i.
     pub bias_mode: u32,
-    /// 1: ReLU after the bias.
+    /// 1: ReLU after the bias; 2: times `aux > 0` (a ReLU's backward).
     pub relu: u32,
+    /// Non-zero: C's columns are images of this many pixels, stored NCHW.
+    pub c_img_cols: u32,
+    /// With `c_img_cols`: elements from one image of C to the next.
+    pub c_img_stride: u32,
     pub _pad0: u32,
+    pub _pad1: u32,
+    pub _pad2: u32,
 }
 
 /// The validated geometry of one GEMM call.
@@ -206,7 +212,7 @@ pub fn gemm_epilogue(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, act: Option<
         }
         Device::Gpu(ctx) => {
             let c = Tensor::uninit_gpu(&ctx, OP, &s.out_shape())?;
-            let epi = Epilogue { bias: bias.map(|t| t.buffer(OP)).transpose()?, bias_per_row: false, relu: act == Some(Activation::Relu) };
+            let epi = Epilogue { bias: bias.map(|t| t.buffer(OP)).transpose()?, bias_per_row: false, relu: act == Some(Activation::Relu), relu_grad: None };
             gemm_gpu_strided(&ctx, a.buffer(OP)?, b.buffer(OP)?, c.buffer(OP)?, s, GemmLayout::packed(&s), cfg, epi)?;
             c
         }
@@ -214,6 +220,35 @@ pub fn gemm_epilogue(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, act: Option<
     match act {
         Some(act) if act != Activation::Relu => activation_forward(&y, act),
         _ => Ok(y),
+    }
+}
+
+/// `op(A)·op(B) · (relu_out > 0)`: a GEMM followed by the backward of the
+/// ReLU whose output `relu_out` has C's shape, in one kernel (a linear
+/// layer's input gradient through the ReLU before the layer).
+pub fn gemm_relu_backward(a: &Tensor, b: &Tensor, relu_out: &Tensor, cfg: GemmConfig) -> Result<Tensor> {
+    const OP: &str = "gemm_relu_backward";
+    if cfg.beta != 0.0 {
+        return Err(Error::InvalidArgument { op: OP, msg: format!("beta = {} needs an existing C; use gemm_into", cfg.beta) });
+    }
+    let dev = same_device(OP, &[a, b, relu_out])?;
+    let s = GemmShape::infer(a.shape(), b.shape(), cfg.trans_a, cfg.trans_b)?;
+    if relu_out.shape() != s.out_shape().as_slice() {
+        return shape_err(OP, format!("the ReLU output has shape {:?}, expected {:?} for A {:?} · B {:?}", relu_out.shape(), s.out_shape(), a.shape(), b.shape()));
+    }
+    match dev {
+        Device::Cpu => {
+            let mut c = vec![0f32; s.batch * s.m * s.n];
+            gemm_cpu(a.host(OP)?, b.host(OP)?, &mut c, s, cfg)?;
+            crate::ops::activation::activation_relu_backward_cpu(&mut c, relu_out.host(OP)?);
+            Ok(Tensor::from_cpu(&s.out_shape(), c))
+        }
+        Device::Gpu(ctx) => {
+            let c = Tensor::uninit_gpu(&ctx, OP, &s.out_shape())?;
+            let epi = Epilogue { relu_grad: Some(relu_out.buffer(OP)?), ..Epilogue::default() };
+            gemm_gpu_strided(&ctx, a.buffer(OP)?, b.buffer(OP)?, c.buffer(OP)?, s, GemmLayout::packed(&s), cfg, epi)?;
+            Ok(c)
+        }
     }
 }
 
@@ -327,6 +362,10 @@ pub(crate) struct GemmLayout {
     pub stride_b: usize,
     pub offset_c: usize,
     pub stride_c: usize,
+    /// `Some((pixels, image_stride))`: C's column j is pixel j % pixels of
+    /// image j / pixels, images `image_stride` apart and rows `pixels` apart
+    /// (a convolution writing NCHW directly, no permute after it).
+    pub c_images: Option<(usize, usize)>,
 }
 
 impl GemmLayout {
@@ -458,6 +497,9 @@ pub(crate) struct Epilogue<'a> {
     pub bias_per_row: bool,
     /// ReLU last (NaN passes).
     pub relu: bool,
+    /// Multiply by `relu_out > 0` (laid out like C): the backward of the
+    /// ReLU that produced `relu_out`. Not with a bias or `relu`.
+    pub relu_grad: Option<&'a wgpu::Buffer>,
 }
 
 /// [`gemm_gpu`] with explicit offsets and batch strides (conv uses these to
@@ -492,19 +534,22 @@ pub(crate) fn gemm_gpu_strided(
         offset_a: l.offset_a as u32,
         offset_b: l.offset_b as u32,
         offset_c: l.offset_c as u32,
+        c_img_cols: l.c_images.map_or(0, |(p, _)| p as u32),
+        c_img_stride: l.c_images.map_or(0, |(_, s)| s as u32),
         bias_mode: match (epi.bias, epi.bias_per_row) {
             (None, _) => 0,
             (Some(_), false) => 1,
             (Some(_), true) => 2,
         },
-        relu: epi.relu as u32,
+        relu: if epi.relu_grad.is_some() { 2 } else { epi.relu as u32 },
         ..GemmParams::default()
     };
-    // The bias binding is never read without a bias; A stands in.
-    let bias_buf = epi.bias.unwrap_or(a);
+    debug_assert!(epi.relu_grad.is_none() || (epi.bias.is_none() && !epi.relu));
+    // The aux binding is never read without a bias or a ReLU mask; A stands in.
+    let bias_buf = epi.bias.or(epi.relu_grad).unwrap_or(a);
     // Split-K has no epilogue (its reduction writes C): weight gradients, its use, have none.
     let tiles = m.div_ceil(tile_m) * n.div_ceil(tile_n);
-    if let Some(splits) = split_k(ctx, &s, tiles).filter(|_| epi.bias.is_none() && !epi.relu) {
+    if let Some(splits) = split_k(ctx, &s, tiles).filter(|_| epi.bias.is_none() && !epi.relu && epi.relu_grad.is_none() && l.c_images.is_none()) {
         // Few output tiles and a long k (a weight gradient summed over every
         // pixel of the batch): each of `splits` batch items sums one k slice
         // into its own partial product, then a column reduction adds them up.

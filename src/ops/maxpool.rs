@@ -11,15 +11,17 @@ use crate::shape::{Pool2dConfig, Pool2dGeometry};
 use crate::tensor::{IndexData, Indices, Tensor};
 
 const SHADER: Shader = Shader::new("maxpool", include_str!("../../shaders/maxpool.wgsl"));
-pub(crate) static MAXPOOL_FORWARD: Kernel<PoolParams> = Kernel::new(&SHADER, "maxpool_forward", &[Read, ReadWrite, ReadWrite, Uniform]).with_work(pool_work);
-pub(crate) static MAXPOOL_BACKWARD: Kernel<PoolParams> = Kernel::new(&SHADER, "maxpool_backward", &[Read, ReadWrite, ReadWrite, Uniform]).with_work(pool_work);
+const BINDINGS: &[crate::kernel::Access] = &[Read, ReadWrite, ReadWrite, Read, Uniform];
+pub(crate) static MAXPOOL_FORWARD: Kernel<PoolParams> = Kernel::new(&SHADER, "maxpool_forward", BINDINGS).with_work(pool_work);
+pub(crate) static MAXPOOL_BACKWARD: Kernel<PoolParams> = Kernel::new(&SHADER, "maxpool_backward", BINDINGS).with_work(pool_work);
+pub(crate) static MAXPOOL_BACKWARD_RELU: Kernel<PoolParams> = Kernel::new(&SHADER, "maxpool_backward_relu", BINDINGS).with_work(pool_work);
 /// Pooling, either way: the input plane once, the output and its mask (or divisor) once,
 /// a compare or add per window element.
 pub(crate) fn pool_work(p: &PoolParams) -> Work {
     let (input, output) = ((p.planes * p.h * p.w) as usize, (p.planes * p.oh * p.ow) as usize);
     Work::f32s(input + 2 * output, output * (p.kh * p.kw) as usize)
 }
-pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&MAXPOOL_FORWARD.def, &MAXPOOL_BACKWARD.def];
+pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&MAXPOOL_FORWARD.def, &MAXPOOL_BACKWARD.def, &MAXPOOL_BACKWARD_RELU.def];
 
 /// Matches `PoolParams` in `shaders/maxpool.wgsl` and `shaders/avgpool.wgsl`.
 // Field for field the WGSL struct of the same name, which says what each is.
@@ -80,7 +82,7 @@ pub fn maxpool_forward(x: &Tensor, cfg: Pool2dConfig) -> Result<(Tensor, Indices
         Device::Gpu(ctx) => {
             let y = Tensor::uninit_gpu(&ctx, OP, &out_shape)?;
             let mask = ctx.alloc(OP, y.numel())?;
-            ctx.dispatch(&MAXPOOL_FORWARD, &PoolParams::new(&g), &[x.buffer(OP)?, mask.buffer(), y.buffer(OP)?], ctx.grid_1d(y.numel(), 256))?;
+            ctx.dispatch(&MAXPOOL_FORWARD, &PoolParams::new(&g), &[x.buffer(OP)?, mask.buffer(), y.buffer(OP)?, ctx.scratch(0)], ctx.grid_1d(y.numel(), 256))?;
             Ok((y, Indices::new(&out_shape, IndexData::Gpu(mask))))
         }
     }
@@ -88,18 +90,41 @@ pub fn maxpool_forward(x: &Tensor, cfg: Pool2dConfig) -> Result<(Tensor, Indices
 
 /// Backward: `dx [n, c, h, w]` from `dy` and the forward's argmax mask.
 pub fn maxpool_backward(dy: &Tensor, mask: &Indices, input_shape: &[usize], cfg: Pool2dConfig) -> Result<Tensor> {
-    const OP: &str = "maxpool_backward";
-    let g = Pool2dGeometry::new(OP, input_shape, cfg)?;
-    crate::ops::check_shape(OP, "dy", dy.shape(), &g.output_shape())?;
-    crate::ops::check_shape(OP, "argmax mask", mask.shape(), &g.output_shape())?;
+    backward(dy, mask, input_shape, cfg, None)
+}
+
+/// [`maxpool_backward`] followed by the backward of the ReLU that produced
+/// the pooling's input `x`: `dx · (x > 0)`, in one kernel.
+pub fn maxpool_backward_relu(dy: &Tensor, mask: &Indices, x: &Tensor, cfg: Pool2dConfig) -> Result<Tensor> {
+    backward(dy, mask, x.shape(), cfg, Some(x))
+}
+
+fn backward(dy: &Tensor, mask: &Indices, input_shape: &[usize], cfg: Pool2dConfig, relu_out: Option<&Tensor>) -> Result<Tensor> {
+    let op = if relu_out.is_some() { "maxpool_backward_relu" } else { "maxpool_backward" };
+    let g = Pool2dGeometry::new(op, input_shape, cfg)?;
+    crate::ops::check_shape(op, "dy", dy.shape(), &g.output_shape())?;
+    crate::ops::check_shape(op, "argmax mask", mask.shape(), &g.output_shape())?;
+    if let Some(x) = relu_out {
+        crate::tensor::same_device(op, &[dy, x])?;
+    }
     match (dy.device(), &mask.data) {
-        (Device::Cpu, IndexData::Cpu(m)) => Ok(Tensor::from_cpu(input_shape, maxpool_backward_cpu(dy.host(OP)?, m, &g))),
+        (Device::Cpu, IndexData::Cpu(m)) => {
+            let mut dx = maxpool_backward_cpu(dy.host(op)?, m, &g);
+            if let Some(x) = relu_out {
+                crate::ops::activation::activation_relu_backward_cpu(&mut dx, x.host(op)?);
+            }
+            Ok(Tensor::from_cpu(input_shape, dx))
+        }
         (Device::Gpu(ctx), IndexData::Gpu(mb)) => {
-            let dx = Tensor::uninit_gpu(&ctx, OP, input_shape)?;
-            ctx.dispatch(&MAXPOOL_BACKWARD, &PoolParams::new(&g), &[dy.buffer(OP)?, mb.buffer(), dx.buffer(OP)?], ctx.grid_1d(dx.numel(), 256))?;
+            let dx = Tensor::uninit_gpu(&ctx, op, input_shape)?;
+            let (kernel, relu) = match relu_out {
+                Some(x) => (&MAXPOOL_BACKWARD_RELU, x.buffer(op)?),
+                None => (&MAXPOOL_BACKWARD, ctx.scratch(0)),
+            };
+            ctx.dispatch(kernel, &PoolParams::new(&g), &[dy.buffer(op)?, mb.buffer(), dx.buffer(op)?, relu], ctx.grid_1d(dx.numel(), 256))?;
             Ok(dx)
         }
-        (dev, _) => Err(Error::DeviceMismatch { op: OP, a: dev.to_string(), b: "the mask's device".into() }),
+        (dev, _) => Err(Error::DeviceMismatch { op, a: dev.to_string(), b: "the mask's device".into() }),
     }
 }
 

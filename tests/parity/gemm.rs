@@ -1,7 +1,7 @@
 //! GEMM on every device and both GPU kernels, against an f64 triple loop.
 
 use wgpu_cnn::ops::activation::{activation_forward, Activation};
-use wgpu_cnn::ops::gemm::{gemm, gemm_epilogue, gemm_into, GemmConfig, GemmShape};
+use wgpu_cnn::ops::gemm::{gemm, gemm_epilogue, gemm_into, gemm_relu_backward, GemmConfig, GemmShape};
 use wgpu_cnn::{Device, GemmVariant, Tensor, Tolerance};
 
 use crate::harness::{random, with_gpu};
@@ -151,6 +151,14 @@ fn check_bias(dev: &Device, variant: Option<GemmVariant>) {
         let relu_only = gemm_epilogue(&a, &b, None, Some(Activation::Relu), cfg).unwrap();
         let plain = gemm(&a, &b, cfg).unwrap();
         assert_eq!(relu_only.to_vec().unwrap(), activation_forward(&plain, Activation::Relu).unwrap().to_vec().unwrap());
+        // A ReLU's backward in the epilogue: exactly the product masked where the ReLU's output is
+        // not positive (a zero output masks too).
+        let mut outv = random(70 + i as u64, m * n);
+        outv[0] = 0.0;
+        let relu_out = Tensor::from_slice(dev, &[m, n], &outv).unwrap();
+        let masked = gemm_relu_backward(&a, &b, &relu_out, cfg).unwrap().to_vec().unwrap();
+        let want: Vec<f32> = plain.to_vec().unwrap().iter().zip(&outv).map(|(v, o)| v * if *o > 0.0 { 1.0 } else { 0.0 }).collect();
+        assert_eq!(masked, want, "gemm_relu_backward {m}×{n}×{k} {variant:?} on {dev}");
         let s = GemmShape::infer(&ashape, &bshape, ta, tb).unwrap();
         let mut want = oracle(&av, &bv, None, &s, &cfg);
         want.iter_mut().enumerate().for_each(|(e, v)| *v += biasv[e % n]);
@@ -158,6 +166,8 @@ fn check_bias(dev: &Device, variant: Option<GemmVariant>) {
     }
     let (a, b) = (Tensor::zeros(dev, &[2, 3]).unwrap(), Tensor::zeros(dev, &[3, 4]).unwrap());
     assert!(gemm_epilogue(&a, &b, Some(&Tensor::zeros(dev, &[3]).unwrap()), None, GemmConfig::default()).is_err(), "bias length must be N");
+    let e = gemm_relu_backward(&a, &b, &Tensor::zeros(dev, &[4, 2]).unwrap(), GemmConfig::default()).unwrap_err().to_string();
+    assert!(e.contains("gemm_relu_backward") && e.contains("[4, 2]"), "{e}");
 }
 
 fn all(dev: &Device, variant: Option<GemmVariant>) {

@@ -2,7 +2,7 @@
 //! an oracle; ties go to the first maximum; padding never wins; backward is
 //! the adjoint of the forward's selection.
 
-use wgpu_cnn::ops::maxpool::{maxpool_backward, maxpool_forward};
+use wgpu_cnn::ops::maxpool::{maxpool_backward, maxpool_backward_relu, maxpool_forward};
 use wgpu_cnn::{Device, Pool2dConfig, Pool2dGeometry, Tensor};
 
 use crate::harness::{assert_adjoint, random};
@@ -109,6 +109,32 @@ fn overlapping_sum(dev: &Device) {
     assert_eq!(dx.iter().sum::<f32>(), 45.0);
 }
 test_device!(maxpool_overlapping_windows_sum, overlapping_sum);
+
+/// The fused ReLU backward: exactly max-pool backward, then zero where the
+/// pooling's input (the ReLU's output) is not positive; the CPU path and the
+/// GPU agree bit for bit.
+fn relu_fused(dev: &Device) {
+    let mut masked = 0;
+    for (i, cfg) in [Pool2dConfig::new(2), Pool2dConfig::new(3).stride(2).padding(1), Pool2dConfig::new(3).stride(1)].into_iter().enumerate() {
+        let shape = [3, 4, 9, 7];
+        // A ReLU's output: about half zeros, so whole windows are zero too.
+        let x: Vec<f32> = random(90 + i as u64, shape.iter().product()).iter().map(|v| v.max(0.0)).collect();
+        let xt = Tensor::from_slice(dev, &shape, &x).unwrap();
+        let (y, mask) = maxpool_forward(&xt, cfg).unwrap();
+        let dy = Tensor::from_slice(dev, y.shape(), &random(95 + i as u64, y.numel())).unwrap();
+        let fused = maxpool_backward_relu(&dy, &mask, &xt, cfg).unwrap().to_vec().unwrap();
+        let plain = maxpool_backward(&dy, &mask, &shape, cfg).unwrap().to_vec().unwrap();
+        let want: Vec<f32> = plain.iter().zip(&x).map(|(g, v)| if *v > 0.0 { *g } else { 0.0 }).collect();
+        assert_eq!(fused, want, "maxpool_backward_relu config {i} on {dev}");
+        masked += fused.iter().zip(&plain).filter(|(f, p)| **f == 0.0 && **p != 0.0).count();
+    }
+    assert!(masked > 0, "the ReLU mask must have zeroed some gradient");
+    let xt = Tensor::zeros(dev, &[1, 1, 4, 4]).unwrap();
+    let (y, mask) = maxpool_forward(&xt, Pool2dConfig::new(2)).unwrap();
+    let e = maxpool_backward_relu(&y, &mask, &Tensor::zeros(dev, &[1, 1, 6, 6]).unwrap(), Pool2dConfig::new(2)).unwrap_err().to_string();
+    assert!(e.contains("maxpool_backward_relu"), "{e}");
+}
+test_device!(maxpool_backward_relu_fused, relu_fused);
 
 fn bad_input(dev: &Device) {
     let x = Tensor::zeros(dev, &[1, 1, 4, 4]).unwrap();
