@@ -8,7 +8,7 @@
 //! ```text
 //! const SHADER: Shader = Shader::new("maxpool", include_str!("../../shaders/maxpool.wgsl"));
 //! pub(crate) static MAXPOOL_FORWARD: Kernel<PoolParams> =
-//!     Kernel::new(&SHADER, "maxpool_forward", &[Read, ReadWrite, ReadWrite, Uniform]);
+//!     Kernel::new(&SHADER, "maxpool_forward", &[Read, ReadWrite, ReadWrite, Read, Uniform]);
 //! ```
 //!
 //! and dispatch it with `ctx.dispatch(&MAXPOOL_FORWARD, &params, &buffers, grid)`:
