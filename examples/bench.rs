@@ -24,6 +24,9 @@ struct Args {
     /// Skip the GPU (time the CPU path only).
     #[arg(long)]
     cpu_only: bool,
+    /// Skip the CPU rows (time the GPU path only).
+    #[arg(long, conflicts_with = "cpu_only")]
+    gpu_only: bool,
     /// Skip the training-step table.
     #[arg(long)]
     no_train: bool,
@@ -154,7 +157,7 @@ fn run() -> wgpu_cnn::Result<()> {
         let flops = GemmShape { batch: 1, m: n, n, k: n, a_batched: false, b_batched: false }.flops();
         let mut rows: Vec<(String, f64)> = Vec::new();
         // The CPU twin is O(n³) too; above 2048 it takes too long to be worth the wait.
-        if n <= 2048 {
+        if n <= 2048 && !args.gpu_only {
             let (a, b, mut c) = (filled(&Device::Cpu, n, 1), filled(&Device::Cpu, n, 2), filled(&Device::Cpu, n, 3));
             rows.push(("cpu".into(), time(args.seconds, || gemm_into(&a, &b, &mut c, GemmConfig::default()).unwrap())));
         }
@@ -199,7 +202,7 @@ fn run() -> wgpu_cnn::Result<()> {
         println!("(* = the adapter's kernel without tuning; tuned = what a GEMM gets, the fastest per shape class; GPU/CPU = CPU time / GPU time)");
     }
     if !args.no_train {
-        let mut devices = vec![("cpu", Device::Cpu)];
+        let mut devices = if args.gpu_only { vec![] } else { vec![("cpu", Device::Cpu)] };
         devices.extend(gpu.map(|g| ("gpu", g)));
         train_steps(&devices, args.seconds, args.json, &args.models)?;
     }

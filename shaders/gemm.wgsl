@@ -51,6 +51,15 @@ struct GemmParams {
     // convolution's output needs no permute.
     c_img_cols: u32,
     c_img_stride: u32,
+    // The same mapping on the loads, so a backward pass reads a convolution's
+    // NCHW gradient as its [C_out, images·pixels] matrix without a permute:
+    // a_img_cols non-zero: op(A)'s k index p is pixel p % a_img_cols of image
+    // p / a_img_cols (A not transposed, rows a_img_cols apart); b_img_cols
+    // non-zero: op(B)'s column j likewise (B not transposed).
+    a_img_cols: u32,
+    a_img_stride: u32,
+    b_img_cols: u32,
+    b_img_stride: u32,
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
@@ -87,7 +96,20 @@ fn strides() -> Strides {
     var s: Strides;
     if (params.trans_a != 0u) { s.a_i = 1u; s.a_p = params.m; } else { s.a_i = params.k; s.a_p = 1u; }
     if (params.trans_b != 0u) { s.b_p = 1u; s.b_j = params.k; } else { s.b_p = params.n; s.b_j = 1u; }
+    if (params.a_img_cols != 0u) { s.a_i = params.a_img_cols; }
+    if (params.b_img_cols != 0u) { s.b_p = params.b_img_cols; }
     return s;
+}
+
+// Offset of op(A)[·][p] from its row, and of op(B)[·][j] from its k row.
+fn a_off(p: u32, s: Strides) -> u32 {
+    if (params.a_img_cols == 0u) { return p * s.a_p; }
+    return (p / params.a_img_cols) * params.a_img_stride + p % params.a_img_cols;
+}
+
+fn b_off(j: u32, s: Strides) -> u32 {
+    if (params.b_img_cols == 0u) { return j * s.b_j; }
+    return (j / params.b_img_cols) * params.b_img_stride + j % params.b_img_cols;
 }
 
 // Buffer offsets of op(A)'s rows i..i+3 and of op(B)'s columns j, j+WG_X, …,
@@ -100,7 +122,7 @@ fn rows4(i: u32, s: Strides, base: u32) -> vec4<u32> {
 
 fn cols4(j: u32, s: Strides, base: u32) -> vec4<u32> {
     let last = params.n - 1u;
-    return vec4<u32>(min(j, last), min(j + WG_X, last), min(j + 2u * WG_X, last), min(j + 3u * WG_X, last)) * s.b_j + base;
+    return vec4<u32>(b_off(min(j, last), s), b_off(min(j + WG_X, last), s), b_off(min(j + 2u * WG_X, last), s), b_off(min(j + 3u * WG_X, last), s)) + base;
 }
 
 fn load_a(r: vec4<u32>, pa: u32) -> vec4<f32> {
@@ -175,7 +197,7 @@ fn gemm_blocked(
     var acc4: array<vec4<f32>, 4>;
     let kr = k_range(batch);
     for (var p = kr.x; p < kr.y; p++) {
-        let pa = p * s.a_p;
+        let pa = a_off(p, s);
         let pb = p * s.b_p;
         let av = load_a(ra, pa);
         let aw = load_a(rb, pa);
@@ -235,7 +257,7 @@ fn gemm_blocked_wide(
     var acc30: array<vec4<f32>, 4>; var acc31: array<vec4<f32>, 4>; var acc32: array<vec4<f32>, 4>; var acc33: array<vec4<f32>, 4>;
     let kr = k_range(batch);
     for (var p = kr.x; p < kr.y; p++) {
-        let pa = p * s.a_p;
+        let pa = a_off(p, s);
         let pb = p * s.b_p;
         let a0 = load_a(ra0, pa);
         let a1 = load_a(ra1, pa);
@@ -296,7 +318,7 @@ fn slab_a(e: u32, rows: u32, row0: u32, p0: u32, kend: u32, base: u32, s: Stride
     let gi = row0 + i;
     let gp = p0 + p;
     var v = 0.0;
-    if (gi < params.m && gp < kend) { v = a[base + gi * s.a_i + gp * s.a_p]; }
+    if (gi < params.m && gp < kend) { v = a[base + gi * s.a_i + a_off(gp, s)]; }
     return SlabElem(p * rows + i, v);
 }
 
@@ -306,7 +328,7 @@ fn slab_b(e: u32, cols: u32, col0: u32, p0: u32, kend: u32, base: u32, s: Stride
     let gj = col0 + j;
     let gp = p0 + p;
     var v = 0.0;
-    if (gj < params.n && gp < kend) { v = b[base + gp * s.b_p + gj * s.b_j]; }
+    if (gj < params.n && gp < kend) { v = b[base + gp * s.b_p + b_off(gj, s)]; }
     return SlabElem(p * cols + j, v);
 }
 

@@ -462,7 +462,7 @@ impl GpuContext {
         for &def in &todo {
             self.kernels.module(&self.device, def)?;
         }
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(todo.len().max(1));
+        let threads = crate::cores().min(todo.len().max(1));
         let next = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|s| {
             let workers: Vec<_> = (0..threads)

@@ -78,6 +78,13 @@ pub use gpu::{GemmVariant, GpuContext, HostCounters};
 pub use tensor::{Indices, Tensor};
 pub use tolerance::Tolerance;
 
+/// The machine's core count, read once: `available_parallelism` reads the
+/// cgroup files on every call, tens of µs that a hot path cannot pay.
+pub(crate) fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// The README's code blocks, compiled and run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -28,7 +28,7 @@ use crate::ops::bias::{bias_add, bias_grad};
 use crate::ops::gemm::{gemm_matmul_cpu, gemm_gpu_strided, Epilogue, GemmConfig, GemmLayout, GemmShape};
 use crate::ops::im2col::{im2col_cpu_into, im2col_gpu};
 use crate::ops::permute::{permute_swap_cpu, permute_swap_gpu};
-use crate::ops::reduce::{reduce_rows_cpu, reduce_rows_gpu};
+use crate::ops::reduce::{reduce_channels_gpu, reduce_rows_cpu};
 use crate::shape::{Conv2dConfig, Conv2dGeometry};
 use crate::tensor::{same_device, Tensor};
 
@@ -429,7 +429,6 @@ pub(crate) fn conv2d_backward_gpu(
     let chunk = gpu_chunk(ctx, geo);
     // Columns kept by the forward pass cover the whole batch in one chunk.
     let kept = kept.filter(|_| chunk >= geo.n && !geo.is_pointwise());
-    let dyc = ctx.alloc("conv2d", geo.c_out * chunk * p)?;
     let own;
     let cols_buf = match (kept, x_dw) {
         (Some(kept), _) => Some(kept),
@@ -444,9 +443,11 @@ pub(crate) fn conv2d_backward_gpu(
         let nb = chunk.min(geo.n - img0);
         let sub = geo.with_batch(nb);
         let beta = if img0 == 0 { 0.0 } else { 1.0 };
-        permute_swap_gpu(ctx, dy, img0 * out_img, dyc.buffer(), 0, [nb, geo.c_out, p], None, false)?;
+        // dy is read in place as each group's [cog, nb·p] matrix: the GEMMs
+        // load it through the NCHW mapping their stores use, no permute.
+        let dy_images = Some((p, out_img));
         if let Some(db) = db {
-            reduce_rows_gpu(ctx, dyc.buffer(), db, geo.c_out, nb * p, beta)?;
+            reduce_channels_gpu(ctx, dy, img0 * out_img, db, [nb, geo.c_out, p], out_img, beta)?;
         }
         if let (Some((x, dw)), Some(cols_buf)) = (x_dw, cols_buf) {
             if geo.is_pointwise() {
@@ -455,12 +456,14 @@ pub(crate) fn conv2d_backward_gpu(
             } else if kept.is_none() {
                 im2col_gpu(ctx, x, img0 * in_img, cols_buf, &sub)?;
             }
-            let (s, l) = group_gemm(groups, cog, kc, nb * p, [cog * nb * p, kc * nb * p, cog * kc]);
-            gemm_gpu_strided(ctx, dyc.buffer(), cols_buf, dw, s, l, GemmConfig { trans_b: true, beta, ..GemmConfig::default() }, Epilogue::default())?;
+            let (s, mut l) = group_gemm(groups, cog, kc, nb * p, [cog * p, kc * nb * p, cog * kc]);
+            (l.offset_a, l.a_images) = (img0 * out_img, dy_images);
+            gemm_gpu_strided(ctx, dy, cols_buf, dw, s, l, GemmConfig { trans_b: true, beta, ..GemmConfig::default() }, Epilogue::default())?;
         }
         let (Some(dx), Some(dcols)) = (dx, &dcols) else { continue };
-        let (s, l) = group_gemm(groups, kc, nb * p, cog, [cog * kc, cog * nb * p, kc * nb * p]);
-        gemm_gpu_strided(ctx, w, dyc.buffer(), dcols.buffer(), s, l, GemmConfig { trans_a: true, ..GemmConfig::default() }, Epilogue::default())?;
+        let (s, mut l) = group_gemm(groups, kc, nb * p, cog, [cog * kc, cog * p, kc * nb * p]);
+        (l.offset_b, l.b_images) = (img0 * out_img, dy_images);
+        gemm_gpu_strided(ctx, w, dy, dcols.buffer(), s, l, GemmConfig { trans_a: true, ..GemmConfig::default() }, Epilogue::default())?;
         if geo.is_pointwise() {
             permute_swap_gpu(ctx, dcols.buffer(), 0, dx, img0 * in_img, [geo.c_in, nb, p], None, false)?;
         } else {

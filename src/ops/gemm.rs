@@ -105,6 +105,14 @@ pub struct GemmParams {
     pub c_img_cols: u32,
     /// With `c_img_cols`: elements from one image of C to the next.
     pub c_img_stride: u32,
+    /// Non-zero: op(A)'s k index runs over images of this many pixels (NCHW).
+    pub a_img_cols: u32,
+    /// With `a_img_cols`: elements from one image of A to the next.
+    pub a_img_stride: u32,
+    /// Non-zero: op(B)'s columns are images of this many pixels (NCHW).
+    pub b_img_cols: u32,
+    /// With `b_img_cols`: elements from one image of B to the next.
+    pub b_img_stride: u32,
     pub _pad0: u32,
     pub _pad1: u32,
     pub _pad2: u32,
@@ -308,7 +316,7 @@ pub fn gemm_cpu(a: &[f32], b: &[f32], c: &mut [f32], s: GemmShape, cfg: GemmConf
 /// however C is split, so the result does not depend on the core count.
 pub fn gemm_matmul_cpu(alpha: f32, a: &ArrayView2<f32>, b: &ArrayView2<f32>, beta: f32, c: &mut ndarray::ArrayViewMut2<f32>) {
     let (m, k, n) = (a.nrows(), a.ncols(), b.ncols());
-    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let threads = crate::cores();
     // Below ~32 MFLOP starting a thread costs more than the split saves.
     if threads < 2 || 2 * m * n * k < (1 << 25) || m.max(n) < 2 * threads {
         general_mat_mul(alpha, a, b, beta, c);
@@ -366,6 +374,11 @@ pub(crate) struct GemmLayout {
     /// image j / pixels, images `image_stride` apart and rows `pixels` apart
     /// (a convolution writing NCHW directly, no permute after it).
     pub c_images: Option<(usize, usize)>,
+    /// The same for A's k index (A not transposed): a backward pass reading
+    /// an NCHW gradient as its `[C_out, images·pixels]` matrix.
+    pub a_images: Option<(usize, usize)>,
+    /// The same for B's columns (B not transposed).
+    pub b_images: Option<(usize, usize)>,
 }
 
 impl GemmLayout {
@@ -378,6 +391,28 @@ impl GemmLayout {
             ..GemmLayout::default()
         }
     }
+}
+
+/// Test hook: `c = op(a)·op(b)` with each operand's image mapping as a
+/// convolution uses it (`images[0]` A's k index, `[1]` B's columns, `[2]` C's
+/// columns; each `(pixels, image_stride)`) and offsets into each buffer, so the
+/// parity suite can check every kernel variant on the NCHW loads and stores.
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub fn gemm_images_for_tests(a: &Tensor, b: &Tensor, c: &mut Tensor, s: GemmShape, cfg: GemmConfig, images: [Option<(usize, usize)>; 3], offsets: [usize; 3]) -> Result<()> {
+    const OP: &str = "gemm (test hook)";
+    c.make_unique()?;
+    let Device::Gpu(ctx) = a.device() else { return Err(Error::Wgpu(format!("{OP}: needs a GPU tensor"))) };
+    let l = GemmLayout {
+        offset_a: offsets[0],
+        offset_b: offsets[1],
+        offset_c: offsets[2],
+        a_images: images[0],
+        b_images: images[1],
+        c_images: images[2],
+        ..GemmLayout::packed(&s)
+    };
+    gemm_gpu_strided(&ctx, a.buffer(OP)?, b.buffer(OP)?, c.buffer(OP)?, s, l, cfg, Epilogue::default())
 }
 
 /// The kernel a variant uses for a shape, and the register block each
@@ -536,6 +571,10 @@ pub(crate) fn gemm_gpu_strided(
         offset_c: l.offset_c as u32,
         c_img_cols: l.c_images.map_or(0, |(p, _)| p as u32),
         c_img_stride: l.c_images.map_or(0, |(_, s)| s as u32),
+        a_img_cols: l.a_images.map_or(0, |(p, _)| p as u32),
+        a_img_stride: l.a_images.map_or(0, |(_, s)| s as u32),
+        b_img_cols: l.b_images.map_or(0, |(p, _)| p as u32),
+        b_img_stride: l.b_images.map_or(0, |(_, s)| s as u32),
         bias_mode: match (epi.bias, epi.bias_per_row) {
             (None, _) => 0,
             (Some(_), false) => 1,
@@ -568,7 +607,7 @@ pub(crate) fn gemm_gpu_strided(
 /// occupy the device, slices of at least 256, and partials that fit a binding.
 fn split_k(ctx: &GpuContext, s: &GemmShape, tiles: usize) -> Option<usize> {
     // Workgroups that keep the device busy: a CPU adapter runs one per core.
-    let busy = if ctx.adapter().is_software() { 2 * std::thread::available_parallelism().map_or(2, |n| n.get()) } else { 256 };
+    let busy = if ctx.adapter().is_software() { 2 * crate::cores() } else { 256 };
     let max_z = ctx.limits().max_compute_workgroups_per_dimension as usize;
     if s.batch != 1 || tiles >= busy || s.k < 1024 {
         return None;

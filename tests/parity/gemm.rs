@@ -1,7 +1,7 @@
 //! GEMM on every device and both GPU kernels, against an f64 triple loop.
 
 use wgpu_cnn::ops::activation::{activation_forward, Activation};
-use wgpu_cnn::ops::gemm::{gemm, gemm_epilogue, gemm_into, gemm_relu_backward, GemmConfig, GemmShape};
+use wgpu_cnn::ops::gemm::{gemm, gemm_epilogue, gemm_images_for_tests, gemm_into, gemm_relu_backward, GemmConfig, GemmShape};
 use wgpu_cnn::{Device, GemmVariant, Tensor, Tolerance};
 
 use crate::harness::{random, with_gpu};
@@ -170,7 +170,50 @@ fn check_bias(dev: &Device, variant: Option<GemmVariant>) {
     assert!(e.contains("gemm_relu_backward") && e.contains("[4, 2]"), "{e}");
 }
 
+/// The NCHW mappings a convolution's GEMMs use (GPU only: the CPU path
+/// permutes): A's k index over images (the weight gradient, k long enough for
+/// split-K), then B's columns and C's columns over images (the column gradient,
+/// and the forward's store), each starting at a channel offset.
+fn check_images(dev: &Device, variant: Option<GemmVariant>) {
+    if !dev.is_gpu() {
+        return;
+    }
+    let (images, chans, pixels, c0) = (12, 8, 100, 2);
+    let stride = chans * pixels;
+    let dy = random(71, images * stride);
+    // op(dy)[c][q] = dy[q / pixels][c0 + c][q % pixels], c < 6, q < images·pixels.
+    let mat = |rows: usize| -> Vec<f32> {
+        let q_len = images * pixels;
+        (0..rows * q_len).map(|e| (e / q_len, e % q_len)).map(|(c, q)| dy[(q / pixels) * stride + (c0 + c) * pixels + q % pixels]).collect()
+    };
+    let dyt = Tensor::from_vec(dev, &[images * stride], dy.clone()).unwrap();
+    let images_map = Some((pixels, stride));
+    // C[6, 10] = op(A)[6, 1200] · B[10, 1200]ᵀ
+    let (m, n, k) = (6, 10, images * pixels);
+    let cfg = GemmConfig { trans_b: true, alpha: 1.0, beta: 0.0, variant, ..GemmConfig::default() };
+    let s = GemmShape { batch: 1, m, n, k, a_batched: false, b_batched: false };
+    let bv = random(72, n * k);
+    let b = Tensor::from_vec(dev, &[n, k], bv.clone()).unwrap();
+    let mut c = Tensor::from_vec(dev, &[m, n], vec![f32::NAN; m * n]).unwrap();
+    gemm_images_for_tests(&dyt, &b, &mut c, s, cfg, [images_map, None, None], [c0 * pixels, 0, 0]).unwrap();
+    tol(k).assert(&format!("gemm, A read NCHW, {variant:?} on {dev}"), &c.to_vec().unwrap(), &oracle(&mat(m), &bv, None, &s, &cfg));
+    // C[9, 1200] = A[6, 9]ᵀ · op(B)[6, 1200], stored NCHW as [12, 9 (+1), 100] from channel 1.
+    let (m, n, k, out_chans) = (9, images * pixels, 6, 10);
+    let cfg = GemmConfig { trans_a: true, alpha: 1.0, beta: 0.0, variant, ..GemmConfig::default() };
+    let s = GemmShape { batch: 1, m, n, k, a_batched: false, b_batched: false };
+    let av = random(73, k * m);
+    let a = Tensor::from_vec(dev, &[k, m], av.clone()).unwrap();
+    let mut c = Tensor::from_vec(dev, &[images * out_chans * pixels], vec![f32::NAN; images * out_chans * pixels]).unwrap();
+    let c_map = Some((pixels, out_chans * pixels));
+    gemm_images_for_tests(&a, &dyt, &mut c, s, cfg, [None, images_map, c_map], [0, c0 * pixels, pixels]).unwrap();
+    let want = oracle(&av, &mat(k), None, &s, &cfg);
+    let got = c.to_vec().unwrap();
+    let got: Vec<f32> = (0..m * n).map(|e| (e / n, e % n)).map(|(i, j)| got[(j / pixels) * out_chans * pixels + (1 + i) * pixels + j % pixels]).collect();
+    tol(k).assert(&format!("gemm, B read and C stored NCHW, {variant:?} on {dev}"), &got, &want);
+}
+
 fn all(dev: &Device, variant: Option<GemmVariant>) {
+    check_images(dev, variant);
     check_bias(dev, variant);
     check_all(dev, variant);
     check_split_k_alpha_beta(dev, variant);
