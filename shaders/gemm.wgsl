@@ -21,6 +21,11 @@
 // a ReLU layer, fused); relu 2 instead multiplies by aux[idx] > 0, the
 // backward of a ReLU whose output aux is laid out like C (a linear layer's
 // input gradient through the ReLU before it). aux is read by nothing else.
+// Row sums: rowsum 1 also writes Σ_p op(A)[i][p] (+ beta·old, no alpha) to
+// rs[rowsum_offset + batch·m + i], the bias gradient beside a weight gradient
+// (A = dy) in the same pass over A; the invocations of column block 0 keep
+// them. rowsum 2 (split-K) writes each slice's sums after its partial C, at
+// c[offset_c + batch·stride_c + m·n + i]; gemm_split_reduce adds both up.
 
 struct GemmParams {
     m: u32,
@@ -60,16 +65,17 @@ struct GemmParams {
     a_img_stride: u32,
     b_img_cols: u32,
     b_img_stride: u32,
+    rowsum: u32,
+    rowsum_offset: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
 @group(0) @binding(1) var<storage, read> b: array<f32>;
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
 @group(0) @binding(3) var<storage, read> aux: array<f32>; // bias, or the ReLU output (relu 2)
-@group(0) @binding(4) var<uniform> params: GemmParams;
+@group(0) @binding(4) var<storage, read_write> rs: array<f32>; // row sums (rowsum 1)
+@group(0) @binding(5) var<uniform> params: GemmParams;
 
 // Invocations per workgroup along x (columns) and y (rows).
 override WG_X: u32 = 8u;
@@ -171,6 +177,22 @@ fn store_block(batch: u32, i0: u32, j0: u32, di: u32, dj: u32, acc: array<vec4<f
     }
 }
 
+// The row sums of rows i0, i0 + di, i0 + 2·di, i0 + 3·di (see rowsum above).
+fn store_rowsum(batch: u32, i0: u32, di: u32, v: vec4<f32>) {
+    for (var r = 0u; r < 4u; r++) {
+        let i = i0 + r * di;
+        if (i >= params.m) { break; }
+        if (params.rowsum == 1u) {
+            let o = params.rowsum_offset + batch * params.m + i;
+            var x = v[r];
+            if (params.beta != 0.0) { x += params.beta * rs[o]; }
+            rs[o] = x;
+        } else {
+            c[params.offset_c + batch * params.stride_c + params.m * params.n + i] = v[r];
+        }
+    }
+}
+
 @compute @workgroup_size(WG_X, WG_Y, 1)
 fn gemm_blocked(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -195,6 +217,8 @@ fn gemm_blocked(
     var acc2: array<vec4<f32>, 4>;
     var acc3: array<vec4<f32>, 4>;
     var acc4: array<vec4<f32>, 4>;
+    var rsa = vec4<f32>();
+    var rsb = vec4<f32>();
     let kr = k_range(batch);
     for (var p = kr.x; p < kr.y; p++) {
         let pa = a_off(p, s);
@@ -203,6 +227,8 @@ fn gemm_blocked(
         let aw = load_a(rb, pa);
         let bv = load_b(cb, pb);
         let bw = load_b(cc, pb);
+        rsa += av;
+        rsb += aw;
         acc[0] += av.x * bv;
         acc[1] += av.y * bv;
         acc[2] += av.z * bv;
@@ -222,6 +248,10 @@ fn gemm_blocked(
     }
     store_block(batch, i0, j0, 1u, WG_X, acc);
     if (i0 + 4u < params.m) { store_block(batch, i0 + 4u, j0, 1u, WG_X, acc2); }
+    if (params.rowsum != 0u && j0 == 0u) {
+        store_rowsum(batch, i0, 1u, rsa);
+        store_rowsum(batch, i0 + 4u, 1u, rsb);
+    }
     if (j0 + 4u * WG_X < params.n) {
         store_block(batch, i0, j0 + 4u * WG_X, 1u, WG_X, acc3);
         if (i0 + 4u < params.m) { store_block(batch, i0 + 4u, j0 + 4u * WG_X, 1u, WG_X, acc4); }
@@ -255,6 +285,7 @@ fn gemm_blocked_wide(
     var acc10: array<vec4<f32>, 4>; var acc11: array<vec4<f32>, 4>; var acc12: array<vec4<f32>, 4>; var acc13: array<vec4<f32>, 4>;
     var acc20: array<vec4<f32>, 4>; var acc21: array<vec4<f32>, 4>; var acc22: array<vec4<f32>, 4>; var acc23: array<vec4<f32>, 4>;
     var acc30: array<vec4<f32>, 4>; var acc31: array<vec4<f32>, 4>; var acc32: array<vec4<f32>, 4>; var acc33: array<vec4<f32>, 4>;
+    var rs0 = vec4<f32>(); var rs1 = vec4<f32>(); var rs2 = vec4<f32>(); var rs3 = vec4<f32>();
     let kr = k_range(batch);
     for (var p = kr.x; p < kr.y; p++) {
         let pa = a_off(p, s);
@@ -267,6 +298,7 @@ fn gemm_blocked_wide(
         let b1 = load_b(cb1, pb);
         let b2 = load_b(cb2, pb);
         let b3 = load_b(cb3, pb);
+        rs0 += a0; rs1 += a1; rs2 += a2; rs3 += a3;
         acc00[0] += a0.x * b0; acc00[1] += a0.y * b0; acc00[2] += a0.z * b0; acc00[3] += a0.w * b0;
         acc01[0] += a0.x * b1; acc01[1] += a0.y * b1; acc01[2] += a0.z * b1; acc01[3] += a0.w * b1;
         acc02[0] += a0.x * b2; acc02[1] += a0.y * b2; acc02[2] += a0.z * b2; acc02[3] += a0.w * b2;
@@ -300,6 +332,12 @@ fn gemm_blocked_wide(
     if (i0 + 12u < params.m && j0 + 4u * WG_X < params.n) { store_block(batch, i0 + 12u, j0 + 4u * WG_X, 1u, WG_X, acc31); }
     if (i0 + 12u < params.m && j0 + 8u * WG_X < params.n) { store_block(batch, i0 + 12u, j0 + 8u * WG_X, 1u, WG_X, acc32); }
     if (i0 + 12u < params.m && j0 + 12u * WG_X < params.n) { store_block(batch, i0 + 12u, j0 + 12u * WG_X, 1u, WG_X, acc33); }
+    if (params.rowsum != 0u && j0 == 0u) {
+        store_rowsum(batch, i0, 1u, rs0);
+        store_rowsum(batch, i0 + 4u, 1u, rs1);
+        store_rowsum(batch, i0 + 8u, 1u, rs2);
+        store_rowsum(batch, i0 + 12u, 1u, rs3);
+    }
 }
 
 // One element of a k-slab being staged in workgroup memory: where it goes
@@ -351,6 +389,7 @@ fn gemm_tiled(
     let base_b = params.offset_b + batch * params.stride_b;
     let threads = WG_X * WG_Y;
     var acc: array<vec4<f32>, 4>;
+    var rsa = vec4<f32>();
     // Uniform across the workgroup (it depends on wid.z only), so the barriers stay uniform.
     let kr = k_range(batch);
     for (var p0 = kr.x; p0 < kr.y; p0 += TILE_K) {
@@ -370,6 +409,7 @@ fn gemm_tiled(
             let bo = p * TILE_N + lid.x;
             let av = vec4<f32>(as_[ao], as_[ao + WG_Y], as_[ao + 2u * WG_Y], as_[ao + 3u * WG_Y]);
             let bv = vec4<f32>(bs[bo], bs[bo + WG_X], bs[bo + 2u * WG_X], bs[bo + 3u * WG_X]);
+            rsa += av;
             acc[0] += av.x * bv;
             acc[1] += av.y * bv;
             acc[2] += av.z * bv;
@@ -379,6 +419,7 @@ fn gemm_tiled(
     }
     if (batch < params.batch) {
         store_block(batch, row0 + lid.y, col0 + lid.x, WG_Y, WG_X, acc);
+        if (params.rowsum != 0u && col0 + lid.x == 0u) { store_rowsum(batch, row0 + lid.y, WG_Y, rsa); }
     }
 }
 
@@ -409,6 +450,8 @@ fn gemm_tiled8(
     var acc01: array<vec4<f32>, 4>;
     var acc10: array<vec4<f32>, 4>;
     var acc11: array<vec4<f32>, 4>;
+    var rs0 = vec4<f32>();
+    var rs1 = vec4<f32>();
     let kr = k_range(batch);
     for (var p0 = kr.x; p0 < kr.y; p0 += TILE_K) {
         for (var e = tid; e < TILE_K * TILE8_M; e += threads) {
@@ -427,6 +470,8 @@ fn gemm_tiled8(
             let a1 = vec4<f32>(as8[ao + 4u * WG_Y], as8[ao + 5u * WG_Y], as8[ao + 6u * WG_Y], as8[ao + 7u * WG_Y]);
             let b0 = vec4<f32>(bs8[bo], bs8[bo + WG_X], bs8[bo + 2u * WG_X], bs8[bo + 3u * WG_X]);
             let b1 = vec4<f32>(bs8[bo + 4u * WG_X], bs8[bo + 5u * WG_X], bs8[bo + 6u * WG_X], bs8[bo + 7u * WG_X]);
+            rs0 += a0;
+            rs1 += a1;
             acc00[0] += a0.x * b0; acc00[1] += a0.y * b0; acc00[2] += a0.z * b0; acc00[3] += a0.w * b0;
             acc01[0] += a0.x * b1; acc01[1] += a0.y * b1; acc01[2] += a0.z * b1; acc01[3] += a0.w * b1;
             acc10[0] += a1.x * b0; acc10[1] += a1.y * b0; acc10[2] += a1.z * b0; acc10[3] += a1.w * b0;
@@ -441,5 +486,32 @@ fn gemm_tiled8(
         store_block(batch, r, c + 4u * WG_X, WG_Y, WG_X, acc01);
         store_block(batch, r + 4u * WG_Y, c, WG_Y, WG_X, acc10);
         store_block(batch, r + 4u * WG_Y, c + 4u * WG_X, WG_Y, WG_X, acc11);
+        if (params.rowsum != 0u && c == 0u) {
+            store_rowsum(batch, r, WG_Y, rs0);
+            store_rowsum(batch, r + 4u * WG_Y, WG_Y, rs1);
+        }
+    }
+}
+
+// Split-K's second dispatch: C[e] = Σ_z partial[z][e] (+ beta·C[e]) over the
+// `batch` k slices, each slice m·n wide plus m row sums with rowsum 2, which
+// go to rs[rowsum_offset + i]. Slices are added in order (deterministic).
+// Bindings as the GEMM's: a holds the partials.
+@compute @workgroup_size(WG_X * WG_Y)
+fn gemm_split_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * (WG_X * WG_Y);
+    let mn = params.m * params.n;
+    let width = mn + select(0u, params.m, params.rowsum != 0u);
+    if (e >= width) { return; }
+    var acc = 0.0;
+    for (var z = 0u; z < params.batch; z++) { acc += a[z * width + e]; }
+    if (e < mn) {
+        let o = params.offset_c + e;
+        if (params.beta != 0.0) { acc += params.beta * c[o]; }
+        c[o] = acc;
+    } else {
+        let o = params.rowsum_offset + e - mn;
+        if (params.beta != 0.0) { acc += params.beta * rs[o]; }
+        rs[o] = acc;
     }
 }

@@ -8,12 +8,11 @@ use crate::ops::avgpool::{avgpool_adaptive_backward, avgpool_adaptive_forward, a
 use crate::ops::batchnorm::{batchnorm_backward, batchnorm_forward_eval_relu, batchnorm_forward_train_relu, Affine, BatchNormConfig};
 use crate::ops::conv2d::{conv2d_backward_cols, conv2d_forward, conv2d_forward_act, conv2d_forward_keep, conv2d_transpose_backward, conv2d_transpose_forward};
 use crate::ops::dropout::{dropout_backward, dropout_forward, DropoutConfig};
-use crate::ops::bias::bias_grad;
 use crate::ops::layernorm::{layernorm_backward, layernorm_forward, NormKind};
 use crate::ops::softmax::{softmax_backward, softmax_forward};
 use crate::ops::pad::{pad_backward, pad_forward};
 use crate::ops::upsample::{upsample_backward, upsample_forward, UpsampleMode};
-use crate::ops::gemm::{gemm, gemm_epilogue, gemm_relu_backward, GemmConfig};
+use crate::ops::gemm::{gemm, gemm_epilogue, gemm_relu_backward, gemm_row_sums, GemmConfig};
 use crate::ops::maxpool::{maxpool_backward, maxpool_backward_relu, maxpool_forward};
 use crate::shape::{Conv2dConfig, Conv2dGeometry, Padding, Pool2dConfig, Pool2dGeometry};
 use crate::tensor::{Indices, Tensor};
@@ -379,8 +378,12 @@ impl Layer for Linear {
     }
     fn backward_params(&mut self, dy: &Tensor) -> Result<()> {
         let x = self.x.as_ref().ok_or_else(|| no_cache("Linear"))?;
-        let dw = gemm(dy, x, GemmConfig { trans_a: true, ..GemmConfig::default() })?;
-        let db = self.params.bias.as_ref().map(|_| bias_grad(dy)).transpose()?;
+        let cfg = GemmConfig { trans_a: true, ..GemmConfig::default() };
+        // The bias gradient (dy's column sums) comes from the same pass over dy.
+        let (dw, db) = match self.params.bias {
+            Some(_) => gemm_row_sums(dy, x, cfg).map(|(dw, db)| (dw, Some(db)))?,
+            None => (gemm(dy, x, cfg)?, None),
+        };
         self.params.accumulate(dw, db)
     }
     fn state(&mut self, prefix: &str) -> Vec<StateEntry<'_>> {

@@ -376,7 +376,7 @@ pub(crate) fn conv2d_forward_gpu(
         // Y[img] (c_out, p) = W (c_out, c_in) · X[img] (c_in, p), W shared by every image;
         // bias per row (channel) and ReLU in the GEMM's store.
         let s = GemmShape { batch: geo.n, m: geo.c_out, n: p, k: geo.c_in, a_batched: false, b_batched: true };
-        return gemm_gpu_strided(ctx, w, x, y, s, GemmLayout::packed(&s), plain, Epilogue { bias, bias_per_row: true, relu, relu_grad: None });
+        return gemm_gpu_strided(ctx, w, x, y, s, GemmLayout::packed(&s), plain, Epilogue { bias, bias_per_row: true, relu, relu_grad: None, row_sums: None });
     }
     let chunk = gpu_chunk(ctx, geo);
     // Kept columns (one chunk) go straight into the caller's buffer.
@@ -401,7 +401,7 @@ pub(crate) fn conv2d_forward_gpu(
             None => {
                 l.offset_c = img0 * geo.c_out * p;
                 l.c_images = Some((p, geo.c_out * p));
-                gemm_gpu_strided(ctx, w, cols, y, s, l, plain, Epilogue { bias, bias_per_row: true, relu, relu_grad: None })?;
+                gemm_gpu_strided(ctx, w, cols, y, s, l, plain, Epilogue { bias, bias_per_row: true, relu, relu_grad: None, row_sums: None })?;
             }
             Some(yc) => {
                 gemm_gpu_strided(ctx, w, cols, yc.buffer(), s, l, plain, Epilogue::default())?;
@@ -446,7 +446,8 @@ pub(crate) fn conv2d_backward_gpu(
         // dy is read in place as each group's [cog, nb·p] matrix: the GEMMs
         // load it through the NCHW mapping their stores use, no permute.
         let dy_images = Some((p, out_img));
-        if let Some(db) = db {
+        // The bias gradient rides in the weight gradient's GEMM (dy's row sums).
+        if let (Some(db), None) = (db, x_dw) {
             reduce_channels_gpu(ctx, dy, img0 * out_img, db, [nb, geo.c_out, p], out_img, beta)?;
         }
         if let (Some((x, dw)), Some(cols_buf)) = (x_dw, cols_buf) {
@@ -458,7 +459,8 @@ pub(crate) fn conv2d_backward_gpu(
             }
             let (s, mut l) = group_gemm(groups, cog, kc, nb * p, [cog * p, kc * nb * p, cog * kc]);
             (l.offset_a, l.a_images) = (img0 * out_img, dy_images);
-            gemm_gpu_strided(ctx, dy, cols_buf, dw, s, l, GemmConfig { trans_b: true, beta, ..GemmConfig::default() }, Epilogue::default())?;
+            let epi = Epilogue { row_sums: db.map(|db| (db, 0)), ..Epilogue::default() };
+            gemm_gpu_strided(ctx, dy, cols_buf, dw, s, l, GemmConfig { trans_b: true, beta, ..GemmConfig::default() }, epi)?;
         }
         let (Some(dx), Some(dcols)) = (dx, &dcols) else { continue };
         let (s, mut l) = group_gemm(groups, kc, nb * p, cog, [cog * kc, cog * p, kc * nb * p]);

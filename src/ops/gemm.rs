@@ -12,12 +12,11 @@ use crate::error::{shape_err, Error, Result};
 use crate::gpu::{GemmVariant, GpuContext};
 use crate::kernel::{Access::*, Kernel, Shader, Work};
 use crate::ops::activation::{activation_forward, activation_forward_in_place_cpu, Activation};
-use crate::ops::reduce::reduce_cols_gpu_at;
 use crate::shape::check_nonempty;
 use crate::tensor::{same_device, Tensor};
 
 const SHADER: Shader = Shader::new("gemm", include_str!("../../shaders/gemm.wgsl"));
-const BINDINGS: &[crate::kernel::Access] = &[Read, Read, ReadWrite, Read, Uniform];
+const BINDINGS: &[crate::kernel::Access] = &[Read, Read, ReadWrite, Read, ReadWrite, Uniform];
 /// Barrier-free, an 8×8 block per invocation: for CPU-type adapters.
 pub(crate) static GEMM_BLOCKED: Kernel<GemmParams> = Kernel::new(&SHADER, "gemm_blocked", BINDINGS).with_constants(&[("WG_X", 8.0), ("WG_Y", 8.0)]).with_work(gemm_work);
 /// gemm_blocked with 16×16 blocks, for large GEMMs on CPU adapters.
@@ -50,8 +49,15 @@ pub(crate) static GEMM_TILED_K32: Kernel<GemmParams> =
 /// 128×128 tiles, an 8×8 block per invocation.
 pub(crate) static GEMM_TILED8: Kernel<GemmParams> =
     Kernel::new(&SHADER, "gemm_tiled8", BINDINGS).with_constants(&[("WG_X", 16.0), ("WG_Y", 16.0), ("TILE_K", 8.0)]).with_work(gemm_work);
+/// Split-K's reduction: adds the k slices' partial products (and row sums).
+pub(crate) static GEMM_SPLIT_REDUCE: Kernel<GemmParams> =
+    Kernel::new(&SHADER, "gemm_split_reduce", BINDINGS).with_constants(&[("WG_X", 8.0), ("WG_Y", 8.0)]).with_work(split_reduce_work);
+fn split_reduce_work(p: &GemmParams) -> Work {
+    let width = (p.m * p.n + if p.rowsum != 0 { p.m } else { 0 }) as usize;
+    Work::f32s(width * (p.batch as usize + if p.beta != 0.0 { 2 } else { 1 }), width * p.batch as usize)
+}
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] =
-    &[&GEMM_BLOCKED.def, &GEMM_BLOCKED_WIDE.def, &GEMM_TILED.def, &GEMM_TILED_32.def, &GEMM_TILED_K32.def, &GEMM_TILED8.def];
+    &[&GEMM_BLOCKED.def, &GEMM_BLOCKED_WIDE.def, &GEMM_TILED.def, &GEMM_TILED_32.def, &GEMM_TILED_K32.def, &GEMM_TILED8.def, &GEMM_SPLIT_REDUCE.def];
 
 /// How to combine the operands.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -113,9 +119,12 @@ pub struct GemmParams {
     pub b_img_cols: u32,
     /// With `b_img_cols`: elements from one image of B to the next.
     pub b_img_stride: u32,
+    /// 1: also write op(A)'s row sums to the row-sum binding; 2: after each
+    /// split-K slice's partial C.
+    pub rowsum: u32,
+    /// With `rowsum` 1: where batch item 0's row sums start.
+    pub rowsum_offset: u32,
     pub _pad0: u32,
-    pub _pad1: u32,
-    pub _pad2: u32,
 }
 
 /// The validated geometry of one GEMM call.
@@ -220,7 +229,7 @@ pub fn gemm_epilogue(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, act: Option<
         }
         Device::Gpu(ctx) => {
             let c = Tensor::uninit_gpu(&ctx, OP, &s.out_shape())?;
-            let epi = Epilogue { bias: bias.map(|t| t.buffer(OP)).transpose()?, bias_per_row: false, relu: act == Some(Activation::Relu), relu_grad: None };
+            let epi = Epilogue { bias: bias.map(|t| t.buffer(OP)).transpose()?, bias_per_row: false, relu: act == Some(Activation::Relu), relu_grad: None, row_sums: None };
             gemm_gpu_strided(&ctx, a.buffer(OP)?, b.buffer(OP)?, c.buffer(OP)?, s, GemmLayout::packed(&s), cfg, epi)?;
             c
         }
@@ -258,6 +267,50 @@ pub fn gemm_relu_backward(a: &Tensor, b: &Tensor, relu_out: &Tensor, cfg: GemmCo
             Ok(c)
         }
     }
+}
+
+/// `(alpha·op(A)·op(B), Σ_p op(A)[·, i, p])`: a GEMM and the row sums of
+/// op(A) from the same pass over A (`[m]`, or `[batch, m]` for a batched
+/// product; not scaled by alpha). A linear layer's weight gradient dyᵀ·x and
+/// its bias gradient, the column sums of dy, in one kernel.
+pub fn gemm_row_sums(a: &Tensor, b: &Tensor, cfg: GemmConfig) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "gemm_row_sums";
+    if cfg.beta != 0.0 {
+        return Err(Error::InvalidArgument { op: OP, msg: format!("beta = {} needs an existing C; use gemm_into", cfg.beta) });
+    }
+    let dev = same_device(OP, &[a, b])?;
+    let s = GemmShape::infer(a.shape(), b.shape(), cfg.trans_a, cfg.trans_b)?;
+    let out = s.out_shape();
+    let sums_shape = if out.len() == 2 { vec![s.m] } else { vec![s.batch, s.m] };
+    match dev {
+        Device::Cpu => {
+            let mut c = vec![0f32; s.batch * s.m * s.n];
+            gemm_cpu(a.host(OP)?, b.host(OP)?, &mut c, s, cfg)?;
+            let sums = gemm_row_sums_cpu(a.host(OP)?, &s, cfg.trans_a);
+            Ok((Tensor::from_cpu(&out, c), Tensor::from_cpu(&sums_shape, sums)))
+        }
+        Device::Gpu(ctx) => {
+            let c = Tensor::uninit_gpu(&ctx, OP, &out)?;
+            let sums = Tensor::uninit_gpu(&ctx, OP, &sums_shape)?;
+            let epi = Epilogue { row_sums: Some((sums.buffer(OP)?, 0)), ..Epilogue::default() };
+            gemm_gpu_strided(&ctx, a.buffer(OP)?, b.buffer(OP)?, c.buffer(OP)?, s, GemmLayout::packed(&s), cfg, epi)?;
+            Ok((c, sums))
+        }
+    }
+}
+
+/// The reference for [`gemm_row_sums`]' second result: each batch item's
+/// `Σ_p op(A)[i][p]`, summed in f64 (A broadcast: the same sums per item).
+pub fn gemm_row_sums_cpu(a: &[f32], s: &GemmShape, trans_a: bool) -> Vec<f32> {
+    let item = s.m * s.k;
+    (0..s.batch * s.m)
+        .map(|e| {
+            let (bt, i) = (e / s.m, e % s.m);
+            let base = if s.a_batched { bt * item } else { 0 };
+            let at = |p: usize| if trans_a { a[base + p * s.m + i] } else { a[base + i * s.k + p] };
+            (0..s.k).map(|p| at(p) as f64).sum::<f64>() as f32
+        })
+        .collect()
 }
 
 /// `C = alpha·op(A)·op(B) + beta·C` in place.
@@ -535,6 +588,10 @@ pub(crate) struct Epilogue<'a> {
     /// Multiply by `relu_out > 0` (laid out like C): the backward of the
     /// ReLU that produced `relu_out`. Not with a bias or `relu`.
     pub relu_grad: Option<&'a wgpu::Buffer>,
+    /// Also write op(A)'s row sums, `Σ_p op(A)[i][p]` (+ beta·old; not scaled
+    /// by alpha), from this element of the buffer on (batch item b's at
+    /// offset + b·m): the bias gradient beside a weight gradient, A being dy.
+    pub row_sums: Option<(&'a wgpu::Buffer, usize)>,
 }
 
 /// [`gemm_gpu`] with explicit offsets and batch strides (conv uses these to
@@ -581,25 +638,41 @@ pub(crate) fn gemm_gpu_strided(
             (Some(_), true) => 2,
         },
         relu: if epi.relu_grad.is_some() { 2 } else { epi.relu as u32 },
+        rowsum: epi.row_sums.is_some() as u32,
+        rowsum_offset: epi.row_sums.map_or(0, |(_, o)| o as u32),
         ..GemmParams::default()
     };
     debug_assert!(epi.relu_grad.is_none() || (epi.bias.is_none() && !epi.relu));
     // The aux binding is never read without a bias or a ReLU mask; A stands in.
     let bias_buf = epi.bias.or(epi.relu_grad).unwrap_or(a);
+    // Nothing reads or writes the row-sum binding without row sums: scratch stands in.
+    let rs_buf = epi.row_sums.map_or(ctx.scratch(0), |(b, _)| b);
     // Split-K has no epilogue (its reduction writes C): weight gradients, its use, have none.
     let tiles = m.div_ceil(tile_m) * n.div_ceil(tile_n);
     if let Some(splits) = split_k(ctx, &s, tiles).filter(|_| epi.bias.is_none() && !epi.relu && epi.relu_grad.is_none() && l.c_images.is_none()) {
         // Few output tiles and a long k (a weight gradient summed over every
         // pixel of the batch): each of `splits` batch items sums one k slice
-        // into its own partial product, then a column reduction adds them up.
+        // into its own partial product (and row sums), then one reduction adds them up.
         let k_chunk = k.div_ceil(splits).next_multiple_of(16);
         let splits = k.div_ceil(k_chunk);
-        let partial = ctx.alloc("gemm", splits * m * n)?;
-        let split = GemmParams { batch: splits as u32, beta: 0.0, stride_a: 0, stride_b: 0, stride_c: (m * n) as u32, offset_c: 0, k_chunk: k_chunk as u32, ..params };
-        dispatch_tiles(ctx, kernel, split, [a, b, partial.buffer(), bias_buf], splits, [tile_m, tile_n])?;
-        return reduce_cols_gpu_at(ctx, partial.buffer(), c, l.offset_c, splits, m * n, cfg.beta);
+        let width = m * n + if epi.row_sums.is_some() { m } else { 0 };
+        let partial = ctx.alloc("gemm", splits * width)?;
+        let split = GemmParams {
+            batch: splits as u32,
+            beta: 0.0,
+            stride_a: 0,
+            stride_b: 0,
+            stride_c: width as u32,
+            offset_c: 0,
+            k_chunk: k_chunk as u32,
+            rowsum: if epi.row_sums.is_some() { 2 } else { 0 },
+            ..params
+        };
+        dispatch_tiles(ctx, kernel, split, [a, b, partial.buffer(), bias_buf, ctx.scratch(0)], splits, [tile_m, tile_n])?;
+        let reduce = GemmParams { batch: splits as u32, ..params };
+        return ctx.dispatch(&GEMM_SPLIT_REDUCE, &reduce, &[partial.buffer(), partial.buffer(), c, partial.buffer(), rs_buf], ctx.grid_1d(width, 64));
     }
-    dispatch_tiles(ctx, kernel, params, [a, b, c, bias_buf], s.batch, [tile_m, tile_n])
+    dispatch_tiles(ctx, kernel, params, [a, b, c, bias_buf, rs_buf], s.batch, [tile_m, tile_n])
 }
 
 /// How many k slices a single (batch 1) GEMM with `tiles` output tiles should
@@ -620,7 +693,7 @@ fn split_k(ctx: &GpuContext, s: &GemmShape, tiles: usize) -> Option<usize> {
 /// Records `params` over `batch` items; grids past the per-dimension limit are
 /// split: batches along z, row and column blocks into dispatches that start at
 /// row_base / col_base.
-fn dispatch_tiles(ctx: &GpuContext, kernel: &'static Kernel<GemmParams>, params: GemmParams, [a, b, c, bias]: [&wgpu::Buffer; 4], batch: usize, [tile_m, tile_n]: [usize; 2]) -> Result<()> {
+fn dispatch_tiles(ctx: &GpuContext, kernel: &'static Kernel<GemmParams>, params: GemmParams, [a, b, c, bias, rs]: [&wgpu::Buffer; 5], batch: usize, [tile_m, tile_n]: [usize; 2]) -> Result<()> {
     let (m, n) = (params.m as usize, params.n as usize);
     let max = ctx.limits().max_compute_workgroups_per_dimension as usize;
     let (rows_per, cols_per) = (max * tile_m, max * tile_n);
@@ -636,12 +709,13 @@ fn dispatch_tiles(ctx: &GpuContext, kernel: &'static Kernel<GemmParams>, params:
                     offset_a: params.offset_a + (start as u32) * params.stride_a,
                     offset_b: params.offset_b + (start as u32) * params.stride_b,
                     offset_c: params.offset_c + (start as u32) * params.stride_c,
+                    rowsum_offset: params.rowsum_offset + (start as u32) * params.m,
                     row_base: row_base as u32,
                     col_base: col_base as u32,
                     ..params
                 };
                 let groups = [(n - col_base).min(cols_per).div_ceil(tile_n) as u32, (m - row_base).min(rows_per).div_ceil(tile_m) as u32, chunk as u32];
-                ctx.dispatch(kernel, &p, &[a, b, c, bias], groups)?;
+                ctx.dispatch(kernel, &p, &[a, b, c, bias, rs], groups)?;
             }
         }
         start += chunk;

@@ -1,7 +1,7 @@
 //! GEMM on every device and both GPU kernels, against an f64 triple loop.
 
 use wgpu_cnn::ops::activation::{activation_forward, Activation};
-use wgpu_cnn::ops::gemm::{gemm, gemm_epilogue, gemm_images_for_tests, gemm_into, gemm_relu_backward, GemmConfig, GemmShape};
+use wgpu_cnn::ops::gemm::{gemm, gemm_epilogue, gemm_images_for_tests, gemm_into, gemm_relu_backward, gemm_row_sums, gemm_row_sums_cpu, GemmConfig, GemmShape};
 use wgpu_cnn::{Device, GemmVariant, Tensor, Tolerance};
 
 use crate::harness::{random, with_gpu};
@@ -212,7 +212,37 @@ fn check_images(dev: &Device, variant: Option<GemmVariant>) {
     tol(k).assert(&format!("gemm, B read and C stored NCHW, {variant:?} on {dev}"), &got, &want);
 }
 
+/// `gemm_row_sums`: C as `gemm` gives it, and op(A)'s row sums from the same
+/// kernel, on split-K, transposed (a linear layer's dyᵀ), batched and wide shapes.
+fn check_row_sums(dev: &Device, variant: Option<GemmVariant>) {
+    // (batch of A, batch of B, M, N, K, trans_a)
+    let cases = [
+        (None, None, 6, 25, 5003, false),  // split-K on GPUs: partial sums reduced with C
+        (None, None, 10, 84, 64, true),    // a linear layer's weight and bias gradients
+        (Some(3), Some(3), 9, 11, 13, false),
+        (None, Some(2), 7, 66, 65, true),  // A broadcast: the same sums for each item
+        (None, None, 70, 300, 45, false),  // the wide kernel on CPU adapters, ragged edges
+    ];
+    for (ci, (ba, bb, m, n, k, ta)) in cases.into_iter().enumerate() {
+        let cfg = GemmConfig { trans_a: ta, variant, ..GemmConfig::default() };
+        let (sa, sb) = (stored(ba, m, k, ta), stored(bb, k, n, false));
+        let (av, bv) = (random(ci as u64 * 8 + 101, sa.iter().product()), random(ci as u64 * 8 + 102, sb.iter().product()));
+        let a = Tensor::from_vec(dev, &sa, av.clone()).unwrap();
+        let b = Tensor::from_vec(dev, &sb, bv.clone()).unwrap();
+        let (c, sums) = gemm_row_sums(&a, &b, cfg).unwrap();
+        let s = GemmShape::infer(&sa, &sb, ta, false).unwrap();
+        let what = format!("gemm_row_sums {m}x{n}x{k} batch {ba:?}/{bb:?} ta={ta} on {dev}");
+        tol(k).assert(&what, &c.to_vec().unwrap(), &oracle(&av, &bv, None, &s, &cfg));
+        let want_shape = if s.out_shape().len() == 2 { vec![m] } else { vec![s.batch, m] };
+        assert_eq!(sums.shape(), want_shape.as_slice(), "{what}");
+        tol(k).assert(&format!("{what}: row sums"), &sums.to_vec().unwrap(), &gemm_row_sums_cpu(&av, &s, ta));
+    }
+    let e = gemm_row_sums(&Tensor::zeros(dev, &[2, 3]).unwrap(), &Tensor::zeros(dev, &[4, 2]).unwrap(), GemmConfig::default()).unwrap_err().to_string();
+    assert!(e.contains("[2, 3]") && e.contains("[4, 2]"), "{e}");
+}
+
 fn all(dev: &Device, variant: Option<GemmVariant>) {
+    check_row_sums(dev, variant);
     check_images(dev, variant);
     check_bias(dev, variant);
     check_all(dev, variant);
