@@ -37,12 +37,19 @@ pub fn col2im(cols: &Tensor, geo: &Conv2dGeometry) -> Result<Tensor> {
 /// the CPU the scatter form is the plain one; the GPU kernel gathers instead,
 /// which needs no atomics. Each input sums the same few terms either way.)
 pub fn col2im_cpu(cols: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
+    let mut dx = vec![0f32; g.n * g.c_in * g.h * g.w];
+    col2im_cpu_into(cols, g, &mut dx);
+    dx
+}
+
+/// [`col2im_cpu`] into `dx` (`g.n` images), which is overwritten.
+pub fn col2im_cpu_into(cols: &[f32], g: &Conv2dGeometry, dx: &mut [f32]) {
     let (c, h, w, kh, kw, oh, ow) = (g.c_in, g.h, g.w, g.kh, g.kw, g.oh, g.ow);
     let [sh, sw] = g.cfg.stride;
     let [ph, pw] = g.cfg.padding;
     let [dh, dw] = g.cfg.dilation;
     let ncols = g.n * oh * ow;
-    let mut dx = vec![0f32; g.n * c * h * w];
+    dx.fill(0.0);
     for ci in 0..c {
         for ki in 0..kh {
             let ys = valid_range(oh, h, sh, ph, ki * dh);
@@ -66,7 +73,6 @@ pub fn col2im_cpu(cols: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
             }
         }
     }
-    dx
 }
 
 // ---------------------------------------------------------------- GPU wrapper

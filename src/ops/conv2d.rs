@@ -32,6 +32,9 @@ use crate::ops::reduce::{reduce_channels_gpu, reduce_rows_cpu};
 use crate::shape::{Conv2dConfig, Conv2dGeometry};
 use crate::tensor::{same_device, Tensor};
 
+mod cpu;
+pub use cpu::{conv2d_backward_cpu_tuned, conv2d_forward_cpu_tuned};
+
 /// Column-matrix budget on the CPU path (the `_in_chunks` twins take another).
 pub const CPU_CHUNK_BYTES: u64 = 256 << 20;
 /// Column-matrix budget on the GPU, also capped by the binding limit and
@@ -83,8 +86,9 @@ fn forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: Conv2dConfig, act
     match same_device(OP, &operands)? {
         Device::Cpu => {
             let b = bias.map(|b| b.host(OP)).transpose()?;
-            let mut y = conv2d_forward_cpu(x.host(OP)?, w.host(OP)?, b, &geo);
-            if let Some(act) = act {
+            let relu = act == Some(Activation::Relu);
+            let mut y = conv2d_forward_cpu_tuned(x.host(OP)?, w.host(OP)?, b, &geo, relu);
+            if let Some(act) = act.filter(|_| !relu) {
                 activation_forward_in_place_cpu(act, &mut y);
             }
             Ok((Tensor::from_cpu(&geo.output_shape(), y), None))
@@ -143,7 +147,7 @@ pub(crate) fn conv2d_backward_cols(
     crate::ops::check_shape(OP, "dy", dy.shape(), &geo.output_shape())?;
     match dev {
         Device::Cpu => {
-            let (gx, gw, gb) = backward_cpu_opt(Some(x.host(OP)?), w.host(OP)?, dy.host(OP)?, &geo, need_dx, CPU_CHUNK_BYTES);
+            let (gx, gw, gb) = conv2d_backward_cpu_tuned(Some(x.host(OP)?), w.host(OP)?, dy.host(OP)?, &geo, need_dx);
             let db = with_bias.then(|| Tensor::from_cpu(&[geo.c_out], gb));
             Ok((gx.map(|gx| Tensor::from_cpu(x.shape(), gx)), Tensor::from_cpu(w.shape(), gw), db))
         }
@@ -175,7 +179,7 @@ pub fn conv2d_transpose_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, c
     }
     let y = match same_device(OP, &operands)? {
         Device::Cpu => {
-            let (gx, _, _) = backward_cpu_opt(None, w.host(OP)?, x.host(OP)?, &geo, true, CPU_CHUNK_BYTES);
+            let (gx, _, _) = conv2d_backward_cpu_tuned(None, w.host(OP)?, x.host(OP)?, &geo, true);
             Tensor::from_cpu(&geo.input_shape(), gx.unwrap_or_default())
         }
         Device::Gpu(ctx) => {
@@ -234,9 +238,10 @@ fn with_cols<R>(geo: &Conv2dGeometry, budget: u64, f: impl FnOnce(&mut Vec<f32>,
     }
 }
 
-/// `C_g = op(A_g)·op(B_g) + beta·C_g` for each group, on plain slices.
+/// `C_g = op(A_g)·op(B_g) + beta·C_g` for each group, on plain slices; large
+/// products split over the cores when `threaded`.
 #[allow(clippy::too_many_arguments)]
-fn gemm_groups_cpu(a: &[f32], b: &[f32], c: &mut [f32], s: GemmShape, l: GemmLayout, ta: bool, tb: bool, beta: f32) {
+fn gemm_groups_cpu(a: &[f32], b: &[f32], c: &mut [f32], s: GemmShape, l: GemmLayout, ta: bool, tb: bool, beta: f32, threaded: bool) {
     for gi in 0..s.batch {
         let (ar, ac) = if ta { (s.k, s.m) } else { (s.m, s.k) };
         let (br, bc) = if tb { (s.n, s.k) } else { (s.k, s.n) };
@@ -246,7 +251,11 @@ fn gemm_groups_cpu(a: &[f32], b: &[f32], c: &mut [f32], s: GemmShape, l: GemmLay
         let mut cv = ArrayViewMut2::from_shape((s.m, s.n), &mut c[gi * l.stride_c..gi * l.stride_c + s.m * s.n]).unwrap();
         let av = if ta { av.reversed_axes() } else { av };
         let bv = if tb { bv.reversed_axes() } else { bv };
-        gemm_matmul_cpu(1.0, &av, &bv, beta, &mut cv);
+        if threaded {
+            gemm_matmul_cpu(1.0, &av, &bv, beta, &mut cv);
+        } else {
+            ndarray::linalg::general_mat_mul(1.0, &av, &bv, beta, &mut cv);
+        }
     }
 }
 
@@ -273,7 +282,7 @@ fn forward_cpu_with(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo: &Conv2dGeom
         im2col_cpu_into(&x[img0 * in_img..(img0 + nb) * in_img], &sub, cols); // (g·kc, nb·p)
         let mut yc = vec![0f32; geo.c_out * nb * p]; // (c_out, nb·p)
         let (s, l) = group_gemm(groups, cog, nb * p, kc, [cog * kc, kc * nb * p, cog * nb * p]);
-        gemm_groups_cpu(w, cols, &mut yc, s, l, false, false, 0.0);
+        gemm_groups_cpu(w, cols, &mut yc, s, l, false, false, 0.0, true);
         let out = permute_swap_cpu(&yc, geo.c_out, nb, p, bias); // (nb, c_out, p)
         if nb == geo.n {
             return out; // one chunk: no zero-fill and copy
@@ -330,7 +339,7 @@ fn backward_cpu_with(
             let beta = if img0 == 0 { 0.0 } else { 1.0 };
             // dW_g (cog, kc) += dYc_g (cog, nb·p) · cols_gᵀ (nb·p, kc)
             let (s, l) = group_gemm(groups, cog, kc, nb * p, [cog * nb * p, kc * nb * p, cog * kc]);
-            gemm_groups_cpu(&dyc, cols, &mut dw, s, l, false, true, beta);
+            gemm_groups_cpu(&dyc, cols, &mut dw, s, l, false, true, beta, true);
         }
         if !need_dx {
             continue;
@@ -340,7 +349,7 @@ fn backward_cpu_with(
         dcols.clear();
         dcols.resize(groups * kc * nb * p, 0.0);
         let (s, l) = group_gemm(groups, kc, nb * p, cog, [cog * kc, cog * nb * p, kc * nb * p]);
-        gemm_groups_cpu(w, &dyc, dcols, s, l, true, false, 0.0);
+        gemm_groups_cpu(w, &dyc, dcols, s, l, true, false, 0.0, true);
         let part = col2im_cpu(dcols, &sub);
         if nb == geo.n {
             dx = part;

@@ -5,7 +5,8 @@
 use wgpu_cnn::ops::activation::{activation_forward, Activation};
 use wgpu_cnn::ops::conv2d::{
     conv2d_forward_act,
-    conv2d_backward, conv2d_backward_cpu, conv2d_backward_cpu_in_chunks, conv2d_backward_params, conv2d_forward, conv2d_forward_cpu, conv2d_forward_cpu_in_chunks,
+    conv2d_backward, conv2d_backward_cpu, conv2d_backward_cpu_in_chunks, conv2d_backward_cpu_tuned, conv2d_backward_params, conv2d_forward, conv2d_forward_cpu,
+    conv2d_forward_cpu_in_chunks, conv2d_forward_cpu_tuned,
 };
 use wgpu_cnn::{Conv2dConfig, Conv2dGeometry, Device, Error, GpuOptions, Tensor, Tolerance};
 
@@ -252,6 +253,46 @@ fn bad_input(dev: &Device) {
     assert!(e.to_string().contains("dy has shape [2, 3, 2, 2], expected [2, 3, 3, 3]"), "{e}");
 }
 test_device!(conv2d_bad_input, bad_input);
+
+/// The CPU path's tuned convolution (blocks of images over the cores, bias
+/// and ReLU in the output's permute, gradients summed per part) against the
+/// plain reference, on every grid case and on batches that make several
+/// blocks and uneven parts; dx and dW asked for or not.
+#[test]
+fn cpu_tuned_matches_reference() {
+    let d = Conv2dConfig::default;
+    let mut all = cases();
+    all.push(case([37, 8, 6, 6], 5, [3, 3], d().padding(1), true)); // 36 pixels: 8 images a block, 5 blocks
+    all.push(case([9, 4, 5, 5], 6, [3, 3], d().padding(1).groups(2), true));
+    all.push(case([3, 16, 40, 40], 8, [3, 3], d().padding(1), true)); // 1.7 MB of columns an image: one a block
+    for (i, c) in all.iter().enumerate() {
+        let [n, c_in, h, w] = c.x;
+        let wshape = [c.c_out, c_in / c.cfg.groups, c.k[0], c.k[1]];
+        let geo = Conv2dGeometry::new(&c.x, &wshape, c.cfg).unwrap();
+        let seed = 700 + 10 * i as u64;
+        let (xv, wv, bv) = (random(seed, n * c_in * h * w), random(seed + 1, wshape.iter().product()), random(seed + 2, c.c_out));
+        let dyv = random(seed + 3, geo.output_shape().iter().product());
+        let bias = c.bias.then_some(bv.as_slice());
+        let what = format!("tuned CPU conv2d, x {:?} w {wshape:?} {:?}", c.x, c.cfg);
+        let t = tol(geo.col_rows());
+        let y = conv2d_forward_cpu(&xv, &wv, bias, &geo);
+        t.assert(&format!("{what}: forward"), &conv2d_forward_cpu_tuned(&xv, &wv, bias, &geo, false), &y);
+        let relu: Vec<f32> = y.iter().map(|&v| if v < 0.0 { 0.0 } else { v }).collect();
+        t.assert(&format!("{what}: forward + ReLU"), &conv2d_forward_cpu_tuned(&xv, &wv, bias, &geo, true), &relu);
+        let (dx, dw, db) = conv2d_backward_cpu(&xv, &wv, &dyv, &geo);
+        let per_dw = tol(n * geo.out_pixels());
+        let (tdx, tdw, tdb) = conv2d_backward_cpu_tuned(Some(&xv), &wv, &dyv, &geo, true);
+        tol(c.k[0] * c.k[1] * c.c_out).assert(&format!("{what}: dx"), &tdx.unwrap(), &dx);
+        per_dw.assert(&format!("{what}: dw"), &tdw, &dw);
+        per_dw.assert(&format!("{what}: db"), &tdb, &db);
+        let (none, pdw, pdb) = conv2d_backward_cpu_tuned(Some(&xv), &wv, &dyv, &geo, false);
+        assert!(none.is_none(), "{what}: dx not asked for");
+        assert_eq!((pdw, pdb), (tdw, tdb), "{what}: dW and db without dx");
+        let (only_dx, no_dw, _) = conv2d_backward_cpu_tuned(None, &wv, &dyv, &geo, true);
+        assert!(no_dw.is_empty(), "{what}: dW without x");
+        tol(c.k[0] * c.k[1] * c.c_out).assert(&format!("{what}: dx alone"), &only_dx.unwrap(), &dx);
+    }
+}
 
 /// CPU convolutions whose columns pass 16 MB reuse a per-thread scratch
 /// buffer: their results must not depend on what it held. A batch of 64
