@@ -66,17 +66,21 @@ fn names_follow_the_stem() {
         let stem = k.shader.stem;
         assert!(k.name == stem || k.name.starts_with(&format!("{stem}_")), "kernel `{}` of shaders/{stem}.wgsl is not named {stem}_<phase>", k.name);
     }
-    // Every public free function of src/ops/<stem>.rs is `<stem>` or `<stem>_…`.
+    // Every public free function of src/ops/<stem>.rs (and of its submodules,
+    // src/ops/<stem>/*.rs) is `<stem>` or `<stem>_…`.
     for entry in std::fs::read_dir(root().join("src/ops")).unwrap() {
         let path = entry.unwrap().path();
         let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
         if stem == "mod" {
             continue;
         }
-        for line in std::fs::read_to_string(&path).unwrap().lines() {
-            let Some(rest) = line.strip_prefix("pub fn ") else { continue };
-            let name = rest.split(['(', '<']).next().unwrap();
-            assert!(name == stem || name.starts_with(&format!("{stem}_")), "src/ops/{stem}.rs: public function `{name}` is not named {stem}_<phase>");
+        let files: Vec<std::path::PathBuf> = if path.is_dir() { std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()).collect() } else { vec![path.clone()] };
+        for file in files {
+            for line in std::fs::read_to_string(&file).unwrap().lines() {
+                let Some(rest) = line.strip_prefix("pub fn ") else { continue };
+                let name = rest.split(['(', '<']).next().unwrap();
+                assert!(name == stem || name.starts_with(&format!("{stem}_")), "{}: public function `{name}` is not named {stem}_<phase>", file.display());
+            }
         }
     }
 }

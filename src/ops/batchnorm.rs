@@ -14,6 +14,9 @@ use crate::ops::check_shape;
 use crate::ops::permute::permute_swap_gpu;
 use crate::tensor::{same_device, Tensor};
 
+mod cpu;
+pub use cpu::{batchnorm_backward_cpu_tuned, batchnorm_forward_train_cpu_tuned};
+
 const SHADER: Shader = Shader::new("batchnorm", include_str!("../../shaders/batchnorm.wgsl"));
 const BINDINGS: &[crate::kernel::Access] = &[Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite, Uniform];
 pub(crate) static BATCHNORM_STATS: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_stats", BINDINGS).with_work(|p| Work::f32s(2 * bn_len(p), 4 * bn_len(p)));
@@ -129,10 +132,7 @@ pub fn batchnorm_forward_train_relu(x: &Tensor, affine: Option<Affine>, running:
     match dev {
         Device::Cpu => {
             let (g, b) = affine_host(OP, affine)?;
-            let (mut y, stats) = batchnorm_forward_train_cpu(x.host(OP)?, (n, c, inner), g.zip(b), running.host_mut(OP)?, cfg);
-            if relu {
-                activation_forward_in_place_cpu(Activation::Relu, &mut y);
-            }
+            let (y, stats) = batchnorm_forward_train_cpu_tuned(x.host(OP)?, (n, c, inner), g.zip(b), running.host_mut(OP)?, cfg, relu);
             Ok((Tensor::from_cpu(x.shape(), y), Tensor::from_cpu(&[3, c], stats)))
         }
         Device::Gpu(ctx) => {
@@ -208,7 +208,7 @@ pub fn batchnorm_backward(
     match same_device("batchnorm", &[x, dy, stats])? {
         Device::Cpu => {
             let (g, _) = affine_host(OP, affine)?;
-            let (dx, grads) = batchnorm_backward_cpu(x.host(OP)?, dy.host(OP)?, (n, c, inner), g, stats.host(OP)?, running.host(OP)?, training, cfg);
+            let (dx, grads) = batchnorm_backward_cpu_tuned(x.host(OP)?, dy.host(OP)?, (n, c, inner), g, stats.host(OP)?, running.host(OP)?, training, cfg);
             let dx = Tensor::from_cpu(x.shape(), dx);
             Ok(BatchNormGrads { dx, dgamma: Tensor::from_cpu(&[c], grads[..c].to_vec()), dbeta: Tensor::from_cpu(&[c], grads[c..].to_vec()) })
         }

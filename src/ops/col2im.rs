@@ -65,8 +65,13 @@ pub fn col2im_cpu_into(cols: &[f32], g: &Conv2dGeometry, dx: &mut [f32]) {
                         let dst = &mut dx[((img * c + ci) * h + y) * w..][..w];
                         let src = &cols[row * ncols + (img * oh + oy) * ow..][..ow];
                         let x0 = xs.start * sw + kj * dw - pw;
-                        for (k, ox) in xs.clone().enumerate() {
-                            dst[x0 + k * sw] += src[ox];
+                        if sw == 1 {
+                            // A plain slice add: vectorised.
+                            dst[x0..x0 + xs.len()].iter_mut().zip(&src[xs.clone()]).for_each(|(d, s)| *d += s);
+                        } else {
+                            for (k, ox) in xs.clone().enumerate() {
+                                dst[x0 + k * sw] += src[ox];
+                            }
                         }
                     }
                 }

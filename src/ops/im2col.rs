@@ -110,23 +110,27 @@ pub fn im2col_cpu_into(x: &[f32], g: &Conv2dGeometry, cols: &mut Vec<f32>) {
     let [ph, pw] = g.cfg.padding;
     let [dh, dw] = g.cfg.dilation;
     let ncols = g.n * oh * ow;
-    cols.clear();
+    // Every element is written below (padding as zeros), so a reused buffer
+    // needs no zero-fill pass first.
     cols.resize(c * kh * kw * ncols, 0.0);
     for ci in 0..c {
         for ki in 0..kh {
             let ys = valid_range(oh, h, sh, ph, ki * dh);
             for kj in 0..kw {
                 let xs = valid_range(ow, w, sw, pw, kj * dw);
-                if xs.is_empty() {
-                    continue;
-                }
                 let row = (ci * kh + ki) * kw + kj;
                 for img in 0..g.n {
-                    for oy in ys.clone() {
+                    let plane = &mut cols[row * ncols + img * oh * ow..][..oh * ow];
+                    for (oy, dst) in plane.chunks_mut(ow).enumerate() {
+                        if !ys.contains(&oy) || xs.is_empty() {
+                            dst.fill(0.0);
+                            continue;
+                        }
                         let y = oy * sh + ki * dh - ph;
                         let src = &x[((img * c + ci) * h + y) * w..][..w];
-                        let dst = &mut cols[row * ncols + (img * oh + oy) * ow..][..ow];
                         let x0 = xs.start * sw + kj * dw - pw;
+                        dst[..xs.start].fill(0.0);
+                        dst[xs.end..].fill(0.0);
                         if sw == 1 {
                             dst[xs.clone()].copy_from_slice(&src[x0..x0 + xs.len()]);
                         } else {

@@ -70,3 +70,41 @@ pub(crate) fn check_shape(op: &'static str, what: &str, got: &[usize], want: &[u
         shape_err(op, format!("{what} has shape {got:?}, expected {want:?}"))
     }
 }
+
+// ---------------------------------------------------------------- CPU path helpers
+
+/// `f` on each item, spread over the cores (item i on thread i mod T, the
+/// first of them this one); the results in item order.
+pub(crate) fn parallel<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let threads = crate::cores().min(items.len()).max(1);
+    if threads == 1 {
+        return items.into_iter().map(f).collect();
+    }
+    let mut queues: Vec<Vec<(usize, T)>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, item) in items.into_iter().enumerate() {
+        queues[i % threads].push((i, item));
+    }
+    let f = &f;
+    let mut out: Vec<(usize, R)> = std::thread::scope(|s| {
+        let mut queues = queues.into_iter();
+        let mine = queues.next().unwrap_or_default();
+        let others: Vec<_> = queues.map(|q| s.spawn(move || q.into_iter().map(|(i, t)| (i, f(t))).collect::<Vec<_>>())).collect();
+        let mut out: Vec<(usize, R)> = mine.into_iter().map(|(i, t)| (i, f(t))).collect();
+        for h in others {
+            out.extend(h.join().expect("CPU worker panicked"));
+        }
+        out
+    });
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
+/// `items` in `parts` contiguous runs of near-equal length.
+pub(crate) fn runs<T>(items: Vec<T>, parts: usize) -> Vec<Vec<T>> {
+    let (len, parts) = (items.len(), parts.clamp(1, items.len().max(1)));
+    let mut out: Vec<Vec<T>> = (0..parts).map(|_| Vec::new()).collect();
+    for (i, item) in items.into_iter().enumerate() {
+        out[i * parts / len.max(1)].push(item);
+    }
+    out
+}

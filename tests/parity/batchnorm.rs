@@ -3,8 +3,8 @@
 
 use wgpu_cnn::ops::activation::{activation_forward, Activation};
 use wgpu_cnn::ops::batchnorm::{
-    batchnorm_backward, batchnorm_backward_cpu, batchnorm_forward_eval, batchnorm_forward_eval_relu, batchnorm_forward_train, batchnorm_forward_train_cpu,
-    batchnorm_forward_train_relu, Affine, BatchNormConfig,
+    batchnorm_backward, batchnorm_backward_cpu, batchnorm_backward_cpu_tuned, batchnorm_forward_eval, batchnorm_forward_eval_relu, batchnorm_forward_train,
+    batchnorm_forward_train_cpu, batchnorm_forward_train_cpu_tuned, batchnorm_forward_train_relu, Affine, BatchNormConfig,
 };
 use wgpu_cnn::{Device, Tensor, Tolerance};
 
@@ -141,6 +141,43 @@ fn cpu_backward_matches_finite_differences() {
     tol.assert("batchnorm dx vs finite differences", &dx, &numeric_grad(&x, 1e-2, &|x| loss(x, &g, &b)));
     tol.assert("batchnorm dgamma vs finite differences", &grads[..2], &numeric_grad(&g, 1e-2, &|g| loss(&x, g, &b)));
     tol.assert("batchnorm dbeta vs finite differences", &grads[2..], &numeric_grad(&b, 1e-2, &|b| loss(&x, &g, b)));
+}
+
+/// The CPU path's tuned batch-norm (channels and images over the cores, sums
+/// in eight lanes, ReLU in the output pass) against the plain reference:
+/// outputs, statistics, running statistics, and both backward modes.
+#[test]
+fn cpu_tuned_matches_reference() {
+    let cfg = BatchNormConfig::default();
+    for (i, &(n, c, inner)) in [(3, 2, 4), (5, 7, 37), (64, 16, 64), (1, 3, 1), (2, 5, 9)].iter().enumerate() {
+        let dims = (n, c, inner);
+        let len = n * c * inner;
+        // Off zero, so the shifted sums matter.
+        let x: Vec<f32> = random(900 + i as u64, len).iter().map(|v| 3.0 + v).collect();
+        let dy = random(950 + i as u64, len);
+        let (g, b) = (random(960 + i as u64, c), random(970 + i as u64, c));
+        let what = format!("tuned CPU batch-norm {dims:?}");
+        let tol = Tolerance::new(1e-5, 1e-4);
+        for affine in [None, Some((g.as_slice(), b.as_slice()))] {
+            let start: Vec<f32> = (0..2 * c).map(|k| if k < c { 0.1 } else { 1.2 }).collect();
+            let (mut run_ref, mut run) = (start.clone(), start.clone());
+            let (y_ref, stats_ref) = batchnorm_forward_train_cpu(&x, dims, affine, &mut run_ref, cfg);
+            let (y, stats) = batchnorm_forward_train_cpu_tuned(&x, dims, affine, &mut run, cfg, false);
+            tol.assert(&format!("{what}: y"), &y, &y_ref);
+            tol.assert(&format!("{what}: stats"), &stats, &stats_ref);
+            tol.assert(&format!("{what}: running"), &run, &run_ref);
+            let (y_relu, _) = batchnorm_forward_train_cpu_tuned(&x, dims, affine, &mut start.clone(), cfg, true);
+            let want: Vec<f32> = y_ref.iter().map(|&v| v.max(0.0)).collect();
+            tol.assert(&format!("{what}: y + ReLU"), &y_relu, &want);
+            for training in [true, false] {
+                let gamma = affine.map(|(g, _)| g);
+                let (dx_ref, gr_ref) = batchnorm_backward_cpu(&x, &dy, dims, gamma, &stats_ref, &run_ref, training, cfg);
+                let (dx, gr) = batchnorm_backward_cpu_tuned(&x, &dy, dims, gamma, &stats_ref, &run_ref, training, cfg);
+                tol.assert(&format!("{what}: dx (training {training})"), &dx, &dx_ref);
+                tol.assert(&format!("{what}: dγ, dβ (training {training})"), &gr, &gr_ref);
+            }
+        }
+    }
 }
 
 fn bad_input(dev: &Device) {

@@ -11,6 +11,7 @@
 //! do the sums), then the parts in order.
 
 use super::{gemm_groups_cpu, group_gemm};
+use crate::ops::{parallel, runs};
 use crate::ops::col2im::col2im_cpu_into;
 use crate::ops::im2col::im2col_cpu_into;
 use crate::shape::Conv2dGeometry;
@@ -30,42 +31,6 @@ fn block_images(geo: &Conv2dGeometry) -> usize {
     (BLOCK_BYTES / per_image).max(MIN_BLOCK_PIXELS.div_ceil(p)).clamp(1, geo.n.max(1))
 }
 
-/// `f` on each item, spread over the cores (item i on thread i mod T, the
-/// first of them this one); the results in item order.
-fn parallel<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
-    let threads = crate::cores().min(items.len()).max(1);
-    if threads == 1 {
-        return items.into_iter().map(f).collect();
-    }
-    let mut queues: Vec<Vec<(usize, T)>> = (0..threads).map(|_| Vec::new()).collect();
-    for (i, item) in items.into_iter().enumerate() {
-        queues[i % threads].push((i, item));
-    }
-    let f = &f;
-    let mut out: Vec<(usize, R)> = std::thread::scope(|s| {
-        let mut queues = queues.into_iter();
-        let mine = queues.next().unwrap_or_default();
-        let others: Vec<_> = queues.map(|q| s.spawn(move || q.into_iter().map(|(i, t)| (i, f(t))).collect::<Vec<_>>())).collect();
-        let mut out: Vec<(usize, R)> = mine.into_iter().map(|(i, t)| (i, f(t))).collect();
-        for h in others {
-            out.extend(h.join().expect("convolution worker panicked"));
-        }
-        out
-    });
-    out.sort_by_key(|(i, _)| *i);
-    out.into_iter().map(|(_, r)| r).collect()
-}
-
-/// `items` in `parts` contiguous runs of near-equal length.
-fn runs<T>(items: Vec<T>, parts: usize) -> Vec<Vec<T>> {
-    let (len, parts) = (items.len(), parts.clamp(1, items.len().max(1)));
-    let mut out: Vec<Vec<T>> = (0..parts).map(|_| Vec::new()).collect();
-    for (i, item) in items.into_iter().enumerate() {
-        out[i * parts / len.max(1)].push(item);
-    }
-    out
-}
-
 /// The forward pass: as `conv2d_forward_cpu`, then ReLU when `relu` (NaN passes).
 pub fn conv2d_forward_cpu_tuned(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo: &Conv2dGeometry, relu: bool) -> Vec<f32> {
     let (groups, kc, p, c_out) = (geo.cfg.groups, geo.col_rows(), geo.out_pixels(), geo.c_out);
@@ -82,7 +47,7 @@ pub fn conv2d_forward_cpu_tuned(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo:
         for (img0, yb) in run {
             let nb = yb.len() / out_img;
             im2col_cpu_into(&x[img0 * in_img..(img0 + nb) * in_img], &geo.with_batch(nb), &mut cols);
-            yc.clear();
+            // Written whole by the GEMM (beta = 0 never reads C): no zero-fill.
             yc.resize(c_out * nb * p, 0.0);
             let (s, l) = group_gemm(groups, cog, nb * p, kc, [cog * kc, kc * nb * p, cog * nb * p]);
             gemm_groups_cpu(w, &cols, &mut yc, s, l, false, false, 0.0, false);
@@ -122,8 +87,7 @@ pub fn conv2d_backward_cpu_tuned(x: Option<&[f32]>, w: &[f32], dy: &[f32], geo: 
         for (img0, dxb) in run {
             let nb = b.min(geo.n - img0);
             // dy's block as (c_out, nb·p), and its row sums.
-            dyc.clear();
-            dyc.resize(c_out * nb * p, 0.0);
+            dyc.resize(c_out * nb * p, 0.0); // overwritten whole
             for img in 0..nb {
                 for c in 0..c_out {
                     let src = &dy[(img0 + img) * out_img + c * p..][..p];
@@ -139,8 +103,7 @@ pub fn conv2d_backward_cpu_tuned(x: Option<&[f32]>, w: &[f32], dy: &[f32], geo: 
                 gemm_groups_cpu(&dyc, &cols, &mut dw, s, l, false, true, 1.0, false);
             }
             if let Some(dxb) = dxb {
-                // dcols_g (kc, nb·p) = W_gᵀ (kc, cog) · dYc_g (cog, nb·p); zeroed: 0·NaN is NaN.
-                dcols.clear();
+                // dcols_g (kc, nb·p) = W_gᵀ (kc, cog) · dYc_g (cog, nb·p), written whole.
                 dcols.resize(groups * kc * nb * p, 0.0);
                 let (s, l) = group_gemm(groups, kc, nb * p, cog, [cog * kc, cog * nb * p, kc * nb * p]);
                 gemm_groups_cpu(w, &dyc, &mut dcols, s, l, true, false, 0.0, false);
