@@ -38,6 +38,15 @@ fn per_image(out: &mut [f32], image: usize, f: impl Fn(usize, &mut [f32]) + Sync
     });
 }
 
+/// ReLU with NaN passing, as in PyTorch.
+fn relu_of(v: f32) -> f32 {
+    if v < 0.0 {
+        0.0
+    } else {
+        v
+    }
+}
+
 /// As `batchnorm_forward_train_cpu`, then ReLU when `relu` (NaN passes).
 pub fn batchnorm_forward_train_cpu_tuned(
     x: &[f32],
@@ -70,10 +79,15 @@ pub fn batchnorm_forward_train_cpu_tuned(
     per_image(&mut y, c * inner, |i, yi| {
         for ch in 0..c {
             let (shift, mean_lo, invstd) = (stats[ch], stats[c + ch], stats[2 * c + ch]);
-            for (d, &v) in yi[ch * inner..][..inner].iter_mut().zip(plane(i, ch)) {
-                let h = ((v - shift) - mean_lo) * invstd;
-                let o = affine.map_or(h, |(g, b)| g[ch] * h + b[ch]);
-                *d = if relu && o < 0.0 { 0.0 } else { o };
+            // Identity affine without γ, β: the same arithmetic as the
+            // reference's map_or, with no branch left in the loop.
+            let (g, b) = affine.map_or((1.0, 0.0), |(g, b)| (g[ch], b[ch]));
+            let out = yi[ch * inner..][..inner].iter_mut().zip(plane(i, ch));
+            match (affine.is_some(), relu) {
+                (true, false) => out.for_each(|(d, &v)| *d = g * (((v - shift) - mean_lo) * invstd) + b),
+                (true, true) => out.for_each(|(d, &v)| *d = relu_of(g * (((v - shift) - mean_lo) * invstd) + b)),
+                (false, false) => out.for_each(|(d, &v)| *d = ((v - shift) - mean_lo) * invstd),
+                (false, true) => out.for_each(|(d, &v)| *d = relu_of(((v - shift) - mean_lo) * invstd)),
             }
         }
     });
@@ -123,12 +137,14 @@ pub fn batchnorm_backward_cpu_tuned(
             let (sum_dy, sum_dy_xhat) = sums[ch];
             let g = gamma.map_or(1.0, |g| g[ch]);
             let (xs, ds) = (&x[at(i, ch)..][..inner], &dy[at(i, ch)..][..inner]);
-            for ((o, &v), &d) in di[ch * inner..][..inner].iter_mut().zip(xs).zip(ds) {
-                *o = if training {
-                    g * stats[2 * c + ch] / m * (m * d - sum_dy - x_hat(ch, v) * sum_dy_xhat)
-                } else {
-                    d * g / (running[c + ch] + cfg.eps).sqrt()
-                };
+            let out = di[ch * inner..][..inner].iter_mut().zip(xs).zip(ds);
+            if training {
+                let (shift, mean_lo, invstd) = (stats[ch], stats[c + ch], stats[2 * c + ch]);
+                let scale = g * invstd / m;
+                out.for_each(|((o, &v), &d)| *o = scale * (m * d - sum_dy - ((v - shift) - mean_lo) * invstd * sum_dy_xhat));
+            } else {
+                let sd = (running[c + ch] + cfg.eps).sqrt();
+                out.for_each(|((o, _), &d)| *o = d * g / sd);
             }
         }
     });
