@@ -36,6 +36,10 @@ struct Args {
     /// Skip the GEMM table.
     #[arg(long)]
     no_gemm: bool,
+    /// Sleep this long before each step whose host time is measured (a host
+    /// that sat idle, or ran other work, while the GPU worked: colder caches).
+    #[arg(long, default_value_t = 0)]
+    idle_ms: u64,
 }
 
 /// Training-step rows: model, device, build (model + trainer), first step
@@ -44,7 +48,7 @@ struct Args {
 /// compute passes, bind groups created, queue writes (and bytes) and the host
 /// time to record and submit it (timed around `train_step`, which ends in the
 /// submit; the wait for the GPU is outside), median over steps.
-fn train_steps(devices: &[(&str, Device)], seconds: f64, json: bool, models: &[String]) -> wgpu_cnn::Result<()> {
+fn train_steps(devices: &[(&str, Device)], seconds: f64, json: bool, models: &[String], idle: Duration) -> wgpu_cnn::Result<()> {
     use wgpu_cnn::nn::{models, Init, Initializer};
     use wgpu_cnn::ops::optim::SgdConfig;
     use wgpu_cnn::optim::{Optimizer, OptimizerConfig};
@@ -76,7 +80,7 @@ fn train_steps(devices: &[(&str, Device)], seconds: f64, json: bool, models: &[S
                 t.train_step(&x, &labels).unwrap();
                 dev.synchronize().unwrap();
             });
-            let host = host_side(dev, || t.train_step(&x, &labels).map(drop))?;
+            let host = host_side(dev, idle, || t.train_step(&x, &labels).map(drop))?;
             if json {
                 let h = host.map_or(String::new(), |(c, us)| {
                     format!(
@@ -98,11 +102,12 @@ fn train_steps(devices: &[(&str, Device)], seconds: f64, json: bool, models: &[S
 
 /// On the GPU: what one steady step asks of wgpu (the counters of the last
 /// of 15 steps) and the median host time to record and submit it, in µs.
-fn host_side(dev: &Device, mut step: impl FnMut() -> wgpu_cnn::Result<()>) -> wgpu_cnn::Result<Option<(wgpu_cnn::HostCounters, f64)>> {
+fn host_side(dev: &Device, idle: Duration, mut step: impl FnMut() -> wgpu_cnn::Result<()>) -> wgpu_cnn::Result<Option<(wgpu_cnn::HostCounters, f64)>> {
     let Some(ctx) = dev.gpu_context() else { return Ok(None) };
     let (mut times, mut per_step) = (Vec::new(), Default::default());
     for _ in 0..15 {
         dev.synchronize()?;
+        std::thread::sleep(idle);
         let before = ctx.host_counters();
         let t = Instant::now();
         step()?;
@@ -204,7 +209,7 @@ fn run() -> wgpu_cnn::Result<()> {
     if !args.no_train {
         let mut devices = if args.gpu_only { vec![] } else { vec![("cpu", Device::Cpu)] };
         devices.extend(gpu.map(|g| ("gpu", g)));
-        train_steps(&devices, args.seconds, args.json, &args.models)?;
+        train_steps(&devices, args.seconds, args.json, &args.models, Duration::from_millis(args.idle_ms))?;
     }
     Ok(())
 }
