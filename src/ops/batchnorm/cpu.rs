@@ -109,7 +109,7 @@ pub fn batchnorm_backward_cpu_tuned(
     let (n, c, inner) = dims;
     let m = (n * inner) as f32;
     let at = |i: usize, ch: usize| (i * c + ch) * inner;
-    // x̂ = a·x + b per channel (the reference's expressions, in its order).
+    // x̂ as the reference computes it (for the sums; the dx pass hoists it).
     let x_hat = |ch: usize, v: f32| {
         if training {
             ((v - stats[ch]) - stats[c + ch]) * stats[2 * c + ch]
