@@ -7,7 +7,7 @@
 // shift + mean_lo and never rounded to one f32 before x̂ is formed.
 //   stats   = [shift c | mean_lo c | invstd c]     invstd = 1/sqrt(var_biased + eps)
 //   running = [running_mean c | running_var c]     updated with the unbiased variance
-//   grads   = [dγ c | dβ c]                         (backward_reduce writes them)
+//   dgamma, dbeta = Σ dy·x̂ and Σ dy per channel        (backward_reduce writes them)
 // Entry points:
 //   batchnorm_stats            one workgroup per channel
 //   batchnorm_forward          one invocation per element (training: batch stats; eval: running)
@@ -37,8 +37,9 @@ struct BnParams {
 @group(0) @binding(4) var<storage, read_write> stats: array<f32>;
 @group(0) @binding(5) var<storage, read_write> running: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
-@group(0) @binding(7) var<storage, read_write> grads: array<f32>;
-@group(0) @binding(8) var<uniform> params: BnParams;
+@group(0) @binding(7) var<storage, read_write> dgamma: array<f32>;
+@group(0) @binding(8) var<storage, read_write> dbeta: array<f32>;
+@group(0) @binding(9) var<uniform> params: BnParams;
 
 override WG: u32 = 256u;
 
@@ -136,8 +137,8 @@ fn batchnorm_backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
     let sum_dy = tree_sum(lid.x, sd);
     let sum_dy_xhat = tree_sum(lid.x, sdh);
     if (lid.x == 0u) {
-        grads[ch] = sum_dy_xhat; // dγ
-        grads[p.c + ch] = sum_dy; // dβ
+        dgamma[ch] = sum_dy_xhat;
+        dbeta[ch] = sum_dy;
     }
 }
 
@@ -157,5 +158,5 @@ fn batchnorm_backward_dx(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
     let count = f32(p.n * p.inner);
     let invstd = stats[2u * p.c + ch];
     // dx = γ·invstd/m · (m·dy − Σdy − x̂·Σ(dy·x̂))
-    out[i] = g * invstd / count * (count * dy[i] - grads[p.c + ch] - x_hat(ch, i) * grads[ch]);
+    out[i] = g * invstd / count * (count * dy[i] - dbeta[ch] - x_hat(ch, i) * dgamma[ch]);
 }

@@ -122,7 +122,7 @@ pub struct GpuContext {
     errors: Arc<Mutex<Vec<String>>>,
     /// Two small storage buffers bound where a kernel has an unused read-write
     /// slot (binding one buffer twice as read-write is a usage conflict).
-    scratch: [wgpu::Buffer; 2],
+    scratch: [wgpu::Buffer; 3],
     profiler: Option<Mutex<Profiler>>,
     /// Set by wgpu's device-lost callback (or when we see the device is invalid).
     lost: Arc<Mutex<Option<String>>>,
@@ -276,7 +276,7 @@ impl GpuContext {
                 *l = Some(format!("{reason:?}: {msg}"));
             }
         });
-        let scratch = [0, 1].map(|_| {
+        let scratch = [0, 1, 2].map(|_| {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("wgpu-cnn scratch"),
                 size: 256,

@@ -11,14 +11,13 @@ use crate::error::{shape_err, Error, Result};
 use crate::kernel::{Access::*, Kernel, Shader, Work};
 use crate::ops::activation::{activation_forward_in_place_cpu, Activation};
 use crate::ops::check_shape;
-use crate::ops::permute::permute_swap_gpu;
 use crate::tensor::{same_device, Tensor};
 
 mod cpu;
 pub use cpu::{batchnorm_backward_cpu_tuned, batchnorm_forward_train_cpu_tuned};
 
 const SHADER: Shader = Shader::new("batchnorm", include_str!("../../shaders/batchnorm.wgsl"));
-const BINDINGS: &[crate::kernel::Access] = &[Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite, Uniform];
+const BINDINGS: &[crate::kernel::Access] = &[Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite, ReadWrite, Uniform];
 pub(crate) static BATCHNORM_STATS: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_stats", BINDINGS).with_work(|p| Work::f32s(2 * bn_len(p), 4 * bn_len(p)));
 pub(crate) static BATCHNORM_FORWARD: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_forward", BINDINGS).with_work(|p| Work::f32s(2 * bn_len(p), 2 * bn_len(p)));
 pub(crate) static BATCHNORM_BACKWARD_REDUCE: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_backward_reduce", BINDINGS).with_work(|p| Work::f32s(2 * bn_len(p), 4 * bn_len(p)));
@@ -141,7 +140,7 @@ pub fn batchnorm_forward_train_relu(x: &Tensor, affine: Option<Affine>, running:
             let p = BnParams { relu: relu as u32, ..params(n, c, inner, true, affine.is_some(), cfg) };
             let xb = x.buffer(OP)?;
             let (gb, bb) = affine_bufs(OP, affine, xb)?;
-            let all = [xb, xb, gb, bb, stats.buffer(OP)?, running.buffer(OP)?, y.buffer(OP)?, ctx.scratch(0)];
+            let all = [xb, xb, gb, bb, stats.buffer(OP)?, running.buffer(OP)?, y.buffer(OP)?, ctx.scratch(0), ctx.scratch(1)];
             ctx.dispatch(&BATCHNORM_STATS, &p, &all, ctx.grid_1d(c, 1))?;
             ctx.dispatch(&BATCHNORM_FORWARD, &p, &all, ctx.grid_1d(n * c * inner, 256))?;
             Ok((y, stats))
@@ -172,7 +171,7 @@ pub fn batchnorm_forward_eval_relu(x: &Tensor, affine: Option<Affine>, running: 
             let p = BnParams { relu: relu as u32, ..params(n, c, inner, false, affine.is_some(), cfg) };
             let xb = x.buffer(OP)?;
             let (gb, bb) = affine_bufs(OP, affine, xb)?;
-            let all = [xb, xb, gb, bb, ctx.scratch(0), running.buffer(OP)?, y.buffer(OP)?, ctx.scratch(1)];
+            let all = [xb, xb, gb, bb, ctx.scratch(0), running.buffer(OP)?, y.buffer(OP)?, ctx.scratch(1), ctx.scratch(2)];
             ctx.dispatch(&BATCHNORM_FORWARD, &p, &all, ctx.grid_1d(n * c * inner, 256))?;
             Ok(y)
         }
@@ -214,22 +213,17 @@ pub fn batchnorm_backward(
         }
         Device::Gpu(ctx) => {
             let dx = Tensor::uninit_gpu(&ctx, OP, x.shape())?;
-            let grads = Tensor::uninit_gpu(&ctx, OP, &[2, c])?;
+            let (dgamma, dbeta) = (Tensor::uninit_gpu(&ctx, OP, &[c])?, Tensor::uninit_gpu(&ctx, OP, &[c])?);
             let mut p = params(n, c, inner, training, affine.is_some(), cfg);
             p.update_running = 0;
             let xb = x.buffer(OP)?;
             let (gb, bb) = affine_bufs(OP, affine, xb)?;
             // `stats` and `running` are only read here; the layout declares them
             // read-write, and binding read-only data that way is allowed.
-            let all = [xb, dy.buffer(OP)?, gb, bb, stats.buffer(OP)?, running.buffer(OP)?, dx.buffer(OP)?, grads.buffer(OP)?];
+            // dγ and dβ go to their own tensors (no [2, c] buffer to split after).
+            let all = [xb, dy.buffer(OP)?, gb, bb, stats.buffer(OP)?, running.buffer(OP)?, dx.buffer(OP)?, dgamma.buffer(OP)?, dbeta.buffer(OP)?];
             ctx.dispatch(&BATCHNORM_BACKWARD_REDUCE, &p, &all, ctx.grid_1d(c, 1))?;
             ctx.dispatch(&BATCHNORM_BACKWARD_DX, &p, &all, ctx.grid_1d(n * c * inner, 256))?;
-            // The two rows split by a kernel, not a buffer copy: a copy would
-            // end the step's compute pass.
-            let (dgamma, dbeta) = (Tensor::uninit_gpu(&ctx, OP, &[c])?, Tensor::uninit_gpu(&ctx, OP, &[c])?);
-            let g = grads.buffer(OP)?;
-            permute_swap_gpu(&ctx, g, 0, dgamma.buffer(OP)?, 0, [1, c, 1], None, false)?;
-            permute_swap_gpu(&ctx, g, c, dbeta.buffer(OP)?, 0, [1, c, 1], None, false)?;
             Ok(BatchNormGrads { dx, dgamma, dbeta })
         }
     }
