@@ -3,6 +3,8 @@
 // The exact adjoint of im2col.wgsl (same layout, same params): one invocation per
 // input element sums every column entry that was read from it. Deterministic, no
 // float atomics. Writes dx[out_offset + ...] (a chunk of a larger batch).
+// relu != 0: also the backward of the ReLU whose output relu_out is the
+// convolution's input (laid out like dx): each sum times relu_out > 0.
 
 struct Im2colParams {
     n: u32,
@@ -20,12 +22,13 @@ struct Im2colParams {
     dil_h: u32,
     dil_w: u32,
     out_offset: u32,
-    _pad0: u32,
+    relu: u32,
 }
 
 @group(0) @binding(0) var<storage, read> cols: array<f32>;
 @group(0) @binding(1) var<storage, read_write> dx: array<f32>;
-@group(0) @binding(2) var<uniform> params: Im2colParams;
+@group(0) @binding(2) var<storage, read> relu_out: array<f32>;
+@group(0) @binding(3) var<uniform> params: Im2colParams;
 
 override WG: u32 = 256u;
 
@@ -55,5 +58,6 @@ fn col2im(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
             acc += cols[row * ncols + (img * p.oh + oy) * p.ow + ox];
         }
     }
+    if (p.relu != 0u) { acc *= select(0.0, 1.0, relu_out[p.out_offset + idx] > 0.0); }
     dx[p.out_offset + idx] = acc;
 }

@@ -149,11 +149,12 @@ impl Conv2d {
         Ok(y)
     }
 
-    fn backward_inner(&mut self, dy: &Tensor, need_dx: bool) -> Result<Option<Tensor>> {
+    /// `relu_mask`: x is a ReLU's output, and dx goes back through it too.
+    fn backward_inner(&mut self, dy: &Tensor, need_dx: bool, relu_mask: bool) -> Result<Option<Tensor>> {
         let x = self.x.as_ref().ok_or_else(|| no_cache("Conv2d"))?;
         // The kept columns serve one backward; a second one rebuilds them.
         let cols = self.cols.take();
-        let (dx, dw, db) = conv2d_backward_cols(x, &self.params.weight, dy, self.cfg, self.params.bias.is_some(), need_dx, cols.as_ref())?;
+        let (dx, dw, db) = conv2d_backward_cols(x, &self.params.weight, dy, self.cfg, self.params.bias.is_some(), need_dx, cols.as_ref(), relu_mask)?;
         self.params.accumulate(dw, db)?;
         match (dx, self.pre_pad) {
             (Some(dx), Some(sides)) => {
@@ -197,10 +198,21 @@ impl Layer for Conv2d {
         self.forward_with(x, mode, Some(act)).map(Some)
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
-        self.backward_inner(dy, true)?.ok_or_else(|| Error::InvalidArgument { op: "Conv2d", msg: "dx was asked for but not computed".into() })
+        self.backward_inner(dy, true, false)?.ok_or_else(|| Error::InvalidArgument { op: "Conv2d", msg: "dx was asked for but not computed".into() })
+    }
+    /// The ReLU before this layer: its backward rides in col2im, from this
+    /// layer's input (the ReLU's output). Not behind a zero-pad (x is then
+    /// the padded tensor) nor for a 1×1 convolution (no col2im).
+    fn backward_fused(&mut self, dy: &Tensor, act: Activation) -> Result<Option<Tensor>> {
+        let x = self.x.as_ref().ok_or_else(|| no_cache("Conv2d"))?;
+        let pointwise = Conv2dGeometry::new(x.shape(), self.params.weight.shape(), self.cfg)?.is_pointwise();
+        if act != Activation::Relu || self.pre_pad.is_some() || pointwise {
+            return Ok(None);
+        }
+        self.backward_inner(dy, true, true)?.map(Some).ok_or_else(|| Error::InvalidArgument { op: "Conv2d", msg: "dx was asked for but not computed".into() })
     }
     fn backward_params(&mut self, dy: &Tensor) -> Result<()> {
-        self.backward_inner(dy, false).map(drop)
+        self.backward_inner(dy, false, false).map(drop)
     }
     fn state(&mut self, prefix: &str) -> Vec<StateEntry<'_>> {
         self.params.state(prefix)

@@ -10,7 +10,7 @@ use crate::shape::Conv2dGeometry;
 use crate::tensor::Tensor;
 
 const SHADER: Shader = Shader::new("col2im", include_str!("../../shaders/col2im.wgsl"));
-pub(crate) static COL2IM: Kernel<Im2colParams> = Kernel::new(&SHADER, "col2im", &[Read, ReadWrite, Uniform])
+pub(crate) static COL2IM: Kernel<Im2colParams> = Kernel::new(&SHADER, "col2im", &[Read, ReadWrite, Read, Uniform])
     // The same elements as im2col, the other way, plus one add per column entry.
     .with_work(|p| Work { flops: (p.c * p.kh * p.kw * p.n * p.oh * p.ow) as f64, ..im2col_work(p) });
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&COL2IM.def];
@@ -24,7 +24,7 @@ pub fn col2im(cols: &Tensor, geo: &Conv2dGeometry) -> Result<Tensor> {
         Device::Cpu => Ok(Tensor::from_cpu(&geo.input_shape(), col2im_cpu(cols.host(OP)?, geo))),
         Device::Gpu(ctx) => {
             let dx = Tensor::uninit_gpu(&ctx, OP, &geo.input_shape())?;
-            col2im_gpu(&ctx, cols.buffer(OP)?, dx.buffer(OP)?, 0, geo)?;
+            col2im_gpu(&ctx, cols.buffer(OP)?, dx.buffer(OP)?, 0, geo, None)?;
             Ok(dx)
         }
     }
@@ -82,8 +82,11 @@ pub fn col2im_cpu_into(cols: &[f32], g: &Conv2dGeometry, dx: &mut [f32]) {
 
 // ---------------------------------------------------------------- GPU wrapper
 
-/// Records col2im, writing `geo.n` images at element `dx_offset` of `dx`.
-pub(crate) fn col2im_gpu(ctx: &GpuContext, cols: &wgpu::Buffer, dx: &wgpu::Buffer, dx_offset: usize, geo: &Conv2dGeometry) -> Result<()> {
+/// Records col2im, writing `geo.n` images at element `dx_offset` of `dx`;
+/// with `relu_out` (laid out like dx), times `relu_out > 0` as well.
+pub(crate) fn col2im_gpu(ctx: &GpuContext, cols: &wgpu::Buffer, dx: &wgpu::Buffer, dx_offset: usize, geo: &Conv2dGeometry, relu_out: Option<&wgpu::Buffer>) -> Result<()> {
     let total = geo.n * geo.c_in * geo.h * geo.w;
-    ctx.dispatch(&COL2IM, &Im2colParams::new(geo, dx_offset), &[cols, dx], ctx.grid_1d(total, 256))
+    let params = Im2colParams { relu: relu_out.is_some() as u32, ..Im2colParams::new(geo, dx_offset) };
+    // Unread without the ReLU: the columns stand in.
+    ctx.dispatch(&COL2IM, &params, &[cols, dx, relu_out.unwrap_or(cols)], ctx.grid_1d(total, 256))
 }

@@ -23,7 +23,7 @@ use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::gpu::GpuContext;
 use crate::ops::col2im::{col2im_cpu, col2im_gpu};
-use crate::ops::activation::{activation_forward, activation_forward_in_place_cpu, Activation};
+use crate::ops::activation::{activation_backward, activation_forward, activation_forward_in_place_cpu, activation_relu_backward_cpu, Activation};
 use crate::ops::bias::{bias_add, bias_grad};
 use crate::ops::gemm::{gemm_matmul_cpu, gemm_gpu_strided, Epilogue, GemmConfig, GemmLayout, GemmShape};
 use crate::ops::im2col::{im2col_cpu_into, im2col_gpu};
@@ -116,7 +116,7 @@ fn col_elems(geo: &Conv2dGeometry) -> usize {
 
 /// Gradients of the loss with respect to x, w and (when `with_bias`) b, given dL/dy.
 pub fn conv2d_backward(x: &Tensor, w: &Tensor, dy: &Tensor, cfg: Conv2dConfig, with_bias: bool) -> Result<Conv2dGrads> {
-    match conv2d_backward_cols(x, w, dy, cfg, with_bias, true, None)? {
+    match conv2d_backward_cols(x, w, dy, cfg, with_bias, true, None, false)? {
         (Some(dx), dw, db) => Ok(Conv2dGrads { dx, dw, db }),
         (None, ..) => Err(crate::Error::InvalidArgument { op: "conv2d_backward", msg: "dx was asked for but not computed".into() }),
     }
@@ -125,13 +125,23 @@ pub fn conv2d_backward(x: &Tensor, w: &Tensor, dy: &Tensor, cfg: Conv2dConfig, w
 /// [`conv2d_backward`] without dL/dx: for a first layer, whose input needs no
 /// gradient (saves the dcols GEMM and col2im).
 pub fn conv2d_backward_params(x: &Tensor, w: &Tensor, dy: &Tensor, cfg: Conv2dConfig, with_bias: bool) -> Result<(Tensor, Option<Tensor>)> {
-    let (_, dw, db) = conv2d_backward_cols(x, w, dy, cfg, with_bias, false, None)?;
+    let (_, dw, db) = conv2d_backward_cols(x, w, dy, cfg, with_bias, false, None, false)?;
     Ok((dw, db))
 }
 
+/// [`conv2d_backward`] where x is the output of a ReLU: dL/dx is also taken
+/// back through that ReLU (times `x > 0`), in the same kernel that forms it
+/// (col2im's), so the ReLU's backward costs no pass of its own.
+pub fn conv2d_backward_relu(x: &Tensor, w: &Tensor, dy: &Tensor, cfg: Conv2dConfig, with_bias: bool) -> Result<Conv2dGrads> {
+    match conv2d_backward_cols(x, w, dy, cfg, with_bias, true, None, true)? {
+        (Some(dx), dw, db) => Ok(Conv2dGrads { dx, dw, db }),
+        (None, ..) => Err(crate::Error::InvalidArgument { op: "conv2d_backward_relu", msg: "dx was asked for but not computed".into() }),
+    }
+}
+
 /// Backward, from the columns [`conv2d_forward_keep`] kept (`None`: rebuild
-/// them); dL/dx only when `need_dx`.
-#[allow(clippy::type_complexity)]
+/// them); dL/dx only when `need_dx`, through the ReLU that produced x when `relu_mask`.
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 pub(crate) fn conv2d_backward_cols(
     x: &Tensor,
     w: &Tensor,
@@ -140,6 +150,7 @@ pub(crate) fn conv2d_backward_cols(
     with_bias: bool,
     need_dx: bool,
     kept: Option<&Tensor>,
+    relu_mask: bool,
 ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
     const OP: &str = "conv2d_backward";
     let geo = Conv2dGeometry::new(x.shape(), w.shape(), cfg)?;
@@ -147,7 +158,10 @@ pub(crate) fn conv2d_backward_cols(
     crate::ops::check_shape(OP, "dy", dy.shape(), &geo.output_shape())?;
     match dev {
         Device::Cpu => {
-            let (gx, gw, gb) = conv2d_backward_cpu_tuned(Some(x.host(OP)?), w.host(OP)?, dy.host(OP)?, &geo, need_dx);
+            let (mut gx, gw, gb) = conv2d_backward_cpu_tuned(Some(x.host(OP)?), w.host(OP)?, dy.host(OP)?, &geo, need_dx);
+            if let (Some(gx), true) = (gx.as_mut(), relu_mask) {
+                activation_relu_backward_cpu(gx, x.host(OP)?);
+            }
             let db = with_bias.then(|| Tensor::from_cpu(&[geo.c_out], gb));
             Ok((gx.map(|gx| Tensor::from_cpu(x.shape(), gx)), Tensor::from_cpu(w.shape(), gw), db))
         }
@@ -158,8 +172,14 @@ pub(crate) fn conv2d_backward_cols(
             let kept = kept.filter(|c| c.numel() == col_elems(&geo)).map(|c| c.buffer(OP)).transpose()?;
             let dxb = dx.as_ref().map(|t| t.buffer(OP)).transpose()?;
             let dbb = db.as_ref().map(|t| t.buffer(OP)).transpose()?;
-            conv2d_backward_gpu(&ctx, Some((x.buffer(OP)?, dw.buffer(OP)?)), w.buffer(OP)?, dy.buffer(OP)?, dxb, dbb, &geo, kept)?;
-            Ok((dx, dw, db))
+            // A 1×1 convolution's dx comes from a permute, not col2im: its ReLU runs after.
+            let fused = relu_mask && !geo.is_pointwise();
+            let relu_out = fused.then(|| x.buffer(OP)).transpose()?;
+            conv2d_backward_gpu(&ctx, Some((x.buffer(OP)?, dw.buffer(OP)?)), w.buffer(OP)?, dy.buffer(OP)?, dxb, dbb, &geo, kept, relu_out)?;
+            match dx {
+                Some(dx) if relu_mask && !fused => Ok((Some(activation_backward(x, &dx, Activation::Relu)?), dw, db)),
+                dx => Ok((dx, dw, db)),
+            }
         }
     }
 }
@@ -184,7 +204,7 @@ pub fn conv2d_transpose_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, c
         }
         Device::Gpu(ctx) => {
             let y = Tensor::uninit_gpu(&ctx, OP, &geo.input_shape())?;
-            conv2d_backward_gpu(&ctx, None, w.buffer(OP)?, x.buffer(OP)?, Some(y.buffer(OP)?), None, &geo, None)?;
+            conv2d_backward_gpu(&ctx, None, w.buffer(OP)?, x.buffer(OP)?, Some(y.buffer(OP)?), None, &geo, None, None)?;
             y
         }
     };
@@ -431,7 +451,9 @@ pub(crate) fn conv2d_backward_gpu(
     db: Option<&wgpu::Buffer>,
     geo: &Conv2dGeometry,
     kept: Option<&wgpu::Buffer>,
+    relu_out: Option<&wgpu::Buffer>,
 ) -> Result<()> {
+    debug_assert!(relu_out.is_none() || !geo.is_pointwise(), "a 1×1 convolution's dx has no col2im to fuse a ReLU into");
     let (groups, kc, p) = (geo.cfg.groups, geo.col_rows(), geo.out_pixels());
     let cog = geo.c_out / groups;
     let (in_img, out_img) = (geo.c_in * geo.h * geo.w, geo.c_out * p);
@@ -478,7 +500,7 @@ pub(crate) fn conv2d_backward_gpu(
         if geo.is_pointwise() {
             permute_swap_gpu(ctx, dcols.buffer(), 0, dx, img0 * in_img, [geo.c_in, nb, p], None, false)?;
         } else {
-            col2im_gpu(ctx, dcols.buffer(), dx, img0 * in_img, &sub)?;
+            col2im_gpu(ctx, dcols.buffer(), dx, img0 * in_img, &sub, relu_out)?;
         }
     }
     Ok(())

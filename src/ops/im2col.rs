@@ -20,7 +20,8 @@ pub(crate) fn im2col_work(p: &Im2colParams) -> Work {
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&IM2COL.def];
 
 /// Matches `Im2colParams` in `shaders/im2col.wgsl` and `shaders/col2im.wgsl`
-/// (`offset` is `in_offset` for im2col, `out_offset` for col2im).
+/// (`offset` is `in_offset` for im2col, `out_offset` for col2im; im2col's
+/// WGSL calls `relu` `_pad0`).
 // Field for field the WGSL struct of the same name, which says what each is.
 #[allow(missing_docs)]
 #[repr(C)]
@@ -41,7 +42,8 @@ pub struct Im2colParams {
     pub dil_h: u32,
     pub dil_w: u32,
     pub offset: u32,
-    pub _pad0: u32,
+    /// col2im only: non-zero applies the backward of the ReLU before the convolution.
+    pub relu: u32,
 }
 
 impl Im2colParams {
@@ -64,7 +66,7 @@ impl Im2colParams {
             dil_h: c.dilation[0] as u32,
             dil_w: c.dilation[1] as u32,
             offset: offset as u32,
-            _pad0: 0,
+            relu: 0,
         }
     }
 }

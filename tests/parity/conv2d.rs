@@ -2,10 +2,10 @@
 //! convolution; the CPU backward against finite differences; hand-worked
 //! examples from the course notes; bad input.
 
-use wgpu_cnn::ops::activation::{activation_forward, Activation};
+use wgpu_cnn::ops::activation::{activation_backward, activation_forward, Activation};
 use wgpu_cnn::ops::conv2d::{
     conv2d_forward_act,
-    conv2d_backward, conv2d_backward_cpu, conv2d_backward_cpu_in_chunks, conv2d_backward_cpu_tuned, conv2d_backward_params, conv2d_forward, conv2d_forward_cpu,
+    conv2d_backward, conv2d_backward_cpu, conv2d_backward_relu, conv2d_backward_cpu_in_chunks, conv2d_backward_cpu_tuned, conv2d_backward_params, conv2d_forward, conv2d_forward_cpu,
     conv2d_forward_cpu_in_chunks, conv2d_forward_cpu_tuned,
 };
 use wgpu_cnn::{Conv2dConfig, Conv2dGeometry, Device, Error, GpuOptions, Tensor, Tolerance};
@@ -122,6 +122,13 @@ fn check_case(dev: &Device, (i, c): (usize, &Case)) {
     if let Some(db) = grads.db {
         tol(per_dw).assert(&format!("{what}: db"), &db.to_vec().unwrap(), &db_ref);
     }
+    // Through the ReLU that made x (x stands for that ReLU's output; about half
+    // of it is negative): dx times x > 0 in col2im's kernel (a 1×1 convolution's
+    // after its permute) is the plain backward followed by ReLU's, bit for bit.
+    let through = conv2d_backward_relu(&xt, &wt, &dyt, c.cfg, c.bias).unwrap();
+    let want = activation_backward(&xt, &grads.dx, Activation::Relu).unwrap();
+    assert_eq!(through.dx.to_vec().unwrap(), want.to_vec().unwrap(), "{what}: dx through a ReLU");
+    assert_eq!(through.dw.to_vec().unwrap(), grads.dw.to_vec().unwrap(), "{what}: dw with dx through a ReLU");
     // Without dx (a first layer): the same parameter gradients.
     let (dw, db) = conv2d_backward_params(&xt, &wt, &dyt, c.cfg, c.bias).unwrap();
     tol(per_dw).assert(&format!("{what}: dw without dx"), &dw.to_vec().unwrap(), &dw_ref);
