@@ -1,5 +1,5 @@
 // Elementwise arithmetic training needs. One invocation per element.
-//   elementwise_add           out = alpha·a + beta·b
+//   elementwise_add           out = alpha·a + beta·b, then ReLU when relu != 0 (NaN passes)
 //   elementwise_combine       out = alpha·a + beta·out   (in place; beta = 0 never reads out)
 //   elementwise_fill          out = alpha
 //   elementwise_combine_sign  out = alpha·sign(a) + beta·out   (L1 regularisation)
@@ -8,7 +8,7 @@ struct EwParams {
     len: u32,
     alpha: f32,
     beta: f32,
-    _pad0: u32,
+    relu: u32,
 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
@@ -26,7 +26,10 @@ fn index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 fn elementwise_add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = index(gid, nwg);
     if (i >= params.len) { return; }
-    out[i] = params.alpha * a[i] + params.beta * b[i];
+    let v = params.alpha * a[i] + params.beta * b[i];
+    // By the bits: compilers may assume NaN never occurs in float comparisons.
+    let nan = (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+    out[i] = select(v, select(max(v, 0.0), v, nan), params.relu != 0u);
 }
 
 @compute @workgroup_size(WG)

@@ -7,7 +7,7 @@ use crate::nn::{join, Layer, Mode, StateEntry};
 use crate::nn::ActivationLayer;
 use crate::ops::activation::Activation;
 use crate::ops::concat::{concat_backward, concat_forward};
-use crate::ops::elementwise::elementwise_add;
+use crate::ops::elementwise::{elementwise_add, elementwise_add_relu};
 use crate::tensor::Tensor;
 
 /// Layers applied in order; parameters are named `"<index>.<name>"` as in
@@ -174,6 +174,20 @@ impl Residual {
     pub fn torchvision(body: Sequential, downsample: Option<Sequential>) -> Residual {
         Residual { body, shortcut: downsample, post: Some(ActivationLayer::new(Activation::Relu)), body_name: None, shortcut_name: "downsample" }
     }
+
+    /// body(x) + shortcut(x), with ReLU after it when `relu`.
+    fn sum(&mut self, x: &Tensor, mode: Mode, relu: bool) -> Result<Tensor> {
+        let b = self.body.forward(x, mode)?;
+        let s = match &mut self.shortcut {
+            Some(sc) => sc.forward(x, mode)?,
+            None => x.clone(),
+        };
+        if relu {
+            elementwise_add_relu(&b, &s, 1.0, 1.0)
+        } else {
+            elementwise_add(&b, &s, 1.0, 1.0)
+        }
+    }
 }
 
 impl Layer for Residual {
@@ -197,16 +211,30 @@ impl Layer for Residual {
         Ok(body)
     }
     fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let b = self.body.forward(x, mode)?;
-        let s = match &mut self.shortcut {
-            Some(sc) => sc.forward(x, mode)?,
-            None => x.clone(),
-        };
-        let y = elementwise_add(&b, &s, 1.0, 1.0)?;
-        match &mut self.post {
-            Some(act) => act.forward(&y, mode),
-            None => Ok(y),
+        match self.post.as_ref().and_then(|p| p.fusable_activation()) {
+            // The ReLU rides in the sum's kernel; the layer keeps the output for backward.
+            Some(Activation::Relu) => {
+                let y = self.sum(x, mode, true)?;
+                if let Some(post) = &mut self.post {
+                    post.adopt_output(&y, mode);
+                }
+                Ok(y)
+            }
+            _ => {
+                let y = self.sum(x, mode, false)?;
+                match &mut self.post {
+                    Some(act) => act.forward(&y, mode),
+                    None => Ok(y),
+                }
+            }
         }
+    }
+    /// A ReLU layer after the block (ResNet-20's layout): in the sum's kernel.
+    fn forward_fused(&mut self, x: &Tensor, mode: Mode, act: Activation) -> Result<Option<Tensor>> {
+        if act != Activation::Relu || self.post.is_some() {
+            return Ok(None);
+        }
+        self.sum(x, mode, true).map(Some)
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
         let dy = &match &mut self.post {

@@ -6,6 +6,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::kernel::{Access::*, Kernel, Shader, Work};
+use crate::ops::activation::{activation_forward_in_place_cpu, Activation};
 use crate::ops::check_shape;
 use crate::tensor::{same_device, Tensor};
 
@@ -27,18 +28,35 @@ pub struct EwParams {
     pub len: u32,
     pub alpha: f32,
     pub beta: f32,
-    pub _pad0: u32,
+    /// elementwise_add: ReLU after the sum.
+    pub relu: u32,
 }
 
 /// `alpha·a + beta·b` as a new tensor.
 pub fn elementwise_add(a: &Tensor, b: &Tensor, alpha: f32, beta: f32) -> Result<Tensor> {
+    add(a, b, alpha, beta, false)
+}
+
+/// `relu(alpha·a + beta·b)` in one pass (NaN passes, as in PyTorch): a
+/// residual block's sum and the ReLU after it.
+pub fn elementwise_add_relu(a: &Tensor, b: &Tensor, alpha: f32, beta: f32) -> Result<Tensor> {
+    add(a, b, alpha, beta, true)
+}
+
+fn add(a: &Tensor, b: &Tensor, alpha: f32, beta: f32, relu: bool) -> Result<Tensor> {
     const OP: &str = "elementwise_add";
     check_shape(OP, "b", b.shape(), a.shape())?;
     match same_device(OP, &[a, b])? {
-        Device::Cpu => Ok(Tensor::from_cpu(a.shape(), elementwise_add_cpu(a.host(OP)?, b.host(OP)?, alpha, beta))),
+        Device::Cpu => {
+            let mut out = elementwise_add_cpu(a.host(OP)?, b.host(OP)?, alpha, beta);
+            if relu {
+                activation_forward_in_place_cpu(Activation::Relu, &mut out);
+            }
+            Ok(Tensor::from_cpu(a.shape(), out))
+        }
         Device::Gpu(ctx) => {
             let out = Tensor::uninit_gpu(&ctx, OP, a.shape())?;
-            let p = EwParams { len: a.numel() as u32, alpha, beta, ..Default::default() };
+            let p = EwParams { len: a.numel() as u32, alpha, beta, relu: relu as u32 };
             ctx.dispatch(&ELEMENTWISE_ADD, &p, &[a.buffer(OP)?, b.buffer(OP)?, out.buffer(OP)?], ctx.grid_1d(a.numel(), 256))?;
             Ok(out)
         }

@@ -1,6 +1,7 @@
 //! Elementwise arithmetic: add, combine (in place), fill, combine_sign.
 
-use wgpu_cnn::ops::elementwise::{elementwise_add, elementwise_combine, elementwise_combine_sign, elementwise_fill};
+use wgpu_cnn::ops::activation::{activation_forward, Activation};
+use wgpu_cnn::ops::elementwise::{elementwise_add, elementwise_add_relu, elementwise_combine, elementwise_combine_sign, elementwise_fill};
 use wgpu_cnn::{Device, Tensor, Tolerance};
 
 use crate::harness::random;
@@ -31,5 +32,16 @@ fn helpers(dev: &Device) {
     let sign = |v: f32| if v > 0.0 { 1.0 } else if v < 0.0 { -1.0 } else { 0.0 };
     t.assert("combine_sign", &out.to_vec().unwrap(), &z.iter().zip(&b).map(|(a, b)| 0.5 * sign(*a) + 2.0 * b).collect::<Vec<_>>());
     assert!(elementwise_add(&at, &Tensor::zeros(dev, &[7, 5]).unwrap(), 1.0, 1.0).is_err(), "shape mismatch is an error");
+
+    // A residual block's sum and ReLU in one kernel: the sum, then ReLU, bit for
+    // bit; NaN passes as in PyTorch.
+    let mut an = a.clone();
+    an[4] = f32::NAN;
+    let ant = Tensor::from_slice(dev, &[5, 7], &an).unwrap();
+    let fused = elementwise_add_relu(&ant, &bt, 2.0, -0.5).unwrap().to_vec().unwrap();
+    let want = activation_forward(&elementwise_add(&ant, &bt, 2.0, -0.5).unwrap(), Activation::Relu).unwrap().to_vec().unwrap();
+    assert_eq!(fused.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "add + ReLU on {dev}");
+    assert!(fused[4].is_nan() && fused.iter().all(|v| v.is_nan() || *v >= 0.0), "add + ReLU on {dev}: {fused:?}");
+    assert!(elementwise_add_relu(&at, &Tensor::zeros(dev, &[7, 5]).unwrap(), 1.0, 1.0).is_err(), "shape mismatch is an error");
 }
 test_device!(elementwise_helpers, helpers);

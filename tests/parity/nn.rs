@@ -127,6 +127,35 @@ fn residual_network_gradients() {
     compare_devices(build, &[4, 3, 8, 8], true);
 }
 
+/// The ReLU fusions change nothing: batch-norm with the ReLU after it, a
+/// convolution's col2im applying the backward of the ReLU before it, and a
+/// residual block's sum with the ReLU after it give, loss and every gradient
+/// bit for bit, what the same network gives with each ReLU wrapped in a
+/// Sequential of its own (which no layer fuses with).
+fn relu_fusions_are_exact(dev: &Device) {
+    let build = |fuse: bool| {
+        let init = &mut Initializer::new(21, Init::KaimingNormal);
+        let relu = |s: Sequential| if fuse { s.push(ActivationLayer::new(Activation::Relu)) } else { s.push(Sequential::new().push(ActivationLayer::new(Activation::Relu))) };
+        let conv = |c_in, c_out, stride, init: &mut Initializer| Conv2d::new(dev, c_in, c_out, [3, 3], Conv2dConfig::default().padding(1).stride(stride), false, init).unwrap();
+        let stem = relu(Sequential::new().push(conv(3, 4, 1, init)).push(BatchNorm::new_2d(dev, 4).unwrap()));
+        let body1 = relu(Sequential::new().push(conv(4, 4, 1, init)).push(BatchNorm::new_2d(dev, 4).unwrap())).push(conv(4, 4, 1, init)).push(BatchNorm::new_2d(dev, 4).unwrap());
+        let body2 = relu(Sequential::new().push(conv(4, 8, 2, init)).push(BatchNorm::new_2d(dev, 8).unwrap())).push(conv(8, 8, 1, init)).push(BatchNorm::new_2d(dev, 8).unwrap());
+        let shortcut = Sequential::new().push(Conv2d::new(dev, 4, 8, [1, 1], Conv2dConfig::default().stride(2), false, init).unwrap()).push(BatchNorm::new_2d(dev, 8).unwrap());
+        let net = relu(stem.push(Residual::new(body1, None)));
+        relu(net.push(Residual::new(body2, Some(shortcut)))).push(GlobalAvgPool::new()).push(Flatten::new()).push(Linear::new(dev, 8, 10, true, init).unwrap())
+    };
+    let labels: Vec<i64> = (0..4).map(|i| (i * 3) % 10).collect();
+    let x = Tensor::from_slice(dev, &[4, 3, 8, 8], &random(8, 4 * 3 * 64)).unwrap();
+    let (fused_loss, fused) = grads(&mut build(true), &x, &labels);
+    let (plain_loss, plain) = grads(&mut build(false), &x, &labels);
+    assert_eq!(fused_loss.to_bits(), plain_loss.to_bits(), "loss on {dev}");
+    assert_eq!(fused.len(), plain.len());
+    for ((name, f), (_, p)) in fused.iter().zip(&plain) {
+        assert_eq!(f.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), p.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{name} gradient on {dev}");
+    }
+}
+crate::test_device!(relu_fusions, relu_fusions_are_exact);
+
 /// The MLP with batch-norm and dropout: the dropout masks agree across devices.
 #[test]
 fn mlp_gradients() {

@@ -6,6 +6,7 @@
 //! order; the parity suite checks these against them.
 
 use super::BatchNormConfig;
+use crate::ops::activation::{activation_forward_cpu, Activation};
 use crate::ops::{parallel, runs};
 
 /// Σ f(a[i], b[i]) in f64 over eight partial sums (so it vectorises).
@@ -38,13 +39,9 @@ fn per_image(out: &mut [f32], image: usize, f: impl Fn(usize, &mut [f32]) + Sync
     });
 }
 
-/// ReLU with NaN passing, as in PyTorch.
+/// ReLU with NaN passing, as in PyTorch (the CPU path's one definition).
 fn relu_of(v: f32) -> f32 {
-    if v < 0.0 {
-        0.0
-    } else {
-        v
-    }
+    activation_forward_cpu(Activation::Relu, v)
 }
 
 /// As `batchnorm_forward_train_cpu`, then ReLU when `relu` (NaN passes).

@@ -12,6 +12,7 @@
 
 use super::{gemm_groups_cpu, group_gemm};
 use crate::ops::{parallel, runs};
+use crate::ops::activation::{activation_forward_cpu, Activation};
 use crate::ops::col2im::col2im_cpu_into;
 use crate::ops::im2col::im2col_cpu_into;
 use crate::shape::Conv2dGeometry;
@@ -59,7 +60,7 @@ pub fn conv2d_forward_cpu_tuned(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo:
                     let dst = &mut yb[(img * c_out + c) * p..][..p];
                     for (d, &v) in dst.iter_mut().zip(src) {
                         let v = v + bc;
-                        *d = if relu && v < 0.0 { 0.0 } else { v };
+                        *d = if relu { activation_forward_cpu(Activation::Relu, v) } else { v };
                     }
                 }
             }
