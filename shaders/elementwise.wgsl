@@ -1,5 +1,7 @@
 // Elementwise arithmetic training needs. One invocation per element.
-//   elementwise_add           out = alpha·a + beta·b, then ReLU when relu != 0 (NaN passes)
+//   elementwise_add           out = alpha·a + beta·b; relu 1: then ReLU (NaN passes);
+//                             relu 2: then times mask > 0 (the backward of a ReLU whose
+//                             output is mask: a residual block's input gradient)
 //   elementwise_combine       out = alpha·a + beta·out   (in place; beta = 0 never reads out)
 //   elementwise_fill          out = alpha
 //   elementwise_combine_sign  out = alpha·sign(a) + beta·out   (L1 regularisation)
@@ -14,7 +16,8 @@ struct EwParams {
 @group(0) @binding(0) var<storage, read> a: array<f32>;
 @group(0) @binding(1) var<storage, read> b: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
-@group(0) @binding(3) var<uniform> params: EwParams;
+@group(0) @binding(3) var<storage, read> mask: array<f32>; // elementwise_add, relu 2
+@group(0) @binding(4) var<uniform> params: EwParams;
 
 override WG: u32 = 256u;
 
@@ -27,6 +30,10 @@ fn elementwise_add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     let i = index(gid, nwg);
     if (i >= params.len) { return; }
     let v = params.alpha * a[i] + params.beta * b[i];
+    if (params.relu == 2u) {
+        out[i] = v * select(0.0, 1.0, mask[i] > 0.0);
+        return;
+    }
     // By the bits: compilers may assume NaN never occurs in float comparisons.
     let nan = (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
     out[i] = select(v, select(max(v, 0.0), v, nan), params.relu != 0u);

@@ -37,7 +37,8 @@ pub fn record_undersized_uniform(device: &Device) -> Result<()> {
         wgpu::BindGroupEntry { binding: 0, resource: ctx.scratch(0).as_entire_binding() },
         wgpu::BindGroupEntry { binding: 1, resource: ctx.scratch(0).as_entire_binding() },
         wgpu::BindGroupEntry { binding: 2, resource: ctx.scratch(1).as_entire_binding() },
-        wgpu::BindGroupEntry { binding: 3, resource: small.as_entire_binding() },
+        wgpu::BindGroupEntry { binding: 3, resource: ctx.scratch(0).as_entire_binding() },
+        wgpu::BindGroupEntry { binding: 4, resource: small.as_entire_binding() },
     ];
     let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("fault"), layout: &kernel.layout, entries: &entries });
     ctx.note_kernel("elementwise_fill");

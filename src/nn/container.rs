@@ -7,7 +7,7 @@ use crate::nn::{join, Layer, Mode, StateEntry};
 use crate::nn::ActivationLayer;
 use crate::ops::activation::Activation;
 use crate::ops::concat::{concat_backward, concat_forward};
-use crate::ops::elementwise::{elementwise_add, elementwise_add_relu};
+use crate::ops::elementwise::{elementwise_add, elementwise_add_relu, elementwise_add_relu_backward};
 use crate::tensor::Tensor;
 
 /// Layers applied in order; parameters are named `"<index>.<name>"` as in
@@ -161,22 +161,41 @@ pub struct Residual {
     /// `None`: the body's children are named at the block's own level.
     body_name: Option<&'static str>,
     shortcut_name: &'static str,
+    /// The input of a training forward (a shared handle): a ReLU before the
+    /// block takes its backward from it in the block's own last kernel.
+    x: Option<Tensor>,
 }
 
 impl Residual {
     /// `body(x) + shortcut(x)`, named `body.…` and `shortcut.…`.
     pub fn new(body: Sequential, shortcut: Option<Sequential>) -> Residual {
-        Residual { body, shortcut, post: None, body_name: Some("body"), shortcut_name: "shortcut" }
+        Residual { body, shortcut, post: None, body_name: Some("body"), shortcut_name: "shortcut", x: None }
     }
 
     /// A torchvision-style block: `relu(body(x) + downsample(x))`, the body's
     /// children named at the block's level and the projection `downsample`.
     pub fn torchvision(body: Sequential, downsample: Option<Sequential>) -> Residual {
-        Residual { body, shortcut: downsample, post: Some(ActivationLayer::new(Activation::Relu)), body_name: None, shortcut_name: "downsample" }
+        Residual { body, shortcut: downsample, post: Some(ActivationLayer::new(Activation::Relu)), body_name: None, shortcut_name: "downsample", x: None }
+    }
+
+    /// The input gradients of the body and of the shortcut, from the block's
+    /// output gradient (through `post` first).
+    fn branch_grads(&mut self, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        let dy = &match &mut self.post {
+            Some(act) => act.backward(dy)?,
+            None => dy.clone(),
+        };
+        let db = self.body.backward(dy)?;
+        let ds = match &mut self.shortcut {
+            Some(sc) => sc.backward(dy)?,
+            None => dy.clone(),
+        };
+        Ok((db, ds))
     }
 
     /// body(x) + shortcut(x), with ReLU after it when `relu`.
     fn sum(&mut self, x: &Tensor, mode: Mode, relu: bool) -> Result<Tensor> {
+        self.x = (mode == Mode::Train).then(|| x.clone());
         let b = self.body.forward(x, mode)?;
         let s = match &mut self.shortcut {
             Some(sc) => sc.forward(x, mode)?,
@@ -237,16 +256,18 @@ impl Layer for Residual {
         self.sum(x, mode, true).map(Some)
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
-        let dy = &match &mut self.post {
-            Some(act) => act.backward(dy)?,
-            None => dy.clone(),
-        };
-        let db = self.body.backward(dy)?;
-        let ds = match &mut self.shortcut {
-            Some(sc) => sc.backward(dy)?,
-            None => dy.clone(),
-        };
+        let (db, ds) = self.branch_grads(dy)?;
         elementwise_add(&db, &ds, 1.0, 1.0)
+    }
+    /// The ReLU before the block: its backward rides in the sum of the two
+    /// branches' input gradients, from the block's input (that ReLU's output).
+    fn backward_fused(&mut self, dy: &Tensor, act: Activation) -> Result<Option<Tensor>> {
+        if act != Activation::Relu {
+            return Ok(None);
+        }
+        let x = self.x.clone().ok_or_else(|| crate::nn::layers::no_cache("Residual"))?;
+        let (db, ds) = self.branch_grads(dy)?;
+        elementwise_add_relu_backward(&db, &ds, &x, 1.0, 1.0).map(Some)
     }
     fn param_kinds(&mut self) -> Vec<(&'static str, usize)> {
         let mut v = self.body.param_kinds();

@@ -27,7 +27,7 @@ fn pair(v: [usize; 2]) -> String {
 }
 
 /// A backward call needs the forward's cache.
-fn no_cache(layer: &'static str) -> Error {
+pub(crate) fn no_cache(layer: &'static str) -> Error {
     Error::InvalidArgument { op: layer, msg: "backward called without a forward in Train mode".into() }
 }
 

@@ -6,12 +6,12 @@ use bytemuck::{Pod, Zeroable};
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::kernel::{Access::*, Kernel, Shader, Work};
-use crate::ops::activation::{activation_forward_in_place_cpu, Activation};
+use crate::ops::activation::{activation_forward_in_place_cpu, activation_relu_backward_cpu, Activation};
 use crate::ops::check_shape;
 use crate::tensor::{same_device, Tensor};
 
 const SHADER: Shader = Shader::new("elementwise", include_str!("../../shaders/elementwise.wgsl"));
-const BINDINGS: &[crate::kernel::Access] = &[Read, Read, ReadWrite, Uniform];
+const BINDINGS: &[crate::kernel::Access] = &[Read, Read, ReadWrite, Read, Uniform];
 pub(crate) static ELEMENTWISE_ADD: Kernel<EwParams> = Kernel::new(&SHADER, "elementwise_add", BINDINGS).with_work(|p| Work::f32s(3 * p.len as usize, 3 * p.len as usize));
 pub(crate) static ELEMENTWISE_COMBINE: Kernel<EwParams> = Kernel::new(&SHADER, "elementwise_combine", BINDINGS).with_work(|p| Work::f32s(3 * p.len as usize, 3 * p.len as usize));
 pub(crate) static ELEMENTWISE_FILL: Kernel<EwParams> = Kernel::new(&SHADER, "elementwise_fill", BINDINGS).with_work(|p| Work::f32s(p.len as usize, 0));
@@ -28,36 +28,65 @@ pub struct EwParams {
     pub len: u32,
     pub alpha: f32,
     pub beta: f32,
-    /// elementwise_add: ReLU after the sum.
+    /// elementwise_add: 1 ReLU after the sum; 2 times `mask > 0` (a ReLU's backward).
     pub relu: u32,
 }
 
 /// `alpha·a + beta·b` as a new tensor.
 pub fn elementwise_add(a: &Tensor, b: &Tensor, alpha: f32, beta: f32) -> Result<Tensor> {
-    add(a, b, alpha, beta, false)
+    add(a, b, alpha, beta, Epi::None)
 }
 
 /// `relu(alpha·a + beta·b)` in one pass (NaN passes, as in PyTorch): a
 /// residual block's sum and the ReLU after it.
 pub fn elementwise_add_relu(a: &Tensor, b: &Tensor, alpha: f32, beta: f32) -> Result<Tensor> {
-    add(a, b, alpha, beta, true)
+    add(a, b, alpha, beta, Epi::Relu)
 }
 
-fn add(a: &Tensor, b: &Tensor, alpha: f32, beta: f32, relu: bool) -> Result<Tensor> {
+/// `(alpha·a + beta·b) · (relu_out > 0)` in one pass: a sum taken back
+/// through the ReLU whose output is `relu_out` (a residual block's input
+/// gradient, when a ReLU made its input).
+pub fn elementwise_add_relu_backward(a: &Tensor, b: &Tensor, relu_out: &Tensor, alpha: f32, beta: f32) -> Result<Tensor> {
+    check_shape("elementwise_add", "the ReLU output", relu_out.shape(), a.shape())?;
+    add(a, b, alpha, beta, Epi::ReluBackward(relu_out))
+}
+
+/// What `add` does after the sum.
+enum Epi<'a> {
+    None,
+    Relu,
+    ReluBackward(&'a Tensor),
+}
+
+fn add(a: &Tensor, b: &Tensor, alpha: f32, beta: f32, epi: Epi) -> Result<Tensor> {
     const OP: &str = "elementwise_add";
     check_shape(OP, "b", b.shape(), a.shape())?;
-    match same_device(OP, &[a, b])? {
+    let mask = match epi {
+        Epi::ReluBackward(m) => Some(m),
+        _ => None,
+    };
+    match same_device(OP, &[a, b].into_iter().chain(mask).collect::<Vec<_>>())? {
         Device::Cpu => {
             let mut out = elementwise_add_cpu(a.host(OP)?, b.host(OP)?, alpha, beta);
-            if relu {
-                activation_forward_in_place_cpu(Activation::Relu, &mut out);
+            match epi {
+                Epi::None => {}
+                Epi::Relu => activation_forward_in_place_cpu(Activation::Relu, &mut out),
+                Epi::ReluBackward(m) => activation_relu_backward_cpu(&mut out, m.host(OP)?),
             }
             Ok(Tensor::from_cpu(a.shape(), out))
         }
         Device::Gpu(ctx) => {
             let out = Tensor::uninit_gpu(&ctx, OP, a.shape())?;
-            let p = EwParams { len: a.numel() as u32, alpha, beta, relu: relu as u32 };
-            ctx.dispatch(&ELEMENTWISE_ADD, &p, &[a.buffer(OP)?, b.buffer(OP)?, out.buffer(OP)?], ctx.grid_1d(a.numel(), 256))?;
+            let relu = match epi {
+                Epi::None => 0,
+                Epi::Relu => 1,
+                Epi::ReluBackward(_) => 2,
+            };
+            let p = EwParams { len: a.numel() as u32, alpha, beta, relu };
+            let ab = a.buffer(OP)?;
+            // The mask binding is read only with relu 2; A stands in otherwise.
+            let mb = mask.map(|m| m.buffer(OP)).transpose()?.unwrap_or(ab);
+            ctx.dispatch(&ELEMENTWISE_ADD, &p, &[ab, b.buffer(OP)?, out.buffer(OP)?, mb], ctx.grid_1d(a.numel(), 256))?;
             Ok(out)
         }
     }
@@ -77,7 +106,7 @@ pub fn elementwise_combine(out: &mut Tensor, a: &Tensor, alpha: f32, beta: f32) 
         Device::Gpu(ctx) => {
             let p = EwParams { len: a.numel() as u32, alpha, beta, ..Default::default() };
             let x = a.buffer(OP)?;
-            ctx.dispatch(&ELEMENTWISE_COMBINE, &p, &[x, x, out.buffer(OP)?], ctx.grid_1d(a.numel(), 256))?;
+            ctx.dispatch(&ELEMENTWISE_COMBINE, &p, &[x, x, out.buffer(OP)?, x], ctx.grid_1d(a.numel(), 256))?;
         }
     }
     Ok(())
@@ -91,7 +120,7 @@ pub fn elementwise_fill(out: &mut Tensor, value: f32) -> Result<()> {
         Device::Cpu => out.host_mut(OP)?.fill(value),
         Device::Gpu(ctx) => {
             let p = EwParams { len: out.numel() as u32, alpha: value, ..Default::default() };
-            ctx.dispatch(&ELEMENTWISE_FILL, &p, &[ctx.scratch(0), ctx.scratch(0), out.buffer(OP)?], ctx.grid_1d(out.numel(), 256))?;
+            ctx.dispatch(&ELEMENTWISE_FILL, &p, &[ctx.scratch(0), ctx.scratch(0), out.buffer(OP)?, ctx.scratch(0)], ctx.grid_1d(out.numel(), 256))?;
         }
     }
     Ok(())
@@ -108,7 +137,7 @@ pub fn elementwise_combine_sign(out: &mut Tensor, a: &Tensor, alpha: f32, beta: 
         Device::Gpu(ctx) => {
             let p = EwParams { len: a.numel() as u32, alpha, beta, ..Default::default() };
             let x = a.buffer(OP)?;
-            ctx.dispatch(&ELEMENTWISE_COMBINE_SIGN, &p, &[x, x, out.buffer(OP)?], ctx.grid_1d(a.numel(), 256))?;
+            ctx.dispatch(&ELEMENTWISE_COMBINE_SIGN, &p, &[x, x, out.buffer(OP)?, x], ctx.grid_1d(a.numel(), 256))?;
         }
     }
     Ok(())

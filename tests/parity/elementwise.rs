@@ -1,7 +1,7 @@
 //! Elementwise arithmetic: add, combine (in place), fill, combine_sign.
 
-use wgpu_cnn::ops::activation::{activation_forward, Activation};
-use wgpu_cnn::ops::elementwise::{elementwise_add, elementwise_add_relu, elementwise_combine, elementwise_combine_sign, elementwise_fill};
+use wgpu_cnn::ops::activation::{activation_backward, activation_forward, Activation};
+use wgpu_cnn::ops::elementwise::{elementwise_add, elementwise_add_relu, elementwise_add_relu_backward, elementwise_combine, elementwise_combine_sign, elementwise_fill};
 use wgpu_cnn::{Device, Tensor, Tolerance};
 
 use crate::harness::random;
@@ -43,5 +43,14 @@ fn helpers(dev: &Device) {
     assert_eq!(fused.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "add + ReLU on {dev}");
     assert!(fused[4].is_nan() && fused.iter().all(|v| v.is_nan() || *v >= 0.0), "add + ReLU on {dev}: {fused:?}");
     assert!(elementwise_add_relu(&at, &Tensor::zeros(dev, &[7, 5]).unwrap(), 1.0, 1.0).is_err(), "shape mismatch is an error");
+
+    // The same sum taken back through a ReLU whose output is `b` (half of it
+    // positive): the sum, then ReLU's backward, bit for bit.
+    let fused = elementwise_add_relu_backward(&at, &ant, &bt, 2.0, -0.5).unwrap().to_vec().unwrap();
+    let want = activation_backward(&bt, &elementwise_add(&at, &ant, 2.0, -0.5).unwrap(), Activation::Relu).unwrap().to_vec().unwrap();
+    assert_eq!(fused.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "add, ReLU backward on {dev}");
+    assert!(fused.iter().zip(&b).any(|(f, &m)| m <= 0.0 && *f == 0.0) && fused.iter().zip(&b).any(|(f, &m)| m > 0.0 && *f != 0.0), "the mask both passes and stops: {fused:?}");
+    let e = elementwise_add_relu_backward(&at, &bt, &Tensor::zeros(dev, &[7, 5]).unwrap(), 1.0, 1.0).unwrap_err().to_string();
+    assert!(e.contains("ReLU output") && e.contains("[7, 5]"), "{e}");
 }
 test_device!(elementwise_helpers, helpers);
