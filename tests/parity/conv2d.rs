@@ -269,7 +269,9 @@ test_device!(conv2d_bad_input, bad_input);
 fn cpu_tuned_matches_reference() {
     let d = Conv2dConfig::default;
     let mut all = cases();
-    all.push(case([37, 8, 6, 6], 5, [3, 3], d().padding(1), true)); // 36 pixels: 8 images a block, 5 blocks
+    // 36 pixels and 41 KB of columns an image: 8-image blocks (the 256-pixel
+    // floor), 5 of them in 4 uneven parts.
+    all.push(case([37, 32, 6, 6], 5, [3, 3], d().padding(1), true));
     all.push(case([9, 4, 5, 5], 6, [3, 3], d().padding(1).groups(2), true));
     all.push(case([3, 16, 40, 40], 8, [3, 3], d().padding(1), true)); // 1.7 MB of columns an image: one a block
     for (i, c) in all.iter().enumerate() {

@@ -17,8 +17,9 @@ use crate::ops::col2im::col2im_cpu_into;
 use crate::ops::im2col::im2col_cpu_into;
 use crate::shape::Conv2dGeometry;
 
-/// A block's column matrix is kept near this size (an L2 cache).
-const BLOCK_BYTES: usize = 1 << 20;
+/// A block's column matrix is kept near this size (within a core's L2; from
+/// 64 to 256 KiB measured alike here, 1 MiB 5–10% slower: benches/RESULTS.md).
+const BLOCK_BYTES: usize = 256 << 10;
 /// ...but spans at least this many output pixels: the k of the weight
 /// gradient's GEMM, which runs short and slow on a few pixels.
 const MIN_BLOCK_PIXELS: usize = 256;
