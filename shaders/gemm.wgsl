@@ -80,6 +80,10 @@ struct GemmParams {
 // Invocations per workgroup along x (columns) and y (rows).
 override WG_X: u32 = 8u;
 override WG_Y: u32 = 8u;
+// The NCHW load mapping of A and the row sums, compiled in only for the
+// pipelines that use them: in the k loop they cost the plain GEMM 4–8% on
+// lavapipe (benches/RESULTS.md).
+override MAPPED: bool = false;
 // Depth of the k-slab staged in workgroup memory (gemm_tiled only).
 override TILE_K: u32 = 16u;
 // gemm_tiled: each invocation owns a 4×4 block, so a workgroup covers (4·WG_Y)×(4·WG_X).
@@ -109,7 +113,7 @@ fn strides() -> Strides {
 
 // Offset of op(A)[·][p] from its row, and of op(B)[·][j] from its k row.
 fn a_off(p: u32, s: Strides) -> u32 {
-    if (params.a_img_cols == 0u) { return p * s.a_p; }
+    if (!MAPPED || params.a_img_cols == 0u) { return p * s.a_p; }
     return (p / params.a_img_cols) * params.a_img_stride + p % params.a_img_cols;
 }
 
@@ -227,8 +231,10 @@ fn gemm_blocked(
         let aw = load_a(rb, pa);
         let bv = load_b(cb, pb);
         let bw = load_b(cc, pb);
-        rsa += av;
-        rsb += aw;
+        if (MAPPED) {
+            rsa += av;
+            rsb += aw;
+        }
         acc[0] += av.x * bv;
         acc[1] += av.y * bv;
         acc[2] += av.z * bv;
@@ -248,7 +254,7 @@ fn gemm_blocked(
     }
     store_block(batch, i0, j0, 1u, WG_X, acc);
     if (i0 + 4u < params.m) { store_block(batch, i0 + 4u, j0, 1u, WG_X, acc2); }
-    if (params.rowsum != 0u && j0 == 0u) {
+    if (MAPPED && params.rowsum != 0u && j0 == 0u) {
         store_rowsum(batch, i0, 1u, rsa);
         store_rowsum(batch, i0 + 4u, 1u, rsb);
     }
@@ -298,7 +304,7 @@ fn gemm_blocked_wide(
         let b1 = load_b(cb1, pb);
         let b2 = load_b(cb2, pb);
         let b3 = load_b(cb3, pb);
-        rs0 += a0; rs1 += a1; rs2 += a2; rs3 += a3;
+        if (MAPPED) { rs0 += a0; rs1 += a1; rs2 += a2; rs3 += a3; }
         acc00[0] += a0.x * b0; acc00[1] += a0.y * b0; acc00[2] += a0.z * b0; acc00[3] += a0.w * b0;
         acc01[0] += a0.x * b1; acc01[1] += a0.y * b1; acc01[2] += a0.z * b1; acc01[3] += a0.w * b1;
         acc02[0] += a0.x * b2; acc02[1] += a0.y * b2; acc02[2] += a0.z * b2; acc02[3] += a0.w * b2;
@@ -332,7 +338,7 @@ fn gemm_blocked_wide(
     if (i0 + 12u < params.m && j0 + 4u * WG_X < params.n) { store_block(batch, i0 + 12u, j0 + 4u * WG_X, 1u, WG_X, acc31); }
     if (i0 + 12u < params.m && j0 + 8u * WG_X < params.n) { store_block(batch, i0 + 12u, j0 + 8u * WG_X, 1u, WG_X, acc32); }
     if (i0 + 12u < params.m && j0 + 12u * WG_X < params.n) { store_block(batch, i0 + 12u, j0 + 12u * WG_X, 1u, WG_X, acc33); }
-    if (params.rowsum != 0u && j0 == 0u) {
+    if (MAPPED && params.rowsum != 0u && j0 == 0u) {
         store_rowsum(batch, i0, 1u, rs0);
         store_rowsum(batch, i0 + 4u, 1u, rs1);
         store_rowsum(batch, i0 + 8u, 1u, rs2);
@@ -409,7 +415,7 @@ fn gemm_tiled(
             let bo = p * TILE_N + lid.x;
             let av = vec4<f32>(as_[ao], as_[ao + WG_Y], as_[ao + 2u * WG_Y], as_[ao + 3u * WG_Y]);
             let bv = vec4<f32>(bs[bo], bs[bo + WG_X], bs[bo + 2u * WG_X], bs[bo + 3u * WG_X]);
-            rsa += av;
+            if (MAPPED) { rsa += av; }
             acc[0] += av.x * bv;
             acc[1] += av.y * bv;
             acc[2] += av.z * bv;
@@ -419,7 +425,7 @@ fn gemm_tiled(
     }
     if (batch < params.batch) {
         store_block(batch, row0 + lid.y, col0 + lid.x, WG_Y, WG_X, acc);
-        if (params.rowsum != 0u && col0 + lid.x == 0u) { store_rowsum(batch, row0 + lid.y, WG_Y, rsa); }
+        if (MAPPED && params.rowsum != 0u && col0 + lid.x == 0u) { store_rowsum(batch, row0 + lid.y, WG_Y, rsa); }
     }
 }
 
@@ -470,8 +476,10 @@ fn gemm_tiled8(
             let a1 = vec4<f32>(as8[ao + 4u * WG_Y], as8[ao + 5u * WG_Y], as8[ao + 6u * WG_Y], as8[ao + 7u * WG_Y]);
             let b0 = vec4<f32>(bs8[bo], bs8[bo + WG_X], bs8[bo + 2u * WG_X], bs8[bo + 3u * WG_X]);
             let b1 = vec4<f32>(bs8[bo + 4u * WG_X], bs8[bo + 5u * WG_X], bs8[bo + 6u * WG_X], bs8[bo + 7u * WG_X]);
-            rs0 += a0;
-            rs1 += a1;
+            if (MAPPED) {
+                rs0 += a0;
+                rs1 += a1;
+            }
             acc00[0] += a0.x * b0; acc00[1] += a0.y * b0; acc00[2] += a0.z * b0; acc00[3] += a0.w * b0;
             acc01[0] += a0.x * b1; acc01[1] += a0.y * b1; acc01[2] += a0.z * b1; acc01[3] += a0.w * b1;
             acc10[0] += a1.x * b0; acc10[1] += a1.y * b0; acc10[2] += a1.z * b0; acc10[3] += a1.w * b0;
@@ -486,7 +494,7 @@ fn gemm_tiled8(
         store_block(batch, r, c + 4u * WG_X, WG_Y, WG_X, acc01);
         store_block(batch, r + 4u * WG_Y, c, WG_Y, WG_X, acc10);
         store_block(batch, r + 4u * WG_Y, c + 4u * WG_X, WG_Y, WG_X, acc11);
-        if (params.rowsum != 0u && c == 0u) {
+        if (MAPPED && params.rowsum != 0u && c == 0u) {
             store_rowsum(batch, r, WG_Y, rs0);
             store_rowsum(batch, r + 4u * WG_Y, WG_Y, rs1);
         }

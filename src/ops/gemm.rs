@@ -56,8 +56,48 @@ fn split_reduce_work(p: &GemmParams) -> Work {
     let width = (p.m * p.n + if p.rowsum != 0 { p.m } else { 0 }) as usize;
     Work::f32s(width * (p.batch as usize + if p.beta != 0.0 { 2 } else { 1 }), width * p.batch as usize)
 }
-pub(crate) const KERNELS: &[&crate::kernel::KernelDef] =
-    &[&GEMM_BLOCKED.def, &GEMM_BLOCKED_WIDE.def, &GEMM_TILED.def, &GEMM_TILED_32.def, &GEMM_TILED_K32.def, &GEMM_TILED8.def, &GEMM_SPLIT_REDUCE.def];
+/// The same kernels with the NCHW load mapping of A and the row sums compiled
+/// in (`MAPPED`): a convolution's backward GEMMs and weight-with-bias
+/// gradients use these; plain GEMMs keep the lean loops.
+pub(crate) static GEMM_BLOCKED_MAPPED: Kernel<GemmParams> =
+    Kernel::new(&SHADER, "gemm_blocked", BINDINGS).named("gemm_blocked_mapped").with_constants(&[("WG_X", 8.0), ("WG_Y", 8.0), ("MAPPED", 1.0)]).with_work(gemm_work);
+pub(crate) static GEMM_BLOCKED_WIDE_MAPPED: Kernel<GemmParams> =
+    Kernel::new(&SHADER, "gemm_blocked_wide", BINDINGS).named("gemm_blocked_wide_mapped").with_constants(&[("WG_X", 8.0), ("WG_Y", 8.0), ("MAPPED", 1.0)]).with_work(gemm_work);
+pub(crate) static GEMM_TILED_MAPPED: Kernel<GemmParams> = Kernel::new(&SHADER, "gemm_tiled", BINDINGS)
+    .named("gemm_tiled_mapped")
+    .with_constants(&[("WG_X", 16.0), ("WG_Y", 16.0), ("TILE_K", 16.0), ("MAPPED", 1.0)])
+    .with_work(gemm_work);
+pub(crate) static GEMM_TILED_32_MAPPED: Kernel<GemmParams> = Kernel::new(&SHADER, "gemm_tiled", BINDINGS)
+    .named("gemm_tiled_32_mapped")
+    .with_constants(&[("WG_X", 8.0), ("WG_Y", 8.0), ("TILE_K", 16.0), ("MAPPED", 1.0)])
+    .with_work(gemm_work);
+pub(crate) static GEMM_TILED_K32_MAPPED: Kernel<GemmParams> = Kernel::new(&SHADER, "gemm_tiled", BINDINGS)
+    .named("gemm_tiled_k32_mapped")
+    .with_constants(&[("WG_X", 16.0), ("WG_Y", 16.0), ("TILE_K", 32.0), ("MAPPED", 1.0)])
+    .with_work(gemm_work);
+pub(crate) static GEMM_TILED8_MAPPED: Kernel<GemmParams> = Kernel::new(&SHADER, "gemm_tiled8", BINDINGS)
+    .named("gemm_tiled8_mapped")
+    .with_constants(&[("WG_X", 16.0), ("WG_Y", 16.0), ("TILE_K", 8.0), ("MAPPED", 1.0)])
+    .with_work(gemm_work);
+/// Each kernel shape, plain and mapped, in `kernel_for`'s order.
+static PLAIN: [&Kernel<GemmParams>; 6] = [&GEMM_BLOCKED, &GEMM_BLOCKED_WIDE, &GEMM_TILED, &GEMM_TILED_32, &GEMM_TILED_K32, &GEMM_TILED8];
+static MAPPED: [&Kernel<GemmParams>; 6] =
+    [&GEMM_BLOCKED_MAPPED, &GEMM_BLOCKED_WIDE_MAPPED, &GEMM_TILED_MAPPED, &GEMM_TILED_32_MAPPED, &GEMM_TILED_K32_MAPPED, &GEMM_TILED8_MAPPED];
+pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[
+    &GEMM_BLOCKED.def,
+    &GEMM_BLOCKED_WIDE.def,
+    &GEMM_TILED.def,
+    &GEMM_TILED_32.def,
+    &GEMM_TILED_K32.def,
+    &GEMM_TILED8.def,
+    &GEMM_BLOCKED_MAPPED.def,
+    &GEMM_BLOCKED_WIDE_MAPPED.def,
+    &GEMM_TILED_MAPPED.def,
+    &GEMM_TILED_32_MAPPED.def,
+    &GEMM_TILED_K32_MAPPED.def,
+    &GEMM_TILED8_MAPPED.def,
+    &GEMM_SPLIT_REDUCE.def,
+];
 
 /// How to combine the operands.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -468,21 +508,23 @@ pub fn gemm_images_for_tests(a: &Tensor, b: &Tensor, c: &mut Tensor, s: GemmShap
     gemm_gpu_strided(&ctx, a.buffer(OP)?, b.buffer(OP)?, c.buffer(OP)?, s, l, cfg, Epilogue::default())
 }
 
-/// The kernel a variant uses for a shape, and the register block each
+/// The kernel a variant uses for a shape (its `MAPPED` twin when the GEMM
+/// maps A's loads or writes row sums), and the register block each
 /// invocation owns (a workgroup covers block·WG_Y rows × block·WG_X columns).
-fn kernel_for(v: GemmVariant, s: &GemmShape) -> (&'static Kernel<GemmParams>, usize) {
-    match v {
+fn kernel_for(v: GemmVariant, s: &GemmShape, mapped: bool) -> (&'static Kernel<GemmParams>, usize) {
+    let (i, block) = match v {
         // Big enough to fill 16×16 blocks without much waste: the wide kernel
         // loads half as much per FMA (VGG-small's step 10.0 → 7.3 s on lavapipe),
         // but LeNet-5's small GEMMs ran 10% slower with it throughout.
-        GemmVariant::Blocked if s.m >= 32 && s.n >= 256 => (&GEMM_BLOCKED_WIDE, 16),
-        GemmVariant::Blocked | GemmVariant::Blocked8 => (&GEMM_BLOCKED, 8),
-        GemmVariant::Blocked16 => (&GEMM_BLOCKED_WIDE, 16),
-        GemmVariant::Tiled => (&GEMM_TILED, 4),
-        GemmVariant::Tiled32 => (&GEMM_TILED_32, 4),
-        GemmVariant::TiledK32 => (&GEMM_TILED_K32, 4),
-        GemmVariant::Tiled128 => (&GEMM_TILED8, 8),
-    }
+        GemmVariant::Blocked if s.m >= 32 && s.n >= 256 => (1, 16),
+        GemmVariant::Blocked | GemmVariant::Blocked8 => (0, 8),
+        GemmVariant::Blocked16 => (1, 16),
+        GemmVariant::Tiled => (2, 4),
+        GemmVariant::Tiled32 => (3, 4),
+        GemmVariant::TiledK32 => (4, 4),
+        GemmVariant::Tiled128 => (5, 8),
+    };
+    (if mapped { MAPPED[i] } else { PLAIN[i] }, block)
 }
 
 // ---------------------------------------------------------------- tuning
@@ -608,7 +650,8 @@ pub(crate) fn gemm_gpu_strided(
     cfg: GemmConfig,
     epi: Epilogue,
 ) -> Result<()> {
-    let (kernel, block) = kernel_for(choose(ctx, &s, &cfg)?, &s);
+    let mapped = l.a_images.is_some() || epi.row_sums.is_some();
+    let (kernel, block) = kernel_for(choose(ctx, &s, &cfg)?, &s, mapped);
     let tile_n = block * kernel.def.constant("WG_X", 8) as usize;
     let tile_m = block * kernel.def.constant("WG_Y", 8) as usize;
     let (m, n, k) = (s.m, s.n, s.k);
