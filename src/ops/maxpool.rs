@@ -137,27 +137,33 @@ pub fn maxpool_forward_cpu(x: &[f32], g: &Pool2dGeometry) -> (Vec<f32>, Vec<u32>
     let c = &g.cfg;
     let mut y = vec![0f32; g.n * g.c * oh * ow];
     let mut arg = vec![0u32; y.len()];
-    for plane in 0..g.n * g.c {
-        let xp = &x[plane * h * w..(plane + 1) * h * w];
-        for oy in 0..oh {
-            let (ys, ye) = window(oy, c.kernel[0], c.stride[0], c.padding[0], h);
-            for ox in 0..ow {
-                let (xs, xe) = window(ox, c.kernel[1], c.stride[1], c.padding[1], w);
-                let mut best_i = ys * w + xs;
-                for yy in ys..ye {
-                    for xx in xs..xe {
-                        let (v, best) = (xp[yy * w + xx], xp[best_i]);
-                        if v > best || (v.is_nan() && !best.is_nan()) {
-                            best_i = yy * w + xx;
+    if y.is_empty() {
+        return (y, arg);
+    }
+    // Planes are independent: runs of them on each core.
+    let planes: Vec<(usize, (&mut [f32], &mut [u32]))> = y.chunks_mut(oh * ow).zip(arg.chunks_mut(oh * ow)).enumerate().collect();
+    crate::ops::parallel(crate::ops::runs(planes, crate::cores()), |run| {
+        for (plane, (yp, ap)) in run {
+            let xp = &x[plane * h * w..(plane + 1) * h * w];
+            for oy in 0..oh {
+                let (ys, ye) = window(oy, c.kernel[0], c.stride[0], c.padding[0], h);
+                for ox in 0..ow {
+                    let (xs, xe) = window(ox, c.kernel[1], c.stride[1], c.padding[1], w);
+                    let mut best_i = ys * w + xs;
+                    for yy in ys..ye {
+                        for xx in xs..xe {
+                            let (v, best) = (xp[yy * w + xx], xp[best_i]);
+                            if v > best || (v.is_nan() && !best.is_nan()) {
+                                best_i = yy * w + xx;
+                            }
                         }
                     }
+                    yp[oy * ow + ox] = xp[best_i];
+                    ap[oy * ow + ox] = best_i as u32;
                 }
-                let o = (plane * oh + oy) * ow + ox;
-                y[o] = xp[best_i];
-                arg[o] = best_i as u32;
             }
         }
-    }
+    });
     (y, arg)
 }
 
