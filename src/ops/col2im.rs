@@ -42,14 +42,13 @@ pub fn col2im_cpu(cols: &[f32], g: &Conv2dGeometry) -> Vec<f32> {
     dx
 }
 
-/// [`col2im_cpu`] into `dx` (`g.n` images), which is overwritten.
+/// [`col2im_cpu`] added into `dx` (`g.n` images; zeros for col2im itself).
 pub fn col2im_cpu_into(cols: &[f32], g: &Conv2dGeometry, dx: &mut [f32]) {
     let (c, h, w, kh, kw, oh, ow) = (g.c_in, g.h, g.w, g.kh, g.kw, g.oh, g.ow);
     let [sh, sw] = g.cfg.stride;
     let [ph, pw] = g.cfg.padding;
     let [dh, dw] = g.cfg.dilation;
     let ncols = g.n * oh * ow;
-    dx.fill(0.0);
     for ci in 0..c {
         for ki in 0..kh {
             let ys = valid_range(oh, h, sh, ph, ki * dh);

@@ -109,7 +109,7 @@ pub fn conv2d_backward_cpu_tuned(x: Option<&[f32]>, w: &[f32], dy: &[f32], geo: 
                 dcols.resize(groups * kc * nb * p, 0.0);
                 let (s, l) = group_gemm(groups, kc, nb * p, cog, [cog * kc, cog * nb * p, kc * nb * p]);
                 gemm_groups_cpu(w, &dyc, &mut dcols, s, l, true, false, 0.0, false);
-                col2im_cpu_into(&dcols, &sub, dxb);
+                col2im_cpu_into(&dcols, &sub, dxb); // dx starts as zeros
             }
         }
         (dw, db)
