@@ -421,6 +421,10 @@ fn gpu_profile_and_trace() {
         assert_eq!((calls("activation_forward"), calls("bias_add")), (0, 0), "{report}");
         // Their backward rides in the max-pool backward after them and the linear layers' dx GEMMs.
         assert_eq!((calls("activation_backward"), calls("maxpool_backward"), calls("maxpool_backward_relu")), (0, 0, 2 * 2), "{report}");
+        // The convolutions' GEMMs read and write NCHW, and bias gradients come out of
+        // the weight gradients' GEMMs: no permute, no separate bias reduction.
+        assert_eq!((calls("permute_swap"), calls("bias_grad")), (0, 0), "{report}");
+        assert_eq!(calls("reduce_rows"), 2, "the loss's mean only: {report}");
         assert!(report.total_ms > 0.0 && (report.rows.iter().map(|r| r.share).sum::<f64>() - 1.0).abs() < 1e-6);
         let path = tmp("trace.json");
         ctx.write_trace(&path).unwrap();
