@@ -42,17 +42,14 @@ fn row_stats(base: u32) -> Row {
     return Row(m, log(s));
 }
 
-@compute @workgroup_size(WG)
-fn softmax_xent_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+// Row r's gradient into `out`; returns its (scaled) loss.
+fn xent_row(r: u32) -> f32 {
     let p = params;
-    let r = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
-    if (r >= p.n) { return; }
     let base = r * p.c;
     let label = labels[r];
     if (label == p.ignore_index) {
-        row_loss[r] = 0.0;
         for (var j = 0u; j < p.c; j++) { out[base + j] = 0.0; }
-        return;
+        return 0.0;
     }
     let st = row_stats(base);
     let off = p.smoothing / f32(p.c);
@@ -64,7 +61,33 @@ fn softmax_xent_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
         loss -= t * logp;
         out[base + j] = p.scale * (exp(logp) - t);
     }
-    row_loss[r] = p.scale * loss;
+    return p.scale * loss;
+}
+
+@compute @workgroup_size(WG)
+fn softmax_xent_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let r = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
+    if (r >= params.n) { return; }
+    row_loss[r] = xent_row(r);
+}
+
+var<workgroup> part: array<f32, WG>;
+
+// softmax_xent_forward for a batch of at most WG rows, in one workgroup that
+// also adds the rows' losses (a tree in workgroup memory, the same order as
+// reduce_rows): row_loss[0] is the loss, no second dispatch.
+@compute @workgroup_size(WG)
+fn softmax_xent_forward_one(@builtin(local_invocation_id) lid: vec3<u32>) {
+    let r = lid.x;
+    var loss = 0.0;
+    if (r < params.n) { loss = xent_row(r); }
+    part[r] = loss;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (r < s) { part[r] += part[r + s]; }
+        workgroupBarrier();
+    }
+    if (r == 0u) { row_loss[0] = part[0]; }
 }
 
 @compute @workgroup_size(WG)

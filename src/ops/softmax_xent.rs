@@ -13,7 +13,10 @@ const SHADER: Shader = Shader::new("softmax_xent", include_str!("../../shaders/s
 const BINDINGS: &[crate::kernel::Access] = &[Read, Read, ReadWrite, ReadWrite, Uniform];
 pub(crate) static SOFTMAX_XENT_FORWARD: Kernel<XentParams> = Kernel::new(&SHADER, "softmax_xent_forward", BINDINGS).with_work(|p| Work::f32s((2 * p.n * p.c + 2 * p.n) as usize, 6 * (p.n * p.c) as usize));
 pub(crate) static SOFTMAX_XENT_PROBS: Kernel<XentParams> = Kernel::new(&SHADER, "softmax_xent_probs", BINDINGS).with_work(|p| Work::f32s(2 * (p.n * p.c) as usize, 5 * (p.n * p.c) as usize));
-pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&SOFTMAX_XENT_FORWARD.def, &SOFTMAX_XENT_PROBS.def];
+/// The same for a batch that fits one workgroup, adding the loss too.
+pub(crate) static SOFTMAX_XENT_FORWARD_ONE: Kernel<XentParams> =
+    Kernel::new(&SHADER, "softmax_xent_forward_one", BINDINGS).with_work(|p| Work::f32s((2 * p.n * p.c + 1) as usize, 6 * (p.n * p.c) as usize));
+pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&SOFTMAX_XENT_FORWARD.def, &SOFTMAX_XENT_FORWARD_ONE.def, &SOFTMAX_XENT_PROBS.def];
 
 /// How the per-row losses are combined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,8 +111,14 @@ pub fn softmax_xent(logits: &Tensor, labels: &[i64], cfg: CrossEntropyConfig) ->
             let grad = Tensor::uninit_gpu(&ctx, OP, &[n, c])?;
             let label_buf = ctx.alloc(OP, n)?;
             ctx.upload_bytes(&label_buf, bytemuck::cast_slice(&labels))?;
-            let rows = ctx.alloc(OP, n)?;
             let p = XentParams { n: n as u32, c: c as u32, smoothing: cfg.label_smoothing, scale, ignore_index: NO_IGNORE, ..Default::default() };
+            // A batch that fits one workgroup adds its loss in the same kernel.
+            if n <= SOFTMAX_XENT_FORWARD_ONE.def.constant("WG", 64) as usize {
+                let bufs = [logits.buffer(OP)?, label_buf.buffer(), loss.buffer(OP)?, grad.buffer(OP)?];
+                ctx.dispatch(&SOFTMAX_XENT_FORWARD_ONE, &p, &bufs, [1, 1, 1])?;
+                return Ok((loss, grad));
+            }
+            let rows = ctx.alloc(OP, n)?;
             let bufs = [logits.buffer(OP)?, label_buf.buffer(), rows.buffer(), grad.buffer(OP)?];
             ctx.dispatch(&SOFTMAX_XENT_FORWARD, &p, &bufs, ctx.grid_1d(n, 64))?;
             reduce_rows_gpu(&ctx, rows.buffer(), loss.buffer(OP)?, 1, n, 0.0)?;
