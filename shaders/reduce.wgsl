@@ -11,11 +11,9 @@ struct ReduceParams {
     beta: f32,
     square: u32,
     out_offset: u32,
-    in_offset: u32,
-    // reduce_rows: non-zero, row r is segments of `seg` elements `seg_stride`
-    // apart starting at r·seg (one channel of an NCHW tensor); zero, contiguous.
-    seg: u32,
-    seg_stride: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> src: array<f32>;
@@ -33,9 +31,7 @@ fn reduce_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     if (row >= params.rows) { return; }
     var acc = 0.0;
     for (var j = lid.x; j < params.len; j += WG) {
-        var at = row * params.len + j;
-        if (params.seg != 0u) { at = row * params.seg + (j / params.seg) * params.seg_stride + j % params.seg; }
-        let v = src[params.in_offset + at];
+        let v = src[row * params.len + j];
         acc += select(v, v * v, params.square != 0u);
     }
     partial[lid.x] = acc;
@@ -61,7 +57,7 @@ fn reduce_cols(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     if (e >= params.len) { return; }
     var acc = 0.0;
     for (var r = 0u; r < params.rows; r++) {
-        let v = src[params.in_offset + r * params.len + e];
+        let v = src[r * params.len + e];
         acc += select(v, v * v, params.square != 0u);
     }
     let o = params.out_offset + e;

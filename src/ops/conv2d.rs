@@ -28,7 +28,7 @@ use crate::ops::bias::{bias_add, bias_grad};
 use crate::ops::gemm::{gemm_matmul_cpu, gemm_gpu_strided, Epilogue, GemmConfig, GemmLayout, GemmShape};
 use crate::ops::im2col::{im2col_cpu_into, im2col_gpu};
 use crate::ops::permute::{permute_swap_cpu, permute_swap_gpu};
-use crate::ops::reduce::{reduce_channels_gpu, reduce_rows_cpu};
+use crate::ops::reduce::reduce_rows_cpu;
 use crate::shape::{Conv2dConfig, Conv2dGeometry};
 use crate::tensor::{same_device, Tensor};
 
@@ -175,7 +175,7 @@ pub(crate) fn conv2d_backward_cols(
             // A 1×1 convolution's dx comes from a permute, not col2im: its ReLU runs after.
             let fused = relu_mask && !geo.is_pointwise();
             let relu_out = fused.then(|| x.buffer(OP)).transpose()?;
-            conv2d_backward_gpu(&ctx, Some((x.buffer(OP)?, dw.buffer(OP)?)), w.buffer(OP)?, dy.buffer(OP)?, dxb, dbb, &geo, kept, relu_out)?;
+            conv2d_backward_gpu(&ctx, Some((x.buffer(OP)?, dw.buffer(OP)?, dbb)), w.buffer(OP)?, dy.buffer(OP)?, dxb, &geo, kept, relu_out)?;
             match dx {
                 Some(dx) if relu_mask && !fused => Ok((Some(activation_backward(x, &dx, Activation::Relu)?), dw, db)),
                 dx => Ok((dx, dw, db)),
@@ -204,7 +204,7 @@ pub fn conv2d_transpose_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, c
         }
         Device::Gpu(ctx) => {
             let y = Tensor::uninit_gpu(&ctx, OP, &geo.input_shape())?;
-            conv2d_backward_gpu(&ctx, None, w.buffer(OP)?, x.buffer(OP)?, Some(y.buffer(OP)?), None, &geo, None, None)?;
+            conv2d_backward_gpu(&ctx, None, w.buffer(OP)?, x.buffer(OP)?, Some(y.buffer(OP)?), &geo, None, None)?;
             y
         }
     };
@@ -441,14 +441,16 @@ pub(crate) fn conv2d_forward_gpu(
     Ok(())
 }
 
+/// Records dx (when given) and, from x, dW and db (when `params` is given;
+/// db rides in dW's GEMM as dy's row sums), through the ReLU whose output is
+/// `relu_out` (x itself) when given.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn conv2d_backward_gpu(
     ctx: &Arc<GpuContext>,
-    x_dw: Option<(&wgpu::Buffer, &wgpu::Buffer)>,
+    params: Option<(&wgpu::Buffer, &wgpu::Buffer, Option<&wgpu::Buffer>)>,
     w: &wgpu::Buffer,
     dy: &wgpu::Buffer,
     dx: Option<&wgpu::Buffer>,
-    db: Option<&wgpu::Buffer>,
     geo: &Conv2dGeometry,
     kept: Option<&wgpu::Buffer>,
     relu_out: Option<&wgpu::Buffer>,
@@ -461,7 +463,7 @@ pub(crate) fn conv2d_backward_gpu(
     // Columns kept by the forward pass cover the whole batch in one chunk.
     let kept = kept.filter(|_| chunk >= geo.n && !geo.is_pointwise());
     let own;
-    let cols_buf = match (kept, x_dw) {
+    let cols_buf = match (kept, params) {
         (Some(kept), _) => Some(kept),
         (None, Some(_)) => {
             own = ctx.alloc("conv2d", groups * kc * chunk * p)?;
@@ -477,11 +479,7 @@ pub(crate) fn conv2d_backward_gpu(
         // dy is read in place as each group's [cog, nb·p] matrix: the GEMMs
         // load it through the NCHW mapping their stores use, no permute.
         let dy_images = Some((p, out_img));
-        // The bias gradient rides in the weight gradient's GEMM (dy's row sums).
-        if let (Some(db), None) = (db, x_dw) {
-            reduce_channels_gpu(ctx, dy, img0 * out_img, db, [nb, geo.c_out, p], out_img, beta)?;
-        }
-        if let (Some((x, dw)), Some(cols_buf)) = (x_dw, cols_buf) {
+        if let (Some((x, dw, db)), Some(cols_buf)) = (params, cols_buf) {
             if geo.is_pointwise() {
                 // For a 1×1 stride-1 convolution im2col is exactly this swap.
                 permute_swap_gpu(ctx, x, img0 * in_img, cols_buf, 0, [nb, geo.c_in, p], None, false)?;
@@ -490,6 +488,7 @@ pub(crate) fn conv2d_backward_gpu(
             }
             let (s, mut l) = group_gemm(groups, cog, kc, nb * p, [cog * p, kc * nb * p, cog * kc]);
             (l.offset_a, l.a_images) = (img0 * out_img, dy_images);
+            // The bias gradient rides in the weight gradient's GEMM (dy's row sums).
             let epi = Epilogue { row_sums: db.map(|db| (db, 0)), ..Epilogue::default() };
             gemm_gpu_strided(ctx, dy, cols_buf, dw, s, l, GemmConfig { trans_b: true, beta, ..GemmConfig::default() }, epi)?;
         }

@@ -27,13 +27,9 @@ pub struct ReduceParams {
     pub beta: f32,
     pub square: u32,
     pub out_offset: u32,
-    /// Where row 0 starts in the input.
-    pub in_offset: u32,
-    /// Non-zero (`reduce_rows`): each row is made of segments of this many
-    /// elements, `seg_stride` apart (a channel of an NCHW tensor, row r starting
-    /// r·seg in); zero: rows are contiguous, `len` apart.
-    pub seg: u32,
-    pub seg_stride: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+    pub _pad2: u32,
 }
 
 /// `[rows, rest…] → [rows]`: the sum over everything after the first axis.
@@ -122,23 +118,6 @@ pub(crate) fn reduce_rows_gpu_at(ctx: &GpuContext, x: &wgpu::Buffer, out: &wgpu:
     let params = ReduceParams { rows: rows as u32, len: len as u32, beta, out_offset: out_offset as u32, ..Default::default() };
     // One workgroup per row.
     ctx.dispatch(&REDUCE_ROWS, &params, &[x, out], ctx.grid_1d(rows, 1))
-}
-
-/// Records `out[c] = beta·out[c] + Σ_{n,t} x[x_offset + n·image_stride + c·pixels + t]`
-/// for `images` images of `channels` × `pixels` (an NCHW gradient's per-channel
-/// sums: a convolution's bias gradient, with no permute first).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn reduce_channels_gpu(ctx: &GpuContext, x: &wgpu::Buffer, x_offset: usize, out: &wgpu::Buffer, [images, channels, pixels]: [usize; 3], image_stride: usize, beta: f32) -> Result<()> {
-    let params = ReduceParams {
-        rows: channels as u32,
-        len: (images * pixels) as u32,
-        beta,
-        in_offset: x_offset as u32,
-        seg: pixels as u32,
-        seg_stride: image_stride as u32,
-        ..Default::default()
-    };
-    ctx.dispatch(&REDUCE_ROWS, &params, &[x, out], ctx.grid_1d(channels, 1))
 }
 
 /// Records `out[out_offset + e] = beta·out[…] + Σ_r x[r, e]` for x `[rows, len]`.
