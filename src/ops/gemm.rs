@@ -15,6 +15,8 @@ use crate::ops::activation::{activation_forward, activation_forward_in_place_cpu
 use crate::shape::check_nonempty;
 use crate::tensor::{same_device, Tensor};
 
+pub(crate) mod cpu;
+
 const SHADER: Shader = Shader::new("gemm", include_str!("../../shaders/gemm.wgsl"));
 const BINDINGS: &[crate::kernel::Access] = &[Read, Read, ReadWrite, Read, ReadWrite, Uniform];
 /// Barrier-free, an 8×8 block per invocation: for CPU-type adapters.

@@ -10,9 +10,8 @@
 //! most `PARTS`, a number that does not depend on the core count, so neither
 //! do the sums), then the parts in order.
 
-use super::{gemm_groups_cpu, group_gemm};
+use crate::ops::gemm::cpu::{gemm_nn, gemm_nn_panels, gemm_nt_acc, PackedA};
 use crate::ops::{parallel, runs};
-use crate::ops::activation::{activation_forward_cpu, Activation};
 use crate::ops::col2im::col2im_cpu_into;
 use crate::ops::im2col::im2col_cpu_into;
 use crate::shape::Conv2dGeometry;
@@ -33,41 +32,91 @@ fn block_images(geo: &Conv2dGeometry) -> usize {
     (BLOCK_BYTES / per_image).max(MIN_BLOCK_PIXELS.div_ceil(p)).clamp(1, geo.n.max(1))
 }
 
-/// The forward pass: as `conv2d_forward_cpu`, then ReLU when `relu` (NaN passes).
+/// The forward pass: as `conv2d_forward_cpu`, then ReLU when `relu` (NaN
+/// passes). No column matrix: the GEMM's B panels are built from each
+/// zero-padded input image as they are needed (an implicit GEMM), so the
+/// columns never leave L1, and y is written in place with bias and ReLU.
 pub fn conv2d_forward_cpu_tuned(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo: &Conv2dGeometry, relu: bool) -> Vec<f32> {
     let (groups, kc, p, c_out) = (geo.cfg.groups, geo.col_rows(), geo.out_pixels(), geo.c_out);
     let cog = c_out / groups;
     let (in_img, out_img) = (geo.c_in * geo.h * geo.w, c_out * p);
-    let b = block_images(geo);
     let mut y = vec![0f32; geo.n * out_img];
     if y.is_empty() {
         return y;
     }
-    let blocks: Vec<(usize, &mut [f32])> = y.chunks_mut(b * out_img).enumerate().map(|(i, yb)| (i * b, yb)).collect();
-    parallel(runs(blocks, crate::cores()), |run| {
-        let (mut cols, mut yc) = (Vec::new(), Vec::new());
-        for (img0, yb) in run {
-            let nb = yb.len() / out_img;
-            im2col_cpu_into(&x[img0 * in_img..(img0 + nb) * in_img], &geo.with_batch(nb), &mut cols);
-            // Written whole by the GEMM (beta = 0 never reads C): no zero-fill.
-            yc.resize(c_out * nb * p, 0.0);
-            let (s, l) = group_gemm(groups, cog, nb * p, kc, [cog * kc, kc * nb * p, cog * nb * p]);
-            gemm_groups_cpu(w, &cols, &mut yc, s, l, false, false, 0.0, false);
-            // (c_out, nb, p) → (nb, c_out, p), with bias and ReLU.
-            for c in 0..c_out {
-                let bc = bias.map_or(0.0, |b| b[c]);
-                for img in 0..nb {
-                    let src = &yc[(c * nb + img) * p..][..p];
-                    let dst = &mut yb[(img * c_out + c) * p..][..p];
-                    for (d, &v) in dst.iter_mut().zip(src) {
-                        let v = v + bc;
-                        *d = if relu { activation_forward_cpu(Activation::Relu, v) } else { v };
-                    }
-                }
+    // W_g (cog × kc), packed once for every image.
+    let packed: Vec<PackedA> = (0..groups).map(|g| PackedA::new(&w[g * cog * kc..], cog, kc, kc, 1)).collect();
+    let images: Vec<(usize, &mut [f32])> = y.chunks_mut(out_img).enumerate().collect();
+    parallel(runs(images, crate::cores()), |run| {
+        let (mut xp, mut spans) = (Vec::new(), Vec::new());
+        for (img, yi) in run {
+            let plane = pad_image(&x[img * in_img..][..in_img], geo, &mut xp);
+            for (g, a) in packed.iter().enumerate() {
+                let xg = &xp[g * (geo.c_in / groups) * plane..];
+                let bias = bias.map(|b| &b[g * cog..][..cog]);
+                gemm_nn_panels(a, p, &mut yi[g * cog * p..], p, bias, relu, |j0, w, panel| window_panel(xg, geo, j0, w, panel, &mut spans));
             }
         }
     });
     y
+}
+
+/// Copies image `x` (c_in × h × w) into `out` with the convolution's
+/// padding as zeros on every side; returns the padded plane's size.
+fn pad_image(x: &[f32], geo: &Conv2dGeometry, out: &mut Vec<f32>) -> usize {
+    let [ph, pw] = geo.cfg.padding;
+    let (hp, wp) = (geo.h + 2 * ph, geo.w + 2 * pw);
+    out.clear();
+    out.resize(geo.c_in * hp * wp, 0.0);
+    for (dst, src) in out.chunks_exact_mut(hp * wp).zip(x.chunks_exact(geo.h * geo.w)) {
+        for (y, row) in src.chunks_exact(geo.w).enumerate() {
+            dst[(y + ph) * wp + pw..][..geo.w].copy_from_slice(row);
+        }
+    }
+    hp * wp
+}
+
+/// Columns j0..j0 + w of one image's column matrix (rows (ci, ky, kx) of
+/// one group, as im2col lays them out), read from the padded image `xp`
+/// into `panel` (`kc` rows of `panel.len() / kc` lanes). `spans` is scratch.
+fn window_panel(xp: &[f32], geo: &Conv2dGeometry, j0: usize, w: usize, panel: &mut [f32], spans: &mut Vec<[usize; 4]>) {
+    let (kh, kw, ow) = (geo.kh, geo.kw, geo.ow);
+    let [sh, sw] = geo.cfg.stride;
+    let [dh, dw] = geo.cfg.dilation;
+    let [ph, pw] = geo.cfg.padding;
+    let (hp, wp) = (geo.h + 2 * ph, geo.w + 2 * pw);
+    let nr = panel.len() / geo.col_rows().max(1);
+    // The panel's pixels as runs along output rows: [lane, oy, ox, len].
+    spans.clear();
+    let mut q = j0;
+    while q < j0 + w {
+        let (oy, ox) = (q / ow, q % ow);
+        let len = (ow - ox).min(j0 + w - q);
+        spans.push([q - j0, oy, ox, len]);
+        q += len;
+    }
+    let mut rows = panel.chunks_exact_mut(nr);
+    for plane in xp.chunks_exact(hp * wp).take(geo.c_in / geo.cfg.groups) {
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let Some(dst) = rows.next() else { return };
+                for &[lane, oy, ox, len] in spans.iter() {
+                    let src = &plane[(oy * sh + ky * dh) * wp + ox * sw + kx * dw..];
+                    let dst = &mut dst[lane..][..len];
+                    if sw == 1 {
+                        // Fixed-size copies for the usual runs (no memcpy call).
+                        match len {
+                            16 => dst.copy_from_slice(&src[..16]),
+                            8 => dst.copy_from_slice(&src[..8]),
+                            _ => dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s),
+                        }
+                    } else {
+                        dst.iter_mut().zip(src.iter().step_by(sw)).for_each(|(d, &s)| *d = s);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The backward pass: (dx when `need_dx`, dW from `x` when given, db), as
@@ -82,13 +131,16 @@ pub fn conv2d_backward_cpu_tuned(x: Option<&[f32]>, w: &[f32], dy: &[f32], geo: 
     let mut dx_blocks: Vec<Option<&mut [f32]>> = if need_dx && in_img > 0 { dx.chunks_mut(b * in_img).map(Some).collect() } else { Vec::new() };
     dx_blocks.resize_with(nblocks, || None);
     let blocks: Vec<(usize, Option<&mut [f32]>)> = dx_blocks.into_iter().enumerate().map(|(i, d)| (i * b, d)).collect();
+    // W_gᵀ (kc × cog), packed once for every image.
+    let packed_t: Vec<PackedA> = if need_dx { (0..groups).map(|g| PackedA::new(&w[g * cog * kc..], kc, cog, 1, kc)).collect() } else { Vec::new() };
     let sums = parallel(runs(blocks, PARTS), |run| {
         let mut dw = vec![0f32; if x.is_some() { c_out * kc } else { 0 }];
         let mut db = vec![0f64; c_out];
         let (mut dyc, mut cols, mut dcols) = (Vec::new(), Vec::new(), Vec::new());
         for (img0, dxb) in run {
             let nb = b.min(geo.n - img0);
-            // dy's block as (c_out, nb·p), and its row sums.
+            // dy's block as (c_out, nb·p), so each product below runs along
+            // one long k; and its row sums.
             dyc.resize(c_out * nb * p, 0.0); // overwritten whole
             for img in 0..nb {
                 for c in 0..c_out {
@@ -97,18 +149,20 @@ pub fn conv2d_backward_cpu_tuned(x: Option<&[f32]>, w: &[f32], dy: &[f32], geo: 
                     db[c] += src.iter().map(|&v| v as f64).sum::<f64>();
                 }
             }
-            let sub = geo.with_batch(nb);
+            let (sub, np) = (geo.with_batch(nb), nb * p);
             if let Some(x) = x {
                 im2col_cpu_into(&x[img0 * in_img..(img0 + nb) * in_img], &sub, &mut cols);
-                // dW_g (cog, kc) += dYc_g (cog, nb·p) · cols_gᵀ (nb·p, kc)
-                let (s, l) = group_gemm(groups, cog, kc, nb * p, [cog * nb * p, kc * nb * p, cog * kc]);
-                gemm_groups_cpu(&dyc, &cols, &mut dw, s, l, false, true, 1.0, false);
+                // dW_g (cog × kc) += dYc_g (cog × nb·p) · cols_gᵀ (nb·p × kc)
+                for g in 0..groups {
+                    gemm_nt_acc(&dyc, np, &cols, np, &[(g * cog * np, g * kc * np)], np, [cog, kc], &mut dw[g * cog * kc..], kc);
+                }
             }
             if let Some(dxb) = dxb {
-                // dcols_g (kc, nb·p) = W_gᵀ (kc, cog) · dYc_g (cog, nb·p), written whole.
-                dcols.resize(groups * kc * nb * p, 0.0);
-                let (s, l) = group_gemm(groups, kc, nb * p, cog, [cog * kc, cog * nb * p, kc * nb * p]);
-                gemm_groups_cpu(w, &dyc, &mut dcols, s, l, true, false, 0.0, false);
+                // dcols_g (kc × nb·p) = W_gᵀ · dYc_g, written whole.
+                dcols.resize(groups * kc * np, 0.0);
+                for (g, a) in packed_t.iter().enumerate() {
+                    gemm_nn(a, &dyc[g * cog * np..], np, np, &mut dcols[g * kc * np..], np, None, false);
+                }
                 col2im_cpu_into(&dcols, &sub, dxb); // dx starts as zeros
             }
         }
