@@ -125,6 +125,11 @@ pub fn conv2d_backward_cpu_tuned(x: Option<&[f32]>, w: &[f32], dy: &[f32], geo: 
     let (groups, kc, p, c_out) = (geo.cfg.groups, geo.col_rows(), geo.out_pixels(), geo.c_out);
     let cog = c_out / groups;
     let (in_img, out_img) = (geo.c_in * geo.h * geo.w, c_out * p);
+    // A stride-1 convolution's dx is itself a convolution (of dy, with W
+    // flipped and transposed): the implicit-GEMM forward, with no dcols or
+    // col2im. Anything else takes dcols and col2im below.
+    let direct_dx = need_dx.then(|| transposed_geometry(geo)).flatten();
+    let need_dx = need_dx && direct_dx.is_none();
     let b = block_images(geo);
     let nblocks = geo.n.div_ceil(b);
     let mut dx = if need_dx { vec![0f32; geo.n * in_img] } else { Vec::new() };
@@ -174,5 +179,43 @@ pub fn conv2d_backward_cpu_tuned(x: Option<&[f32]>, w: &[f32], dy: &[f32], geo: 
         dw.iter_mut().zip(&pdw).for_each(|(a, v)| *a += v);
         db.iter_mut().zip(&pdb).for_each(|(a, v)| *a += v);
     }
-    (need_dx.then_some(dx), dw, db.into_iter().map(|v| v as f32).collect())
+    let dx = match direct_dx {
+        Some(tgeo) => Some(conv2d_forward_cpu_tuned(dy, &flip_weights(w, geo), None, &tgeo, false)),
+        None => need_dx.then_some(dx),
+    };
+    (dx, dw, db.into_iter().map(|v| v as f32).collect())
+}
+
+/// For a stride-1 convolution, the convolution that maps dy to dx: input
+/// (n, c_out, oh, ow), weights (c_in, c_out/groups, kh, kw) as `flip_weights`
+/// makes them, padding d·(k − 1) − p. None where that padding would be
+/// negative or the stride is not 1.
+fn transposed_geometry(geo: &Conv2dGeometry) -> Option<Conv2dGeometry> {
+    let (cfg, k) = (geo.cfg, [geo.kh, geo.kw]);
+    if cfg.stride != [1, 1] {
+        return None;
+    }
+    let pad = [0, 1].map(|i| (cfg.dilation[i] * (k[i] - 1)).checked_sub(cfg.padding[i]));
+    let [Some(ph), Some(pw)] = pad else { return None };
+    let tcfg = crate::Conv2dConfig { padding: [ph, pw], ..cfg };
+    let t = Conv2dGeometry::new(&[geo.n, geo.c_out, geo.oh, geo.ow], &[geo.c_in, geo.c_out / cfg.groups, geo.kh, geo.kw], tcfg).ok()?;
+    (t.oh == geo.h && t.ow == geo.w).then_some(t)
+}
+
+/// W (c_out, c_in/g, kh, kw) → W' (c_in, c_out/g, kh, kw), each kernel
+/// rotated by 180°, group by group: the weights of `transposed_geometry`.
+fn flip_weights(w: &[f32], geo: &Conv2dGeometry) -> Vec<f32> {
+    let g = geo.cfg.groups;
+    let (cog, cig, taps) = (geo.c_out / g, geo.c_in / g, geo.kh * geo.kw);
+    let mut out = vec![0f32; w.len()];
+    for gi in 0..g {
+        for co in 0..cog {
+            for ci in 0..cig {
+                let src = &w[((gi * cog + co) * cig + ci) * taps..][..taps];
+                let dst = &mut out[((gi * cig + ci) * cog + co) * taps..][..taps];
+                dst.iter_mut().zip(src.iter().rev()).for_each(|(d, &s)| *d = s);
+            }
+        }
+    }
+    out
 }
