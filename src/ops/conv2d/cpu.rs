@@ -10,7 +10,7 @@
 //! most `PARTS`, a number that does not depend on the core count, so neither
 //! do the sums), then the parts in order.
 
-use crate::ops::gemm::cpu::{gemm_nn, gemm_nn_panels, gemm_nt_acc, PackedA};
+use crate::ops::gemm::cpu::{gemm_nn, gemm_nn_panels, gemm_nt_acc, Direct, PackedA};
 use crate::ops::{parallel, runs};
 use crate::ops::col2im::col2im_cpu_into;
 use crate::ops::im2col::im2col_cpu_into;
@@ -47,6 +47,11 @@ pub fn conv2d_forward_cpu_tuned(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo:
     // W_g (cog × kc), packed once for every image.
     let packed: Vec<PackedA> = (0..groups).map(|g| PackedA::new(&w[g * cog * kc..], cog, kc, kc, 1)).collect();
     let images: Vec<(usize, &mut [f32])> = y.chunks_mut(out_img).enumerate().collect();
+    // Stride 1: a window row is a slice of the padded image, read in place
+    // (row (ci, ky, kx) of the columns starts at offs[kk]).
+    let [ph, pw] = geo.cfg.padding;
+    let (hp, wp) = (geo.h + 2 * ph, geo.w + 2 * pw);
+    let offs: Vec<usize> = (0..kc).map(|kk| (kk / (geo.kh * geo.kw) * hp + kk / geo.kw % geo.kh * geo.cfg.dilation[0]) * wp + kk % geo.kw * geo.cfg.dilation[1]).collect();
     parallel(runs(images, crate::cores()), |run| {
         let (mut xp, mut spans) = (Vec::new(), Vec::new());
         for (img, yi) in run {
@@ -54,7 +59,8 @@ pub fn conv2d_forward_cpu_tuned(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo:
             for (g, a) in packed.iter().enumerate() {
                 let xg = &xp[g * (geo.c_in / groups) * plane..];
                 let bias = bias.map(|b| &b[g * cog..][..cog]);
-                gemm_nn_panels(a, p, &mut yi[g * cog * p..], p, bias, relu, |j0, w, panel| window_panel(xg, geo, j0, w, panel, &mut spans));
+                let direct = (geo.cfg.stride == [1, 1]).then_some(Direct { src: xg, offs: &offs, row: geo.ow, stride: wp });
+                gemm_nn_panels(a, p, &mut yi[g * cog * p..], p, bias, relu, |j0, w, panel| window_panel(xg, geo, j0, w, panel, &mut spans), direct);
             }
         }
     });

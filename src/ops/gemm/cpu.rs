@@ -58,14 +58,28 @@ pub(crate) fn gemm_nn(a: &PackedA, b: &[f32], ldb: usize, n: usize, c: &mut [f32
         for (kk, dst) in panel.chunks_exact_mut(nr).enumerate() {
             dst[..w].copy_from_slice(&b[j0 + kk * ldb..][..w]);
         }
-    })
+    }, None)
 }
 
 /// `gemm_nn` with B given by `pack(j0, w, panel)`, which writes columns
 /// j0..j0 + w of B into `panel` (k rows of `panel.len() / k` values, lanes
 /// from w on already zero): a convolution builds them from its input.
-pub(crate) fn gemm_nn_panels(a: &PackedA, n: usize, c: &mut [f32], ldc: usize, bias: Option<&[f32]>, relu: bool, pack: impl FnMut(usize, usize, &mut [f32])) {
-    Arch::new().dispatch(Nn { a, n, c, ldc, bias, relu, pack })
+/// `direct`, when given, lets whole panels be read in place instead.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_nn_panels(a: &PackedA, n: usize, c: &mut [f32], ldc: usize, bias: Option<&[f32]>, relu: bool, pack: impl FnMut(usize, usize, &mut [f32]), direct: Option<Direct>) {
+    Arch::new().dispatch(Nn { a, n, c, ldc, bias, relu, pack, direct })
+}
+
+/// B read where it lies: element (kk, j) at `src[offs[kk] + (j / row) *
+/// stride + j % row]`, B's columns being rows of `row` values `stride` apart
+/// in `src` (a stride-1 convolution's windows in its padded input). A panel
+/// is read in place when each of its vectors lies within one such row, with
+/// no copy: for few output channels the copy cost as much as the product.
+pub(crate) struct Direct<'a> {
+    pub src: &'a [f32],
+    pub offs: &'a [usize],
+    pub row: usize,
+    pub stride: usize,
 }
 
 /// C (m × n, row i at `c[i * ldc..]`) += Σ over `segs` (a_off, b_off) of
@@ -84,6 +98,7 @@ struct Nn<'a, F> {
     bias: Option<&'a [f32]>,
     relu: bool,
     pack: F,
+    direct: Option<Direct<'a>>,
 }
 
 impl<F: FnMut(usize, usize, &mut [f32])> WithSimd for Nn<'_, F> {
@@ -91,7 +106,8 @@ impl<F: FnMut(usize, usize, &mut [f32])> WithSimd for Nn<'_, F> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        let Nn { a, n, c, ldc, bias, relu, mut pack } = self;
+        let Nn { a, n, c, ldc, bias, relu, mut pack, direct } = self;
+        let lanes = S::F32_LANES;
         let (m, k, nr) = (a.m, a.k, NV * S::F32_LANES);
         if m == 0 || n == 0 {
             return;
@@ -101,22 +117,35 @@ impl<F: FnMut(usize, usize, &mut [f32])> WithSimd for Nn<'_, F> {
         let mut bp = vec![0f32; k * nr];
         for j0 in (0..n).step_by(nr) {
             let w = nr.min(n - j0);
-            if w < nr {
-                bp.fill(0.0);
+            // Where each vector of the panel starts in `direct`'s source.
+            let bases: Option<[usize; NV]> = direct.as_ref().filter(|_| w == nr).and_then(|d| {
+                let base = |j: usize| (j % d.row + lanes <= d.row).then_some(j / d.row * d.stride + j % d.row);
+                let b: [Option<usize>; NV] = std::array::from_fn(|q| base(j0 + q * lanes));
+                b.iter().all(Option::is_some).then(|| b.map(Option::unwrap_or_default))
+            });
+            if bases.is_none() {
+                if w < nr {
+                    bp.fill(0.0);
+                }
+                pack(j0, w, &mut bp);
             }
-            pack(j0, w, &mut bp);
             for (pi, ap) in a.data.chunks_exact(k.max(1) * MR).enumerate() {
                 let mut acc = [[simd.splat_f32s(0.0); NV]; MR];
-                for (av, brow) in ap.chunks_exact(MR).zip(bp.chunks_exact(nr)) {
-                    let (bv, _) = S::as_simd_f32s(&brow[..nr]);
-                    let bv: [S::f32s; NV] = std::array::from_fn(|q| bv[q]);
-                    for r in 0..MR {
-                        let ar = simd.splat_f32s(av[r]);
-                        for q in 0..NV {
-                            acc[r][q] = simd.mul_add_f32s(ar, bv[q], acc[r][q]);
+                match (&direct, bases) {
+                    (Some(d), Some(bases)) => {
+                        for (av, &o) in ap.chunks_exact(MR).zip(d.offs) {
+                            let bv: [S::f32s; NV] = std::array::from_fn(|q| S::as_simd_f32s(&d.src[o + bases[q]..][..lanes]).0[0]);
+                            fma_step(simd, &mut acc, av, bv);
+                        }
+                    }
+                    _ => {
+                        for (av, brow) in ap.chunks_exact(MR).zip(bp.chunks_exact(nr)) {
+                            let (bv, _) = S::as_simd_f32s(&brow[..nr]);
+                            fma_step(simd, &mut acc, av, std::array::from_fn(|q| bv[q]));
                         }
                     }
                 }
+                let acc = acc; // a copy: the borrows above would keep `acc` in memory
                 let i0 = pi * MR;
                 for (r, acc) in acc.iter().enumerate().take(m - i0) {
                     let bi = bias.map_or(0.0, |b| b[i0 + r]);
@@ -128,6 +157,17 @@ impl<F: FnMut(usize, usize, &mut [f32])> WithSimd for Nn<'_, F> {
                     }
                 }
             }
+        }
+    }
+}
+
+/// One k step of an outer-product tile.
+#[inline(always)]
+fn fma_step<S: Simd>(simd: S, acc: &mut [[S::f32s; NV]; MR], av: &[f32], bv: [S::f32s; NV]) {
+    for r in 0..MR {
+        let ar = simd.splat_f32s(av[r]);
+        for q in 0..NV {
+            acc[r][q] = simd.mul_add_f32s(ar, bv[q], acc[r][q]);
         }
     }
 }
