@@ -133,8 +133,10 @@ pub fn conv2d_backward_cpu_tuned(x: Option<&[f32]>, w: &[f32], dy: &[f32], geo: 
     let (in_img, out_img) = (geo.c_in * geo.h * geo.w, c_out * p);
     // A stride-1 convolution's dx is itself a convolution (of dy, with W
     // flipped and transposed): the implicit-GEMM forward, with no dcols or
-    // col2im. Anything else takes dcols and col2im below.
-    let direct_dx = need_dx.then(|| transposed_geometry(geo)).flatten();
+    // col2im, where its panels are read in place (rows a multiple of 8 wide;
+    // elsewhere copying them cost more: LeNet-5's 14-wide conv2 took 3×).
+    // Anything else takes dcols and col2im below.
+    let direct_dx = (need_dx && geo.w % 8 == 0).then(|| transposed_geometry(geo)).flatten();
     let need_dx = need_dx && direct_dx.is_none();
     let b = block_images(geo);
     let nblocks = geo.n.div_ceil(b);
