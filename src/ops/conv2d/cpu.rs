@@ -1,14 +1,17 @@
-//! The CPU path's convolution, tuned. The batch runs in blocks of images
-//! whose columns stay in cache (about `BLOCK_BYTES`, but at least
-//! `MIN_BLOCK_PIXELS` pixels so a weight gradient's GEMM keeps a long k), and
-//! the blocks are spread over the cores. Each block takes the reference's
-//! steps (im2col, GEMM, permute; col2im for dx), so the parity suite checks
-//! this against `conv2d_forward_cpu` / `conv2d_backward_cpu`; what changes is
-//! memory: no batch-sized column matrix, permuted copy or zero-filled dx
-//! to fault in and stream through, and bias and ReLU applied as each block
-//! of output is written. Weight and bias gradients are summed per part (at
-//! most `PARTS`, a number that does not depend on the core count, so neither
-//! do the sums), then the parts in order.
+//! The CPU path's convolution, tuned; the parity suite checks it against
+//! `conv2d_forward_cpu` / `conv2d_backward_cpu`, the plain references.
+//!
+//! - Forward: an implicit GEMM, image by image over the cores. The GEMM's B
+//!   panels (columns of im2col) come from the zero-padded image as they are
+//!   needed, read in place where a panel's vectors lie within output rows
+//!   (stride 1), copied otherwise; y is written in place with bias and ReLU.
+//! - dx: for stride 1 (rows a multiple of 8 wide), the same forward on dy
+//!   with the kernels flipped and transposed; otherwise dcols = Wᵀ·dy and
+//!   col2im, in blocks of images.
+//! - dW and db: in blocks of images whose columns stay in cache (about
+//!   `BLOCK_BYTES`, at least `MIN_BLOCK_PIXELS` pixels so the product keeps a
+//!   long k), summed per part (at most `PARTS`, a number that does not depend
+//!   on the core count, so neither do the sums), then the parts in order.
 
 use crate::ops::gemm::cpu::{gemm_nn, gemm_nn_panels, gemm_nt_acc, Direct, PackedA};
 use crate::ops::{parallel, runs};
