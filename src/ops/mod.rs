@@ -73,6 +73,18 @@ pub(crate) fn check_shape(op: &'static str, what: &str, got: &[usize], want: &[u
 
 // ---------------------------------------------------------------- CPU path helpers
 
+/// Σ x in f64, in 8 interleaved partial sums (one dependent chain of adds
+/// ran 4 cycles a value: a third of a wide convolution's bias gradient).
+pub(crate) fn sum_f64(x: &[f32]) -> f64 {
+    let mut acc = [0f64; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|&v| v as f64).sum();
+    for c in chunks {
+        acc.iter_mut().zip(c).for_each(|(a, &v)| *a += v as f64);
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
 /// `f` on each item, spread over the cores (item i on thread i mod T, the
 /// first of them this one); the results in item order.
 pub(crate) fn parallel<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {

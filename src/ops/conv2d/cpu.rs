@@ -8,15 +8,16 @@
 //! - dx: for stride 1 (rows a multiple of 8 wide), the same forward on dy
 //!   with the kernels flipped and transposed; otherwise dcols = Wᵀ·dy and
 //!   col2im, in blocks of images.
-//! - dW and db: in blocks of images whose columns stay in cache (about
-//!   `BLOCK_BYTES`, at least `MIN_BLOCK_PIXELS` pixels so the product keeps a
-//!   long k), summed per part (at most `PARTS`, a number that does not depend
-//!   on the core count, so neither do the sums), then the parts in order.
+//! - dW and db: no column matrix either. dWᵀ = windows of the padded input
+//!   (read in place) · dyᵀ, an outer-product tile over (ci, ky, kx) × output
+//!   channels whose k is the pixels, in blocks of images that stay in cache
+//!   (about `BLOCK_BYTES`, at least `MIN_BLOCK_PIXELS` pixels), summed per
+//!   part (at most `PARTS`, a number that does not depend on the core count,
+//!   so neither do the sums), then the parts in order.
 
-use crate::ops::gemm::cpu::{gemm_nn, gemm_nn_panels, gemm_nt_acc, Direct, PackedA};
-use crate::ops::{parallel, runs};
+use crate::ops::gemm::cpu::{gemm_nn, gemm_nn_panels, gemm_windows_acc, Direct, PackedA, Windows};
+use crate::ops::{parallel, runs, sum_f64};
 use crate::ops::col2im::col2im_cpu_into;
-use crate::ops::im2col::im2col_cpu_into;
 use crate::shape::Conv2dGeometry;
 
 /// A block's column matrix is kept near this size (within a core's L2; from
@@ -28,7 +29,16 @@ const MIN_BLOCK_PIXELS: usize = 256;
 /// Weight and bias gradients are summed in at most this many parts.
 const PARTS: usize = 4;
 
-/// Images per block.
+/// Images per block of the weight gradient alone: the padded images and dy's
+/// panels (16 lanes a pixel) near `BLOCK_BYTES`, at least `MIN_BLOCK_PIXELS`.
+fn dw_block_images(geo: &Conv2dGeometry) -> usize {
+    let [hp, wp] = padded_dims(geo);
+    let p = geo.out_pixels().max(1);
+    let per_image = (geo.c_in * hp * wp + p * 16) * 4;
+    (BLOCK_BYTES / per_image).max(MIN_BLOCK_PIXELS.div_ceil(p)).clamp(1, geo.n.max(1))
+}
+
+/// Images per block where dx takes dcols and col2im.
 fn block_images(geo: &Conv2dGeometry) -> usize {
     let p = geo.out_pixels().max(1);
     let per_image = geo.cfg.groups * geo.col_rows().max(1) * p * 4;
@@ -52,9 +62,7 @@ pub fn conv2d_forward_cpu_tuned(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo:
     let images: Vec<(usize, &mut [f32])> = y.chunks_mut(out_img).enumerate().collect();
     // Stride 1: a window row is a slice of the padded image, read in place
     // (row (ci, ky, kx) of the columns starts at offs[kk]).
-    let [ph, pw] = geo.cfg.padding;
-    let (hp, wp) = (geo.h + 2 * ph, geo.w + 2 * pw);
-    let offs: Vec<usize> = (0..kc).map(|kk| (kk / (geo.kh * geo.kw) * hp + kk / geo.kw % geo.kh * geo.cfg.dilation[0]) * wp + kk % geo.kw * geo.cfg.dilation[1]).collect();
+    let ([_, wp], offs) = (padded_dims(geo), window_offsets(geo));
     parallel(runs(images, crate::cores()), |run| {
         let (mut xp, mut spans) = (Vec::new(), Vec::new());
         for (img, yi) in run {
@@ -70,13 +78,26 @@ pub fn conv2d_forward_cpu_tuned(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo:
     y
 }
 
-/// Copies image `x` (c_in × h × w) into `out` with the convolution's
+/// The padded input's height and width.
+fn padded_dims(geo: &Conv2dGeometry) -> [usize; 2] {
+    let [ph, pw] = geo.cfg.padding;
+    [geo.h + 2 * ph, geo.w + 2 * pw]
+}
+
+/// Where row (ci, ky, kx) of one group's column matrix starts in its padded
+/// input (at output pixel (0, 0)): the same for every image and group.
+fn window_offsets(geo: &Conv2dGeometry) -> Vec<usize> {
+    let ([hp, wp], [dh, dw], taps) = (padded_dims(geo), geo.cfg.dilation, geo.kh * geo.kw);
+    (0..geo.col_rows()).map(|kk| (kk / taps * hp + kk / geo.kw % geo.kh * dh) * wp + kk % geo.kw * dw).collect()
+}
+
+/// Copies images `x` (each c_in × h × w) into `out` with the convolution's
 /// padding as zeros on every side; returns the padded plane's size.
 fn pad_image(x: &[f32], geo: &Conv2dGeometry, out: &mut Vec<f32>) -> usize {
     let [ph, pw] = geo.cfg.padding;
-    let (hp, wp) = (geo.h + 2 * ph, geo.w + 2 * pw);
+    let [hp, wp] = padded_dims(geo);
     out.clear();
-    out.resize(geo.c_in * hp * wp, 0.0);
+    out.resize(x.len() / (geo.h * geo.w).max(1) * hp * wp, 0.0);
     for (dst, src) in out.chunks_exact_mut(hp * wp).zip(x.chunks_exact(geo.h * geo.w)) {
         for (y, row) in src.chunks_exact(geo.w).enumerate() {
             dst[(y + ph) * wp + pw..][..geo.w].copy_from_slice(row);
@@ -92,8 +113,7 @@ fn window_panel(xp: &[f32], geo: &Conv2dGeometry, j0: usize, w: usize, panel: &m
     let (kh, kw, ow) = (geo.kh, geo.kw, geo.ow);
     let [sh, sw] = geo.cfg.stride;
     let [dh, dw] = geo.cfg.dilation;
-    let [ph, pw] = geo.cfg.padding;
-    let (hp, wp) = (geo.h + 2 * ph, geo.w + 2 * pw);
+    let [hp, wp] = padded_dims(geo);
     let nr = panel.len() / geo.col_rows().max(1);
     // The panel's pixels as runs along output rows: [lane, oy, ox, len].
     spans.clear();
@@ -132,16 +152,19 @@ fn window_panel(xp: &[f32], geo: &Conv2dGeometry, j0: usize, w: usize, panel: &m
 /// `conv2d_backward_cpu` computes them.
 pub fn conv2d_backward_cpu_tuned(x: Option<&[f32]>, w: &[f32], dy: &[f32], geo: &Conv2dGeometry, need_dx: bool) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
     let (groups, kc, p, c_out) = (geo.cfg.groups, geo.col_rows(), geo.out_pixels(), geo.c_out);
-    let cog = c_out / groups;
+    let (cog, cig) = (c_out / groups, geo.c_in / groups);
     let (in_img, out_img) = (geo.c_in * geo.h * geo.w, c_out * p);
     // A stride-1 convolution's dx is itself a convolution (of dy, with W
     // flipped and transposed): the implicit-GEMM forward, with no dcols or
     // col2im, where its panels are read in place (rows a multiple of 8 wide;
     // elsewhere copying them cost more: LeNet-5's 14-wide conv2 took 3×).
     // Anything else takes dcols and col2im below.
-    let direct_dx = (need_dx && geo.w % 8 == 0).then(|| transposed_geometry(geo)).flatten();
+    let direct_dx = (geo.w % 8 == 0).then(|| transposed_geometry(geo)).flatten();
+    // Blocks sized for dcols where dx would take them, whether or not it is
+    // asked for: dW's sum order, and so its bits, must not depend on that.
+    let b = if direct_dx.is_some() { dw_block_images(geo) } else { block_images(geo) };
+    let direct_dx = direct_dx.filter(|_| need_dx);
     let need_dx = need_dx && direct_dx.is_none();
-    let b = block_images(geo);
     let nblocks = geo.n.div_ceil(b);
     let mut dx = if need_dx { vec![0f32; geo.n * in_img] } else { Vec::new() };
     let mut dx_blocks: Vec<Option<&mut [f32]>> = if need_dx && in_img > 0 { dx.chunks_mut(b * in_img).map(Some).collect() } else { Vec::new() };
@@ -149,46 +172,54 @@ pub fn conv2d_backward_cpu_tuned(x: Option<&[f32]>, w: &[f32], dy: &[f32], geo: 
     let blocks: Vec<(usize, Option<&mut [f32]>)> = dx_blocks.into_iter().enumerate().map(|(i, d)| (i * b, d)).collect();
     // W_gᵀ (kc × cog), packed once for every image.
     let packed_t: Vec<PackedA> = if need_dx { (0..groups).map(|g| PackedA::new(&w[g * cog * kc..], kc, cog, 1, kc)).collect() } else { Vec::new() };
+    let ([_, wp], offs) = (padded_dims(geo), window_offsets(geo));
     let sums = parallel(runs(blocks, PARTS), |run| {
-        let mut dw = vec![0f32; if x.is_some() { c_out * kc } else { 0 }];
+        // dWᵀ (kc × c_out): the windows' product yields it so.
+        let mut dwt = vec![0f32; if x.is_some() { kc * c_out } else { 0 }];
         let mut db = vec![0f64; c_out];
-        let (mut dyc, mut cols, mut dcols) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut xp, mut dyc, mut dcols) = (Vec::new(), Vec::new(), Vec::new());
         for (img0, dxb) in run {
             let nb = b.min(geo.n - img0);
-            // dy's block as (c_out, nb·p), so each product below runs along
-            // one long k; and its row sums.
-            dyc.resize(c_out * nb * p, 0.0); // overwritten whole
-            for img in 0..nb {
-                for c in 0..c_out {
-                    let src = &dy[(img0 + img) * out_img + c * p..][..p];
-                    dyc[(c * nb + img) * p..][..p].copy_from_slice(src);
-                    db[c] += src.iter().map(|&v| v as f64).sum::<f64>();
-                }
+            let dyb = &dy[img0 * out_img..][..nb * out_img];
+            for (c, rows) in dyb.chunks_exact(p.max(1)).enumerate() {
+                db[c % c_out] += sum_f64(rows);
             }
-            let (sub, np) = (geo.with_batch(nb), nb * p);
             if let Some(x) = x {
-                im2col_cpu_into(&x[img0 * in_img..(img0 + nb) * in_img], &sub, &mut cols);
-                // dW_g (cog × kc) += dYc_g (cog × nb·p) · cols_gᵀ (nb·p × kc)
+                // dW_gᵀ (kc × cog) += windows of the padded x_g · dY_gᵀ, read in place.
+                let plane = pad_image(&x[img0 * in_img..][..nb * in_img], geo, &mut xp);
                 for g in 0..groups {
-                    gemm_nt_acc(&dyc, np, &cols, np, &[(g * cog * np, g * kc * np)], np, [cog, kc], &mut dw[g * cog * kc..], kc);
+                    let [sh, sw] = geo.cfg.stride;
+                    let win = Windows { src: &xp[g * cig * plane..], img_len: geo.c_in * plane, offs: &offs, rows: geo.oh, row: geo.ow, row_stride: sh * wp, step: sw };
+                    gemm_windows_acc(&win, nb, &dyb[g * cog * p..], out_img, cog, &mut dwt[g * cog..], c_out);
                 }
             }
             if let Some(dxb) = dxb {
+                // dy's block as (c_out, nb·p), so the product runs along one long k.
+                let np = nb * p;
+                dyc.resize(c_out * np, 0.0); // overwritten whole
+                for (i, src) in dyb.chunks_exact(p.max(1)).enumerate() {
+                    let (img, c) = (i / c_out, i % c_out);
+                    dyc[(c * nb + img) * p..][..p].copy_from_slice(src);
+                }
                 // dcols_g (kc × nb·p) = W_gᵀ · dYc_g, written whole.
                 dcols.resize(groups * kc * np, 0.0);
                 for (g, a) in packed_t.iter().enumerate() {
                     gemm_nn(a, &dyc[g * cog * np..], np, np, &mut dcols[g * kc * np..], np, None, false);
                 }
-                col2im_cpu_into(&dcols, &sub, dxb); // dx starts as zeros
+                col2im_cpu_into(&dcols, &geo.with_batch(nb), dxb); // dx starts as zeros
             }
         }
-        (dw, db)
+        (dwt, db)
     });
-    let mut dw = vec![0f32; if x.is_some() { c_out * kc } else { 0 }];
+    let mut dwt = vec![0f32; if x.is_some() { kc * c_out } else { 0 }];
     let mut db = vec![0f64; c_out];
     for (pdw, pdb) in sums {
-        dw.iter_mut().zip(&pdw).for_each(|(a, v)| *a += v);
+        dwt.iter_mut().zip(&pdw).for_each(|(a, v)| *a += v);
         db.iter_mut().zip(&pdb).for_each(|(a, v)| *a += v);
+    }
+    let mut dw = vec![0f32; dwt.len()];
+    for (kk, row) in dwt.chunks_exact(c_out.max(1)).enumerate() {
+        dw[kk..].iter_mut().step_by(kc).zip(row).for_each(|(d, &v)| *d = v);
     }
     let dx = match direct_dx {
         Some(tgeo) => Some(conv2d_forward_cpu_tuned(dy, &flip_weights(w, geo), None, &tgeo, false)),
