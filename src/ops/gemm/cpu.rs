@@ -138,48 +138,42 @@ fn win_acc<S: Simd, const V: usize>(simd: S, job: WinAcc) {
     if m == 0 || n == 0 || p == 0 || images == 0 {
         return;
     }
-    // With step 1 and rows not far apart, an image's windows are read as
-    // one run: B's pixels are laid `row_stride` apart per row with zeros
-    // between (products wasted on the gaps, fewer than the loops per row
-    // would cost: 18% on 8×8 images with padding 1).
-    let run = step == 1 && row_stride < 2 * row;
-    let bw = if run { row_stride } else { row };
-    let len = (rows - 1) * bw + row;
-    // B's panel of nr channels, pixel-major (nr lanes per pixel, zeros
-    // past n and in the gaps), for every image: it stays in cache over
-    // all of A's tiles.
-    let mut bp = vec![0f32; images * len * nr];
+    // B's panel of nr channels, pixel-major (nr lanes per pixel, zeros past
+    // n), for every image: it stays in cache over all of A's tiles.
+    let mut bp = vec![0f32; images * p * nr];
     for j0 in (0..n).step_by(nr) {
         let w = nr.min(n - j0);
         if w < nr {
             bp.fill(0.0);
         }
-        for (img, dst) in bp.chunks_exact_mut(len * nr).enumerate() {
+        for (img, dst) in bp.chunks_exact_mut(p * nr).enumerate() {
             for jj in 0..w {
                 let src = &b[img * b_img + (j0 + jj) * p..][..p];
-                for (oy, src) in src.chunks_exact(row).enumerate() {
-                    dst[oy * bw * nr + jj..].iter_mut().step_by(nr).zip(src).for_each(|(d, &v)| *d = v);
-                }
+                dst[jj..].iter_mut().step_by(nr).zip(src).for_each(|(d, &v)| *d = v);
             }
         }
         for i0 in (0..m).step_by(MR) {
             // Past the edge a tile repeats the last row; those sums are dropped.
             let starts: [usize; MR] = std::array::from_fn(|r| offs[(i0 + r).min(m - 1)]);
             let mut acc = [[simd.splat_f32s(0.0); V]; MR];
-            for (img, bimg) in bp.chunks_exact(len * nr).enumerate() {
+            for (img, bimg) in bp.chunks_exact(p * nr).enumerate() {
                 let x = &src[img * img_len..];
                 let (bv, _) = S::as_simd_f32s(bimg);
-                if run {
-                    let a = |r: usize| &x[starts[r]..][..len];
-                    let (a0, a1, a2, a3, a4, a5) = (a(0), a(1), a(2), a(3), a(4), a(5));
-                    // Zipped iterators: no bounds check in the loop.
-                    for ((((((bv, &x0), &x1), &x2), &x3), &x4), &x5) in bv.chunks_exact(V).zip(a0).zip(a1).zip(a2).zip(a3).zip(a4).zip(a5) {
-                        fma_step(simd, &mut acc, &[x0, x1, x2, x3, x4, x5], std::array::from_fn(|q| bv[q]));
-                    }
-                } else {
-                    for (oy, brow) in bv.chunks_exact(V * row).enumerate() {
-                        for (ox, bv) in brow.chunks_exact(V).enumerate() {
-                            let at = oy * row_stride + ox * step;
+                // Output row by row (one run of rows joined across their gaps
+                // measured slower: the products wasted on the gaps cost more
+                // than the loops).
+                for (oy, bv) in bv.chunks_exact(V * row).enumerate() {
+                    let at = oy * row_stride;
+                    if step == 1 {
+                        let a = |r: usize| &x[starts[r] + at..][..row];
+                        let (a0, a1, a2, a3, a4, a5) = (a(0), a(1), a(2), a(3), a(4), a(5));
+                        // Zipped iterators: no bounds check in the loop.
+                        for ((((((bv, &x0), &x1), &x2), &x3), &x4), &x5) in bv.chunks_exact(V).zip(a0).zip(a1).zip(a2).zip(a3).zip(a4).zip(a5) {
+                            fma_step(simd, &mut acc, &[x0, x1, x2, x3, x4, x5], std::array::from_fn(|q| bv[q]));
+                        }
+                    } else {
+                        for (ox, bv) in bv.chunks_exact(V).enumerate() {
+                            let at = at + ox * step;
                             let av: [f32; MR] = std::array::from_fn(|r| x[starts[r] + at]);
                             fma_step(simd, &mut acc, &av, std::array::from_fn(|q| bv[q]));
                         }
@@ -260,13 +254,18 @@ impl<F: FnMut(usize, usize, &mut [f32])> WithSimd for Nn<'_, F> {
                 }
                 let acc = acc; // a copy: the borrows above would keep `acc` in memory
                 let i0 = pi * MR;
+                let zero = simd.splat_f32s(0.0);
                 for (r, acc) in acc.iter().enumerate().take(m - i0) {
-                    let bi = bias.map_or(0.0, |b| b[i0 + r]);
+                    let bi = simd.splat_f32s(bias.map_or(0.0, |b| b[i0 + r]));
+                    let vals: [S::f32s; NV] = std::array::from_fn(|q| {
+                        let v = simd.add_f32s(acc[q], bi);
+                        if relu { simd.select_f32s(simd.less_than_f32s(v, zero), zero, v) } else { v }
+                    });
                     let row = &mut c[(i0 + r) * ldc + j0..][..w];
-                    let vals: &[f32] = bytemuck::cast_slice(acc.as_slice());
-                    for (d, &v) in row.iter_mut().zip(vals) {
-                        let v = v + bi;
-                        *d = if relu && v < 0.0 { 0.0 } else { v };
+                    if w == nr {
+                        S::as_mut_simd_f32s(row).0.copy_from_slice(&vals);
+                    } else {
+                        row.copy_from_slice(&bytemuck::cast_slice(vals.as_slice())[..w]);
                     }
                 }
             }
