@@ -7,20 +7,7 @@
 
 use super::BatchNormConfig;
 use crate::ops::activation::{activation_forward_cpu, Activation};
-use crate::ops::{parallel, runs};
-
-/// Σ f(a[i], b[i]) in f64 over eight partial sums (so it vectorises).
-fn sum8(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
-    let mut acc = [0f64; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(&x, &y)| f(x, y)).sum();
-    for (xa, xb) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += f(xa[l], xb[l]);
-        }
-    }
-    acc.iter().sum::<f64>() + tail
-}
+use crate::ops::{parallel, runs, sum8};
 
 /// `f(ch)` for every channel, channels spread over the cores.
 fn per_channel<R: Send>(c: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {

@@ -16,7 +16,7 @@
 //!   so neither do the sums), then the parts in order.
 
 use crate::ops::gemm::cpu::{gemm_nn, gemm_nn_panels, gemm_windows_acc, Direct, PackedA, Windows};
-use crate::ops::{parallel, runs, sum_f64};
+use crate::ops::{parallel, runs, sum8};
 use crate::ops::col2im::col2im_cpu_into;
 use crate::shape::Conv2dGeometry;
 
@@ -182,7 +182,7 @@ pub fn conv2d_backward_cpu_tuned(x: Option<&[f32]>, w: &[f32], dy: &[f32], geo: 
             let nb = b.min(geo.n - img0);
             let dyb = &dy[img0 * out_img..][..nb * out_img];
             for (c, rows) in dyb.chunks_exact(p.max(1)).enumerate() {
-                db[c % c_out] += sum_f64(rows);
+                db[c % c_out] += sum8(rows, rows, |v, _| v as f64);
             }
             if let Some(x) = x {
                 // dW_gᵀ (kc × cog) += windows of the padded x_g · dY_gᵀ, read in place.
