@@ -417,14 +417,14 @@ pub fn gemm_matmul_cpu(alpha: f32, a: &ArrayView2<f32>, b: &ArrayView2<f32>, bet
         general_mat_mul(alpha, a, b, beta, c);
         return;
     }
-    // The first part runs on this thread, the others on scoped threads.
-    std::thread::scope(|s| {
+    // The first part runs on this thread, the others on rayon's pool.
+    rayon::scope(|s| {
         if m >= n {
             let rows = m.div_ceil(threads);
             let mut parts = a.axis_chunks_iter(Axis(0), rows).zip(c.axis_chunks_iter_mut(Axis(0), rows));
             let first = parts.next();
             for (ai, mut ci) in parts {
-                s.spawn(move || general_mat_mul(alpha, &ai, b, beta, &mut ci));
+                s.spawn(move |_| general_mat_mul(alpha, &ai, b, beta, &mut ci));
             }
             if let Some((ai, mut ci)) = first {
                 general_mat_mul(alpha, &ai, b, beta, &mut ci);
@@ -434,7 +434,7 @@ pub fn gemm_matmul_cpu(alpha: f32, a: &ArrayView2<f32>, b: &ArrayView2<f32>, bet
             let mut parts = b.axis_chunks_iter(Axis(1), cols).zip(c.axis_chunks_iter_mut(Axis(1), cols));
             let first = parts.next();
             for (bi, mut ci) in parts {
-                s.spawn(move || general_mat_mul(alpha, a, &bi, beta, &mut ci));
+                s.spawn(move |_| general_mat_mul(alpha, a, &bi, beta, &mut ci));
             }
             if let Some((bi, mut ci)) = first {
                 general_mat_mul(alpha, a, &bi, beta, &mut ci);

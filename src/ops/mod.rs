@@ -73,42 +73,28 @@ pub(crate) fn check_shape(op: &'static str, what: &str, got: &[usize], want: &[u
 
 // ---------------------------------------------------------------- CPU path helpers
 
-/// Σ x in f64, in 8 interleaved partial sums (one dependent chain of adds
-/// ran 4 cycles a value: a third of a wide convolution's bias gradient).
-pub(crate) fn sum_f64(x: &[f32]) -> f64 {
+/// Σ f(a[i], b[i]) in f64 over eight partial sums (so it vectorises).
+pub(crate) fn sum8(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
     let mut acc = [0f64; 8];
-    let chunks = x.chunks_exact(8);
-    let tail: f64 = chunks.remainder().iter().map(|&v| v as f64).sum();
-    for c in chunks {
-        acc.iter_mut().zip(c).for_each(|(a, &v)| *a += v as f64);
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(&x, &y)| f(x, y)).sum();
+    for (xa, xb) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += f(xa[l], xb[l]);
+        }
     }
     acc.iter().sum::<f64>() + tail
 }
 
-/// `f` on each item, spread over the cores (item i on thread i mod T, the
-/// first of them this one); the results in item order.
+/// `f` on each item, spread over the cores by rayon's pool (threads kept
+/// for the process); the results in item order. Callers sum per item, never
+/// per thread, so what they compute does not depend on the core count.
 pub(crate) fn parallel<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
-    let threads = crate::cores().min(items.len()).max(1);
-    if threads == 1 {
+    use rayon::prelude::*;
+    if crate::cores() < 2 || items.len() < 2 {
         return items.into_iter().map(f).collect();
     }
-    let mut queues: Vec<Vec<(usize, T)>> = (0..threads).map(|_| Vec::new()).collect();
-    for (i, item) in items.into_iter().enumerate() {
-        queues[i % threads].push((i, item));
-    }
-    let f = &f;
-    let mut out: Vec<(usize, R)> = std::thread::scope(|s| {
-        let mut queues = queues.into_iter();
-        let mine = queues.next().unwrap_or_default();
-        let others: Vec<_> = queues.map(|q| s.spawn(move || q.into_iter().map(|(i, t)| (i, f(t))).collect::<Vec<_>>())).collect();
-        let mut out: Vec<(usize, R)> = mine.into_iter().map(|(i, t)| (i, f(t))).collect();
-        for h in others {
-            out.extend(h.join().expect("CPU worker panicked"));
-        }
-        out
-    });
-    out.sort_by_key(|(i, _)| *i);
-    out.into_iter().map(|(_, r)| r).collect()
+    items.into_par_iter().with_max_len(1).map(&f).collect()
 }
 
 /// `items` in `parts` contiguous runs of near-equal length.
