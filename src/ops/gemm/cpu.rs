@@ -239,9 +239,21 @@ impl<F: FnMut(usize, usize, &mut [f32])> WithSimd for Nn<'_, F> {
             for (pi, ap) in a.data.chunks_exact(k.max(1) * MR).enumerate() {
                 let mut acc = [[simd.splat_f32s(0.0); NV]; MR];
                 match (&direct, bases) {
-                    (Some(d), Some(bases)) => {
+                    (Some(d), Some(bases)) if bases[NV - 1] == bases[0] + (NV - 1) * lanes => {
+                        // The panel's vectors side by side: one slice a step.
+                        let src = &d.src[bases[0]..];
                         for (av, &o) in ap.chunks_exact(MR).zip(d.offs) {
-                            let bv: [S::f32s; NV] = std::array::from_fn(|q| S::as_simd_f32s(&d.src[o + bases[q]..][..lanes]).0[0]);
+                            let (bv, _) = S::as_simd_f32s(&src[o..o + nr]);
+                            fma_step(simd, &mut acc, av, std::array::from_fn(|q| bv[q]));
+                        }
+                    }
+                    (Some(d), Some(bases)) => {
+                        let srcs: [&[f32]; NV] = bases.map(|b| &d.src[b..]);
+                        for (av, &o) in ap.chunks_exact(MR).zip(d.offs) {
+                            let mut bv = [simd.splat_f32s(0.0); NV];
+                            for (v, src) in bv.iter_mut().zip(srcs) {
+                                *v = S::as_simd_f32s(&src[o..o + lanes]).0[0];
+                            }
                             fma_step(simd, &mut acc, av, bv);
                         }
                     }
