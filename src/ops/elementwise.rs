@@ -6,7 +6,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::kernel::{Access::*, Kernel, Shader, Work};
-use crate::ops::activation::{activation_forward_in_place_cpu, activation_relu_backward_cpu, Activation};
+use crate::ops::activation::{activation_derivative_cpu, activation_forward_cpu, Activation};
 use crate::ops::check_shape;
 use crate::tensor::{same_device, Tensor};
 
@@ -67,12 +67,14 @@ fn add(a: &Tensor, b: &Tensor, alpha: f32, beta: f32, epi: Epi) -> Result<Tensor
     };
     match same_device(OP, &[a, b].into_iter().chain(mask).collect::<Vec<_>>())? {
         Device::Cpu => {
-            let mut out = elementwise_add_cpu(a.host(OP)?, b.host(OP)?, alpha, beta);
-            match epi {
-                Epi::None => {}
-                Epi::Relu => activation_forward_in_place_cpu(Activation::Relu, &mut out),
-                Epi::ReluBackward(m) => activation_relu_backward_cpu(&mut out, m.host(OP)?),
-            }
+            // One pass: the epilogue applied to each sum as it is made (the
+            // same values as the reference ops run one after the other).
+            let sums = a.host(OP)?.iter().zip(b.host(OP)?).map(|(x, y)| alpha * x + beta * y);
+            let out: Vec<f32> = match epi {
+                Epi::None => sums.collect(),
+                Epi::Relu => sums.map(|v| activation_forward_cpu(Activation::Relu, v)).collect(),
+                Epi::ReluBackward(m) => sums.zip(m.host(OP)?).map(|(g, &v)| g * activation_derivative_cpu(Activation::Relu, v)).collect(),
+            };
             Ok(Tensor::from_cpu(a.shape(), out))
         }
         Device::Gpu(ctx) => {

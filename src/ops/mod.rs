@@ -73,17 +73,33 @@ pub(crate) fn check_shape(op: &'static str, what: &str, got: &[usize], want: &[u
 
 // ---------------------------------------------------------------- CPU path helpers
 
-/// Σ f(a[i], b[i]) in f64 over eight partial sums (so it vectorises).
+/// Σ f(a[i], b[i]) in f64 over eight partial sums (so it vectorises), compiled
+/// for the widest vectors the CPU has (pulp's dispatch: AVX2 here, where the
+/// crate's baseline build has SSE2 only).
 pub(crate) fn sum8(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
-    let mut acc = [0f64; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(&x, &y)| f(x, y)).sum();
-    for (xa, xb) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += f(xa[l], xb[l]);
+    struct Sum8<'a, F> {
+        a: &'a [f32],
+        b: &'a [f32],
+        f: F,
+    }
+    impl<F: Fn(f32, f32) -> f64> pulp::WithSimd for Sum8<'_, F> {
+        type Output = f64;
+
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) -> f64 {
+            let Sum8 { a, b, f } = self;
+            let mut acc = [0f64; 8];
+            let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+            let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(&x, &y)| f(x, y)).sum();
+            for (xa, xb) in ca.zip(cb) {
+                for l in 0..8 {
+                    acc[l] += f(xa[l], xb[l]);
+                }
+            }
+            acc.iter().sum::<f64>() + tail
         }
     }
-    acc.iter().sum::<f64>() + tail
+    pulp::Arch::new().dispatch(Sum8 { a, b, f })
 }
 
 /// `f` on each item, spread over the cores by rayon's pool (threads kept
