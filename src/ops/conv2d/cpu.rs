@@ -92,15 +92,21 @@ fn window_offsets(geo: &Conv2dGeometry) -> Vec<usize> {
 }
 
 /// Copies images `x` (each c_in × h × w) into `out` with the convolution's
-/// padding as zeros on every side; returns the padded plane's size.
+/// padding as zeros on every side; returns the padded plane's size. `out`
+/// is scratch kept for one geometry: its borders are zeroed when it grows
+/// and never written after, so only the interiors are copied each time.
 fn pad_image(x: &[f32], geo: &Conv2dGeometry, out: &mut Vec<f32>) -> usize {
     let [ph, pw] = geo.cfg.padding;
     let [hp, wp] = padded_dims(geo);
-    out.clear();
     out.resize(x.len() / (geo.h * geo.w).max(1) * hp * wp, 0.0);
     for (dst, src) in out.chunks_exact_mut(hp * wp).zip(x.chunks_exact(geo.h * geo.w)) {
         for (y, row) in src.chunks_exact(geo.w).enumerate() {
-            dst[(y + ph) * wp + pw..][..geo.w].copy_from_slice(row);
+            let dst = &mut dst[(y + ph) * wp + pw..][..geo.w];
+            // In fixed-size pieces: a memcpy call per short row cost more
+            // than the copy (perf: 5% of a ResNet-20 step).
+            let (mut d8, mut s8) = (dst.chunks_exact_mut(8), row.chunks_exact(8));
+            d8.by_ref().zip(s8.by_ref()).for_each(|(d, s)| d.copy_from_slice(s));
+            d8.into_remainder().iter_mut().zip(s8.remainder()).for_each(|(d, &s)| *d = s);
         }
     }
     hp * wp
