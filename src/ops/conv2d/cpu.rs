@@ -3,8 +3,9 @@
 //!
 //! - Forward: an implicit GEMM, image by image over the cores. The GEMM's B
 //!   panels (columns of im2col) come from the zero-padded image as they are
-//!   needed, read in place where a panel's vectors lie within output rows
-//!   (stride 1), copied otherwise; y is written in place with bias and ReLU.
+//!   needed: for stride 1 read in place (where output rows are not a multiple
+//!   of 8 wide, over the padded width, keeping each row's first ow columns),
+//!   copied otherwise; y is written with bias and ReLU.
 //! - dx: for stride 1 (rows a multiple of 8 wide), the same forward on dy
 //!   with the kernels flipped and transposed; otherwise dcols = Wᵀ·dy and
 //!   col2im, in blocks of images.
@@ -63,15 +64,38 @@ pub fn conv2d_forward_cpu_tuned(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo:
     // Stride 1: a window row is a slice of the padded image, read in place
     // (row (ci, ky, kx) of the columns starts at offs[kk]).
     let ([_, wp], offs) = (padded_dims(geo), window_offsets(geo));
+    // Stride 1 with output rows that vectors do not tile (LeNet-5's 28 and
+    // 10): the product runs over the padded width instead, q = oy·wp + ox
+    // (the columns from ow on wasted), so every panel is read in place, then
+    // each row's first ow values are kept. Copying the panels cost more.
+    let wide = geo.cfg.stride == [1, 1] && geo.ow % 8 != 0;
+    let q = (geo.oh - 1) * wp + geo.ow;
     parallel(runs(images, crate::cores()), |run| {
-        let (mut xp, mut spans) = (Vec::new(), Vec::new());
+        let (mut xp, mut spans, mut yq) = (Vec::new(), Vec::new(), Vec::new());
         for (img, yi) in run {
             let plane = pad_image(&x[img * in_img..][..in_img], geo, &mut xp);
             for (g, a) in packed.iter().enumerate() {
                 let xg = &xp[g * (geo.c_in / groups) * plane..];
                 let bias = bias.map(|b| &b[g * cog..][..cog]);
-                let direct = (geo.cfg.stride == [1, 1]).then_some(Direct { src: xg, offs: &offs, row: geo.ow, stride: wp });
-                gemm_nn_panels(a, p, &mut yi[g * cog * p..], p, bias, relu, |j0, w, panel| window_panel(xg, geo, j0, w, panel, &mut spans), direct);
+                let yg = &mut yi[g * cog * p..][..cog * p];
+                if wide {
+                    yq.resize(cog * q, 0.0); // written whole
+                    let direct = Direct { src: xg, offs: &offs, row: q, stride: 0 };
+                    let tail = |j0: usize, w: usize, panel: &mut [f32]| {
+                        for (dst, &o) in panel.chunks_exact_mut(panel.len() / kc).zip(&offs) {
+                            dst[..w].copy_from_slice(&xg[o + j0..][..w]);
+                        }
+                    };
+                    gemm_nn_panels(a, q, &mut yq, q, bias, relu, tail, Some(direct));
+                    for (yrow, qrow) in yg.chunks_exact_mut(p).zip(yq.chunks_exact(q)) {
+                        for (dst, src) in yrow.chunks_exact_mut(geo.ow).zip(qrow.chunks(wp)) {
+                            dst.copy_from_slice(&src[..geo.ow]);
+                        }
+                    }
+                } else {
+                    let direct = (geo.cfg.stride == [1, 1]).then_some(Direct { src: xg, offs: &offs, row: geo.ow, stride: wp });
+                    gemm_nn_panels(a, p, yg, p, bias, relu, |j0, w, panel| window_panel(xg, geo, j0, w, panel, &mut spans), direct);
+                }
             }
         }
     });
@@ -162,9 +186,10 @@ pub fn conv2d_backward_cpu_tuned(x: Option<&[f32]>, w: &[f32], dy: &[f32], geo: 
     let (in_img, out_img) = (geo.c_in * geo.h * geo.w, c_out * p);
     // A stride-1 convolution's dx is itself a convolution (of dy, with W
     // flipped and transposed): the implicit-GEMM forward, with no dcols or
-    // col2im, where its panels are read in place (rows a multiple of 8 wide;
-    // elsewhere copying them cost more: LeNet-5's 14-wide conv2 took 3×).
-    // Anything else takes dcols and col2im below.
+    // col2im, where its rows are a multiple of 8 wide. Elsewhere (LeNet-5's
+    // 14-wide conv2) the wide forward's wasted columns and the zeros around
+    // dy cost more than dcols and col2im (0.83 against 0.67 ms a backward),
+    // which take it and anything else below.
     let direct_dx = (geo.w % 8 == 0).then(|| transposed_geometry(geo)).flatten();
     // Blocks sized for dcols where dx would take them, whether or not it is
     // asked for: dW's sum order, and so its bits, must not depend on that.
