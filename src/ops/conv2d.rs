@@ -258,10 +258,10 @@ fn with_cols<R>(geo: &Conv2dGeometry, budget: u64, f: impl FnOnce(&mut Vec<f32>,
     }
 }
 
-/// `C_g = op(A_g)·op(B_g) + beta·C_g` for each group, on plain slices; large
-/// products split over the cores when `threaded`.
+/// `C_g = op(A_g)·op(B_g) + beta·C_g` for each group, on plain slices (large
+/// products split over the cores).
 #[allow(clippy::too_many_arguments)]
-fn gemm_groups_cpu(a: &[f32], b: &[f32], c: &mut [f32], s: GemmShape, l: GemmLayout, ta: bool, tb: bool, beta: f32, threaded: bool) {
+fn gemm_groups_cpu(a: &[f32], b: &[f32], c: &mut [f32], s: GemmShape, l: GemmLayout, ta: bool, tb: bool, beta: f32) {
     for gi in 0..s.batch {
         let (ar, ac) = if ta { (s.k, s.m) } else { (s.m, s.k) };
         let (br, bc) = if tb { (s.n, s.k) } else { (s.k, s.n) };
@@ -271,11 +271,7 @@ fn gemm_groups_cpu(a: &[f32], b: &[f32], c: &mut [f32], s: GemmShape, l: GemmLay
         let mut cv = ArrayViewMut2::from_shape((s.m, s.n), &mut c[gi * l.stride_c..gi * l.stride_c + s.m * s.n]).unwrap();
         let av = if ta { av.reversed_axes() } else { av };
         let bv = if tb { bv.reversed_axes() } else { bv };
-        if threaded {
-            gemm_matmul_cpu(1.0, &av, &bv, beta, &mut cv);
-        } else {
-            ndarray::linalg::general_mat_mul(1.0, &av, &bv, beta, &mut cv);
-        }
+        gemm_matmul_cpu(1.0, &av, &bv, beta, &mut cv);
     }
 }
 
@@ -302,7 +298,7 @@ fn forward_cpu_with(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo: &Conv2dGeom
         im2col_cpu_into(&x[img0 * in_img..(img0 + nb) * in_img], &sub, cols); // (g·kc, nb·p)
         let mut yc = vec![0f32; geo.c_out * nb * p]; // (c_out, nb·p)
         let (s, l) = group_gemm(groups, cog, nb * p, kc, [cog * kc, kc * nb * p, cog * nb * p]);
-        gemm_groups_cpu(w, cols, &mut yc, s, l, false, false, 0.0, true);
+        gemm_groups_cpu(w, cols, &mut yc, s, l, false, false, 0.0);
         let out = permute_swap_cpu(&yc, geo.c_out, nb, p, bias); // (nb, c_out, p)
         if nb == geo.n {
             return out; // one chunk: no zero-fill and copy
@@ -359,7 +355,7 @@ fn backward_cpu_with(
             let beta = if img0 == 0 { 0.0 } else { 1.0 };
             // dW_g (cog, kc) += dYc_g (cog, nb·p) · cols_gᵀ (nb·p, kc)
             let (s, l) = group_gemm(groups, cog, kc, nb * p, [cog * nb * p, kc * nb * p, cog * kc]);
-            gemm_groups_cpu(&dyc, cols, &mut dw, s, l, false, true, beta, true);
+            gemm_groups_cpu(&dyc, cols, &mut dw, s, l, false, true, beta);
         }
         if !need_dx {
             continue;
@@ -369,7 +365,7 @@ fn backward_cpu_with(
         dcols.clear();
         dcols.resize(groups * kc * nb * p, 0.0);
         let (s, l) = group_gemm(groups, kc, nb * p, cog, [cog * kc, cog * nb * p, kc * nb * p]);
-        gemm_groups_cpu(w, &dyc, dcols, s, l, true, false, 0.0, true);
+        gemm_groups_cpu(w, &dyc, dcols, s, l, true, false, 0.0);
         let part = col2im_cpu(dcols, &sub);
         if nb == geo.n {
             dx = part;

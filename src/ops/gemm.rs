@@ -417,7 +417,7 @@ pub fn gemm_matmul_cpu(alpha: f32, a: &ArrayView2<f32>, b: &ArrayView2<f32>, bet
         general_mat_mul(alpha, a, b, beta, c);
         return;
     }
-    // The first part runs on this thread, the others on rayon's pool.
+    // One part in the scope's own task, the others spawned: all on rayon's pool.
     rayon::scope(|s| {
         if m >= n {
             let rows = m.div_ceil(threads);
