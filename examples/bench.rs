@@ -3,6 +3,9 @@
 //!
 //!     cargo run --release --example bench            # table
 //!     cargo run --release --example bench -- --json  # one JSON object per row
+//!     # device memory of zoo models' training steps (peak_device_bytes, peak_live_bytes):
+//!     cargo run --release --example bench -- --gpu-only --no-gemm --models resnet18,resnet50,vgg16 \
+//!         --input 3x224x224 --batch 8 --steps 2 --json
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -30,9 +33,23 @@ struct Args {
     /// Skip the training-step table.
     #[arg(long)]
     no_train: bool,
-    /// Training-step models to run: lenet5, vgg_small, resnet20.
+    /// Training-step models to run: any built-in model (lenet5, vgg_small,
+    /// resnet20, resnet18, resnet50, vgg16, ...).
     #[arg(long, value_delimiter = ',', default_value = "lenet5,vgg_small,resnet20")]
     models: Vec<String>,
+    /// Input size CxHxW for the training steps (default: each model's own).
+    #[arg(long)]
+    input: Option<String>,
+    /// Classes for the training steps (default: each model's own).
+    #[arg(long)]
+    classes: Option<usize>,
+    /// Batch size of the training steps.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Time this many steady training steps (and take the host counters over
+    /// as many) instead of `--seconds` worth: for large models on slow adapters.
+    #[arg(long)]
+    steps: Option<usize>,
     /// Skip the GEMM table.
     #[arg(long)]
     no_gemm: bool,
@@ -47,65 +64,93 @@ struct Args {
 /// median step, and on the GPU the host side of one steady step: dispatches,
 /// compute passes, bind groups created, queue writes (and bytes) and the host
 /// time to record and submit it (timed around `train_step`, which ends in the
-/// submit; the wait for the GPU is outside), median over steps.
-fn train_steps(devices: &[(&str, Device)], seconds: f64, json: bool, models: &[String], idle: Duration) -> wgpu_cnn::Result<()> {
+/// submit; the wait for the GPU is outside), median over steps; and the
+/// device memory: bytes of buffers the pool created by the end of the last
+/// steady step (`peak_device_bytes`) and the most bytes of tensors alive at
+/// once during the steady steps (`peak_live_bytes`).
+fn train_steps(devices: &[(&str, Device)], args: &Args, idle: Duration) -> wgpu_cnn::Result<()> {
     use wgpu_cnn::nn::{models, Init, Initializer};
     use wgpu_cnn::ops::optim::SgdConfig;
     use wgpu_cnn::optim::{Optimizer, OptimizerConfig};
     use wgpu_cnn::train::{TrainConfig, Trainer};
-    if !json {
+    let batch = args.batch;
+    if !args.json {
         println!(
-            "\n{:<18} {:<8} {:>9} {:>11} {:>10} {:>9} | {:>6} {:>6} {:>6} {:>6} {:>9} {:>9}",
-            "train step (b64)", "device", "build", "first step", "step", "images/s", "disp", "passes", "bgs", "writes", "bytes up", "host µs"
+            "\n{:<18} {:<8} {:>9} {:>11} {:>10} {:>9} | {:>6} {:>6} {:>6} {:>6} {:>9} {:>9} | {:>9} {:>9}",
+            format!("train step (b{batch})"), "device", "build", "first step", "step", "images/s", "disp", "passes", "bgs", "writes", "bytes up", "host µs", "dev MB", "live MB"
         );
     }
-    type Build = fn(&Device, &mut Initializer) -> wgpu_cnn::Result<wgpu_cnn::nn::Sequential>;
-    let nets: [(&str, Build, [usize; 3]); 3] =
-        [("lenet5", models::lenet5, [1, 28, 28]), ("vgg_small", models::vgg_small, [3, 32, 32]), ("resnet20", models::resnet20, [3, 32, 32])];
-    for (name, build, item) in nets.into_iter().filter(|n| models.iter().any(|m| m == n.0)) {
+    let input = args.input.as_deref().map(parse_input).transpose()?;
+    for name in &args.models {
+        let default = models::ModelSpec::default_for(name)?;
+        let spec = models::ModelSpec::new(input.unwrap_or(default.input), args.classes.unwrap_or(default.classes));
+        let item = spec.input;
         for (dname, dev) in devices {
             let t_build = Instant::now();
-            let model = build(dev, &mut Initializer::new(0, Init::PytorchDefault))?;
+            let model = models::build(name, spec, dev, &mut Initializer::new(0, Init::PytorchDefault))?;
             let opt = Optimizer::new(OptimizerConfig::Sgd(SgdConfig { momentum: 0.9, ..SgdConfig::new(0.01) }))?;
-            let mut t = Trainer::new(model, opt, TrainConfig { progress: false, ..TrainConfig::default() }, dev.clone())?;
+            let mut t = Trainer::new(model, opt, TrainConfig { progress: false, batch_size: batch, ..TrainConfig::default() }, dev.clone())?;
             let built = t_build.elapsed().as_secs_f64();
-            let n = 64 * item.iter().product::<usize>();
-            let x = Tensor::from_vec(dev, &[64, item[0], item[1], item[2]], (0..n).map(|i| ((i * 7) % 13) as f32 / 13.0).collect())?;
-            let labels: Vec<i64> = (0..64).map(|i| i % 10).collect();
+            let n = batch * item.iter().product::<usize>();
+            let x = Tensor::from_vec(dev, &[batch, item[0], item[1], item[2]], (0..n).map(|i| ((i * 7) % 13) as f32 / 13.0).collect())?;
+            let labels: Vec<i64> = (0..batch as i64).map(|i| i % spec.classes as i64).collect();
             let t0 = Instant::now();
             t.train_step(&x, &labels)?;
             dev.synchronize()?;
             let first = t0.elapsed().as_secs_f64();
-            let step = time(seconds, || {
-                t.train_step(&x, &labels).unwrap();
-                dev.synchronize().unwrap();
-            });
-            let host = host_side(dev, idle, || t.train_step(&x, &labels).map(drop))?;
-            if json {
+            if let Some(ctx) = dev.gpu_context() {
+                ctx.reset_peak_live();
+            }
+            let mut failed = None;
+            let mut one = || {
+                if failed.is_none() {
+                    failed = t.train_step(&x, &labels).and_then(|_| dev.synchronize()).err();
+                }
+            };
+            let step = match args.steps {
+                Some(k) => time_steps(k, &mut one),
+                None => time(args.seconds, &mut one),
+            };
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            let host = host_side(dev, idle, args.steps.unwrap_or(15), || t.train_step(&x, &labels).map(drop))?;
+            let mem = dev.gpu_context().map(|ctx| ctx.pool_stats());
+            if args.json {
                 let h = host.map_or(String::new(), |(c, us)| {
                     format!(
                         ",\"dispatches_per_step\":{},\"passes_per_step\":{},\"bind_groups_per_step\":{},\"queue_writes_per_step\":{},\"bytes_uploaded_per_step\":{},\"submits_per_step\":{},\"host_us_per_step\":{us:.1}",
                         c.dispatches, c.passes, c.bind_groups, c.queue_writes, c.bytes_uploaded, c.submits
                     )
                 });
-                println!("{{\"op\":\"train_step\",\"model\":\"{name}\",\"batch\":64,\"device\":\"{dname}\",\"build_s\":{built:.4},\"first_step_s\":{first:.4},\"step_s\":{step:.6},\"images_per_s\":{:.1}{h}}}", 64.0 / step);
+                let m = mem.map_or(String::new(), |m| format!(",\"peak_device_bytes\":{},\"peak_live_bytes\":{}", m.allocated_bytes, m.peak_live_bytes));
+                println!(
+                    "{{\"op\":\"train_step\",\"model\":\"{name}\",\"input\":[{},{},{}],\"batch\":{batch},\"device\":\"{dname}\",\"build_s\":{built:.4},\"first_step_s\":{first:.4},\"step_s\":{step:.6},\"images_per_s\":{:.1}{h}{m}}}",
+                    item[0], item[1], item[2], batch as f64 / step
+                );
             } else {
                 let h = host.map_or(format!("{:>6} {:>6} {:>6} {:>6} {:>9} {:>9}", "-", "-", "-", "-", "-", "-"), |(c, us)| {
                     format!("{:>6} {:>6} {:>6} {:>6} {:>9} {:>9.0}", c.dispatches, c.passes, c.bind_groups, c.queue_writes, c.bytes_uploaded, us)
                 });
-                println!("{:<18} {:<8} {:>7.1}ms {:>9.1}ms {:>8.2}ms {:>9.0} | {h}", name, dname, built * 1e3, first * 1e3, step * 1e3, 64.0 / step);
+                let m = mem.map_or(format!("{:>9} {:>9}", "-", "-"), |m| format!("{:>9.1} {:>9.1}", m.allocated_bytes as f64 / 1e6, m.peak_live_bytes as f64 / 1e6));
+                println!("{:<18} {:<8} {:>7.1}ms {:>9.1}ms {:>8.2}ms {:>9.0} | {h} | {m}", name, dname, built * 1e3, first * 1e3, step * 1e3, batch as f64 / step);
             }
         }
     }
     Ok(())
 }
 
+fn parse_input(s: &str) -> wgpu_cnn::Result<[usize; 3]> {
+    let dims: Vec<usize> = s.split('x').map(|d| d.trim().parse::<usize>()).collect::<Result<_, _>>().unwrap_or_default();
+    dims.try_into().map_err(|_| wgpu_cnn::Error::InvalidArgument { op: "bench", msg: format!("--input {s:?}: expected CxHxW, e.g. 3x224x224") })
+}
+
 /// On the GPU: what one steady step asks of wgpu (the counters of the last
-/// of 15 steps) and the median host time to record and submit it, in µs.
-fn host_side(dev: &Device, idle: Duration, mut step: impl FnMut() -> wgpu_cnn::Result<()>) -> wgpu_cnn::Result<Option<(wgpu_cnn::HostCounters, f64)>> {
+/// of `reps` steps) and the median host time to record and submit it, in µs.
+fn host_side(dev: &Device, idle: Duration, reps: usize, mut step: impl FnMut() -> wgpu_cnn::Result<()>) -> wgpu_cnn::Result<Option<(wgpu_cnn::HostCounters, f64)>> {
     let Some(ctx) = dev.gpu_context() else { return Ok(None) };
     let (mut times, mut per_step) = (Vec::new(), Default::default());
-    for _ in 0..15 {
+    for _ in 0..reps.max(1) {
         dev.synchronize()?;
         std::thread::sleep(idle);
         let before = ctx.host_counters();
@@ -117,6 +162,19 @@ fn host_side(dev: &Device, idle: Duration, mut step: impl FnMut() -> wgpu_cnn::R
     dev.synchronize()?;
     times.sort_by(f64::total_cmp);
     Ok(Some((per_step, times[times.len() / 2])))
+}
+
+/// Median seconds of `k` calls of `f` (no warm-up: the caller took a step).
+fn time_steps(k: usize, mut f: impl FnMut()) -> f64 {
+    let mut samples: Vec<f64> = (0..k.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
 }
 
 /// Median seconds per call of `f`, after two warm-up calls.
@@ -209,7 +267,7 @@ fn run() -> wgpu_cnn::Result<()> {
     if !args.no_train {
         let mut devices = if args.gpu_only { vec![] } else { vec![("cpu", Device::Cpu)] };
         devices.extend(gpu.map(|g| ("gpu", g)));
-        train_steps(&devices, args.seconds, args.json, &args.models, Duration::from_millis(args.idle_ms))?;
+        train_steps(&devices, &args, Duration::from_millis(args.idle_ms))?;
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use bytemuck::Pod;
 use crate::device::{choose_adapter, AdapterSummary, GpuOptions, TuningCache};
 use crate::error::{Error, Result};
 use crate::kernel::{Access, Compiled, Kernel, KernelCache, KernelDef, Work};
-use crate::pool::{BufferKind, BufferPool, PoolStats};
+use crate::pool::{BufferKind, BufferPool, PoolStats, Use};
 use crate::profile::{ProfileReport, Profiler};
 
 /// The GEMM kernels (see `shaders/gemm.wgsl`). Without tuning an adapter
@@ -438,6 +438,11 @@ impl GpuContext {
         self.pool.stats()
     }
 
+    /// Starts a new `PoolStats::peak_live_bytes` measurement from the bytes alive now.
+    pub fn reset_peak_live(&self) {
+        self.pool.reset_peak_live();
+    }
+
     /// The cap on a convolution's column matrix set by `GpuOptions::max_chunk_bytes`.
     pub fn max_chunk_bytes(&self) -> Option<u64> {
         self.max_chunk_bytes
@@ -493,7 +498,7 @@ impl GpuContext {
             // A buffer of its own per binding: two writable bindings may not share one.
             let mut bufs = Vec::new();
             for _ in 0..def.storage_bindings() {
-                bufs.push(self.take(def.name, BufferKind::Storage, 256)?);
+                bufs.push(self.take(def.name, BufferKind::Storage, 256, Use::Recorded)?);
             }
             let storage: Vec<&wgpu::Buffer> = bufs.iter().map(|(b, _)| b).collect();
             self.dispatch_raw(def, &zeros[..def.params_size], &storage, [1, 1, 1], None)?;
@@ -502,7 +507,7 @@ impl GpuContext {
         self.synchronize()?;
         for bufs in held {
             for (b, class) in bufs {
-                self.pool.give(BufferKind::Storage, class, b, false);
+                self.pool.give(BufferKind::Storage, class, 256, b, false);
             }
         }
         Ok(())
@@ -563,9 +568,9 @@ impl GpuContext {
 
     /// Takes a buffer from the pool; creating one is checked for validation
     /// and out-of-memory errors.
-    fn take(&self, op: &'static str, kind: BufferKind, bytes: u64) -> Result<(wgpu::Buffer, u64)> {
+    fn take(&self, op: &'static str, kind: BufferKind, bytes: u64, usage: Use) -> Result<(wgpu::Buffer, u64)> {
         self.alive()?;
-        self.pool.take(&self.device, kind, bytes, |create| {
+        self.pool.take(&self.device, kind, bytes, usage, |create| {
             let (buf, err) = capture(&self.device, create);
             match err {
                 None => Ok(buf),
@@ -574,15 +579,31 @@ impl GpuContext {
         })
     }
 
-    /// A pooled storage buffer for `len` f32 values.
+    /// A pooled storage buffer for `len` f32 values, to be written by
+    /// recorded commands (it may be one that earlier commands of this
+    /// submission used).
     pub(crate) fn alloc(self: &Arc<Self>, op: &'static str, len: usize) -> Result<GpuBuffer> {
+        self.alloc_for(op, len, Use::Recorded)
+    }
+
+    fn alloc_for(self: &Arc<Self>, op: &'static str, len: usize, usage: Use) -> Result<GpuBuffer> {
         let bytes = (len as u64) * 4;
         let limit = self.max_binding_bytes();
         if bytes > limit {
             return Err(Error::TooLarge { op, what: format!("a tensor of {len} f32"), bytes, limit });
         }
-        let (buffer, class) = self.take(op, BufferKind::Storage, bytes)?;
+        let (buffer, class) = self.take(op, BufferKind::Storage, bytes, usage)?;
         Ok(GpuBuffer { buffer: Some(buffer), class, len, ctx: self.clone() })
+    }
+
+    /// A pooled storage buffer of `len` 4-byte elements holding `bytes`
+    /// (a queue write, so never a buffer that unsubmitted commands use).
+    pub(crate) fn upload_new(self: &Arc<Self>, op: &'static str, len: usize, bytes: &[u8]) -> Result<GpuBuffer> {
+        debug_assert_eq!(bytes.len(), len * 4);
+        let buf = self.alloc_for(op, len, Use::QueueWrite)?;
+        self.alive()?;
+        self.write(buf.buffer(), 0, bytes);
+        Ok(buf)
     }
 
     /// Runs `f` on the pending command encoder, creating it if needed.
@@ -750,13 +771,6 @@ impl GpuContext {
         &self.scratch[i]
     }
 
-    /// Uploads raw bytes into a buffer fresh from the pool (see [`Self::upload`]).
-    pub(crate) fn upload_bytes(&self, dst: &GpuBuffer, bytes: &[u8]) -> Result<()> {
-        self.alive()?;
-        self.write(dst.buffer(), 0, bytes);
-        Ok(())
-    }
-
     /// A grid of `total` invocations in workgroups of `wg`, folded into y and
     /// then z when x would pass the per-dimension limit. Kernels index
     /// `gid.x + (gid.y + gid.z·nwg.y)·nwg.x·wg` and bounds-check the result.
@@ -840,7 +854,7 @@ impl GpuContext {
     /// Copies the first `len` f32 of `src` to the host: one submit, one map.
     pub(crate) fn read(&self, src: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
         let bytes = (len * 4) as u64;
-        let (staging, class) = self.take("read", BufferKind::Staging, bytes)?;
+        let (staging, class) = self.take("read", BufferKind::Staging, bytes, Use::QueueWrite)?;
         self.record(|enc| enc.copy_buffer_to_buffer(src, 0, &staging, 0, bytes));
         self.flush()?;
         let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
@@ -861,14 +875,8 @@ impl GpuContext {
             bytemuck::cast_slice::<u8, f32>(&view).to_vec()
         };
         staging.unmap();
-        self.pool.give(BufferKind::Staging, class, staging, false);
+        self.pool.give(BufferKind::Staging, class, bytes, staging, false);
         Ok(out)
-    }
-
-    /// Writes host data into a buffer fresh from the pool (no recorded command
-    /// can refer to it yet, so no flush is needed).
-    pub(crate) fn upload(&self, dst: &GpuBuffer, data: &[f32]) -> Result<()> {
-        self.upload_bytes(dst, bytemuck::cast_slice(data))
     }
 
     /// Overwrites the start of a buffer that recorded commands may use: queued
@@ -917,7 +925,7 @@ impl Drop for GpuBuffer {
     fn drop(&mut self) {
         if let Some(buf) = self.buffer.take() {
             let recording = self.ctx.recording.load(Ordering::SeqCst);
-            self.ctx.pool.give(BufferKind::Storage, self.class, buf, recording);
+            self.ctx.pool.give(BufferKind::Storage, self.class, self.len as u64 * 4, buf, recording);
         }
     }
 }

@@ -1,9 +1,15 @@
 //! Buffer pool: storage, uniform and staging buffers reused by size class, so
 //! a training step allocates nothing after the first.
 //!
-//! A buffer released while commands are still being recorded may still be
-//! read by them, so it is parked and only becomes reusable once that work has
-//! been submitted (queue order then protects it: later writes land after).
+//! A training step is one command encoder and one submit, so a buffer
+//! released while commands are being recorded is reused within the step:
+//! wgpu orders the dispatches of one encoder and puts a barrier between a
+//! dispatch that reads a buffer and a later one that writes it. What a queue
+//! write fills is another matter: `queue.write_buffer` lands before the whole
+//! pending submission, so it could overwrite data that earlier-recorded
+//! commands still have to read. Such buffers are taken with
+//! [`Use::QueueWrite`], which never hands out one released during the
+//! recording (those become available to it after the submit).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -13,8 +19,6 @@ use std::sync::Mutex;
 pub enum BufferKind {
     /// Tensor storage: STORAGE | COPY_SRC | COPY_DST.
     Storage,
-    /// Kernel params: UNIFORM | COPY_DST.
-    Uniform,
     /// Readback: MAP_READ | COPY_DST.
     Staging,
 }
@@ -24,7 +28,6 @@ impl BufferKind {
         use wgpu::BufferUsages as U;
         match self {
             BufferKind::Storage => U::STORAGE | U::COPY_SRC | U::COPY_DST,
-            BufferKind::Uniform => U::UNIFORM | U::COPY_DST,
             BufferKind::Staging => U::MAP_READ | U::COPY_DST,
         }
     }
@@ -32,16 +35,27 @@ impl BufferKind {
     fn label(self) -> &'static str {
         match self {
             BufferKind::Storage => "wgpu-cnn storage",
-            BufferKind::Uniform => "wgpu-cnn params",
             BufferKind::Staging => "wgpu-cnn staging",
         }
     }
 }
 
-/// Rounds a request up to its size class: powers of two up to 64 MiB, then
-/// whole MiB (so a 1.1 GiB tensor does not become a 2 GiB buffer).
+/// How a taken buffer will first be written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Use {
+    /// By recorded commands (kernels, copies): any free buffer will do,
+    /// including one released earlier in the recording.
+    Recorded,
+    /// By a queue write, which lands before the pending submission: only a
+    /// buffer no unsubmitted command refers to.
+    QueueWrite,
+}
+
+/// Rounds a request up to its size class: sixteen classes per power of two,
+/// so a buffer wastes less than an eighth of any request of 1 KiB or more
+/// (at least 256 bytes, a multiple of 64).
 pub fn size_class(bytes: u64) -> u64 {
-    const MIB: u64 = 1 << 20;
+    const MIB: u64 = 1 << 20; // STAGE1
     let bytes = bytes.max(256);
     if bytes <= 64 * MIB {
         bytes.next_power_of_two()
@@ -59,15 +73,23 @@ pub struct PoolStats {
     pub reuses: u64,
     /// Bytes in all buffers the pool has created (live or free).
     pub allocated_bytes: u64,
+    /// Bytes of tensors alive now (as requested, before rounding to a class).
+    pub live_bytes: u64,
+    /// The most `live_bytes` seen since the device opened or
+    /// [`crate::GpuContext::reset_peak_live`].
+    pub peak_live_bytes: u64,
 }
 
 #[derive(Default)]
 struct Inner {
-    /// Free buffers by kind and class, in a fixed order (wgpu's, by identity):
-    /// `take` hands out the first, so a step that allocates and frees the same
-    /// way as the last gets the same buffers, and its cached bind groups hit.
+    /// Free buffers no unsubmitted command uses, by kind and class, in a
+    /// fixed order (wgpu's, by identity): `take` hands out the first, so a
+    /// step that allocates and frees the same way as the last gets the same
+    /// buffers, and its cached bind groups hit.
     free: HashMap<(BufferKind, u64), BTreeSet<wgpu::Buffer>>,
-    parked: Vec<(BufferKind, u64, wgpu::Buffer)>,
+    /// Released while commands were being recorded: free for later recorded
+    /// commands, not for queue writes, until the submit.
+    recycled: HashMap<(BufferKind, u64), BTreeSet<wgpu::Buffer>>,
     stats: PoolStats,
 }
 
@@ -84,12 +106,18 @@ impl BufferPool {
         device: &wgpu::Device,
         kind: BufferKind,
         bytes: u64,
+        usage: Use,
         guard: impl FnOnce(&dyn Fn() -> wgpu::Buffer) -> crate::Result<wgpu::Buffer>,
     ) -> crate::Result<(wgpu::Buffer, u64)> {
         let class = size_class(bytes);
         let mut inner = self.inner.lock().unwrap();
-        if let Some(buf) = inner.free.get_mut(&(kind, class)).and_then(BTreeSet::pop_first) {
+        let key = (kind, class);
+        let found = match usage {
+            Use::Recorded | Use::QueueWrite => None, // STAGE1
+        };
+        if let Some(buf) = found.or_else(|| inner.free.get_mut(&key).and_then(BTreeSet::pop_first)) {
             inner.stats.reuses += 1;
+            inner.live(kind, bytes as i64);
             return Ok((buf, class));
         }
         drop(inner);
@@ -104,29 +132,47 @@ impl BufferPool {
         let mut inner = self.inner.lock().unwrap();
         inner.stats.allocations += 1;
         inner.stats.allocated_bytes += class;
+        inner.live(kind, bytes as i64);
         Ok((buf, class))
     }
 
-    /// Returns a buffer. `recording` says whether unsubmitted commands may still use it.
-    pub(crate) fn give(&self, kind: BufferKind, class: u64, buf: wgpu::Buffer, recording: bool) {
+    /// Returns a buffer taken for `bytes`. `recording` says whether
+    /// unsubmitted commands may still use it.
+    pub(crate) fn give(&self, kind: BufferKind, class: u64, bytes: u64, buf: wgpu::Buffer, recording: bool) {
         let mut inner = self.inner.lock().unwrap();
-        if recording {
-            inner.parked.push((kind, class, buf));
-        } else {
-            inner.free.entry((kind, class)).or_default().insert(buf);
-        }
+        inner.live(kind, -(bytes as i64));
+        let list = if recording { &mut inner.recycled } else { &mut inner.free };
+        list.entry((kind, class)).or_default().insert(buf);
     }
 
-    /// Called after a submit: parked buffers become reusable.
+    /// Called after a submit: buffers released during the recording may now
+    /// take queue writes too (queue order puts those after the submission).
     pub(crate) fn unpark(&self) {
         let mut inner = self.inner.lock().unwrap();
-        let parked = std::mem::take(&mut inner.parked);
-        for (kind, class, buf) in parked {
-            inner.free.entry((kind, class)).or_default().insert(buf);
+        let recycled = std::mem::take(&mut inner.recycled);
+        for (key, bufs) in recycled {
+            inner.free.entry(key).or_default().extend(bufs);
         }
     }
 
     pub(crate) fn stats(&self) -> PoolStats {
         self.inner.lock().unwrap().stats
+    }
+
+    /// Starts a new peak-live measurement from the bytes alive now.
+    pub(crate) fn reset_peak_live(&self) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.stats.peak_live_bytes = inner.stats.live_bytes;
+    }
+}
+
+impl Inner {
+    /// Tensor bytes handed out (+) or returned (−); staging is not counted.
+    fn live(&mut self, kind: BufferKind, delta: i64) {
+        if kind == BufferKind::Storage {
+            let s = &mut self.stats;
+            s.live_bytes = s.live_bytes.saturating_add_signed(delta);
+            s.peak_live_bytes = s.peak_live_bytes.max(s.live_bytes);
+        }
     }
 }

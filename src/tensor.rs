@@ -40,8 +40,7 @@ impl Tensor {
                 Tensor { shape: shape.to_vec(), data: Data::Cpu(array.into_shared()) }
             }
             Device::Gpu(ctx) => {
-                let buf = ctx.alloc("Tensor::from_vec", n)?;
-                ctx.upload(&buf, &data)?;
+                let buf = ctx.upload_new("Tensor::from_vec", n, bytemuck::cast_slice(&data))?;
                 Tensor { shape: shape.to_vec(), data: Data::Gpu(Arc::new(buf)) }
             }
         })
@@ -186,8 +185,7 @@ impl Tensor {
             // Shared: the whole content is replaced, so a fresh buffer needs no copy.
             Data::Gpu(buf) if Arc::strong_count(buf) > 1 => {
                 let ctx = buf.context().clone();
-                let fresh = ctx.alloc("Tensor::write", data.len())?;
-                ctx.upload(&fresh, data)?;
+                let fresh = ctx.upload_new("Tensor::write", data.len(), bytemuck::cast_slice(data))?;
                 *buf = Arc::new(fresh);
             }
             Data::Gpu(buf) => buf.context().overwrite(buf.buffer(), data)?,

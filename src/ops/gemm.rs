@@ -585,10 +585,8 @@ fn tune(ctx: &Arc<GpuContext>, s: &GemmShape, cfg: &GemmConfig) -> Result<GemmVa
     const OP: &str = "gemm (tuning)";
     let items = |batched: bool| if batched { s.batch } else { 1 };
     let fill = |len: usize| -> Result<crate::gpu::GpuBuffer> {
-        let buf = ctx.alloc(OP, len)?;
         // Small normal values: zeros or NaN garbage could time differently on a CPU adapter.
-        ctx.upload(&buf, &vec![0.5; len])?;
-        Ok(buf)
+        ctx.upload_new(OP, len, bytemuck::cast_slice(&vec![0.5f32; len]))
     };
     let a = fill(s.m * s.k * items(s.a_batched))?;
     let b = fill(s.k * s.n * items(s.b_batched))?;

@@ -109,8 +109,7 @@ pub fn softmax_xent(logits: &Tensor, labels: &[i64], cfg: CrossEntropyConfig) ->
         Device::Gpu(ctx) => {
             let loss = Tensor::uninit_gpu(&ctx, OP, &[1])?;
             let grad = Tensor::uninit_gpu(&ctx, OP, &[n, c])?;
-            let label_buf = ctx.alloc(OP, n)?;
-            ctx.upload_bytes(&label_buf, bytemuck::cast_slice(&labels))?;
+            let label_buf = ctx.upload_new(OP, n, bytemuck::cast_slice(&labels))?;
             let p = XentParams { n: n as u32, c: c as u32, smoothing: cfg.label_smoothing, scale, ignore_index: NO_IGNORE, ..Default::default() };
             // A batch that fits one workgroup adds its loss in the same kernel.
             if n <= SOFTMAX_XENT_FORWARD_ONE.def.constant("WG", 64) as usize {
