@@ -55,13 +55,9 @@ pub(crate) enum Use {
 /// so a buffer wastes less than an eighth of any request of 1 KiB or more
 /// (at least 256 bytes, a multiple of 64).
 pub fn size_class(bytes: u64) -> u64 {
-    const MIB: u64 = 1 << 20; // STAGE1
     let bytes = bytes.max(256);
-    if bytes <= 64 * MIB {
-        bytes.next_power_of_two()
-    } else {
-        bytes.div_ceil(MIB) * MIB
-    }
+    let step = (bytes.next_power_of_two() / 16).max(64);
+    bytes.div_ceil(step) * step
 }
 
 /// Counters for tests and benchmarks.
@@ -90,6 +86,15 @@ struct Inner {
     /// Released while commands were being recorded: free for later recorded
     /// commands, not for queue writes, until the submit.
     recycled: HashMap<(BufferKind, u64), BTreeSet<wgpu::Buffer>>,
+    /// The buffers handed out since the last submit, in order, and those of
+    /// the submission before: the n-th request of a submission gets the
+    /// buffer the n-th request of the last one got, when that one is free.
+    /// Training steps repeat their requests, so a step's buffers (and its
+    /// cached bind groups) repeat too, even where a tensor kept from one
+    /// step to the next (a gradient, the logits) holds a different buffer
+    /// each step.
+    handed: Vec<wgpu::Buffer>,
+    last_handed: Vec<wgpu::Buffer>,
     stats: PoolStats,
 }
 
@@ -112,12 +117,10 @@ impl BufferPool {
         let class = size_class(bytes);
         let mut inner = self.inner.lock().unwrap();
         let key = (kind, class);
-        let found = match usage {
-            Use::Recorded | Use::QueueWrite => None, // STAGE1
-        };
-        if let Some(buf) = found.or_else(|| inner.free.get_mut(&key).and_then(BTreeSet::pop_first)) {
+        if let Some(buf) = inner.find(key, usage) {
             inner.stats.reuses += 1;
             inner.live(kind, bytes as i64);
+            inner.handed.push(buf.clone());
             return Ok((buf, class));
         }
         drop(inner);
@@ -133,6 +136,7 @@ impl BufferPool {
         inner.stats.allocations += 1;
         inner.stats.allocated_bytes += class;
         inner.live(kind, bytes as i64);
+        inner.handed.push(buf.clone());
         Ok((buf, class))
     }
 
@@ -153,6 +157,9 @@ impl BufferPool {
         for (key, bufs) in recycled {
             inner.free.entry(key).or_default().extend(bufs);
         }
+        if !inner.handed.is_empty() {
+            inner.last_handed = std::mem::take(&mut inner.handed);
+        }
     }
 
     pub(crate) fn stats(&self) -> PoolStats {
@@ -167,6 +174,25 @@ impl BufferPool {
 }
 
 impl Inner {
+    /// A free buffer for `key`: the one the same request got last time if it
+    /// can be had, else the first of those released in this recording (for
+    /// recorded writes), else the first clean one.
+    fn find(&mut self, key: (BufferKind, u64), usage: Use) -> Option<wgpu::Buffer> {
+        if let Some(want) = self.last_handed.get(self.handed.len()).cloned() {
+            if usage == Use::Recorded && self.recycled.get_mut(&key).is_some_and(|s| s.remove(&want)) {
+                return Some(want);
+            }
+            if self.free.get_mut(&key).is_some_and(|s| s.remove(&want)) {
+                return Some(want);
+            }
+        }
+        let recycled = match usage {
+            Use::Recorded => self.recycled.get_mut(&key).and_then(BTreeSet::pop_first),
+            Use::QueueWrite => None,
+        };
+        recycled.or_else(|| self.free.get_mut(&key).and_then(BTreeSet::pop_first))
+    }
+
     /// Tensor bytes handed out (+) or returned (−); staging is not counted.
     fn live(&mut self, kind: BufferKind, delta: i64) {
         if kind == BufferKind::Storage {

@@ -343,6 +343,10 @@ impl Trainer {
     /// ones; returns the (unscaled) loss as a `[1]` tensor on the device.
     pub(crate) fn gradients(&mut self, x: &Tensor, labels: &[i64], scale: f32) -> Result<Tensor> {
         self.model.zero_grad();
+        // Released before the step records anything: a tensor held from one
+        // step into the next would take a different buffer each step (and
+        // the step's bind groups would never repeat).
+        self.last_logits = None;
         let logits = self.model.forward(x, Mode::Train)?;
         let (loss, mut dlogits) = softmax_xent(&logits, labels, self.config.loss)?;
         self.last_logits = Some(logits);

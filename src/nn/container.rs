@@ -33,6 +33,7 @@ impl Sequential {
             if i > stop {
                 if let Some(act) = self.layers[i - 1].fusable_activation() {
                     if let Some(dx) = self.layers[i].backward_fused(&g, act)? {
+                        self.layers[i - 1].release();
                         (g, i) = (dx, i - 1);
                         continue;
                     }
@@ -256,6 +257,7 @@ impl Layer for Residual {
         self.sum(x, mode, true).map(Some)
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
+        self.x = None;
         let (db, ds) = self.branch_grads(dy)?;
         elementwise_add(&db, &ds, 1.0, 1.0)
     }
@@ -265,7 +267,7 @@ impl Layer for Residual {
         if act != Activation::Relu {
             return Ok(None);
         }
-        let x = self.x.clone().ok_or_else(|| crate::nn::layers::no_cache("Residual"))?;
+        let x = self.x.take().ok_or_else(|| crate::nn::layers::no_cache("Residual"))?;
         let (db, ds) = self.branch_grads(dy)?;
         elementwise_add_relu_backward(&db, &ds, &x, 1.0, 1.0).map(Some)
     }

@@ -151,8 +151,10 @@ impl Conv2d {
 
     /// `relu_mask`: x is a ReLU's output, and dx goes back through it too.
     fn backward_inner(&mut self, dy: &Tensor, need_dx: bool, relu_mask: bool) -> Result<Option<Tensor>> {
-        let x = self.x.as_ref().ok_or_else(|| no_cache("Conv2d"))?;
-        // The kept columns serve one backward; a second one rebuilds them.
+        // The forward's cache serves one backward and is released by it, so
+        // each saved tensor's memory serves later kernels of the same step.
+        let x = self.x.take().ok_or_else(|| no_cache("Conv2d"))?;
+        let x = &x;
         let cols = self.cols.take();
         let (dx, dw, db) = conv2d_backward_cols(x, &self.params.weight, dy, self.cfg, self.params.bias.is_some(), need_dx, cols.as_ref(), relu_mask)?;
         self.params.accumulate(dw, db)?;
@@ -315,8 +317,8 @@ impl Layer for ConvTranspose2d {
         conv2d_transpose_forward(x, &self.params.weight, self.params.bias.as_ref(), self.cfg, self.output_padding)
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
-        let x = self.x.as_ref().ok_or_else(|| no_cache("ConvTranspose2d"))?;
-        let g = conv2d_transpose_backward(x, &self.params.weight, dy, self.cfg, self.output_padding, self.params.bias.is_some())?;
+        let x = self.x.take().ok_or_else(|| no_cache("ConvTranspose2d"))?;
+        let g = conv2d_transpose_backward(&x, &self.params.weight, dy, self.cfg, self.output_padding, self.params.bias.is_some())?;
         self.params.accumulate(g.dw, g.db)?;
         Ok(g.dx)
     }
@@ -384,12 +386,13 @@ impl Layer for Linear {
         if act != Activation::Relu {
             return Ok(None);
         }
+        let x = self.x.clone().ok_or_else(|| no_cache("Linear"))?;
         self.backward_params(dy)?;
-        let x = self.x.as_ref().ok_or_else(|| no_cache("Linear"))?;
-        gemm_relu_backward(dy, &self.params.weight, x, GemmConfig::default()).map(Some)
+        gemm_relu_backward(dy, &self.params.weight, &x, GemmConfig::default()).map(Some)
     }
     fn backward_params(&mut self, dy: &Tensor) -> Result<()> {
-        let x = self.x.as_ref().ok_or_else(|| no_cache("Linear"))?;
+        let x = self.x.take().ok_or_else(|| no_cache("Linear"))?;
+        let x = &x;
         let cfg = GemmConfig { trans_a: true, ..GemmConfig::default() };
         // The bias gradient (dy's column sums) comes from the same pass over dy.
         let (dw, db) = match self.params.bias {
@@ -438,13 +441,16 @@ impl Layer for MaxPool2d {
         Ok(y)
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
-        let (mask, x) = self.cache.as_ref().ok_or_else(|| no_cache("MaxPool2d"))?;
-        maxpool_backward(dy, mask, x.shape(), self.cfg)
+        let (mask, x) = self.cache.take().ok_or_else(|| no_cache("MaxPool2d"))?;
+        maxpool_backward(dy, &mask, x.shape(), self.cfg)
     }
     /// ReLU's backward reads this layer's input (its output) in the same kernel.
     fn backward_fused(&mut self, dy: &Tensor, act: Activation) -> Result<Option<Tensor>> {
-        let (mask, x) = self.cache.as_ref().ok_or_else(|| no_cache("MaxPool2d"))?;
-        (act == Activation::Relu).then(|| maxpool_backward_relu(dy, mask, x, self.cfg)).transpose()
+        if act != Activation::Relu {
+            return Ok(None);
+        }
+        let (mask, x) = self.cache.take().ok_or_else(|| no_cache("MaxPool2d"))?;
+        maxpool_backward_relu(dy, &mask, &x, self.cfg).map(Some)
     }
 }
 
@@ -651,7 +657,7 @@ impl Layer for Softmax {
         Ok(y)
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
-        softmax_backward(self.y.as_ref().ok_or_else(|| no_cache("Softmax"))?, dy, self.dim, self.log)
+        softmax_backward(&self.y.take().ok_or_else(|| no_cache("Softmax"))?, dy, self.dim, self.log)
     }
 }
 
@@ -739,9 +745,9 @@ impl Layer for BatchNorm {
         self.forward_with(x, mode, true).map(Some)
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
-        let (x, stats) = self.cache.as_ref().ok_or_else(|| no_cache("BatchNorm"))?;
+        let (x, stats) = self.cache.take().ok_or_else(|| no_cache("BatchNorm"))?;
         let affine = Some(Affine { gamma: &self.gamma, beta: &self.beta });
-        let g = batchnorm_backward(x, dy, affine, stats, &self.running, true, self.cfg)?;
+        let g = batchnorm_backward(&x, dy, affine, &stats, &self.running, true, self.cfg)?;
         self.gg.accumulate(g.dgamma)?;
         self.gbeta.accumulate(g.dbeta)?;
         Ok(g.dx)
@@ -825,8 +831,8 @@ impl Layer for LayerNorm {
         Ok(y)
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
-        let (x, stats) = self.cache.as_ref().ok_or_else(|| no_cache("LayerNorm"))?;
-        let g = layernorm_backward(x, dy, Some(&self.weight), stats, self.kind, self.eps)?;
+        let (x, stats) = self.cache.take().ok_or_else(|| no_cache("LayerNorm"))?;
+        let g = layernorm_backward(&x, dy, Some(&self.weight), &stats, self.kind, self.eps)?;
         if let Some((dw, db)) = g.affine {
             self.gw.accumulate(dw)?;
             self.gb.accumulate(db)?;
@@ -922,8 +928,11 @@ impl Layer for ActivationLayer {
     fn adopt_output(&mut self, y: &Tensor, mode: Mode) {
         self.x = (mode == Mode::Train).then(|| y.clone());
     }
+    fn release(&mut self) {
+        self.x = None;
+    }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
-        activation_backward(self.x.as_ref().ok_or_else(|| no_cache("Activation"))?, dy, self.act)
+        activation_backward(&self.x.take().ok_or_else(|| no_cache("Activation"))?, dy, self.act)
     }
 }
 

@@ -11,6 +11,7 @@ pub use container::{Concat, Residual, Sequential, Summary, SummaryRow};
 pub use init::{Init, Initializer};
 pub use layers::{ActivationLayer, AdaptiveAvgPool2d, AvgPool2d, BatchNorm, Conv2d, ConvTranspose2d, Dropout, Flatten, GlobalAvgPool, LayerNorm, Linear, MaxPool2d, Softmax, Upsample, WeightBias, ZeroPad2d};
 
+use crate::device::Device;
 use crate::error::Result;
 use crate::ops::activation::Activation;
 use crate::ops::elementwise::{elementwise_combine, elementwise_fill};
@@ -115,6 +116,10 @@ pub trait Layer: Send {
     /// For an activation layer whose work the layer before did
     /// ([`Layer::forward_fused`]): keep what backward needs, from the output.
     fn adopt_output(&mut self, _y: &Tensor, _mode: Mode) {}
+    /// For an activation layer whose backward the layer after it did
+    /// ([`Layer::backward_fused`]): drop what forward kept for backward, as
+    /// `backward` would have (a saved tensor lives until its last reader).
+    fn release(&mut self) {}
     /// This layer as a [`Sequential`], for walks that expand containers (summaries).
     fn as_sequential(&mut self) -> Option<&mut Sequential> {
         None
@@ -158,45 +163,49 @@ pub trait Layer: Send {
     fn param_count(&mut self) -> usize {
         self.state("").iter().map(|e| if let State::Param { value, .. } = &e.state { value.numel() } else { 0 }).sum()
     }
-    /// Forget accumulated gradients (the next backward overwrites them).
+    /// Forget accumulated gradients and release their memory (the next
+    /// backward writes new ones; PyTorch's `zero_grad(set_to_none=True)`).
     fn zero_grad(&mut self) {
         for e in self.state("") {
             if let State::Param { grad, .. } = e.state {
-                grad.fresh = true;
+                grad.tensor = None;
             }
         }
     }
 }
 
-/// A parameter gradient that the next backward either replaces (after
-/// `zero_grad`) or adds to, so the usual step costs no extra dispatch.
+/// A parameter gradient that the next backward either adopts (after
+/// `zero_grad`, which releases it) or adds to, so the usual step costs no
+/// extra dispatch and holds no gradient memory before its backward.
 pub struct Grad {
-    tensor: Tensor,
-    fresh: bool,
+    tensor: Option<Tensor>,
+    shape: Vec<usize>,
+    device: Device,
 }
 
 impl Grad {
     pub(crate) fn new(like: &Tensor) -> Result<Grad> {
-        Ok(Grad { tensor: Tensor::zeros(&like.device(), like.shape())?, fresh: true })
+        Ok(Grad { tensor: None, shape: like.shape().to_vec(), device: like.device() })
     }
 
     pub(crate) fn accumulate(&mut self, g: Tensor) -> Result<()> {
-        if self.fresh {
-            self.tensor = g;
-            self.fresh = false;
-            Ok(())
-        } else {
-            elementwise_combine(&mut self.tensor, &g, 1.0, 1.0)
+        match &mut self.tensor {
+            None => {
+                self.tensor = Some(g);
+                Ok(())
+            }
+            Some(t) => elementwise_combine(t, &g, 1.0, 1.0),
         }
     }
 
     /// The gradient as a tensor; zero if no backward ran since `zero_grad`.
     pub fn get(&mut self) -> Result<&mut Tensor> {
-        if self.fresh {
-            elementwise_fill(&mut self.tensor, 0.0)?;
-            self.fresh = false;
+        if self.tensor.is_none() {
+            let mut t = Tensor::uninit(&self.device, "Grad::get", &self.shape)?;
+            elementwise_fill(&mut t, 0.0)?;
+            self.tensor = Some(t);
         }
-        Ok(&mut self.tensor)
+        Ok(self.tensor.as_mut().expect("set above"))
     }
 }
 

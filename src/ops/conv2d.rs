@@ -12,7 +12,7 @@
 //! Batches are processed in chunks of nb images so the column matrix stays
 //! under the device's storage-binding limit. A 1×1, stride-1, unpadded,
 //! ungrouped convolution skips im2col: it is a GEMM per image. On the GPU a
-//! training layer keeps the forward's columns (one chunk, ≤ 64 MB) for its
+//! training layer keeps the forward's columns (one chunk, ≤ 8 MiB) for its
 //! backward; otherwise backward rebuilds them. The first layer skips dx.
 
 use ndarray::{ArrayView2, ArrayViewMut2};
@@ -64,8 +64,10 @@ pub fn conv2d_forward_act(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: Co
 }
 
 /// Columns worth keeping from forward for backward (GPU, one chunk): backward
-/// then skips its im2col. Larger ones are recomputed rather than held.
-const KEEP_COLS_BYTES: usize = 64 << 20;
+/// then skips its im2col. Larger ones are recomputed rather than held: a
+/// 3×3 convolution's columns are 9× its input, and held from forward to
+/// backward they would dominate a large model's memory (PyTorch keeps only x).
+const KEEP_COLS_BYTES: usize = 8 << 20;
 
 /// [`conv2d_forward`] that, on the GPU, may also hand back the im2col columns
 /// for [`conv2d_backward_cols`] (training layers keep them until backward).

@@ -67,6 +67,50 @@ fn gpu_pool_reuses_buffers() {
     });
 }
 
+/// Within one recording (one submit), a buffer released after its last
+/// recorded use serves a later op's output; an upload (a queue write, which
+/// lands before the whole submission) never gets such a buffer; results stay
+/// exact either way.
+#[test]
+fn gpu_pool_reuses_within_a_recording() {
+    with_gpu("tensor::gpu_pool_reuses_within_a_recording", |_| {
+        // Private and untuned: GEMM tuning would allocate operands of its own.
+        let dev = Device::gpu_with(&wgpu_cnn::GpuOptions { autotune: false, ..Default::default() }).unwrap();
+        let ctx = dev.gpu_context().unwrap().clone();
+        let ones = |r, c| Tensor::from_vec(&dev, &[r, c], vec![1.0; r * c]).unwrap();
+        let (a, b) = (ones(40, 30), ones(30, 40));
+        dev.synchronize().unwrap();
+        let before = ctx.pool_stats();
+        // c (40×40) is written, read by d, then released: e, of c's size, takes its buffer.
+        let c = gemm(&a, &b, GemmConfig::default()).unwrap();
+        let d = gemm(&c, &a, GemmConfig::default()).unwrap();
+        drop(c);
+        let e = gemm(&a, &b, GemmConfig { alpha: 2.0, ..GemmConfig::default() }).unwrap();
+        let mid = ctx.pool_stats();
+        assert_eq!(mid.allocations - before.allocations, 2, "e should reuse c's buffer: {before:?} -> {mid:?}");
+        // An upload of e's size after e is released must not land in e's buffer
+        // before the recorded GEMMs that read and wrote it run.
+        let f = gemm(&e, &a, GemmConfig::default()).unwrap();
+        drop(e);
+        let g = Tensor::from_vec(&dev, &[40, 40], vec![-7.0; 1600]).unwrap();
+        assert_eq!(ctx.pool_stats().allocations - mid.allocations, 2, "the upload takes a fresh buffer");
+        assert!(d.to_vec().unwrap().iter().all(|&v| v == 30.0 * 40.0));
+        assert!(f.to_vec().unwrap().iter().all(|&v| v == 60.0 * 40.0));
+        assert!(g.to_vec().unwrap().iter().all(|&v| v == -7.0));
+        let s = ctx.pool_stats();
+        assert!(s.peak_live_bytes >= s.live_bytes && s.live_bytes > 0, "{s:?}");
+    });
+}
+
+/// Size classes waste less than an eighth of a request (of 1 KiB or more).
+#[test]
+fn size_classes_waste_under_an_eighth() {
+    for bytes in (1024u64..1 << 20).step_by(4093).chain([(1 << 30) + 1, 411_041_792, 3 << 20]) {
+        let class = wgpu_cnn::pool::size_class(bytes);
+        assert!(class >= bytes && (class - bytes) * 8 < bytes, "{bytes} -> {class}");
+    }
+}
+
 /// Clones are values: an in-place write through one never shows in the other
 /// (on the GPU the buffer is shared until the first such write).
 fn copy_on_write(dev: &Device) {
