@@ -93,8 +93,8 @@ struct Inner {
     /// cached bind groups) repeat too, even where a tensor kept from one
     /// step to the next (a gradient, the logits) holds a different buffer
     /// each step.
-    handed: Vec<wgpu::Buffer>,
-    last_handed: Vec<wgpu::Buffer>,
+    handed: Vec<(wgpu::Buffer, u64)>,
+    last_handed: Vec<(wgpu::Buffer, u64)>,
     stats: PoolStats,
 }
 
@@ -117,10 +117,10 @@ impl BufferPool {
         let class = size_class(bytes);
         let mut inner = self.inner.lock().unwrap();
         let key = (kind, class);
-        if let Some(buf) = inner.find(key, usage) {
+        if let Some((buf, class)) = inner.find(key, usage) {
             inner.stats.reuses += 1;
             inner.live(kind, bytes as i64);
-            inner.handed.push(buf.clone());
+            inner.handed.push((buf.clone(), class));
             return Ok((buf, class));
         }
         drop(inner);
@@ -136,7 +136,7 @@ impl BufferPool {
         inner.stats.allocations += 1;
         inner.stats.allocated_bytes += class;
         inner.live(kind, bytes as i64);
-        inner.handed.push(buf.clone());
+        inner.handed.push((buf.clone(), class));
         Ok((buf, class))
     }
 
@@ -174,23 +174,37 @@ impl BufferPool {
 }
 
 impl Inner {
-    /// A free buffer for `key`: the one the same request got last time if it
-    /// can be had, else the first of those released in this recording (for
-    /// recorded writes), else the first clean one.
-    fn find(&mut self, key: (BufferKind, u64), usage: Use) -> Option<wgpu::Buffer> {
-        if let Some(want) = self.last_handed.get(self.handed.len()).cloned() {
-            if usage == Use::Recorded && self.recycled.get_mut(&key).is_some_and(|s| s.remove(&want)) {
-                return Some(want);
-            }
-            if self.free.get_mut(&key).is_some_and(|s| s.remove(&want)) {
-                return Some(want);
+    /// A free buffer for `key` and its class: the one the same request got
+    /// last time if it can be had, else one of the request's class, else the
+    /// smallest of a larger class up to twice the request's (memory the pool
+    /// already holds serves rather than a new buffer). Within a class, those
+    /// released in this recording come first (for recorded writes only).
+    fn find(&mut self, (kind, class): (BufferKind, u64), usage: Use) -> Option<(wgpu::Buffer, u64)> {
+        let fits = |c: u64| c >= class && c <= 2 * class;
+        if let Some((want, c)) = self.last_handed.get(self.handed.len()).cloned() {
+            if fits(c) && self.remove(usage, (kind, c), &want) {
+                return Some((want, c));
             }
         }
-        let recycled = match usage {
-            Use::Recorded => self.recycled.get_mut(&key).and_then(BTreeSet::pop_first),
-            Use::QueueWrite => None,
-        };
-        recycled.or_else(|| self.free.get_mut(&key).and_then(BTreeSet::pop_first))
+        let mut classes: Vec<u64> = self.free.keys().chain(self.recycled.keys()).filter(|(k, c)| *k == kind && fits(*c)).map(|(_, c)| *c).collect();
+        classes.sort_unstable();
+        classes.dedup();
+        for c in classes {
+            let key = (kind, c);
+            let recycled = match usage {
+                Use::Recorded => self.recycled.get_mut(&key).and_then(BTreeSet::pop_first),
+                Use::QueueWrite => None,
+            };
+            if let Some(buf) = recycled.or_else(|| self.free.get_mut(&key).and_then(BTreeSet::pop_first)) {
+                return Some((buf, c));
+            }
+        }
+        None
+    }
+
+    /// Takes `buf` out of the free lists `usage` may draw on, if it is there.
+    fn remove(&mut self, usage: Use, key: (BufferKind, u64), buf: &wgpu::Buffer) -> bool {
+        (usage == Use::Recorded && self.recycled.get_mut(&key).is_some_and(|s| s.remove(buf))) || self.free.get_mut(&key).is_some_and(|s| s.remove(buf))
     }
 
     /// Tensor bytes handed out (+) or returned (−); staging is not counted.
