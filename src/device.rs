@@ -59,6 +59,12 @@ pub struct GpuOptions {
     pub autotune: bool,
     /// Where tuned choices are kept between runs.
     pub tuning_cache: TuningCache,
+    /// The most bytes of device buffers this context may create (PyTorch's
+    /// `set_per_process_memory_fraction`): past it a request fails with
+    /// `Error::OutOfMemory`, as a real out-of-memory would. `None`: no cap
+    /// beyond the device's own. `WGPU_CNN_MEMORY_BUDGET` (bytes, or with a
+    /// `K`/`M`/`G` suffix) sets it for any run.
+    pub memory_budget: Option<u64>,
 }
 
 /// Where a device keeps its tuned choices.
@@ -86,6 +92,7 @@ impl Default for GpuOptions {
             max_chunk_bytes: None,
             autotune: true,
             tuning_cache: TuningCache::Default,
+            memory_budget: None,
         }
     }
 }

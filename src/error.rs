@@ -85,7 +85,7 @@ pub enum Error {
     Wgpu(String),
 
     /// wgpu ran out of memory creating a buffer or running work.
-    #[error("{op}: the GPU is out of memory: {msg}")]
+    #[error("{op}: out of device memory: {msg}")]
     OutOfMemory {
         /// The op that failed.
         op: &'static str,

@@ -139,6 +139,8 @@ pub struct GpuContext {
     untimed: Mutex<std::collections::HashSet<std::thread::ThreadId>>,
     /// Cap on the convolution's column-matrix bytes (`GpuOptions::max_chunk_bytes`).
     max_chunk_bytes: Option<u64>,
+    /// Cap on the pool's device bytes (`GpuOptions::memory_budget`).
+    memory_budget: Option<u64>,
     counters: Mutex<HostCounters>,
     /// Tuned choices by key (an op's name for a shape class → a variant's
     /// name), loaded from and saved to `tuning_file`.
@@ -227,6 +229,31 @@ fn default_cache_dir() -> Option<std::path::PathBuf> {
     base.map(|b| b.join("wgpu-cnn"))
 }
 
+/// Bytes as MiB for messages.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
+/// `WGPU_CNN_MEMORY_BUDGET`: bytes, or a number with a K, M or G suffix
+/// (powers of 1024); anything else is ignored with a warning.
+fn budget_from_env() -> Option<u64> {
+    let v = std::env::var("WGPU_CNN_MEMORY_BUDGET").ok()?;
+    let t = v.trim();
+    let (num, mul) = match t.chars().last()?.to_ascii_uppercase() {
+        'K' => (&t[..t.len() - 1], 1u64 << 10),
+        'M' => (&t[..t.len() - 1], 1 << 20),
+        'G' => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    match num.trim().parse::<f64>() {
+        Ok(n) if n > 0.0 => Some((n * mul as f64) as u64),
+        _ => {
+            log::warn!("WGPU_CNN_MEMORY_BUDGET={v:?} is not a size (e.g. 4G, 512M); ignored");
+            None
+        }
+    }
+}
+
 /// A captured wgpu error as ours, naming what was being done.
 pub(crate) fn from_wgpu(op: &'static str, e: wgpu::Error) -> Error {
     match e {
@@ -313,6 +340,7 @@ impl GpuContext {
             dry: Mutex::default(),
             untimed: Mutex::default(),
             max_chunk_bytes: opts.max_chunk_bytes,
+            memory_budget: opts.memory_budget.or_else(budget_from_env),
             counters: Mutex::default(),
             tuning: Mutex::new(tuning_file.as_deref().map(load_tuning).unwrap_or_default()),
             tuning_file,
@@ -570,13 +598,49 @@ impl GpuContext {
     /// and out-of-memory errors.
     fn take(&self, op: &'static str, kind: BufferKind, bytes: u64, usage: Use) -> Result<(wgpu::Buffer, u64)> {
         self.alive()?;
-        self.pool.take(&self.device, kind, bytes, usage, |create| {
-            let (buf, err) = capture(&self.device, create);
+        self.pool.take(&self.device, kind, bytes, usage, |class, create| {
+            // Out of memory: free the pool's idle buffers (of other sizes) and try once more.
+            let over = |ctx: &Self| ctx.memory_budget.filter(|&b| ctx.pool.stats().allocated_bytes + class > b);
+            if over(self).is_some() {
+                self.trim();
+            }
+            if let Some(budget) = over(self) {
+                return Err(self.out_of_memory(op, bytes, format!("the memory budget is {} (GpuOptions::memory_budget)", mib(budget))));
+            }
+            let (mut buf, mut err) = capture(&self.device, create);
+            if matches!(err, Some(wgpu::Error::OutOfMemory { .. })) && self.trim() > 0 {
+                (buf, err) = capture(&self.device, create);
+            }
             match err {
                 None => Ok(buf),
+                Some(wgpu::Error::OutOfMemory { source }) => Err(self.explain(self.out_of_memory(op, bytes, format!("the device refused it ({source})")))),
                 Some(e) => Err(self.explain(from_wgpu(op, e))),
             }
         })
+    }
+
+    /// Frees the pool's idle buffers (and the cached bind groups, which hold
+    /// buffers): the bytes released.
+    fn trim(&self) -> u64 {
+        self.bind_groups.lock().unwrap().clear();
+        let freed = self.pool.trim();
+        log::info!("out of device memory: released {} of idle buffers", mib(freed));
+        freed
+    }
+
+    /// An out-of-memory error that says what was asked, what is held and what to do.
+    fn out_of_memory(&self, op: &'static str, bytes: u64, why: String) -> Error {
+        let s = self.pool.stats();
+        Error::OutOfMemory {
+            op,
+            msg: format!(
+                "a buffer of {} was needed with {} already in device buffers ({} of it in live tensors): {why}. \
+                 Try a smaller batch, or gradient accumulation (TrainConfig::accumulate_steps, --accumulate N) to keep the batch's update",
+                mib(bytes),
+                mib(s.allocated_bytes),
+                mib(s.live_bytes)
+            ),
+        }
     }
 
     /// A pooled storage buffer for `len` f32 values, to be written by

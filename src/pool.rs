@@ -105,14 +105,15 @@ pub(crate) struct BufferPool {
 
 impl BufferPool {
     /// A buffer of at least `bytes` bytes; its contents are whatever was last
-    /// written. A new buffer is created through `guard` (which checks for errors).
+    /// written. A new buffer (of `class` bytes) is created through `guard`,
+    /// which may refuse it (a budget) and checks for errors.
     pub(crate) fn take(
         &self,
         device: &wgpu::Device,
         kind: BufferKind,
         bytes: u64,
         usage: Use,
-        guard: impl FnOnce(&dyn Fn() -> wgpu::Buffer) -> crate::Result<wgpu::Buffer>,
+        guard: impl FnOnce(u64, &dyn Fn() -> wgpu::Buffer) -> crate::Result<wgpu::Buffer>,
     ) -> crate::Result<(wgpu::Buffer, u64)> {
         let class = size_class(bytes);
         let mut inner = self.inner.lock().unwrap();
@@ -124,7 +125,7 @@ impl BufferPool {
             return Ok((buf, class));
         }
         drop(inner);
-        let buf = guard(&|| {
+        let buf = guard(class, &|| {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(kind.label()),
                 size: class,
@@ -164,6 +165,19 @@ impl BufferPool {
 
     pub(crate) fn stats(&self) -> PoolStats {
         self.inner.lock().unwrap().stats
+    }
+
+    /// Drops every free buffer (after an out-of-memory, before a retry):
+    /// returns the bytes released. wgpu keeps a dropped buffer alive while
+    /// submitted or recorded commands use it, so this is always safe.
+    pub(crate) fn trim(&self) -> u64 {
+        let mut inner = self.inner.lock().unwrap();
+        let inner = &mut *inner;
+        let freed: u64 = inner.free.drain().chain(inner.recycled.drain()).map(|((_, class), bufs)| class * bufs.len() as u64).sum();
+        inner.stats.allocated_bytes -= freed;
+        inner.handed.clear();
+        inner.last_handed.clear();
+        freed
     }
 
     /// Starts a new peak-live measurement from the bytes alive now.

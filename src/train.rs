@@ -19,7 +19,7 @@ use crate::nn::{Layer, Mode, Sequential};
 use crate::ops::clip::clip_global_norm;
 use crate::ops::elementwise::{elementwise_combine, elementwise_combine_sign};
 use crate::ops::reduce::reduce_sum_squares;
-use crate::ops::softmax_xent::{softmax_xent, softmax_xent_probs_cpu, CrossEntropyConfig};
+use crate::ops::softmax_xent::{softmax_xent, softmax_xent_probs_cpu, CrossEntropyConfig, Reduction};
 use crate::optim::{check_schedule, LrSchedule, Optimizer, Plateau, PlateauState};
 use crate::tensor::Tensor;
 
@@ -65,6 +65,13 @@ pub struct TrainConfig {
     pub loader_workers: usize,
     /// How many batches each loader thread may have ready ahead of the step.
     pub prefetch: usize,
+    /// Gradient accumulation: each batch runs as this many micro-batches
+    /// (forward and backward each), their gradients summed with each one's
+    /// share of the loss, then one update. Equal to the whole batch's update
+    /// for a model without batch-norm, in a fraction of the activation
+    /// memory; batch-norm's statistics are then per micro-batch, as in
+    /// PyTorch. 1: no accumulation.
+    pub accumulate_steps: usize,
 }
 
 impl Default for TrainConfig {
@@ -88,6 +95,7 @@ impl Default for TrainConfig {
             check_gradients: false,
             loader_workers: 1,
             prefetch: 2,
+            accumulate_steps: 1,
         }
     }
 }
@@ -257,6 +265,12 @@ impl Trainer {
         if config.batch_size == 0 {
             return Err(Error::InvalidArgument { op: "Trainer", msg: "batch size 0: a batch needs at least one image".into() });
         }
+        if config.accumulate_steps == 0 || config.accumulate_steps > config.batch_size {
+            return Err(Error::InvalidArgument {
+                op: "Trainer",
+                msg: format!("accumulate_steps {} must be between 1 and the batch size {}", config.accumulate_steps, config.batch_size),
+            });
+        }
         if !(config.l1 >= 0.0 && config.l2 >= 0.0) {
             return Err(Error::InvalidArgument { op: "Trainer", msg: format!("l1 {} and l2 {} must be ≥ 0", config.l1, config.l2) });
         }
@@ -325,17 +339,86 @@ impl Trainer {
     /// (reading it is the caller's choice); on the GPU this is one submit.
     /// The first step of each input shape builds its pipelines first (see
     /// [`Trainer::prepare`]).
+    ///
+    /// A step that fails (out of memory, say) releases what its layers kept
+    /// for backward and its gradients, so the trainer can go on, with a
+    /// smaller batch for one.
     pub fn train_step(&mut self, x: &Tensor, labels: &[i64]) -> Result<Tensor> {
-        self.prepare_shape(x.shape(), true)?;
-        self.step_inner(x, labels, false)
+        let out = self.prepare_shape(x.shape(), true).and_then(|_| self.step_inner(x, labels, false));
+        if out.is_err() {
+            self.model.release();
+            self.model.zero_grad();
+            self.last_logits = None;
+            if let Device::Gpu(ctx) = &self.device {
+                // Submits whatever was recorded before the failure, so its buffers return.
+                let _ = ctx.flush();
+            }
+        }
+        out
     }
 
     /// [`Trainer::train_step`]; a `dry` step (inside a dry run) skips the
     /// gradient check's verdict (nothing was computed) and counts no step.
     fn step_inner(&mut self, x: &Tensor, labels: &[i64], dry: bool) -> Result<Tensor> {
-        let loss = self.gradients(x, labels, 1.0)?;
+        let loss = match self.config.accumulate_steps.min(labels.len()) {
+            0 | 1 => self.gradients(x, labels, 1.0)?,
+            parts => self.accumulated_gradients(x, labels, parts)?,
+        };
         self.update(dry)?;
         Ok(loss)
+    }
+
+    /// [`Trainer::gradients`] over `parts` micro-batches of `x` (sizes
+    /// differing by at most one): each one's gradient is weighted by its
+    /// share of the batch's loss (the rows it counts, for a mean) and added
+    /// into the parameters' gradients. Returns the batch's loss; the logits
+    /// of the whole batch are kept for training accuracy.
+    fn accumulated_gradients(&mut self, x: &Tensor, labels: &[i64], parts: usize) -> Result<Tensor> {
+        let n = labels.len();
+        if x.shape().first() != Some(&n) {
+            return Err(Error::Shape { op: "Trainer::train_step", msg: format!("{} labels for a batch of shape {:?}", n, x.shape()) });
+        }
+        let cfg = self.config.loss;
+        let counted = |ls: &[i64]| ls.iter().filter(|&&l| Some(l) != cfg.ignore_index).count();
+        let total = counted(labels);
+        self.model.zero_grad();
+        self.last_logits = None;
+        let (mut loss, mut logits): (Option<Tensor>, Option<Tensor>) = (None, None);
+        let mut start = 0;
+        for i in 0..parts {
+            let len = n / parts + usize::from(i < n % parts);
+            let part = &labels[start..start + len];
+            let weight = match cfg.reduction {
+                Reduction::Sum => 1.0,
+                Reduction::Mean if total == 0 => 0.0,
+                Reduction::Mean => counted(part) as f32 / total as f32,
+            };
+            let out = self.model.forward(&x.narrow(start, len)?, Mode::Train)?;
+            let (l, dl) = softmax_xent(&out, part, cfg)?;
+            if weight > 0.0 {
+                let dl = crate::ops::elementwise::elementwise_add(&dl, &dl, weight, 0.0)?;
+                self.model.backward_params(&dl)?;
+                loss = Some(match loss {
+                    None => crate::ops::elementwise::elementwise_add(&l, &l, weight, 0.0)?,
+                    Some(acc) => crate::ops::elementwise::elementwise_add(&l, &acc, weight, 1.0)?,
+                });
+            } else {
+                self.model.release();
+            }
+            let classes = out.shape()[1];
+            let all = match &mut logits {
+                Some(t) => t,
+                None => logits.insert(Tensor::uninit(&self.device, "Trainer::train_step", &[n, classes])?),
+            };
+            all.set_from(start * classes, &out.reshape(&[len * classes])?)?;
+            start += len;
+        }
+        self.last_logits = logits;
+        match loss {
+            Some(l) => Ok(l),
+            // Every row ignored: a mean over no rows, as PyTorch gives (NaN).
+            None => Tensor::from_vec(&self.device, &[1], vec![f32::NAN]),
+        }
     }
 
     /// Forward and backward on one batch: the parameters' gradients (scaled

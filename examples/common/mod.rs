@@ -144,6 +144,10 @@ pub struct TrainArgs {
     /// Clip the global gradient norm to this.
     #[arg(long)]
     pub clip_grad_norm: Option<f32>,
+    /// Gradient accumulation: run each batch as N micro-batches (less device
+    /// memory), with one update per batch.
+    #[arg(long, default_value_t = 1)]
+    pub accumulate: usize,
     /// Add l1·sign(w) to every gradient.
     #[arg(long, default_value_t = 0.0)]
     pub l1: f32,
@@ -221,6 +225,7 @@ impl TrainArgs {
             early_stopping_patience: self.early_stopping,
             reduce_on_plateau: plateau,
             loss: CrossEntropyConfig { label_smoothing: self.label_smoothing, ..CrossEntropyConfig::default() },
+            accumulate_steps: self.accumulate,
             ..TrainConfig::default()
         };
         Trainer::new(model, Optimizer::new(config)?, cfg, device)

@@ -94,6 +94,9 @@ impl Sequential {
 }
 
 impl Layer for Sequential {
+    fn release(&mut self) {
+        self.layers.iter_mut().for_each(|l| l.release());
+    }
     fn kind(&self) -> &'static str {
         "Sequential"
     }
@@ -211,6 +214,16 @@ impl Residual {
 }
 
 impl Layer for Residual {
+    fn release(&mut self) {
+        self.x = None;
+        self.body.release();
+        if let Some(s) = &mut self.shortcut {
+            s.release();
+        }
+        if let Some(p) = &mut self.post {
+            p.release();
+        }
+    }
     fn kind(&self) -> &'static str {
         "Residual"
     }
@@ -316,6 +329,9 @@ impl Default for Concat {
 }
 
 impl Layer for Concat {
+    fn release(&mut self) {
+        self.branches.iter_mut().for_each(|(_, b)| b.release());
+    }
     fn kind(&self) -> &'static str {
         "Concat"
     }

@@ -170,6 +170,9 @@ impl Conv2d {
 }
 
 impl Layer for Conv2d {
+    fn release(&mut self) {
+        (self.x, self.cols) = (None, None);
+    }
     fn kind(&self) -> &'static str {
         "Conv2d"
     }
@@ -292,6 +295,9 @@ impl ConvTranspose2d {
 }
 
 impl Layer for ConvTranspose2d {
+    fn release(&mut self) {
+        self.x = None;
+    }
     fn kind(&self) -> &'static str {
         "ConvTranspose2d"
     }
@@ -355,6 +361,9 @@ impl Linear {
 }
 
 impl Layer for Linear {
+    fn release(&mut self) {
+        self.x = None;
+    }
     fn kind(&self) -> &'static str {
         "Linear"
     }
@@ -423,6 +432,9 @@ impl MaxPool2d {
 }
 
 impl Layer for MaxPool2d {
+    fn release(&mut self) {
+        self.cache = None;
+    }
     fn kind(&self) -> &'static str {
         "MaxPool2d"
     }
@@ -634,6 +646,9 @@ impl Softmax {
 }
 
 impl Layer for Softmax {
+    fn release(&mut self) {
+        self.y = None;
+    }
     fn kind(&self) -> &'static str {
         if self.log {
             "LogSoftmax"
@@ -717,6 +732,9 @@ impl BatchNorm {
 }
 
 impl Layer for BatchNorm {
+    fn release(&mut self) {
+        self.cache = None;
+    }
     fn kind(&self) -> &'static str {
         if self.spatial {
             "BatchNorm2d"
@@ -802,6 +820,9 @@ impl LayerNorm {
 }
 
 impl Layer for LayerNorm {
+    fn release(&mut self) {
+        self.cache = None;
+    }
     fn kind(&self) -> &'static str {
         match self.kind {
             NormKind::Layer { .. } => "LayerNorm",

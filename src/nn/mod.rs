@@ -116,9 +116,11 @@ pub trait Layer: Send {
     /// For an activation layer whose work the layer before did
     /// ([`Layer::forward_fused`]): keep what backward needs, from the output.
     fn adopt_output(&mut self, _y: &Tensor, _mode: Mode) {}
-    /// For an activation layer whose backward the layer after it did
-    /// ([`Layer::backward_fused`]): drop what forward kept for backward, as
-    /// `backward` would have (a saved tensor lives until its last reader).
+    /// Drops what the last training forward kept for backward (containers:
+    /// their children's too). The layer after an activation calls it when it
+    /// did that activation's backward in its own kernels
+    /// ([`Layer::backward_fused`]), as `backward` would have released it; the
+    /// trainer calls it after a failed step, so nothing of it stays held.
     fn release(&mut self) {}
     /// This layer as a [`Sequential`], for walks that expand containers (summaries).
     fn as_sequential(&mut self) -> Option<&mut Sequential> {

@@ -548,3 +548,63 @@ fn sigint_child() {
         other => panic!("expected an interruption, got {other:?}"),
     }
 }
+
+/// Gradient accumulation: a batch of 10 as 3 micro-batches (4, 3, 3 rows)
+/// gives LeNet-5 (no batch-norm) the whole batch's loss, gradients and
+/// update, up to rounding; and the training accuracy still sees every row.
+fn accumulation_equals_whole_batch(dev: &Device) {
+    let data = mnist_slice(Split::Train, 10);
+    let idx: Vec<usize> = (0..10).collect();
+    let (x, labels) = data.batch(dev, &idx, None).unwrap();
+    let run = |parts: usize| {
+        let mut t = lenet_trainer(dev, sgd(), TrainConfig { batch_size: 10, accumulate_steps: parts, ..Default::default() });
+        let loss = t.train_step(&x, &labels).unwrap().to_vec().unwrap()[0];
+        let grads: Vec<f32> = t.model.parameters("").unwrap().into_iter().flat_map(|p| p.grad.to_vec().unwrap()).collect();
+        let loss2 = t.train_step(&x, &labels).unwrap().to_vec().unwrap()[0];
+        let values: Vec<f32> = t.model.parameters("").unwrap().into_iter().flat_map(|p| p.value.to_vec().unwrap()).collect();
+        (loss, grads, loss2, values)
+    };
+    let (whole, parts) = (run(1), run(3));
+    // Summation order differs (three partial sums of the weight gradients).
+    let tol = Tolerance::new(2e-5, 1e-3);
+    tol.assert("accumulated loss", &[parts.0], &[whole.0]);
+    tol.assert("accumulated gradients", &parts.1, &whole.1);
+    tol.assert("loss after one accumulated update", &[parts.2], &[whole.2]);
+    tol.assert("weights after two accumulated updates", &parts.3, &whole.3);
+    assert_ne!(whole.0, whole.2, "the update changed nothing");
+}
+crate::test_device!(gradient_accumulation, accumulation_equals_whole_batch);
+
+/// A batch that cannot fit fails before any kernel runs with an error that
+/// says what it needed and what to do, and leaves the trainer usable with a
+/// smaller batch; accumulation makes the large batch fit.
+#[test]
+fn gpu_out_of_memory_is_an_error_and_recoverable() {
+    with_gpu("training::gpu_out_of_memory_is_an_error_and_recoverable", |_| {
+        let budget = 12 << 20;
+        let dev = Device::gpu_with(&wgpu_cnn::GpuOptions { memory_budget: Some(budget), autotune: false, ..Default::default() }).unwrap();
+        let ctx = dev.gpu_context().unwrap().clone();
+        let data = mnist_slice(Split::Train, 256);
+        let big: Vec<usize> = (0..256).collect();
+        let (xb, lb) = data.batch(&dev, &big, None).unwrap();
+        let mut t = lenet_trainer(&dev, sgd(), TrainConfig { batch_size: 256, ..Default::default() });
+        let before = ctx.host_counters();
+        let err = t.train_step(&xb, &lb).err().expect("a 256-image LeNet-5 step does not fit in 12 MiB");
+        let msg = err.to_string();
+        assert!(matches!(err, Error::OutOfMemory { .. }), "{msg}");
+        assert!(msg.contains("MiB") && msg.contains("smaller batch") && msg.contains("accumulate"), "{msg}");
+        assert_eq!(ctx.host_counters().dispatches, before.dispatches, "a kernel ran before the error: {msg}");
+        assert!(ctx.pool_stats().allocated_bytes <= budget);
+        // The same trainer goes on with a smaller batch.
+        let small: Vec<usize> = (0..16).collect();
+        let (xs, ls) = data.batch(&dev, &small, None).unwrap();
+        let loss = t.train_step(&xs, &ls).unwrap().to_vec().unwrap()[0];
+        assert!(loss.is_finite());
+        // The big batch fits as 16 micro-batches of 16.
+        drop(t);
+        let mut t = lenet_trainer(&dev, sgd(), TrainConfig { batch_size: 256, accumulate_steps: 16, ..Default::default() });
+        let loss = t.train_step(&xb, &lb).unwrap().to_vec().unwrap()[0];
+        assert!(loss.is_finite());
+        assert!(ctx.pool_stats().allocated_bytes <= budget);
+    });
+}
