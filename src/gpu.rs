@@ -12,7 +12,7 @@ use bytemuck::Pod;
 use crate::device::{choose_adapter, AdapterSummary, GpuOptions, TuningCache};
 use crate::error::{Error, Result};
 use crate::kernel::{Access, Compiled, Kernel, KernelCache, KernelDef, Work};
-use crate::pool::{BufferKind, BufferPool, PoolStats, Use};
+use crate::pool::{size_class, BufferKind, BufferPool, PoolStats, Use};
 use crate::profile::{ProfileReport, Profiler};
 
 /// The GEMM kernels (see `shaders/gemm.wgsl`). Without tuning an adapter
@@ -162,7 +162,7 @@ pub(crate) fn capture<R>(device: &wgpu::Device, f: impl FnOnce() -> R) -> (R, Op
 /// Bind-group entries in declaration order: `params_size` bytes of the
 /// params chunk for the uniform (bound at a dynamic offset), `storage` in
 /// order for the rest (the caller checked the count).
-fn bind_entries<'a>(bindings: &[Access], uniform: &'a wgpu::Buffer, params_size: usize, storage: &[&'a wgpu::Buffer]) -> Vec<wgpu::BindGroupEntry<'a>> {
+fn bind_entries<'a>(bindings: &[Access], uniform: &'a wgpu::Buffer, params_size: usize, storage: &[Bind<'a>]) -> Vec<wgpu::BindGroupEntry<'a>> {
     let mut next = storage.iter();
     bindings
         .iter()
@@ -171,15 +171,45 @@ fn bind_entries<'a>(bindings: &[Access], uniform: &'a wgpu::Buffer, params_size:
             let resource = if *access == Access::Uniform {
                 wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: uniform, offset: 0, size: wgpu::BufferSize::new(params_size as u64) })
             } else {
-                next.next()?.as_entire_binding()
+                let b = next.next()?;
+                wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: b.buffer, offset: b.offset, size: b.size.and_then(wgpu::BufferSize::new) })
             };
             Some(wgpu::BindGroupEntry { binding: i as u32, resource })
         })
         .collect()
 }
 
-/// A cached bind group's identity: kernel, storage buffers, params chunk.
-type BindKey = (&'static str, Vec<wgpu::Buffer>, usize);
+/// A cached bind group's identity: kernel, storage bindings, params chunk.
+type BindKey = (&'static str, Vec<(wgpu::Buffer, u64, Option<u64>)>, usize);
+
+/// One storage binding: a whole buffer, or a window of one (`offset` a
+/// multiple of the adapter's `min_storage_buffer_offset_alignment`, `size`
+/// bytes): how a kernel reaches a tensor larger than one binding may cover.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Bind<'a> {
+    pub buffer: &'a wgpu::Buffer,
+    pub offset: u64,
+    /// `None`: to the end of the buffer.
+    pub size: Option<u64>,
+}
+
+impl<'a> Bind<'a> {
+    /// `size` bytes of `buffer` from `offset`.
+    pub fn window(buffer: &'a wgpu::Buffer, offset: u64, size: u64) -> Bind<'a> {
+        Bind { buffer, offset, size: Some(size) }
+    }
+
+    /// The bytes this binding covers.
+    fn bytes(&self) -> u64 {
+        self.size.unwrap_or(self.buffer.size() - self.offset)
+    }
+}
+
+impl<'a> From<&'a wgpu::Buffer> for Bind<'a> {
+    fn from(buffer: &'a wgpu::Buffer) -> Bind<'a> {
+        Bind { buffer, offset: 0, size: None }
+    }
+}
 
 /// More cached bind groups than this and the cache starts over (a model
 /// whose buffers never repeat would otherwise grow it without bound).
@@ -528,7 +558,7 @@ impl GpuContext {
             for _ in 0..def.storage_bindings() {
                 bufs.push(self.take(def.name, BufferKind::Storage, 256, Use::Recorded)?);
             }
-            let storage: Vec<&wgpu::Buffer> = bufs.iter().map(|(b, _)| b).collect();
+            let storage: Vec<Bind> = bufs.iter().map(|(b, _)| b.into()).collect();
             self.dispatch_raw(def, &zeros[..def.params_size], &storage, [1, 1, 1], None)?;
             held.push(bufs);
         }
@@ -652,8 +682,10 @@ impl GpuContext {
 
     fn alloc_for(self: &Arc<Self>, op: &'static str, len: usize, usage: Use) -> Result<GpuBuffer> {
         let bytes = (len as u64) * 4;
-        let limit = self.max_binding_bytes();
-        if bytes > limit {
+        // A tensor may be larger than one binding (ops that meet such tensors
+        // bind it in windows) but not than one buffer.
+        let limit = self.limits.max_buffer_size;
+        if size_class(bytes) > limit {
             return Err(Error::TooLarge { op, what: format!("a tensor of {len} f32"), bytes, limit });
         }
         let (buffer, class) = self.take(op, BufferKind::Storage, bytes, usage)?;
@@ -684,16 +716,37 @@ impl GpuContext {
     /// Records one dispatch of `kernel`. `buffers` fill the kernel's storage
     /// bindings in declaration order; `params` fills its uniform.
     pub(crate) fn dispatch<P: Pod>(&self, kernel: &'static Kernel<P>, params: &P, buffers: &[&wgpu::Buffer], groups: [u32; 3]) -> Result<()> {
+        let binds: Vec<Bind> = buffers.iter().map(|&b| b.into()).collect();
+        self.dispatch_binds(kernel, params, &binds, groups)
+    }
+
+    /// [`GpuContext::dispatch`] with each storage binding a whole buffer or a window of one.
+    pub(crate) fn dispatch_binds<P: Pod>(&self, kernel: &'static Kernel<P>, params: &P, binds: &[Bind], groups: [u32; 3]) -> Result<()> {
         // The napkin math is only wanted by the profile.
         let timed = self.profiler.is_some() && !self.untimed.lock().unwrap().contains(&std::thread::current().id());
         let work = timed.then(|| (kernel.work)(params));
-        self.dispatch_raw(&kernel.def, bytemuck::bytes_of(params), buffers, groups, work)
+        self.dispatch_raw(&kernel.def, bytemuck::bytes_of(params), binds, groups, work)
+    }
+
+    /// The alignment of a windowed binding's offset, in bytes.
+    pub(crate) fn binding_alignment(&self) -> u64 {
+        self.limits.min_storage_buffer_offset_alignment as u64
     }
 
     /// [`GpuContext::dispatch`] with the params as bytes (`def.params_size`
     /// of them); timed when profiling is on and `work` is given (warm-ups are not).
-    fn dispatch_raw(&self, spec: &'static KernelDef, params: &[u8], buffers: &[&wgpu::Buffer], groups: [u32; 3], work: Option<Work>) -> Result<()> {
+    fn dispatch_raw(&self, spec: &'static KernelDef, params: &[u8], buffers: &[Bind], groups: [u32; 3], work: Option<Work>) -> Result<()> {
         self.alive()?;
+        // A binding past the limit is our error, named, never wgpu's validation panic.
+        let limit = self.max_binding_bytes();
+        if let Some(b) = buffers.iter().find(|b| b.bytes() > limit) {
+            return Err(Error::TooLarge {
+                op: spec.name,
+                what: "a storage binding (this kernel has no windowed path for a tensor larger than one binding)".into(),
+                bytes: b.bytes(),
+                limit,
+            });
+        }
         let storage = spec.storage_bindings();
         if buffers.len() != storage || params.len() != spec.params_size {
             return Err(Error::Kernel {
@@ -798,8 +851,8 @@ impl GpuContext {
 
     /// The bind group of `kernel` over `buffers` and params chunk `chunk`,
     /// from the cache or created (and counted).
-    fn bind_group(&self, kernel: &Compiled, buffers: &[&wgpu::Buffer], params: &wgpu::Buffer, chunk: usize) -> wgpu::BindGroup {
-        let key: BindKey = (kernel.def.name, buffers.iter().map(|b| (*b).clone()).collect(), chunk);
+    fn bind_group(&self, kernel: &Compiled, buffers: &[Bind], params: &wgpu::Buffer, chunk: usize) -> wgpu::BindGroup {
+        let key: BindKey = (kernel.def.name, buffers.iter().map(|b| (b.buffer.clone(), b.offset, b.size)).collect(), chunk);
         let mut cache = self.bind_groups.lock().unwrap();
         if let Some(bg) = cache.get(&key) {
             return bg.clone();

@@ -9,9 +9,10 @@ use ndarray::{linalg::general_mat_mul, ArrayView2, ArrayView3, Axis};
 
 use crate::device::Device;
 use crate::error::{shape_err, Error, Result};
-use crate::gpu::{GemmVariant, GpuContext};
+use crate::gpu::{Bind, GemmVariant, GpuContext};
 use crate::kernel::{Access::*, Kernel, Shader, Work};
 use crate::ops::activation::{activation_forward, activation_forward_in_place_cpu, Activation};
+use crate::ops::permute::permute_swap_gpu;
 use crate::shape::check_nonempty;
 use crate::tensor::{same_device, Tensor};
 
@@ -272,7 +273,7 @@ pub fn gemm_epilogue(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, act: Option<
         Device::Gpu(ctx) => {
             let c = Tensor::uninit_gpu(&ctx, OP, &s.out_shape())?;
             let epi = Epilogue { bias: bias.map(|t| t.buffer(OP)).transpose()?, bias_per_row: false, relu: act == Some(Activation::Relu), relu_grad: None, row_sums: None };
-            gemm_gpu_strided(&ctx, a.buffer(OP)?, b.buffer(OP)?, c.buffer(OP)?, s, GemmLayout::packed(&s), cfg, epi)?;
+            gemm_gpu_any(&ctx, a.buffer(OP)?, b.buffer(OP)?, c.buffer(OP)?, s, cfg, epi)?;
             c
         }
     };
@@ -305,7 +306,7 @@ pub fn gemm_relu_backward(a: &Tensor, b: &Tensor, relu_out: &Tensor, cfg: GemmCo
         Device::Gpu(ctx) => {
             let c = Tensor::uninit_gpu(&ctx, OP, &s.out_shape())?;
             let epi = Epilogue { relu_grad: Some(relu_out.buffer(OP)?), ..Epilogue::default() };
-            gemm_gpu_strided(&ctx, a.buffer(OP)?, b.buffer(OP)?, c.buffer(OP)?, s, GemmLayout::packed(&s), cfg, epi)?;
+            gemm_gpu_any(&ctx, a.buffer(OP)?, b.buffer(OP)?, c.buffer(OP)?, s, cfg, epi)?;
             Ok(c)
         }
     }
@@ -335,7 +336,7 @@ pub fn gemm_row_sums(a: &Tensor, b: &Tensor, cfg: GemmConfig) -> Result<(Tensor,
             let c = Tensor::uninit_gpu(&ctx, OP, &out)?;
             let sums = Tensor::uninit_gpu(&ctx, OP, &sums_shape)?;
             let epi = Epilogue { row_sums: Some((sums.buffer(OP)?, 0)), ..Epilogue::default() };
-            gemm_gpu_strided(&ctx, a.buffer(OP)?, b.buffer(OP)?, c.buffer(OP)?, s, GemmLayout::packed(&s), cfg, epi)?;
+            gemm_gpu_any(&ctx, a.buffer(OP)?, b.buffer(OP)?, c.buffer(OP)?, s, cfg, epi)?;
             Ok((c, sums))
         }
     }
@@ -374,7 +375,7 @@ fn run(a: &Tensor, b: &Tensor, c: &mut Tensor, s: GemmShape, cfg: GemmConfig) ->
         Device::Cpu => {
             gemm_cpu(a.host(OP)?, b.host(OP)?, c.host_mut(OP)?, s, cfg)
         }
-        Device::Gpu(ctx) => gemm_gpu(&ctx, a.buffer(OP)?, b.buffer(OP)?, c.buffer(OP)?, s, cfg),
+        Device::Gpu(ctx) => gemm_gpu_any(&ctx, a.buffer(OP)?, b.buffer(OP)?, c.buffer(OP)?, s, cfg, Epilogue::default()),
     }
 }
 
@@ -640,16 +641,17 @@ pub(crate) struct Epilogue<'a> {
 /// address groups and image chunks inside larger buffers) and an epilogue in
 /// the kernel's store.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_gpu_strided(
+pub(crate) fn gemm_gpu_strided<'x>(
     ctx: &Arc<GpuContext>,
-    a: &wgpu::Buffer,
-    b: &wgpu::Buffer,
-    c: &wgpu::Buffer,
+    a: impl Into<Bind<'x>>,
+    b: impl Into<Bind<'x>>,
+    c: impl Into<Bind<'x>>,
     s: GemmShape,
     l: GemmLayout,
     cfg: GemmConfig,
     epi: Epilogue,
 ) -> Result<()> {
+    let (a, b, c): (Bind, Bind, Bind) = (a.into(), b.into(), c.into());
     let mapped = l.a_images.is_some() || epi.row_sums.is_some();
     let (kernel, block) = kernel_for(choose(ctx, &s, &cfg)?, &s, mapped);
     let tile_n = block * kernel.def.constant("WG_X", 8) as usize;
@@ -687,9 +689,9 @@ pub(crate) fn gemm_gpu_strided(
     };
     debug_assert!(epi.relu_grad.is_none() || (epi.bias.is_none() && !epi.relu));
     // The aux binding is never read without a bias or a ReLU mask; A stands in.
-    let bias_buf = epi.bias.or(epi.relu_grad).unwrap_or(a);
+    let bias_buf = epi.bias.or(epi.relu_grad).map_or(a, Bind::from);
     // Nothing reads or writes the row-sum binding without row sums: scratch stands in.
-    let rs_buf = epi.row_sums.map_or(ctx.scratch(0), |(b, _)| b);
+    let rs_buf = Bind::from(epi.row_sums.map_or(ctx.scratch(0), |(b, _)| b));
     // Split-K has no epilogue (its reduction writes C): weight gradients, its use, have none.
     let tiles = m.div_ceil(tile_m) * n.div_ceil(tile_n);
     if let Some(splits) = split_k(ctx, &s, tiles).filter(|_| epi.bias.is_none() && !epi.relu && epi.relu_grad.is_none() && l.c_images.is_none()) {
@@ -711,11 +713,121 @@ pub(crate) fn gemm_gpu_strided(
             rowsum: if epi.row_sums.is_some() { 2 } else { 0 },
             ..params
         };
-        dispatch_tiles(ctx, kernel, split, [a, b, partial.buffer(), bias_buf, ctx.scratch(0)], splits, [tile_m, tile_n])?;
+        let p = Bind::from(partial.buffer());
+        dispatch_tiles(ctx, kernel, split, [a, b, p, bias_buf, ctx.scratch(0).into()], splits, [tile_m, tile_n])?;
         let reduce = GemmParams { batch: splits as u32, ..params };
-        return ctx.dispatch(&GEMM_SPLIT_REDUCE, &reduce, &[partial.buffer(), partial.buffer(), c, partial.buffer(), rs_buf], ctx.grid_1d(width, 64));
+        return ctx.dispatch_binds(&GEMM_SPLIT_REDUCE, &reduce, &[p, p, c, p, rs_buf], ctx.grid_1d(width, 64));
     }
     dispatch_tiles(ctx, kernel, params, [a, b, c, bias_buf, rs_buf], s.batch, [tile_m, tile_n])
+}
+
+// ------------------------------------------------ operands larger than one binding
+
+/// A packed GEMM whose operands may be larger than one storage binding (a
+/// linear layer's weight, its gradient: VGG-16's fc6 is 411 MB against
+/// WebGPU's 128 MiB). The big matrix is bound in windows of whole rows; the
+/// other operands, bound whole, are reached with element offsets. The three
+/// products of a linear layer have such a path:
+///
+/// ```text
+/// forward  y  = x·Wᵀ (+b, ReLU):  yᵀ[rows] = W[rows]·xᵀ per window, then one transpose adds b and the ReLU
+/// weights  dW = dyᵀ·x (+ db):     dW[rows] = dyᵀ[rows]·x per window (dyᵀ transposed once; db as row sums)
+/// input    dx = dy·W (·ReLU'):    dx = Σ_windows dyᵀ[rows]ᵀ·W[rows], accumulated with beta = 1
+/// ```
+/// Any other product with an operand past the limit is `Error::TooLarge`.
+fn gemm_gpu_any(ctx: &Arc<GpuContext>, a: &wgpu::Buffer, b: &wgpu::Buffer, c: &wgpu::Buffer, s: GemmShape, cfg: GemmConfig, epi: Epilogue) -> Result<()> {
+    let limit = ctx.max_binding_bytes();
+    let [big_a, big_b, big_c] = [(s.m * s.k, s.a_batched), (s.k * s.n, s.b_batched), (s.m * s.n, true)].map(|(len, per_item)| {
+        let items = if per_item { s.batch } else { 1 };
+        (len * items * 4) as u64 > limit
+    });
+    if !(big_a || big_b || big_c) || s.batch != 1 || big_a {
+        return gemm_gpu_strided(ctx, a, b, c, s, GemmLayout::packed(&s), cfg, epi);
+    }
+    let plain = !cfg.trans_a && !cfg.trans_b;
+    match (big_b, big_c) {
+        (true, false) if cfg.trans_b && !cfg.trans_a && epi.relu_grad.is_none() && epi.row_sums.is_none() => windowed_forward(ctx, a, b, c, s, cfg, epi),
+        (true, false) if plain && epi.bias.is_none() && !epi.relu && epi.row_sums.is_none() => windowed_input_grad(ctx, a, b, c, s, cfg, epi),
+        (false, true) if cfg.trans_a && !cfg.trans_b && epi.bias.is_none() && !epi.relu && epi.relu_grad.is_none() => windowed_weight_grad(ctx, a, b, c, s, cfg, epi),
+        // No windowed path: the dispatch names the kernel and the binding.
+        _ => gemm_gpu_strided(ctx, a, b, c, s, GemmLayout::packed(&s), cfg, epi),
+    }
+}
+
+/// Rows of a `[rows, cols]` matrix per window: as many as one binding
+/// holds, a multiple that keeps every window's offset aligned.
+fn window_rows(ctx: &GpuContext, rows: usize, cols: usize) -> Result<usize> {
+    let row_bytes = (cols * 4) as u64;
+    let align = ctx.binding_alignment().max(4);
+    let step = (align / gcd(row_bytes, align)) as usize;
+    let fit = (ctx.max_binding_bytes() / row_bytes) as usize / step * step;
+    if fit == 0 {
+        return Err(Error::TooLarge { op: "gemm", what: format!("a row of {cols} f32 (windows of whole rows, {step} at a time)"), bytes: row_bytes * step as u64, limit: ctx.max_binding_bytes() });
+    }
+    Ok(fit.min(rows))
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// The windows `(first row, rows)` of a `[rows, cols]` matrix.
+fn windows(ctx: &GpuContext, rows: usize, cols: usize) -> Result<Vec<(usize, usize)>> {
+    let per = window_rows(ctx, rows, cols)?;
+    Ok((0..rows).step_by(per).map(|r0| (r0, per.min(rows - r0))).collect())
+}
+
+/// `[r, c]` → `[c, r]` into a pooled buffer.
+fn transposed(ctx: &Arc<GpuContext>, x: &wgpu::Buffer, r: usize, c: usize) -> Result<crate::gpu::GpuBuffer> {
+    let t = ctx.alloc("gemm (transpose)", r * c)?;
+    permute_swap_gpu(ctx, x, 0, t.buffer(), 0, [r, c, 1], None, false)?;
+    Ok(t)
+}
+
+/// y [m, n] = x [m, k] · W [n, k]ᵀ with W in windows of rows: each window
+/// gives rows of yᵀ; the transpose back adds the bias and the ReLU.
+fn windowed_forward(ctx: &Arc<GpuContext>, x: &wgpu::Buffer, w: &wgpu::Buffer, y: &wgpu::Buffer, s: GemmShape, cfg: GemmConfig, epi: Epilogue) -> Result<()> {
+    let yt = ctx.alloc("gemm (windows)", s.n * s.m)?;
+    for (r0, rows) in windows(ctx, s.n, s.k)? {
+        let part = GemmShape { batch: 1, m: rows, n: s.m, k: s.k, a_batched: false, b_batched: false };
+        let l = GemmLayout { offset_c: r0 * s.m, ..GemmLayout::packed(&part) };
+        let win = Bind::window(w, (r0 * s.k * 4) as u64, (rows * s.k * 4) as u64);
+        gemm_gpu_strided(ctx, win, x, yt.buffer(), part, l, GemmConfig { trans_a: false, trans_b: true, beta: 0.0, ..cfg }, Epilogue::default())?;
+    }
+    permute_swap_gpu(ctx, yt.buffer(), 0, y, 0, [s.n, s.m, 1], epi.bias.map(|b| (b, s.n)), epi.relu)
+}
+
+/// dW [m, n] = dy [k, m]ᵀ · x [k, n] with dW in windows of rows (and db, dy's
+/// column sums, as the row sums of dyᵀ).
+fn windowed_weight_grad(ctx: &Arc<GpuContext>, dy: &wgpu::Buffer, x: &wgpu::Buffer, dw: &wgpu::Buffer, s: GemmShape, cfg: GemmConfig, epi: Epilogue) -> Result<()> {
+    let dyt = transposed(ctx, dy, s.k, s.m)?;
+    for (r0, rows) in windows(ctx, s.m, s.n)? {
+        let part = GemmShape { batch: 1, m: rows, n: s.n, k: s.k, a_batched: false, b_batched: false };
+        let l = GemmLayout { offset_a: r0 * s.k, ..GemmLayout::packed(&part) };
+        let win = Bind::window(dw, (r0 * s.n * 4) as u64, (rows * s.n * 4) as u64);
+        let sums = Epilogue { row_sums: epi.row_sums.map(|(b, o)| (b, o + r0)), ..Epilogue::default() };
+        gemm_gpu_strided(ctx, dyt.buffer(), x, win, part, l, GemmConfig { trans_a: false, ..cfg }, sums)?;
+    }
+    Ok(())
+}
+
+/// dx [m, n] = dy [m, k] · W [k, n] with W in windows of rows: a sum over
+/// the windows (k slices), each from dyᵀ's rows, the first with the
+/// caller's beta and the rest adding on; the ReLU mask applies to each.
+fn windowed_input_grad(ctx: &Arc<GpuContext>, dy: &wgpu::Buffer, w: &wgpu::Buffer, dx: &wgpu::Buffer, s: GemmShape, cfg: GemmConfig, epi: Epilogue) -> Result<()> {
+    let dyt = transposed(ctx, dy, s.m, s.k)?;
+    for (i, (r0, rows)) in windows(ctx, s.k, s.n)?.into_iter().enumerate() {
+        let part = GemmShape { batch: 1, m: s.m, n: s.n, k: rows, a_batched: false, b_batched: false };
+        let l = GemmLayout { offset_a: r0 * s.m, ..GemmLayout::packed(&part) };
+        let win = Bind::window(w, (r0 * s.n * 4) as u64, (rows * s.n * 4) as u64);
+        let beta = if i == 0 { cfg.beta } else { 1.0 };
+        gemm_gpu_strided(ctx, dyt.buffer(), win, dx, part, l, GemmConfig { trans_a: true, beta, ..cfg }, Epilogue { relu_grad: epi.relu_grad, ..Epilogue::default() })?;
+    }
+    Ok(())
 }
 
 /// How many k slices a single (batch 1) GEMM with `tiles` output tiles should
@@ -736,7 +848,7 @@ fn split_k(ctx: &GpuContext, s: &GemmShape, tiles: usize) -> Option<usize> {
 /// Records `params` over `batch` items; grids past the per-dimension limit are
 /// split: batches along z, row and column blocks into dispatches that start at
 /// row_base / col_base.
-fn dispatch_tiles(ctx: &GpuContext, kernel: &'static Kernel<GemmParams>, params: GemmParams, [a, b, c, bias, rs]: [&wgpu::Buffer; 5], batch: usize, [tile_m, tile_n]: [usize; 2]) -> Result<()> {
+fn dispatch_tiles(ctx: &GpuContext, kernel: &'static Kernel<GemmParams>, params: GemmParams, binds: [Bind; 5], batch: usize, [tile_m, tile_n]: [usize; 2]) -> Result<()> {
     let (m, n) = (params.m as usize, params.n as usize);
     let max = ctx.limits().max_compute_workgroups_per_dimension as usize;
     let (rows_per, cols_per) = (max * tile_m, max * tile_n);
@@ -758,7 +870,7 @@ fn dispatch_tiles(ctx: &GpuContext, kernel: &'static Kernel<GemmParams>, params:
                     ..params
                 };
                 let groups = [(n - col_base).min(cols_per).div_ceil(tile_n) as u32, (m - row_base).min(rows_per).div_ceil(tile_m) as u32, chunk as u32];
-                ctx.dispatch(kernel, &p, &[a, b, c, bias, rs], groups)?;
+                ctx.dispatch_binds(kernel, &p, &binds, groups)?;
             }
         }
         start += chunk;

@@ -6,6 +6,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::gpu::Bind;
 use crate::kernel::{Access::*, Kernel, Shader, Work};
 use crate::ops::check_shape;
 use crate::tensor::{same_device, Tensor};
@@ -246,29 +247,54 @@ fn apply(slots: &mut [Slot<'_>], base: &OptimParams, kernel: &'static Kernel<Opt
             }
         }
         Device::Gpu(ctx) => {
-            for chunk in slots.chunks(OPTIM_SLOTS) {
+            // A tensor larger than one binding is updated in windows, each its own piece.
+            let limit = ctx.max_binding_bytes();
+            let align = ctx.binding_alignment().max(4);
+            let per = ((limit / align * align) / 4) as usize;
+            let mut pieces: Vec<(usize, [Bind; 4])> = Vec::new();
+            for s in slots.iter() {
+                let len = s.param.numel();
+                let s1 = match &s.state1 { Some(t) if use1 => Some(t.buffer(op)?), _ => None };
+                let s2 = match &s.state2 { Some(t) if use2 => Some(t.buffer(op)?), _ => None };
+                let (p, g) = (s.param.buffer(op)?, s.grad.buffer(op)?);
+                for start in (0..len).step_by(per) {
+                    let n = per.min(len - start);
+                    let (off, size) = ((start * 4) as u64, (n * 4) as u64);
+                    let whole = len == n;
+                    let state = [s1, s2].map(|t| t.map_or(Bind::from(ctx.scratch(0)), |b| window(b, whole, off, size)));
+                    pieces.push((n, [window(p, whole, off, size), window(g, whole, off, size), state[0], state[1]]));
+                }
+            }
+            for chunk in pieces.chunks(OPTIM_SLOTS) {
                 let mut q = *base;
                 let mut groups = 0u32;
-                let mut bufs = Vec::with_capacity(4 * OPTIM_SLOTS);
+                let mut bufs: Vec<Bind> = Vec::with_capacity(4 * OPTIM_SLOTS);
                 for k in 0..OPTIM_SLOTS {
                     q.first[k] = groups;
-                    let Some(s) = chunk.get(k) else {
+                    let Some((n, binds)) = chunk.get(k) else {
                         // Unused: writable slots share one scratch buffer, the read-only one the other.
-                        bufs.extend([ctx.scratch(0), ctx.scratch(1), ctx.scratch(0), ctx.scratch(0)]);
+                        bufs.extend([ctx.scratch(0), ctx.scratch(1), ctx.scratch(0), ctx.scratch(0)].map(Bind::from));
                         continue;
                     };
-                    q.len[k] = s.param.numel() as u32;
-                    groups += s.param.numel().div_ceil(256) as u32;
-                    let s1 = match &s.state1 { Some(t) if use1 => t.buffer(op)?, _ => ctx.scratch(0) };
-                    let s2 = match &s.state2 { Some(t) if use2 => t.buffer(op)?, _ => ctx.scratch(0) };
-                    bufs.extend([s.param.buffer(op)?, s.grad.buffer(op)?, s1, s2]);
+                    q.len[k] = *n as u32;
+                    groups += n.div_ceil(256) as u32;
+                    bufs.extend(binds);
                 }
                 q.first[OPTIM_SLOTS] = groups;
-                ctx.dispatch(kernel, &q, &bufs, ctx.grid_1d(groups as usize * 256, 256))?;
+                ctx.dispatch_binds(kernel, &q, &bufs, ctx.grid_1d(groups as usize * 256, 256))?;
             }
         }
     }
     Ok(())
+}
+
+/// A whole buffer, or `size` bytes of it from `off`.
+fn window(b: &wgpu::Buffer, whole: bool, off: u64, size: u64) -> Bind<'_> {
+    if whole {
+        Bind::from(b)
+    } else {
+        Bind::window(b, off, size)
+    }
 }
 
 // ---------------------------------------------------------------- CPU reference

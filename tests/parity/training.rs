@@ -608,3 +608,45 @@ fn gpu_out_of_memory_is_an_error_and_recoverable() {
         assert!(ctx.pool_stats().allocated_bytes <= budget);
     });
 }
+
+/// Tensors larger than one storage binding: with the binding limit lowered to
+/// 16 KiB, two linear layers' weights (100 KB and 32 KB), their gradients and
+/// momentum span several windows; forward (bias, fused ReLU), both weight
+/// gradients (bias gradients as row sums), the input gradient through a ReLU
+/// and the optimiser all run windowed, and three SGD-momentum steps match the
+/// CPU path's.
+#[test]
+fn gpu_trains_weights_larger_than_one_binding() {
+    use wgpu_cnn::nn::{ActivationLayer, Flatten, Linear, Sequential};
+    use wgpu_cnn::ops::activation::Activation;
+    with_gpu("training::gpu_trains_weights_larger_than_one_binding", |_| {
+        let gpu = Device::gpu_with(&wgpu_cnn::GpuOptions { max_binding_bytes: Some(16 << 10), ..Default::default() }).unwrap();
+        let data = mnist_slice(Split::Train, 4);
+        let run = |dev: &Device| {
+            let init = &mut Initializer::new(7, Init::PytorchDefault);
+            let model = Sequential::new()
+                .push(Flatten::new())
+                .push(Linear::new(dev, 784, 32, true, init).unwrap())
+                .push(ActivationLayer::new(Activation::Relu))
+                .push(Linear::new(dev, 32, 256, true, init).unwrap())
+                .push(ActivationLayer::new(Activation::Relu))
+                .push(Linear::new(dev, 256, 10, true, init).unwrap());
+            let mut t = Trainer::new(model, Optimizer::new(sgd()).unwrap(), TrainConfig { batch_size: 4, progress: false, ..Default::default() }, dev.clone()).unwrap();
+            let (x, labels) = data.batch(dev, &[0, 1, 2, 3], None).unwrap();
+            let losses: Vec<f32> = (0..3).map(|_| t.train_step(&x, &labels).unwrap().to_vec().unwrap()[0]).collect();
+            let params: Vec<Vec<f32>> = t.model.parameters("").unwrap().into_iter().map(|p| p.value.to_vec().unwrap()).collect();
+            (losses, params)
+        };
+        let (cpu, on_gpu) = (run(&Device::Cpu), run(&gpu));
+        let tol = Tolerance::new(1e-5, 1e-3);
+        tol.assert("losses", &on_gpu.0, &cpu.0);
+        for (i, (g, c)) in on_gpu.1.iter().zip(&cpu.1).enumerate() {
+            tol.assert(&format!("parameter {i} after three steps"), g, c);
+        }
+        assert!(cpu.0[2] < cpu.0[0], "the loss should fall: {:?}", cpu.0);
+        // A kernel without a windowed path says so rather than failing inside wgpu.
+        let big = wgpu_cnn::Tensor::from_vec(&gpu, &[64, 256], vec![1.0; 64 * 256]).unwrap();
+        let err = wgpu_cnn::ops::activation::activation_forward(&big, Activation::Relu).err().expect("a 64 KiB tensor at a 16 KiB binding limit");
+        assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+    });
+}
