@@ -460,16 +460,6 @@ pub(crate) fn conv2d_backward_gpu(
     let chunk = gpu_chunk(ctx, geo);
     // Columns kept by the forward pass cover the whole batch in one chunk.
     let kept = kept.filter(|_| chunk >= geo.n && !geo.is_pointwise());
-    let own;
-    let cols_buf = match (kept, params) {
-        (Some(kept), _) => Some(kept),
-        (None, Some(_)) => {
-            own = ctx.alloc("conv2d", groups * kc * chunk * p)?;
-            Some(own.buffer())
-        }
-        (None, None) => None,
-    };
-    let dcols = if dx.is_some() { Some(ctx.alloc("conv2d", groups * kc * chunk * p)?) } else { None };
     for img0 in (0..geo.n).step_by(chunk) {
         let nb = chunk.min(geo.n - img0);
         let sub = geo.with_batch(nb);
@@ -477,7 +467,17 @@ pub(crate) fn conv2d_backward_gpu(
         // dy is read in place as each group's [cog, nb·p] matrix: the GEMMs
         // load it through the NCHW mapping their stores use, no permute.
         let dy_images = Some((p, out_img));
-        if let (Some((x, dw, db)), Some(cols_buf)) = (params, cols_buf) {
+        if let Some((x, dw, db)) = params {
+            // The columns live only until dW's GEMM is recorded: dx's
+            // columns, next, then take their memory (one column matrix at a time).
+            let own;
+            let cols_buf = match kept {
+                Some(kept) => kept,
+                None => {
+                    own = ctx.alloc("conv2d", groups * kc * chunk * p)?;
+                    own.buffer()
+                }
+            };
             if geo.is_pointwise() {
                 // For a 1×1 stride-1 convolution im2col is exactly this swap.
                 permute_swap_gpu(ctx, x, img0 * in_img, cols_buf, 0, [nb, geo.c_in, p], None, false)?;
@@ -490,7 +490,8 @@ pub(crate) fn conv2d_backward_gpu(
             let epi = Epilogue { row_sums: db.map(|db| (db, 0)), ..Epilogue::default() };
             gemm_gpu_strided(ctx, dy, cols_buf, dw, s, l, GemmConfig { trans_b: true, beta, ..GemmConfig::default() }, epi)?;
         }
-        let (Some(dx), Some(dcols)) = (dx, &dcols) else { continue };
+        let Some(dx) = dx else { continue };
+        let dcols = ctx.alloc("conv2d", groups * kc * chunk * p)?;
         let (s, mut l) = group_gemm(groups, kc, nb * p, cog, [cog * kc, cog * p, kc * nb * p]);
         (l.offset_b, l.b_images) = (img0 * out_img, dy_images);
         gemm_gpu_strided(ctx, w, dy, dcols.buffer(), s, l, GemmConfig { trans_a: true, ..GemmConfig::default() }, Epilogue::default())?;
