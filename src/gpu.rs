@@ -922,7 +922,10 @@ impl GpuContext {
             caught = capture(&self.device, || self.queue.submit(Some(enc.finish()))).1;
         }
         // Under the lock, so no new recording can claim a buffer parked here.
-        self.pool.unpark();
+        if self.pool.unpark() > 0 {
+            // Cached bind groups hold buffers the new memory plan dropped.
+            self.bind_groups.lock().unwrap().clear();
+        }
         self.recording.store(false, Ordering::SeqCst);
         drop(guard);
         if let Some(e) = caught {

@@ -61,6 +61,7 @@ pub mod kernel;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+mod plan;
 pub mod parallel;
 pub mod plot;
 pub mod pool;
