@@ -123,7 +123,9 @@ fn train_steps(devices: &[(&str, Device)], args: &Args, idle: Duration) -> wgpu_
                         c.dispatches, c.passes, c.bind_groups, c.queue_writes, c.bytes_uploaded, c.submits
                     )
                 });
-                let m = mem.map_or(String::new(), |m| format!(",\"peak_device_bytes\":{},\"peak_live_bytes\":{}", m.allocated_bytes, m.peak_live_bytes));
+                let m = mem.map_or(String::new(), |m| {
+                    format!(",\"peak_device_bytes\":{},\"peak_live_bytes\":{},\"planned_bytes\":{}", m.allocated_bytes, m.peak_live_bytes, m.planned_bytes)
+                });
                 println!(
                     "{{\"op\":\"train_step\",\"model\":\"{name}\",\"input\":[{},{},{}],\"batch\":{batch},\"device\":\"{dname}\",\"build_s\":{built:.4},\"first_step_s\":{first:.4},\"step_s\":{step:.6},\"images_per_s\":{:.1}{h}{m}}}",
                     item[0], item[1], item[2], batch as f64 / step

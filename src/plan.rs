@@ -65,22 +65,42 @@ fn overlaps((a0, a1): (u64, u64), (b0, b1): (u64, u64)) -> bool {
     a0 <= a1 && b0 <= b1 && a0 <= b1 && b0 <= a1
 }
 
-/// Plans buffers for `requests` (first-fit decreasing by size, then by time).
+/// Plans buffers for `requests`: the smaller of two greedy plans, both
+/// placing each request in the planned buffer free for its whole span that
+/// grows least (a buffer may grow to its largest request), else a new one:
+/// requests taken largest first (first-fit decreasing), or in the order
+/// they came (a linear scan, which packs a step's short-lived temporaries).
 pub(crate) fn plan(requests: &[Request]) -> Plan {
-    let mut order: Vec<usize> = (0..requests.len()).collect();
-    order.sort_by_key(|&i| (std::cmp::Reverse(requests[i].class), requests[i].at));
+    let mut by_size: Vec<usize> = (0..requests.len()).collect();
+    by_size.sort_by_key(|&i| (std::cmp::Reverse(requests[i].class), requests[i].at));
+    let mut by_time: Vec<usize> = (0..requests.len()).collect();
+    by_time.sort_by_key(|&i| (requests[i].spans()[0].0, requests[i].at));
+    let (a, b) = (place(requests, &by_size), place(requests, &by_time));
+    if b.bytes() < a.bytes() {
+        b
+    } else {
+        a
+    }
+}
+
+fn place(requests: &[Request], order: &[usize]) -> Plan {
     let mut sizes: Vec<u64> = Vec::new();
     let mut busy: Vec<Vec<(u64, u64)>> = Vec::new();
     let mut buffer = vec![0; requests.len()];
-    for i in order {
-        let spans = requests[i].spans();
+    for &i in order {
+        let (spans, class) = (requests[i].spans(), requests[i].class);
         let free = |b: usize| busy[b].iter().all(|&u| spans.iter().all(|&s| !overlaps(s, u)));
-        let fit = (0..sizes.len()).filter(|&b| sizes[b] >= requests[i].class && free(b)).min_by_key(|&b| (sizes[b], b));
-        let b = fit.unwrap_or_else(|| {
-            sizes.push(requests[i].class);
-            busy.push(Vec::new());
-            sizes.len() - 1
-        });
+        // Least growth, then the smallest buffer (least waste), then the first.
+        let fit = (0..sizes.len()).filter(|&b| free(b)).min_by_key(|&b| (class.saturating_sub(sizes[b]), sizes[b].max(class), b));
+        let b = match fit.filter(|&b| sizes[b] >= class || sizes[b] * 2 >= class) {
+            Some(b) => b,
+            None => {
+                sizes.push(0);
+                busy.push(Vec::new());
+                sizes.len() - 1
+            }
+        };
+        sizes[b] = sizes[b].max(class);
         busy[b].extend(spans.into_iter().filter(|&(s, e)| s <= e));
         buffer[i] = b;
     }
