@@ -34,10 +34,10 @@ pub fn record_undersized_uniform(device: &Device) -> Result<()> {
         mapped_at_creation: false,
     });
     let entries = [
-        wgpu::BindGroupEntry { binding: 0, resource: ctx.scratch(0).as_entire_binding() },
-        wgpu::BindGroupEntry { binding: 1, resource: ctx.scratch(0).as_entire_binding() },
-        wgpu::BindGroupEntry { binding: 2, resource: ctx.scratch(1).as_entire_binding() },
-        wgpu::BindGroupEntry { binding: 3, resource: ctx.scratch(0).as_entire_binding() },
+        wgpu::BindGroupEntry { binding: 0, resource: ctx.scratch(0).buffer.as_entire_binding() },
+        wgpu::BindGroupEntry { binding: 1, resource: ctx.scratch(0).buffer.as_entire_binding() },
+        wgpu::BindGroupEntry { binding: 2, resource: ctx.scratch(1).buffer.as_entire_binding() },
+        wgpu::BindGroupEntry { binding: 3, resource: ctx.scratch(0).buffer.as_entire_binding() },
         wgpu::BindGroupEntry { binding: 4, resource: small.as_entire_binding() },
     ];
     let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("fault"), layout: &kernel.layout, entries: &entries });

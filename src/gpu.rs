@@ -194,9 +194,9 @@ pub(crate) struct Bind<'a> {
 }
 
 impl<'a> Bind<'a> {
-    /// `size` bytes of `buffer` from `offset`.
-    pub fn window(buffer: &'a wgpu::Buffer, offset: u64, size: u64) -> Bind<'a> {
-        Bind { buffer, offset, size: Some(size) }
+    /// `size` bytes of this binding from `offset` (bytes) on: a window.
+    pub fn window(self, offset: u64, size: u64) -> Bind<'a> {
+        Bind { buffer: self.buffer, offset: self.offset + offset, size: Some(size) }
     }
 
     /// The bytes this binding covers.
@@ -689,7 +689,7 @@ impl GpuContext {
             return Err(Error::TooLarge { op, what: format!("a tensor of {len} f32"), bytes, limit });
         }
         let (buffer, class) = self.take(op, BufferKind::Storage, bytes, usage)?;
-        Ok(GpuBuffer { buffer: Some(buffer), class, len, ctx: self.clone() })
+        Ok(GpuBuffer { buffer: Some(buffer), offset: 0, class, len, ctx: self.clone() })
     }
 
     /// A pooled storage buffer of `len` 4-byte elements holding `bytes`
@@ -698,7 +698,7 @@ impl GpuContext {
         debug_assert_eq!(bytes.len(), len * 4);
         let buf = self.alloc_for(op, len, Use::QueueWrite)?;
         self.alive()?;
-        self.write(buf.buffer(), 0, bytes);
+        self.write(buf.raw(), buf.offset, bytes);
         Ok(buf)
     }
 
@@ -715,13 +715,7 @@ impl GpuContext {
 
     /// Records one dispatch of `kernel`. `buffers` fill the kernel's storage
     /// bindings in declaration order; `params` fills its uniform.
-    pub(crate) fn dispatch<P: Pod>(&self, kernel: &'static Kernel<P>, params: &P, buffers: &[&wgpu::Buffer], groups: [u32; 3]) -> Result<()> {
-        let binds: Vec<Bind> = buffers.iter().map(|&b| b.into()).collect();
-        self.dispatch_binds(kernel, params, &binds, groups)
-    }
-
-    /// [`GpuContext::dispatch`] with each storage binding a whole buffer or a window of one.
-    pub(crate) fn dispatch_binds<P: Pod>(&self, kernel: &'static Kernel<P>, params: &P, binds: &[Bind], groups: [u32; 3]) -> Result<()> {
+    pub(crate) fn dispatch<P: Pod>(&self, kernel: &'static Kernel<P>, params: &P, binds: &[Bind], groups: [u32; 3]) -> Result<()> {
         // The napkin math is only wanted by the profile.
         let timed = self.profiler.is_some() && !self.untimed.lock().unwrap().contains(&std::thread::current().id());
         let work = timed.then(|| (kernel.work)(params));
@@ -884,8 +878,8 @@ impl GpuContext {
 
 
     /// A placeholder for an unused read-write binding (`i` is 0 or 1).
-    pub(crate) fn scratch(&self, i: usize) -> &wgpu::Buffer {
-        &self.scratch[i]
+    pub(crate) fn scratch(&self, i: usize) -> Bind<'_> {
+        Bind::from(&self.scratch[i])
     }
 
     /// A grid of `total` invocations in workgroups of `wg`, folded into y and
@@ -972,10 +966,10 @@ impl GpuContext {
     }
 
     /// Copies the first `len` f32 of `src` to the host: one submit, one map.
-    pub(crate) fn read(&self, src: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+    pub(crate) fn read(&self, src: Bind, len: usize) -> Result<Vec<f32>> {
         let bytes = (len * 4) as u64;
         let (staging, class) = self.take("read", BufferKind::Staging, bytes, Use::QueueWrite)?;
-        self.record(|enc| enc.copy_buffer_to_buffer(src, 0, &staging, 0, bytes));
+        self.record(|enc| enc.copy_buffer_to_buffer(src.buffer, src.offset, &staging, 0, bytes));
         self.flush()?;
         let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
         staging.map_async(wgpu::MapMode::Read, 0..bytes, move |r| {
@@ -1001,12 +995,12 @@ impl GpuContext {
 
     /// Overwrites the start of a buffer that recorded commands may use: queued
     /// writes land before unsubmitted commands, so those are submitted first.
-    pub(crate) fn overwrite(&self, dst: &wgpu::Buffer, data: &[f32]) -> Result<()> {
+    pub(crate) fn overwrite(&self, dst: Bind, data: &[f32]) -> Result<()> {
         self.alive()?;
         if self.recording.load(Ordering::SeqCst) {
             self.flush()?;
         }
-        self.write(dst, 0, bytemuck::cast_slice(data));
+        self.write(dst.buffer, dst.offset, bytemuck::cast_slice(data));
         Ok(())
     }
 }
@@ -1014,15 +1008,28 @@ impl GpuContext {
 /// A pooled storage buffer holding `len` f32; returns to the pool when dropped.
 pub struct GpuBuffer {
     buffer: Option<wgpu::Buffer>,
+    /// Where the tensor starts in `buffer` (bytes; a multiple of the binding alignment).
+    offset: u64,
     class: u64,
     len: usize,
     ctx: Arc<GpuContext>,
 }
 
 impl GpuBuffer {
-    /// The underlying wgpu buffer.
-    pub fn buffer(&self) -> &wgpu::Buffer {
+    /// The tensor's binding: its bytes of the underlying buffer.
+    pub(crate) fn buffer(&self) -> Bind<'_> {
+        Bind { buffer: self.raw(), offset: self.offset, size: Some(self.len as u64 * 4) }
+    }
+
+    /// The underlying wgpu buffer (which may hold other tensors beside this
+    /// one, from [`GpuBuffer::offset`] on).
+    pub fn raw(&self) -> &wgpu::Buffer {
         self.buffer.as_ref().expect("buffer present until drop")
+    }
+
+    /// Where the tensor starts in [`GpuBuffer::raw`], in bytes.
+    pub fn offset(&self) -> u64 {
+        self.offset
     }
 
     /// Length in f32 elements.

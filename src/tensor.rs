@@ -169,7 +169,8 @@ impl Tensor {
             Data::Gpu(src) => {
                 let ctx = src.context();
                 let dst = ctx.alloc("Tensor::narrow", len * row)?;
-                ctx.record(|enc| enc.copy_buffer_to_buffer(src.buffer(), (start * row * 4) as u64, dst.buffer(), 0, (len * row * 4) as u64));
+                let (s, d) = (src.buffer(), dst.buffer());
+                ctx.record(|enc| enc.copy_buffer_to_buffer(s.buffer, s.offset + (start * row * 4) as u64, d.buffer, d.offset, (len * row * 4) as u64));
                 Ok(Tensor { shape, data: Data::Gpu(Arc::new(dst)) })
             }
         }
@@ -200,7 +201,8 @@ impl Tensor {
             if Arc::strong_count(buf) > 1 {
                 let ctx = buf.context().clone();
                 let dst = ctx.alloc("Tensor::make_unique", buf.len())?;
-                ctx.record(|enc| enc.copy_buffer_to_buffer(buf.buffer(), 0, dst.buffer(), 0, (buf.len() * 4) as u64));
+                let (s, d) = (buf.buffer(), dst.buffer());
+                ctx.record(|enc| enc.copy_buffer_to_buffer(s.buffer, s.offset, d.buffer, d.offset, (buf.len() * 4) as u64));
                 *buf = Arc::new(dst);
             }
         }
@@ -223,7 +225,7 @@ impl Tensor {
             Device::Gpu(ctx) => {
                 ctx.alive()?;
                 let (s, d) = (src.buffer("Tensor::set_from")?, self.buffer("Tensor::set_from")?);
-                ctx.record(|enc| enc.copy_buffer_to_buffer(s, 0, d, (at * 4) as u64, (n * 4) as u64));
+                ctx.record(|enc| enc.copy_buffer_to_buffer(s.buffer, s.offset, d.buffer, d.offset + (at * 4) as u64, (n * 4) as u64));
             }
         }
         Ok(())
@@ -254,7 +256,7 @@ impl Tensor {
     }
 
     /// The GPU buffer, for `op`'s kernels; an error if the tensor lives on the CPU.
-    pub(crate) fn buffer(&self, op: &'static str) -> Result<&wgpu::Buffer> {
+    pub(crate) fn buffer(&self, op: &'static str) -> Result<crate::gpu::Bind<'_>> {
         match &self.data {
             Data::Gpu(b) => Ok(b.buffer()),
             Data::Cpu(_) => Err(wrong_device(op, "a GPU", self)),

@@ -6,6 +6,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::gpu::Bind;
 use crate::device::Device;
 use crate::error::{shape_err, Error, Result};
 use crate::kernel::{Access::*, Kernel, Shader, Work};
@@ -240,7 +241,7 @@ fn affine_host<'a>(op: &'static str, affine: Option<Affine<'a>>) -> Result<HostA
 }
 
 /// γ and β buffers, or `x` (read-only, never read) when there is no affine part.
-fn affine_bufs<'a>(op: &'static str, affine: Option<Affine<'a>>, x: &'a wgpu::Buffer) -> Result<(&'a wgpu::Buffer, &'a wgpu::Buffer)> {
+fn affine_bufs<'a>(op: &'static str, affine: Option<Affine<'a>>, x: Bind<'a>) -> Result<(Bind<'a>, Bind<'a>)> {
     Ok(match affine {
         Some(a) => (a.gamma.buffer(op)?, a.beta.buffer(op)?),
         None => (x, x),

@@ -1,6 +1,7 @@
 //! col2im: column-matrix gradients back to NCHW input gradients — the adjoint
 //! of im2col, in gather form (each input element sums what it fed).
 
+use crate::gpu::Bind;
 use crate::device::Device;
 use crate::error::Result;
 use crate::gpu::GpuContext;
@@ -83,7 +84,7 @@ pub fn col2im_cpu_into(cols: &[f32], g: &Conv2dGeometry, dx: &mut [f32]) {
 
 /// Records col2im, writing `geo.n` images at element `dx_offset` of `dx`;
 /// with `relu_out` (laid out like dx), times `relu_out > 0` as well.
-pub(crate) fn col2im_gpu(ctx: &GpuContext, cols: &wgpu::Buffer, dx: &wgpu::Buffer, dx_offset: usize, geo: &Conv2dGeometry, relu_out: Option<&wgpu::Buffer>) -> Result<()> {
+pub(crate) fn col2im_gpu(ctx: &GpuContext, cols: Bind<'_>, dx: Bind<'_>, dx_offset: usize, geo: &Conv2dGeometry, relu_out: Option<Bind<'_>>) -> Result<()> {
     let total = geo.n * geo.c_in * geo.h * geo.w;
     let params = Im2colParams { relu: relu_out.is_some() as u32, ..Im2colParams::new(geo, dx_offset) };
     // Unread without the ReLU: the columns stand in.

@@ -19,6 +19,7 @@ use ndarray::{ArrayView2, ArrayViewMut2};
 
 use std::sync::Arc;
 
+use crate::gpu::Bind;
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::gpu::GpuContext;
@@ -388,12 +389,12 @@ fn gpu_chunk(ctx: &GpuContext, geo: &Conv2dGeometry) -> usize {
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn conv2d_forward_gpu(
     ctx: &Arc<GpuContext>,
-    x: &wgpu::Buffer,
-    w: &wgpu::Buffer,
-    bias: Option<&wgpu::Buffer>,
-    y: &wgpu::Buffer,
+    x: Bind<'_>,
+    w: Bind<'_>,
+    bias: Option<Bind<'_>>,
+    y: Bind<'_>,
     geo: &Conv2dGeometry,
-    keep: Option<&wgpu::Buffer>,
+    keep: Option<Bind<'_>>,
     relu: bool,
 ) -> Result<()> {
     let (groups, kc, p) = (geo.cfg.groups, geo.col_rows(), geo.out_pixels());
@@ -445,13 +446,13 @@ pub(crate) fn conv2d_forward_gpu(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn conv2d_backward_gpu(
     ctx: &Arc<GpuContext>,
-    params: Option<(&wgpu::Buffer, &wgpu::Buffer, Option<&wgpu::Buffer>)>,
-    w: &wgpu::Buffer,
-    dy: &wgpu::Buffer,
-    dx: Option<&wgpu::Buffer>,
+    params: Option<(Bind<'_>, Bind<'_>, Option<Bind<'_>>)>,
+    w: Bind<'_>,
+    dy: Bind<'_>,
+    dx: Option<Bind<'_>>,
     geo: &Conv2dGeometry,
-    kept: Option<&wgpu::Buffer>,
-    relu_out: Option<&wgpu::Buffer>,
+    kept: Option<Bind<'_>>,
+    relu_out: Option<Bind<'_>>,
 ) -> Result<()> {
     debug_assert!(relu_out.is_none() || !geo.is_pointwise(), "a 1×1 convolution's dx has no col2im to fuse a ReLU into");
     let (groups, kc, p) = (geo.cfg.groups, geo.col_rows(), geo.out_pixels());

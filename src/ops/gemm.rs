@@ -616,7 +616,7 @@ fn tune(ctx: &Arc<GpuContext>, s: &GemmShape, cfg: &GemmConfig) -> Result<GemmVa
 }
 
 /// Records the GEMM dispatches; batches beyond the grid limit are split.
-pub(crate) fn gemm_gpu(ctx: &Arc<GpuContext>, a: &wgpu::Buffer, b: &wgpu::Buffer, c: &wgpu::Buffer, s: GemmShape, cfg: GemmConfig) -> Result<()> {
+pub(crate) fn gemm_gpu(ctx: &Arc<GpuContext>, a: Bind<'_>, b: Bind<'_>, c: Bind<'_>, s: GemmShape, cfg: GemmConfig) -> Result<()> {
     gemm_gpu_strided(ctx, a, b, c, s, GemmLayout::packed(&s), cfg, Epilogue::default())
 }
 
@@ -624,17 +624,17 @@ pub(crate) fn gemm_gpu(ctx: &Arc<GpuContext>, a: &wgpu::Buffer, b: &wgpu::Buffer
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Epilogue<'a> {
     /// Added to each column (`bias[j]`), or each row (`bias[i]`) when `bias_per_row`.
-    pub bias: Option<&'a wgpu::Buffer>,
+    pub bias: Option<Bind<'a>>,
     pub bias_per_row: bool,
     /// ReLU last (NaN passes).
     pub relu: bool,
     /// Multiply by `relu_out > 0` (laid out like C): the backward of the
     /// ReLU that produced `relu_out`. Not with a bias or `relu`.
-    pub relu_grad: Option<&'a wgpu::Buffer>,
+    pub relu_grad: Option<Bind<'a>>,
     /// Also write op(A)'s row sums, `Σ_p op(A)[i][p]` (+ beta·old; not scaled
     /// by alpha), from this element of the buffer on (batch item b's at
     /// offset + b·m): the bias gradient beside a weight gradient, A being dy.
-    pub row_sums: Option<(&'a wgpu::Buffer, usize)>,
+    pub row_sums: Option<(Bind<'a>, usize)>,
 }
 
 /// [`gemm_gpu`] with explicit offsets and batch strides (conv uses these to
@@ -716,7 +716,7 @@ pub(crate) fn gemm_gpu_strided<'x>(
         let p = Bind::from(partial.buffer());
         dispatch_tiles(ctx, kernel, split, [a, b, p, bias_buf, ctx.scratch(0).into()], splits, [tile_m, tile_n])?;
         let reduce = GemmParams { batch: splits as u32, ..params };
-        return ctx.dispatch_binds(&GEMM_SPLIT_REDUCE, &reduce, &[p, p, c, p, rs_buf], ctx.grid_1d(width, 64));
+        return ctx.dispatch(&GEMM_SPLIT_REDUCE, &reduce, &[p, p, c, p, rs_buf], ctx.grid_1d(width, 64));
     }
     dispatch_tiles(ctx, kernel, params, [a, b, c, bias_buf, rs_buf], s.batch, [tile_m, tile_n])
 }
@@ -735,7 +735,7 @@ pub(crate) fn gemm_gpu_strided<'x>(
 /// input    dx = dy·W (·ReLU'):    dx = Σ_windows dyᵀ[rows]ᵀ·W[rows], accumulated with beta = 1
 /// ```
 /// Any other product with an operand past the limit is `Error::TooLarge`.
-fn gemm_gpu_any(ctx: &Arc<GpuContext>, a: &wgpu::Buffer, b: &wgpu::Buffer, c: &wgpu::Buffer, s: GemmShape, cfg: GemmConfig, epi: Epilogue) -> Result<()> {
+fn gemm_gpu_any(ctx: &Arc<GpuContext>, a: Bind<'_>, b: Bind<'_>, c: Bind<'_>, s: GemmShape, cfg: GemmConfig, epi: Epilogue) -> Result<()> {
     let limit = ctx.max_binding_bytes();
     let [big_a, big_b, big_c] = [(s.m * s.k, s.a_batched), (s.k * s.n, s.b_batched), (s.m * s.n, true)].map(|(len, per_item)| {
         let items = if per_item { s.batch } else { 1 };
@@ -782,7 +782,7 @@ fn windows(ctx: &GpuContext, rows: usize, cols: usize) -> Result<Vec<(usize, usi
 }
 
 /// `[r, c]` → `[c, r]` into a pooled buffer.
-fn transposed(ctx: &Arc<GpuContext>, x: &wgpu::Buffer, r: usize, c: usize) -> Result<crate::gpu::GpuBuffer> {
+fn transposed(ctx: &Arc<GpuContext>, x: Bind<'_>, r: usize, c: usize) -> Result<crate::gpu::GpuBuffer> {
     let t = ctx.alloc("gemm (transpose)", r * c)?;
     permute_swap_gpu(ctx, x, 0, t.buffer(), 0, [r, c, 1], None, false)?;
     Ok(t)
@@ -790,7 +790,7 @@ fn transposed(ctx: &Arc<GpuContext>, x: &wgpu::Buffer, r: usize, c: usize) -> Re
 
 /// y [m, n] = x [m, k] · W [n, k]ᵀ with W in windows of rows: each window
 /// gives rows of yᵀ; the transpose back adds the bias and the ReLU.
-fn windowed_forward(ctx: &Arc<GpuContext>, x: &wgpu::Buffer, w: &wgpu::Buffer, y: &wgpu::Buffer, s: GemmShape, cfg: GemmConfig, epi: Epilogue) -> Result<()> {
+fn windowed_forward(ctx: &Arc<GpuContext>, x: Bind<'_>, w: Bind<'_>, y: Bind<'_>, s: GemmShape, cfg: GemmConfig, epi: Epilogue) -> Result<()> {
     let yt = ctx.alloc("gemm (windows)", s.n * s.m)?;
     for (r0, rows) in windows(ctx, s.n, s.k)? {
         let part = GemmShape { batch: 1, m: rows, n: s.m, k: s.k, a_batched: false, b_batched: false };
@@ -803,7 +803,7 @@ fn windowed_forward(ctx: &Arc<GpuContext>, x: &wgpu::Buffer, w: &wgpu::Buffer, y
 
 /// dW [m, n] = dy [k, m]ᵀ · x [k, n] with dW in windows of rows (and db, dy's
 /// column sums, as the row sums of dyᵀ).
-fn windowed_weight_grad(ctx: &Arc<GpuContext>, dy: &wgpu::Buffer, x: &wgpu::Buffer, dw: &wgpu::Buffer, s: GemmShape, cfg: GemmConfig, epi: Epilogue) -> Result<()> {
+fn windowed_weight_grad(ctx: &Arc<GpuContext>, dy: Bind<'_>, x: Bind<'_>, dw: Bind<'_>, s: GemmShape, cfg: GemmConfig, epi: Epilogue) -> Result<()> {
     let dyt = transposed(ctx, dy, s.k, s.m)?;
     for (r0, rows) in windows(ctx, s.m, s.n)? {
         let part = GemmShape { batch: 1, m: rows, n: s.n, k: s.k, a_batched: false, b_batched: false };
@@ -818,7 +818,7 @@ fn windowed_weight_grad(ctx: &Arc<GpuContext>, dy: &wgpu::Buffer, x: &wgpu::Buff
 /// dx [m, n] = dy [m, k] · W [k, n] with W in windows of rows: a sum over
 /// the windows (k slices), each from dyᵀ's rows, the first with the
 /// caller's beta and the rest adding on; the ReLU mask applies to each.
-fn windowed_input_grad(ctx: &Arc<GpuContext>, dy: &wgpu::Buffer, w: &wgpu::Buffer, dx: &wgpu::Buffer, s: GemmShape, cfg: GemmConfig, epi: Epilogue) -> Result<()> {
+fn windowed_input_grad(ctx: &Arc<GpuContext>, dy: Bind<'_>, w: Bind<'_>, dx: Bind<'_>, s: GemmShape, cfg: GemmConfig, epi: Epilogue) -> Result<()> {
     let dyt = transposed(ctx, dy, s.m, s.k)?;
     for (i, (r0, rows)) in windows(ctx, s.k, s.n)?.into_iter().enumerate() {
         let part = GemmShape { batch: 1, m: s.m, n: s.n, k: rows, a_batched: false, b_batched: false };
@@ -870,7 +870,7 @@ fn dispatch_tiles(ctx: &GpuContext, kernel: &'static Kernel<GemmParams>, params:
                     ..params
                 };
                 let groups = [(n - col_base).min(cols_per).div_ceil(tile_n) as u32, (m - row_base).min(rows_per).div_ceil(tile_m) as u32, chunk as u32];
-                ctx.dispatch_binds(kernel, &p, &binds, groups)?;
+                ctx.dispatch(kernel, &p, &binds, groups)?;
             }
         }
         start += chunk;

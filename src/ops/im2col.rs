@@ -4,6 +4,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::gpu::Bind;
 use crate::device::Device;
 use crate::error::Result;
 use crate::gpu::GpuContext;
@@ -150,7 +151,7 @@ pub fn im2col_cpu_into(x: &[f32], g: &Conv2dGeometry, cols: &mut Vec<f32>) {
 // ---------------------------------------------------------------- GPU wrapper
 
 /// Records im2col of the `geo.n` images starting at element `x_offset` of `x`.
-pub(crate) fn im2col_gpu(ctx: &GpuContext, x: &wgpu::Buffer, x_offset: usize, cols: &wgpu::Buffer, geo: &Conv2dGeometry) -> Result<()> {
+pub(crate) fn im2col_gpu(ctx: &GpuContext, x: Bind<'_>, x_offset: usize, cols: Bind<'_>, geo: &Conv2dGeometry) -> Result<()> {
     // One invocation per row segment (ow entries): see the shader.
     let segments = geo.c_in * geo.kh * geo.kw * geo.n * geo.oh;
     ctx.dispatch(&IM2COL, &Im2colParams::new(geo, x_offset), &[x, cols], ctx.grid_1d(segments, 256))

@@ -281,7 +281,7 @@ fn apply(slots: &mut [Slot<'_>], base: &OptimParams, kernel: &'static Kernel<Opt
                     bufs.extend(binds);
                 }
                 q.first[OPTIM_SLOTS] = groups;
-                ctx.dispatch_binds(kernel, &q, &bufs, ctx.grid_1d(groups as usize * 256, 256))?;
+                ctx.dispatch(kernel, &q, &bufs, ctx.grid_1d(groups as usize * 256, 256))?;
             }
         }
     }
@@ -289,7 +289,7 @@ fn apply(slots: &mut [Slot<'_>], base: &OptimParams, kernel: &'static Kernel<Opt
 }
 
 /// A whole buffer, or `size` bytes of it from `off`.
-fn window(b: &wgpu::Buffer, whole: bool, off: u64, size: u64) -> Bind<'_> {
+fn window(b: Bind<'_>, whole: bool, off: u64, size: u64) -> Bind<'_> {
     if whole {
         Bind::from(b)
     } else {

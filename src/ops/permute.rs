@@ -3,6 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::gpu::Bind;
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::gpu::GpuContext;
@@ -88,12 +89,12 @@ pub fn permute_swap_cpu(x: &[f32], a: usize, b: usize, inner: usize, bias: Optio
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn permute_swap_gpu(
     ctx: &GpuContext,
-    x: &wgpu::Buffer,
+    x: Bind<'_>,
     in_offset: usize,
-    out: &wgpu::Buffer,
+    out: Bind<'_>,
     out_offset: usize,
     [a, b, inner]: [usize; 3],
-    bias: Option<(&wgpu::Buffer, usize)>,
+    bias: Option<(Bind<'_>, usize)>,
     relu: bool,
 ) -> Result<()> {
     // The length is passed, not read off the buffer: pooled buffers are rounded up.

@@ -3,6 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::gpu::Bind;
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::gpu::GpuContext;
@@ -109,25 +110,25 @@ pub fn reduce_sum_squares_cpu(x: &[f32]) -> f32 {
 // ---------------------------------------------------------------- GPU wrapper
 
 /// Records `out = beta·out + Σ_j x[r, j]`; beta = 1 accumulates.
-pub(crate) fn reduce_rows_gpu(ctx: &GpuContext, x: &wgpu::Buffer, out: &wgpu::Buffer, rows: usize, len: usize, beta: f32) -> Result<()> {
+pub(crate) fn reduce_rows_gpu(ctx: &GpuContext, x: Bind<'_>, out: Bind<'_>, rows: usize, len: usize, beta: f32) -> Result<()> {
     reduce_rows_gpu_at(ctx, x, out, 0, rows, len, beta)
 }
 
 /// [`reduce_rows_gpu`] writing rows from element `out_offset` of `out` on.
-pub(crate) fn reduce_rows_gpu_at(ctx: &GpuContext, x: &wgpu::Buffer, out: &wgpu::Buffer, out_offset: usize, rows: usize, len: usize, beta: f32) -> Result<()> {
+pub(crate) fn reduce_rows_gpu_at(ctx: &GpuContext, x: Bind<'_>, out: Bind<'_>, out_offset: usize, rows: usize, len: usize, beta: f32) -> Result<()> {
     let params = ReduceParams { rows: rows as u32, len: len as u32, beta, out_offset: out_offset as u32, ..Default::default() };
     // One workgroup per row.
     ctx.dispatch(&REDUCE_ROWS, &params, &[x, out], ctx.grid_1d(rows, 1))
 }
 
 /// Records `out[out_offset + e] = beta·out[…] + Σ_r x[r, e]` for x `[rows, len]`.
-pub(crate) fn reduce_cols_gpu_at(ctx: &GpuContext, x: &wgpu::Buffer, out: &wgpu::Buffer, out_offset: usize, rows: usize, len: usize, beta: f32) -> Result<()> {
+pub(crate) fn reduce_cols_gpu_at(ctx: &GpuContext, x: Bind<'_>, out: Bind<'_>, out_offset: usize, rows: usize, len: usize, beta: f32) -> Result<()> {
     let params = ReduceParams { rows: rows as u32, len: len as u32, beta, out_offset: out_offset as u32, ..Default::default() };
     ctx.dispatch(&REDUCE_COLS, &params, &[x, out], ctx.grid_1d(len, 64))
 }
 
 /// Records `out[slot] = Σ x²` over the first `len` elements of `x`.
-pub(crate) fn reduce_sum_squares_gpu(ctx: &GpuContext, x: &wgpu::Buffer, len: usize, out: &wgpu::Buffer, slot: usize) -> Result<()> {
+pub(crate) fn reduce_sum_squares_gpu(ctx: &GpuContext, x: Bind<'_>, len: usize, out: Bind<'_>, slot: usize) -> Result<()> {
     let params = ReduceParams { rows: 1, len: len as u32, square: 1, out_offset: slot as u32, ..Default::default() };
     ctx.dispatch(&REDUCE_ROWS, &params, &[x, out], [1, 1, 1])
 }
