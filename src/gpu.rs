@@ -12,7 +12,7 @@ use bytemuck::Pod;
 use crate::device::{choose_adapter, AdapterSummary, GpuOptions, TuningCache};
 use crate::error::{Error, Result};
 use crate::kernel::{Access, Compiled, Kernel, KernelCache, KernelDef, Work};
-use crate::pool::{size_class, BufferKind, BufferPool, PoolStats, Use};
+use crate::pool::{size_class, BufferKind, BufferPool, PoolStats, SlabRules, Taken, Use};
 use crate::profile::{ProfileReport, Profiler};
 
 /// The GEMM kernels (see `shaders/gemm.wgsl`). Without tuning an adapter
@@ -350,12 +350,15 @@ impl GpuContext {
             TuningCache::Memory => None,
         };
         log::info!("opened {summary}; GEMM kernel {gemm_variant:?}");
+        // Slabs: bindings at offsets aligned as the device requires; none
+        // larger than a buffer may be, nor than 1 GiB (smaller slabs place easier).
+        let pool = BufferPool::new(SlabRules { align: (limits.min_storage_buffer_offset_alignment as u64).max(256), capacity: limits.max_buffer_size.min(1 << 30) });
         Ok(GpuContext {
             device,
             queue,
             adapter: summary,
             limits,
-            pool: BufferPool::default(),
+            pool,
             kernels: KernelCache::default(),
             gemm_variant,
             rec: Mutex::default(),
@@ -558,14 +561,14 @@ impl GpuContext {
             for _ in 0..def.storage_bindings() {
                 bufs.push(self.take(def.name, BufferKind::Storage, 256, Use::Recorded)?);
             }
-            let storage: Vec<Bind> = bufs.iter().map(|(b, _)| b.into()).collect();
+            let storage: Vec<Bind> = bufs.iter().map(|t| Bind { buffer: &t.buffer, offset: t.offset, size: Some(256) }).collect();
             self.dispatch_raw(def, &zeros[..def.params_size], &storage, [1, 1, 1], None)?;
             held.push(bufs);
         }
         self.synchronize()?;
         for bufs in held {
-            for (b, class) in bufs {
-                self.pool.give(BufferKind::Storage, class, 256, b, false);
+            for b in bufs {
+                self.pool.give(BufferKind::Storage, b, 256, false);
             }
         }
         Ok(())
@@ -626,7 +629,7 @@ impl GpuContext {
 
     /// Takes a buffer from the pool; creating one is checked for validation
     /// and out-of-memory errors.
-    fn take(&self, op: &'static str, kind: BufferKind, bytes: u64, usage: Use) -> Result<(wgpu::Buffer, u64)> {
+    fn take(&self, op: &'static str, kind: BufferKind, bytes: u64, usage: Use) -> Result<Taken> {
         self.alive()?;
         self.pool.take(&self.device, kind, bytes, usage, |class, create| {
             // Out of memory: free the pool's idle buffers (of other sizes) and try once more.
@@ -688,8 +691,8 @@ impl GpuContext {
         if size_class(bytes) > limit {
             return Err(Error::TooLarge { op, what: format!("a tensor of {len} f32"), bytes, limit });
         }
-        let (buffer, class) = self.take(op, BufferKind::Storage, bytes, usage)?;
-        Ok(GpuBuffer { buffer: Some(buffer), offset: 0, class, len, ctx: self.clone() })
+        let t = self.take(op, BufferKind::Storage, bytes, usage)?;
+        Ok(GpuBuffer { buffer: Some(t.buffer), offset: t.offset, class: t.size, len, ctx: self.clone() })
     }
 
     /// A pooled storage buffer of `len` 4-byte elements holding `bytes`
@@ -757,6 +760,8 @@ impl GpuContext {
                 limit: 0,
             });
         }
+        let writes: Vec<bool> = spec.bindings.iter().filter(|a| **a != Access::Uniform).map(|a| *a == Access::ReadWrite).collect();
+        self.pool.note_together(&buffers.iter().zip(&writes).map(|(b, &w)| (b.buffer, b.offset, w)).collect::<Vec<_>>());
         if let Some(seen) = self.dry.lock().unwrap().get_mut(&std::thread::current().id()) {
             if !seen.iter().any(|d| d.name == spec.name) {
                 seen.push(spec);
@@ -767,6 +772,12 @@ impl GpuContext {
         if groups.contains(&0) {
             return Ok(());
         }
+        // A buffer read through one binding and written through another is a
+        // wgpu usage conflict. The memory plan keeps such tensors in different
+        // buffers; a step that departs from its plan reads a copy instead.
+        let temps = self.copies_for_clashes(buffers, &writes);
+        let fixed: Vec<Bind> = buffers.iter().zip(&temps).map(|(b, t)| t.as_ref().map_or(*b, |t| Bind::from(t))).collect();
+        let buffers = &fixed[..];
         let kernel = self.kernels.get(&self.device, spec)?;
         // With profiling on, each dispatch gets a pass that writes begin/end
         // timestamps (a full set forces a flush).
@@ -810,6 +821,42 @@ impl GpuContext {
         }
         self.count(|c| c.dispatches += 1);
         Ok(())
+    }
+
+    /// For each read-only binding whose buffer the kernel also writes through
+    /// another binding: a copy of its bytes in a buffer of its own (recorded
+    /// now, before the dispatch). `None` elsewhere; all `None` normally.
+    fn copies_for_clashes(&self, binds: &[Bind], writes: &[bool]) -> Vec<Option<wgpu::Buffer>> {
+        let clashes = |i: usize| !writes[i] && binds.iter().zip(writes).any(|(b, &w)| w && b.buffer == binds[i].buffer);
+        binds
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                if !clashes(i) {
+                    return None;
+                }
+                log::debug!("a kernel reads and writes parts of one buffer: reading a copy");
+                let size = b.bytes();
+                let tmp = self.device.create_buffer(&wgpu::BufferDescriptor { label: Some("wgpu-cnn clash copy"), size, usage: BufferKind::Storage.usage(), mapped_at_creation: false });
+                self.record(|enc| enc.copy_buffer_to_buffer(b.buffer, b.offset, &tmp, 0, size));
+                Some(tmp)
+            })
+            .collect()
+    }
+
+    /// Records a copy of `bytes` from `src` to `dst` (through a temporary
+    /// when both are parts of one buffer, which wgpu does not copy within).
+    pub(crate) fn copy(&self, src: Bind, dst: Bind, bytes: u64) {
+        self.pool.note_together(&[(src.buffer, src.offset, false), (dst.buffer, dst.offset, true)]);
+        if src.buffer == dst.buffer {
+            let tmp = self.device.create_buffer(&wgpu::BufferDescriptor { label: Some("wgpu-cnn copy"), size: bytes, usage: BufferKind::Storage.usage(), mapped_at_creation: false });
+            self.record(|enc| {
+                enc.copy_buffer_to_buffer(src.buffer, src.offset, &tmp, 0, bytes);
+                enc.copy_buffer_to_buffer(&tmp, 0, dst.buffer, dst.offset, bytes);
+            });
+        } else {
+            self.record(|enc| enc.copy_buffer_to_buffer(src.buffer, src.offset, dst.buffer, dst.offset, bytes));
+        }
     }
 
     /// Copies `params` into the next aligned slot of this submission's
@@ -916,9 +963,11 @@ impl GpuContext {
             caught = capture(&self.device, || self.queue.submit(Some(enc.finish()))).1;
         }
         // Under the lock, so no new recording can claim a buffer parked here.
-        if self.pool.unpark() > 0 {
-            // Cached bind groups hold buffers the new memory plan dropped.
-            self.bind_groups.lock().unwrap().clear();
+        let dropped = self.pool.unpark();
+        if !dropped.is_empty() {
+            // Cached bind groups hold buffers the memory plan dropped: forget those.
+            let dropped: std::collections::HashSet<wgpu::Buffer> = dropped.into_iter().collect();
+            self.bind_groups.lock().unwrap().retain(|(_, binds, _), _| !binds.iter().any(|(b, ..)| dropped.contains(b)));
         }
         self.recording.store(false, Ordering::SeqCst);
         drop(guard);
@@ -968,7 +1017,8 @@ impl GpuContext {
     /// Copies the first `len` f32 of `src` to the host: one submit, one map.
     pub(crate) fn read(&self, src: Bind, len: usize) -> Result<Vec<f32>> {
         let bytes = (len * 4) as u64;
-        let (staging, class) = self.take("read", BufferKind::Staging, bytes, Use::QueueWrite)?;
+        let taken = self.take("read", BufferKind::Staging, bytes, Use::QueueWrite)?;
+        let staging = taken.buffer.clone();
         self.record(|enc| enc.copy_buffer_to_buffer(src.buffer, src.offset, &staging, 0, bytes));
         self.flush()?;
         let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
@@ -989,7 +1039,8 @@ impl GpuContext {
             bytemuck::cast_slice::<u8, f32>(&view).to_vec()
         };
         staging.unmap();
-        self.pool.give(BufferKind::Staging, class, bytes, staging, false);
+        drop(staging);
+        self.pool.give(BufferKind::Staging, taken, bytes, false);
         Ok(out)
     }
 
@@ -1052,7 +1103,8 @@ impl Drop for GpuBuffer {
     fn drop(&mut self) {
         if let Some(buf) = self.buffer.take() {
             let recording = self.ctx.recording.load(Ordering::SeqCst);
-            self.ctx.pool.give(BufferKind::Storage, self.class, self.len as u64 * 4, buf, recording);
+            let taken = Taken { buffer: buf, offset: self.offset, size: self.class };
+            self.ctx.pool.give(BufferKind::Storage, taken, self.len as u64 * 4, recording);
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Buffer pool: storage, uniform and staging buffers reused by size class, so
-//! a training step allocates nothing after the first.
+//! Buffer pool: storage and staging buffers reused, so a training step
+//! allocates nothing after the first, and a steady step's memory planned.
 //!
 //! A training step is one command encoder and one submit, so a buffer
 //! released while commands are being recorded is reused within the step:
@@ -8,13 +8,22 @@
 //! write fills is another matter: `queue.write_buffer` lands before the whole
 //! pending submission, so it could overwrite data that earlier-recorded
 //! commands still have to read. Such buffers are taken with
-//! [`Use::QueueWrite`], which never hands out one released during the
-//! recording (those become available to it after the submit).
+//! [`Use::QueueWrite`], which never hands out memory used during the
+//! recording (it becomes available to it after the submit).
+//!
+//! Until a step repeats, requests are served whole buffers by size class.
+//! Once the pool has seen the same submission twice (the same requests in
+//! the same order), it packs that step's tensors into a few large buffers
+//! (slabs) at offsets planned from their lifetimes (`plan.rs`), serves every
+//! later step from the plan and drops the whole buffers it no longer needs.
+//! Each planned hand-out is checked: none of the tensors planned into the
+//! same bytes may be alive (nor, for a queue write, touched in this
+//! submission); otherwise the request gets a whole buffer, as before a plan.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
-use crate::plan::{plan, Plan, Request};
+use crate::plan::{pack, Packing, Request};
 
 /// What a pooled buffer is for; buffers of different kinds never mix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -26,7 +35,7 @@ pub enum BufferKind {
 }
 
 impl BufferKind {
-    fn usage(self) -> wgpu::BufferUsages {
+    pub(crate) fn usage(self) -> wgpu::BufferUsages {
         use wgpu::BufferUsages as U;
         match self {
             BufferKind::Storage => U::STORAGE | U::COPY_SRC | U::COPY_DST,
@@ -92,19 +101,20 @@ struct Inner {
     /// commands, not for queue writes, until the submit.
     recycled: HashMap<(BufferKind, u64), BTreeSet<wgpu::Buffer>>,
     /// The buffers handed out since the last submit, in order, and those of
-    /// the submission before: the n-th request of a submission gets the
-    /// buffer the n-th request of the last one got, when that one is free.
-    /// Training steps repeat their requests, so a step's buffers (and its
-    /// cached bind groups) repeat too, even where a tensor kept from one
-    /// step to the next (a gradient, the logits) holds a different buffer
-    /// each step.
+    /// the submission before: before a plan, the n-th request of a
+    /// submission gets the buffer the n-th request of the last one got, when
+    /// that one is free, so a step's buffers (and its cached bind groups)
+    /// repeat from the second step on.
     handed: Vec<(wgpu::Buffer, u64)>,
     last_handed: Vec<(wgpu::Buffer, u64)>,
     /// This submission's storage requests and releases, the one before's,
-    /// and the plan made from them (see `plan.rs`).
+    /// and the plan made from them.
     trace: Trace,
     last_trace: Trace,
     planned: Option<Planned>,
+    /// Drop the free whole buffers at the next submit (after a plan's first
+    /// step, when the buffers kept across the step's end have been released).
+    trim_next: bool,
     stats: PoolStats,
 }
 
@@ -112,11 +122,14 @@ struct Inner {
 #[derive(Default)]
 struct Trace {
     requests: Vec<Request>,
-    /// Who holds each buffer handed out in this submission (request index).
-    holder: HashMap<wgpu::Buffer, usize>,
+    /// Who holds each buffer (and offset) handed out in this submission (request index).
+    holder: HashMap<(wgpu::Buffer, u64), usize>,
     /// Releases, in this submission, of buffers the submission before kept
     /// past its end: (its request index there, when).
     carried_released: Vec<(usize, u64)>,
+    /// Requests bound together by one kernel or copy, one of them written:
+    /// they must live in different buffers.
+    apart: Vec<(usize, usize)>,
     clock: u64,
 }
 
@@ -133,20 +146,64 @@ impl Trace {
     }
 }
 
-/// A plan in force: request n of a submission with this signature gets the
-/// buffer of `plan.buffer[n]` (created at its first request if need be).
+/// A plan in force: request n of a submission with this signature lives at
+/// `packing.offset[n]` of slab `packing.slab[n]` (slabs created at their first request).
 struct Planned {
     signature: Vec<(u64, bool)>,
-    plan: Plan,
-    real: Vec<Option<wgpu::Buffer>>,
+    packing: Packing,
+    conflicts: Vec<Vec<usize>>,
+    slabs: Vec<Option<wgpu::Buffer>>,
+    /// Whether request n's bytes are held by a tensor now.
+    held: Vec<bool>,
+    /// Whether request n's bytes were handed out or released in this
+    /// submission (a queue write into bytes that overlap them must wait).
+    touched: Vec<bool>,
+    /// Which request holds the bytes at (slab, offset).
+    at: HashMap<(usize, u64), usize>,
 }
 
-#[derive(Default)]
+impl Planned {
+    /// Whether request n may have its planned bytes now.
+    fn can_take(&self, n: usize, usage: Use) -> bool {
+        self.conflicts[n].iter().all(|&m| !self.held[m] && (usage == Use::Recorded || !self.touched[m]))
+    }
+
+    /// The slab index of a buffer, if it is one of this plan's.
+    fn slab_of(&self, buf: &wgpu::Buffer) -> Option<usize> {
+        self.slabs.iter().position(|s| s.as_ref() == Some(buf))
+    }
+}
+
+/// Submissions with fewer storage requests than this are not planned.
+const MIN_PLANNED: usize = 16;
+
+/// What [`BufferPool::take`] hands out: `size` bytes of `buffer` from
+/// `offset` (0 and the whole buffer, unless planned into a slab).
+#[derive(Clone, Debug)]
+pub(crate) struct Taken {
+    pub buffer: wgpu::Buffer,
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// Bytes of the binding-offset alignment and the largest buffer: the slabs' rules.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SlabRules {
+    pub align: u64,
+    pub capacity: u64,
+}
+
 pub(crate) struct BufferPool {
     inner: Mutex<Inner>,
+    rules: SlabRules,
 }
 
 impl BufferPool {
+    /// A pool whose slabs follow `rules`.
+    pub(crate) fn new(rules: SlabRules) -> BufferPool {
+        BufferPool { inner: Mutex::default(), rules }
+    }
+
     /// A buffer of at least `bytes` bytes; its contents are whatever was last
     /// written. A new buffer (of `class` bytes) is created through `guard`,
     /// which may refuse it (a budget) and checks for errors.
@@ -156,62 +213,88 @@ impl BufferPool {
         kind: BufferKind,
         bytes: u64,
         usage: Use,
-        guard: impl FnOnce(u64, &dyn Fn() -> wgpu::Buffer) -> crate::Result<wgpu::Buffer>,
-    ) -> crate::Result<(wgpu::Buffer, u64)> {
+        guard: impl Fn(u64, &dyn Fn() -> wgpu::Buffer) -> crate::Result<wgpu::Buffer>,
+    ) -> crate::Result<Taken> {
+        let create = |size: u64| {
+            guard(size, &|| {
+                device.create_buffer(&wgpu::BufferDescriptor { label: Some(kind.label()), size, usage: kind.usage(), mapped_at_creation: false })
+            })
+        };
         let class = size_class(bytes);
         let mut inner = self.inner.lock().unwrap();
-        // The plan's buffer for this request: found free, or to be created at
-        // its planned size. Not free (the step went otherwise): as without a plan.
-        let (mut found, mut create) = (None, None);
-        match inner.planned_for(kind, class, usage) {
-            Some((_, Some(buf), size)) if inner.remove(usage, (kind, size), &buf) => found = Some((buf, size)),
-            Some((v, None, size)) => create = Some((v, size)),
-            _ => {}
+        if let Some(n) = inner.planned_request(kind, class, usage) {
+            let p = inner.planned.as_ref().expect("planned_request found a plan");
+            let s = p.packing.slab[n];
+            if p.slabs[s].is_none() {
+                let size = p.packing.slabs[s];
+                drop(inner);
+                let slab = create(size)?;
+                inner = self.inner.lock().unwrap();
+                let p = inner.planned.as_mut().filter(|p| p.slabs.len() > s && p.slabs[s].is_none());
+                if let Some(p) = p {
+                    p.slabs[s] = Some(slab);
+                    inner.stats.allocations += 1;
+                    inner.stats.allocated_bytes += size;
+                }
+            }
+            // The plan may have changed while the lock was released.
+            if inner.planned_request(kind, class, usage) == Some(n) {
+                let p = inner.planned.as_mut().expect("still planned");
+                let (slab, offset, size) = (p.slabs[s].clone().expect("created above"), p.packing.offset[n], p.packing.size[n]);
+                p.held[n] = true;
+                p.touched[n] = true;
+                p.at.insert((s, offset), n);
+                inner.stats.reuses += 1;
+                inner.handed_out(kind, class, bytes, usage, &slab, offset, size);
+                return Ok(Taken { buffer: slab, offset, size });
+            }
         }
-        if found.is_none() && create.is_none() {
-            found = inner.find((kind, class), usage);
-        }
-        if let Some((buf, size)) = found {
+        if let Some((buf, size)) = inner.find((kind, class), usage) {
             inner.stats.reuses += 1;
-            inner.handed_out(kind, class, bytes, usage, &buf, size);
-            return Ok((buf, size));
+            inner.handed_out(kind, class, bytes, usage, &buf, 0, size);
+            return Ok(Taken { buffer: buf, offset: 0, size });
         }
         drop(inner);
-        let size = create.map_or(class, |(_, size)| size);
-        let buf = guard(size, &|| {
-            device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(kind.label()),
-                size,
-                usage: kind.usage(),
-                mapped_at_creation: false,
-            })
-        })?;
+        let buf = create(class)?;
         let mut inner = self.inner.lock().unwrap();
-        if let (Some((v, _)), Some(p)) = (create, inner.planned.as_mut()) {
-            p.real[v] = Some(buf.clone());
-        }
         inner.stats.allocations += 1;
-        inner.stats.allocated_bytes += size;
-        inner.handed_out(kind, class, bytes, usage, &buf, size);
-        Ok((buf, size))
+        inner.stats.allocated_bytes += class;
+        inner.handed_out(kind, class, bytes, usage, &buf, 0, class);
+        Ok(Taken { buffer: buf, offset: 0, size: class })
     }
 
     /// Returns a buffer taken for `bytes`. `recording` says whether
     /// unsubmitted commands may still use it.
-    pub(crate) fn give(&self, kind: BufferKind, class: u64, bytes: u64, buf: wgpu::Buffer, recording: bool) {
+    pub(crate) fn give(&self, kind: BufferKind, taken: Taken, bytes: u64, recording: bool) {
         let mut inner = self.inner.lock().unwrap();
         inner.live(kind, -(bytes as i64));
+        let Taken { buffer: buf, offset, size } = taken;
         if kind == BufferKind::Storage {
             let t = &mut inner.trace;
             let now = t.tick();
-            if let Some(i) = t.holder.remove(&buf) {
+            let key = (buf.clone(), offset);
+            if let Some(i) = t.holder.remove(&key) {
                 t.requests[i].freed = Some(now);
-            } else if let Some(i) = inner.last_trace.holder.remove(&buf) {
+            } else if let Some(i) = inner.last_trace.holder.remove(&key) {
                 inner.trace.carried_released.push((i, now));
+            }
+            // Planned bytes: free again (and touched, when commands may still use them).
+            if let Some(p) = inner.planned.as_mut() {
+                if let Some(s) = p.slab_of(&buf) {
+                    if let Some(n) = p.at.remove(&(s, offset)) {
+                        p.held[n] = false;
+                        p.touched[n] |= recording;
+                    }
+                    return;
+                }
+            }
+            // Bytes of a slab no longer planned: the slab goes with its last tensor.
+            if offset != 0 || size != buf.size() {
+                return;
             }
         }
         let list = if recording { &mut inner.recycled } else { &mut inner.free };
-        list.entry((kind, class)).or_default().insert(buf);
+        list.entry((kind, size)).or_default().insert(buf);
     }
 
     /// Called after a submit: buffers released during the recording may now
@@ -219,7 +302,7 @@ impl BufferPool {
     ///
     /// Returns the bytes of buffers dropped because a new plan has no use
     /// for them (the caller drops cached bind groups, which hold buffers).
-    pub(crate) fn unpark(&self) -> u64 {
+    pub(crate) fn unpark(&self) -> Vec<wgpu::Buffer> {
         let mut inner = self.inner.lock().unwrap();
         let recycled = std::mem::take(&mut inner.recycled);
         for (key, bufs) in recycled {
@@ -228,8 +311,15 @@ impl BufferPool {
         if !inner.handed.is_empty() {
             inner.last_handed = std::mem::take(&mut inner.handed);
         }
+        if let Some(p) = inner.planned.as_mut() {
+            p.touched.iter_mut().for_each(|t| *t = false);
+        }
         if inner.trace.requests.is_empty() {
-            return 0;
+            return Vec::new();
+        }
+        let mut dropped = Vec::new();
+        if std::mem::take(&mut inner.trim_next) {
+            dropped.extend(inner.drop_free());
         }
         let trace = std::mem::take(&mut inner.trace);
         let mut last = std::mem::replace(&mut inner.last_trace, trace);
@@ -241,8 +331,9 @@ impl BufferPool {
         }
         let signature = inner.last_trace.signature();
         let steady = signature == last.signature();
-        if !steady || inner.planned.as_ref().is_some_and(|p| p.signature == signature) {
-            return 0;
+        // A few requests (a tuning run's operands) are not worth a plan.
+        if !steady || signature.len() < MIN_PLANNED || inner.planned.as_ref().is_some_and(|p| p.signature == signature) {
+            return dropped;
         }
         // The same step twice: plan it, with the releases of kept buffers seen this time.
         let mut requests = inner.last_trace.requests.clone();
@@ -251,13 +342,15 @@ impl BufferPool {
                 r.released_next = l.released_next;
             }
         }
-        let plan = plan(&requests);
-        inner.adopt(signature, plan)
+        let packing = pack(&requests, &inner.last_trace.apart, self.rules.align, self.rules.capacity);
+        log::debug!("memory plan: {} bytes for a step that holds at most {} at once", packing.bytes(), crate::plan::peak(&requests));
+        dropped.extend(inner.adopt(signature, packing));
+        dropped
     }
 
     pub(crate) fn stats(&self) -> PoolStats {
         let inner = self.inner.lock().unwrap();
-        PoolStats { planned_bytes: inner.planned.as_ref().map_or(0, |p| p.plan.bytes()), ..inner.stats }
+        PoolStats { planned_bytes: inner.planned.as_ref().map_or(0, |p| p.packing.bytes()), ..inner.stats }
     }
 
     /// Drops every free buffer (after an out-of-memory, before a retry):
@@ -266,14 +359,35 @@ impl BufferPool {
     pub(crate) fn trim(&self) -> u64 {
         let mut inner = self.inner.lock().unwrap();
         let inner = &mut *inner;
-        let freed: u64 = inner.free.drain().chain(inner.recycled.drain()).map(|((_, class), bufs)| class * bufs.len() as u64).sum();
+        let mut freed: u64 = inner.free.drain().chain(inner.recycled.drain()).map(|((_, class), bufs)| class * bufs.len() as u64).sum();
+        // A plan's slabs go too (each with its last tensor); the next steady step plans anew.
+        freed += inner.planned.take().map_or(0, |p| p.slabs.iter().flatten().map(|b| b.size()).sum());
         inner.stats.allocated_bytes -= freed;
         inner.handed.clear();
         inner.last_handed.clear();
-        inner.planned = None;
         freed
     }
 
+    /// Notes the tensors one kernel (or copy) binds together, each with
+    /// whether it writes it, so a plan keeps each written one apart from each
+    /// read one (see [`pack`]; wgpu lets a buffer be written through two
+    /// bindings of one kernel, not written and read).
+    pub(crate) fn note_together(&self, binds: &[(&wgpu::Buffer, u64, bool)]) {
+        let mut inner = self.inner.lock().unwrap();
+        let inner = &mut *inner;
+        let index = |b: &wgpu::Buffer, off: u64| {
+            let key = (b.clone(), off);
+            inner.trace.holder.get(&key).or_else(|| inner.last_trace.holder.get(&key)).copied()
+        };
+        let found: Vec<(usize, bool)> = binds.iter().filter_map(|&(b, off, w)| index(b, off).map(|i| (i, w))).collect();
+        for (k, &(a, wa)) in found.iter().enumerate() {
+            for &(b, wb) in &found[k + 1..] {
+                if wa != wb && a != b {
+                    inner.trace.apart.push((a, b));
+                }
+            }
+        }
+    }
 
     /// Starts a new peak-live measurement from the bytes alive now.
     pub(crate) fn reset_peak_live(&self) {
@@ -283,69 +397,67 @@ impl BufferPool {
 }
 
 impl Inner {
-    /// The planned buffer of the next request, if a plan is in force and
-    /// this request is the one it expects: (its index in the plan, the
-    /// buffer if created yet, its size).
-    fn planned_for(&self, kind: BufferKind, class: u64, usage: Use) -> Option<(usize, Option<wgpu::Buffer>, u64)> {
+    /// The index of the next request in the plan in force, if this request
+    /// is the one the plan expects there and its bytes may be had now.
+    fn planned_request(&self, kind: BufferKind, class: u64, usage: Use) -> Option<usize> {
         let p = self.planned.as_ref().filter(|_| kind == BufferKind::Storage)?;
         let n = self.trace.requests.len();
-        if p.signature.get(n) != Some(&(class, usage == Use::QueueWrite)) {
-            return None;
-        }
-        let v = p.plan.buffer[n];
-        Some((v, p.real[v].clone(), p.plan.sizes[v]))
+        (p.signature.get(n) == Some(&(class, usage == Use::QueueWrite)) && p.can_take(n, usage)).then_some(n)
     }
 
     /// Notes a buffer handed out: live bytes, the replay list, the trace.
-    fn handed_out(&mut self, kind: BufferKind, class: u64, bytes: u64, usage: Use, buf: &wgpu::Buffer, size: u64) {
+    #[allow(clippy::too_many_arguments)]
+    fn handed_out(&mut self, kind: BufferKind, class: u64, bytes: u64, usage: Use, buf: &wgpu::Buffer, offset: u64, size: u64) {
         self.live(kind, bytes as i64);
-        self.handed.push((buf.clone(), size));
+        if offset == 0 && size == buf.size() {
+            self.handed.push((buf.clone(), size));
+        }
         if kind == BufferKind::Storage {
             let t = &mut self.trace;
             let at = t.tick();
-            t.holder.insert(buf.clone(), t.requests.len());
+            t.holder.insert((buf.clone(), offset), t.requests.len());
             t.requests.push(Request { class, queue_write: usage == Use::QueueWrite, at, freed: None, released_next: None });
         }
     }
 
-    /// Puts a new plan in force: each planned buffer is one the pool holds
-    /// where one fits (first those the planned requests hold across the
-    /// step's end, then free ones, smallest that fits), else created at its
-    /// first request; free buffers the plan has no use for are dropped.
-    /// Returns their bytes.
-    fn adopt(&mut self, signature: Vec<(u64, bool)>, plan: Plan) -> u64 {
-        let mut real: Vec<Option<wgpu::Buffer>> = vec![None; plan.sizes.len()];
-        for (buf, &i) in &self.last_trace.holder {
-            let v = plan.buffer[i];
-            if real[v].is_none() && buf.size() >= plan.sizes[v] && !real.iter().flatten().any(|b| b == buf) {
-                real[v] = Some(buf.clone());
-            }
-        }
-        let mut order: Vec<usize> = (0..plan.sizes.len()).filter(|&v| real[v].is_none()).collect();
-        order.sort_by_key(|&v| std::cmp::Reverse(plan.sizes[v]));
-        let mut chosen = Vec::new();
-        for v in order {
-            let key = self.free.iter().filter(|((k, c), set)| *k == BufferKind::Storage && *c >= plan.sizes[v] && !set.is_empty()).map(|(key, _)| *key).min_by_key(|&(_, c)| c);
-            if let Some(buf) = key.and_then(|key| self.free.get_mut(&key).and_then(BTreeSet::pop_first)) {
-                real[v] = Some(buf.clone());
-                chosen.push(buf);
-            }
-        }
-        // Free buffers the plan does not use go; those it chose go back.
-        let mut dropped = 0;
-        for ((kind, class), set) in self.free.iter_mut() {
+    /// Drops the free whole storage buffers (returned, for the caller to
+    /// forget too).
+    fn drop_free(&mut self) -> Vec<wgpu::Buffer> {
+        let mut dropped = Vec::new();
+        for ((kind, size), set) in self.free.iter_mut() {
             if *kind == BufferKind::Storage {
-                dropped += *class * set.len() as u64;
-                set.clear();
+                self.stats.allocated_bytes -= *size * set.len() as u64;
+                dropped.extend(std::mem::take(set));
             }
-        }
-        for buf in chosen {
-            self.free.entry((BufferKind::Storage, buf.size())).or_default().insert(buf);
         }
         self.free.retain(|_, set| !set.is_empty());
-        self.stats.allocated_bytes -= dropped;
+        dropped
+    }
+
+    /// Puts a new plan in force, dropping the free whole buffers now and
+    /// those released during its first step at the submit after it; a plan
+    /// it replaces gives up its slabs (each goes with its last tensor).
+    /// Returns the buffers dropped now.
+    fn adopt(&mut self, signature: Vec<(u64, bool)>, packing: Packing) -> Vec<wgpu::Buffer> {
+        let mut dropped = self.drop_free();
+        if let Some(old) = self.planned.take() {
+            let slabs: Vec<wgpu::Buffer> = old.slabs.into_iter().flatten().collect();
+            self.stats.allocated_bytes -= slabs.iter().map(|b| b.size()).sum::<u64>();
+            dropped.extend(slabs);
+        }
+        let n = packing.slab.len();
+        log::debug!("memory plan: {n} requests in {} slabs of {:?} bytes", packing.slabs.len(), packing.slabs);
+        self.planned = Some(Planned {
+            signature,
+            conflicts: packing.conflicts(),
+            slabs: vec![None; packing.slabs.len()],
+            held: vec![false; n],
+            touched: vec![false; n],
+            at: HashMap::new(),
+            packing,
+        });
         self.last_handed.clear();
-        self.planned = Some(Planned { signature, plan, real });
+        self.trim_next = true;
         dropped
     }
 

@@ -170,7 +170,8 @@ impl Tensor {
                 let ctx = src.context();
                 let dst = ctx.alloc("Tensor::narrow", len * row)?;
                 let (s, d) = (src.buffer(), dst.buffer());
-                ctx.record(|enc| enc.copy_buffer_to_buffer(s.buffer, s.offset + (start * row * 4) as u64, d.buffer, d.offset, (len * row * 4) as u64));
+                let bytes = (len * row * 4) as u64;
+                ctx.copy(s.window((start * row * 4) as u64, bytes), d, bytes);
                 Ok(Tensor { shape, data: Data::Gpu(Arc::new(dst)) })
             }
         }
@@ -202,7 +203,7 @@ impl Tensor {
                 let ctx = buf.context().clone();
                 let dst = ctx.alloc("Tensor::make_unique", buf.len())?;
                 let (s, d) = (buf.buffer(), dst.buffer());
-                ctx.record(|enc| enc.copy_buffer_to_buffer(s.buffer, s.offset, d.buffer, d.offset, (buf.len() * 4) as u64));
+                ctx.copy(s, d, (buf.len() * 4) as u64);
                 *buf = Arc::new(dst);
             }
         }
@@ -225,7 +226,8 @@ impl Tensor {
             Device::Gpu(ctx) => {
                 ctx.alive()?;
                 let (s, d) = (src.buffer("Tensor::set_from")?, self.buffer("Tensor::set_from")?);
-                ctx.record(|enc| enc.copy_buffer_to_buffer(s.buffer, s.offset, d.buffer, d.offset + (at * 4) as u64, (n * 4) as u64));
+                let bytes = (n * 4) as u64;
+                ctx.copy(s, d.window((at * 4) as u64, bytes), bytes);
             }
         }
         Ok(())

@@ -40,30 +40,43 @@ fn gpu_write_after_recorded_use_keeps_order() {
     });
 }
 
-/// After the first step, the same step allocates nothing: the pool serves it.
+/// A step that repeats is planned (its tensors packed into slabs), and from
+/// then on allocates nothing: the pool serves it.
 #[test]
 fn gpu_pool_reuses_buffers() {
     with_gpu("tensor::gpu_pool_reuses_buffers", |_| {
-        // A private context: the shared one is busy with parallel tests.
-        let dev = Device::gpu().unwrap();
+        // A private, untuned context: the shared one is busy with parallel
+        // tests, and GEMM tuning would run submissions of its own.
+        let dev = Device::gpu_with(&wgpu_cnn::GpuOptions { autotune: false, ..Default::default() }).unwrap();
         let ctx = dev.gpu_context().unwrap().clone();
+        // A chain of 20 GEMMs (a step worth planning has at least 16 tensors).
         let step = || {
             let a = Tensor::from_vec(&dev, &[33, 17], vec![1.0; 33 * 17]).unwrap();
-            let b = Tensor::from_vec(&dev, &[17, 9], vec![1.0; 17 * 9]).unwrap();
-            let c = gemm(&a, &b, GemmConfig::default()).unwrap();
-            let d = gemm(&c, &b, GemmConfig { trans_b: true, ..GemmConfig::default() }).unwrap();
-            assert_eq!(d.to_vec().unwrap()[0], 17.0 * 9.0);
+            let b = Tensor::from_vec(&dev, &[17, 17], vec![0.5; 17 * 17]).unwrap();
+            let mut c = gemm(&a, &b, GemmConfig::default()).unwrap();
+            for _ in 0..20 {
+                c = gemm(&c, &b, GemmConfig { trans_b: true, ..GemmConfig::default() }).unwrap();
+            }
+            // Every row of c is 8.5^21 / 17^20 · 17 = 17·0.5^21·… : check it stays exact.
+            let want = 17.0f32 * 0.5 * (17.0f32 * 0.5).powi(20) / 17f32.powi(0);
+            let got = c.to_vec().unwrap()[0];
+            assert!((got - want).abs() <= want * 1e-4, "{got} vs {want}");
         };
         step();
-        let after_first = ctx.pool_stats();
+        let first = ctx.pool_stats();
+        // The second step repeats the first: the pool plans it, and the third creates the plan's slabs.
+        step();
+        step();
+        let planned = ctx.pool_stats();
         for _ in 0..3 {
             step();
         }
         let after = ctx.pool_stats();
-        assert!(after_first.allocations > 0);
-        assert_eq!(after.allocations, after_first.allocations, "steps 2..4 allocated: {after_first:?} -> {after:?}");
-        assert_eq!(after.allocated_bytes, after_first.allocated_bytes);
-        assert!(after.reuses > after_first.reuses);
+        assert!(first.allocations > 0);
+        assert!(planned.planned_bytes > 0 && planned.planned_bytes <= first.allocated_bytes, "{first:?} -> {planned:?}");
+        assert_eq!(after.allocations, planned.allocations, "steps 4..6 allocated: {planned:?} -> {after:?}");
+        assert_eq!(after.allocated_bytes, planned.allocated_bytes);
+        assert!(after.reuses > planned.reuses);
     });
 }
 
