@@ -106,19 +106,25 @@ fn meet(a: &Request, b: &Request) -> bool {
 /// slabs: wgpu tracks usage per buffer, so a kernel may not write one part
 /// of a buffer while it reads or writes another part of it.
 ///
-/// Two greedy variants run and the smaller packing wins: each request goes
-/// to the slab it makes grow least, the tie with a new slab going either to
-/// stacking on an old one or to the new one.
+/// Greedy variants run and the smallest packing wins: requests taken
+/// largest first, or largest in bytes × lifetime first; each goes to the
+/// slab it makes grow least, a tie with a new slab going either to stacking
+/// on an old one or to the new one. A plan is made once per step shape, so
+/// the few extra passes cost nothing that repeats.
 pub(crate) fn pack(requests: &[Request], apart: &[(usize, usize)], align: u64, capacity: u64) -> Packing {
-    let (a, b) = (pack_with(requests, apart, align, capacity, true), pack_with(requests, apart, align, capacity, false));
-    if b.bytes() < a.bytes() {
-        b
-    } else {
-        a
-    }
+    let life = |r: &Request| r.spans().iter().filter(|&&(s, e)| s <= e).map(|&(s, e)| e.min(1 << 32) - s + 1).sum::<u64>();
+    let mut by_size: Vec<usize> = (0..requests.len()).collect();
+    by_size.sort_by_key(|&i| (std::cmp::Reverse(requests[i].class), requests[i].at));
+    let mut by_area = by_size.clone();
+    by_area.sort_by_key(|&i| (std::cmp::Reverse(requests[i].class as u128 * life(&requests[i]) as u128), requests[i].at));
+    [&by_size, &by_area]
+        .into_iter()
+        .flat_map(|order| [true, false].map(|stack| pack_with(requests, order, apart, align, capacity, stack)))
+        .min_by_key(Packing::bytes)
+        .expect("four packings")
 }
 
-fn pack_with(requests: &[Request], apart: &[(usize, usize)], align: u64, capacity: u64, stack: bool) -> Packing {
+fn pack_with(requests: &[Request], order: &[usize], apart: &[(usize, usize)], align: u64, capacity: u64, stack: bool) -> Packing {
     let n = requests.len();
     let mut partners: Vec<Vec<usize>> = vec![Vec::new(); n];
     for &(a, b) in apart.iter().filter(|&&(a, b)| a < n && b < n && a != b) {
@@ -126,11 +132,9 @@ fn pack_with(requests: &[Request], apart: &[(usize, usize)], align: u64, capacit
         partners[b].push(a);
     }
     let mut placed_in: Vec<Option<usize>> = vec![None; n];
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by_key(|&i| (std::cmp::Reverse(requests[i].class), requests[i].at));
     let mut p = Packing { slab: vec![0; n], offset: vec![0; n], size: requests.iter().map(|r| r.class.next_multiple_of(align)).collect(), slabs: Vec::new() };
     let mut placed: Vec<Vec<usize>> = Vec::new();
-    for i in order {
+    for &i in order {
         let size = p.size[i];
         // The slab (without a partner of this request) where it adds least
         // height, at its lowest free offset there; the first such on ties.
