@@ -270,7 +270,9 @@ impl Layer for Residual {
         self.sum(x, mode, true).map(Some)
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
-        self.x = None;
+        if self.x.as_ref().is_some_and(|x| x.device().is_gpu()) {
+            self.x = None;
+        }
         let (db, ds) = self.branch_grads(dy)?;
         elementwise_add(&db, &ds, 1.0, 1.0)
     }
@@ -280,7 +282,7 @@ impl Layer for Residual {
         if act != Activation::Relu {
             return Ok(None);
         }
-        let x = self.x.take().ok_or_else(|| crate::nn::layers::no_cache("Residual"))?;
+        let x = crate::nn::layers::take_saved(&mut self.x, |x| x.device().is_gpu(), "Residual")?;
         let (db, ds) = self.branch_grads(dy)?;
         elementwise_add_relu_backward(&db, &ds, &x, 1.0, 1.0).map(Some)
     }
