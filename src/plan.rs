@@ -20,7 +20,7 @@
 /// order of takes and releases within the submission (1, 2, 3, …).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Request {
-    /// Bytes (a size class).
+    /// Bytes.
     pub class: u64,
     /// Filled by a queue write (an upload).
     pub queue_write: bool,

@@ -11,7 +11,8 @@
 //! [`Use::QueueWrite`], which never hands out memory used during the
 //! recording (it becomes available to it after the submit).
 //!
-//! Until a step repeats, requests are served whole buffers by size class.
+//! Until a step repeats, requests are served whole buffers by size class
+//! (uploads, which are mostly long-lived parameters, by their exact size).
 //! Once the pool has seen the same submission twice (the same requests in
 //! the same order), it packs that step's tensors into a few large buffers
 //! (slabs) at offsets planned from their lifetimes (`plan.rs`), serves every
@@ -112,6 +113,10 @@ struct Inner {
     trace: Trace,
     last_trace: Trace,
     planned: Option<Planned>,
+    /// The plan's next request in this submission: a request the plan does
+    /// not expect here (an extra upload between steps, say) gets a whole
+    /// buffer and leaves the cursor where it is.
+    plan_pos: usize,
     /// Drop the free whole buffers at the next submit (after a plan's first
     /// step, when the buffers kept across the step's end have been released).
     trim_next: bool,
@@ -221,8 +226,12 @@ impl BufferPool {
             })
         };
         let class = size_class(bytes);
+        // Planned bytes and uploads' buffers (parameters, optimiser state:
+        // they live long) are exact; the rest rounds up to its class so that
+        // buffers serve the next request of a similar size.
+        let exact = bytes.max(4).next_multiple_of(4);
         let mut inner = self.inner.lock().unwrap();
-        if let Some(n) = inner.planned_request(kind, class, usage) {
+        if let Some(n) = inner.planned_request(kind, exact, usage) {
             let p = inner.planned.as_ref().expect("planned_request found a plan");
             let s = p.packing.slab[n];
             if p.slabs[s].is_none() {
@@ -238,29 +247,31 @@ impl BufferPool {
                 }
             }
             // The plan may have changed while the lock was released.
-            if inner.planned_request(kind, class, usage) == Some(n) {
+            if inner.planned_request(kind, exact, usage) == Some(n) {
+                inner.plan_pos = n + 1;
                 let p = inner.planned.as_mut().expect("still planned");
                 let (slab, offset, size) = (p.slabs[s].clone().expect("created above"), p.packing.offset[n], p.packing.size[n]);
                 p.held[n] = true;
                 p.touched[n] = true;
                 p.at.insert((s, offset), n);
                 inner.stats.reuses += 1;
-                inner.handed_out(kind, class, bytes, usage, &slab, offset, size);
+                inner.handed_out(kind, exact, bytes, usage, &slab, offset, size);
                 return Ok(Taken { buffer: slab, offset, size });
             }
         }
-        if let Some((buf, size)) = inner.find((kind, class), usage) {
+        if let Some((buf, size)) = inner.find(kind, exact, class, usage) {
             inner.stats.reuses += 1;
-            inner.handed_out(kind, class, bytes, usage, &buf, 0, size);
+            inner.handed_out(kind, exact, bytes, usage, &buf, 0, size);
             return Ok(Taken { buffer: buf, offset: 0, size });
         }
         drop(inner);
-        let buf = create(class)?;
+        let size = if usage == Use::QueueWrite { exact } else { class };
+        let buf = create(size)?;
         let mut inner = self.inner.lock().unwrap();
         inner.stats.allocations += 1;
-        inner.stats.allocated_bytes += class;
-        inner.handed_out(kind, class, bytes, usage, &buf, 0, class);
-        Ok(Taken { buffer: buf, offset: 0, size: class })
+        inner.stats.allocated_bytes += size;
+        inner.handed_out(kind, exact, bytes, usage, &buf, 0, size);
+        Ok(Taken { buffer: buf, offset: 0, size })
     }
 
     /// Returns a buffer taken for `bytes`. `recording` says whether
@@ -314,6 +325,7 @@ impl BufferPool {
         if let Some(p) = inner.planned.as_mut() {
             p.touched.iter_mut().for_each(|t| *t = false);
         }
+        inner.plan_pos = 0;
         if inner.trace.requests.is_empty() {
             return Vec::new();
         }
@@ -399,10 +411,20 @@ impl BufferPool {
 impl Inner {
     /// The index of the next request in the plan in force, if this request
     /// is the one the plan expects there and its bytes may be had now.
-    fn planned_request(&self, kind: BufferKind, class: u64, usage: Use) -> Option<usize> {
+    fn planned_request(&mut self, kind: BufferKind, class: u64, usage: Use) -> Option<usize> {
         let p = self.planned.as_ref().filter(|_| kind == BufferKind::Storage)?;
-        let n = self.trace.requests.len();
-        (p.signature.get(n) == Some(&(class, usage == Use::QueueWrite)) && p.can_take(n, usage)).then_some(n)
+        let n = self.plan_pos;
+        if p.signature.get(n) != Some(&(class, usage == Use::QueueWrite)) {
+            return None;
+        }
+        // The expected request: it uses up its place in the plan even when its
+        // bytes cannot be had (then it gets a whole buffer).
+        if p.can_take(n, usage) {
+            Some(n)
+        } else {
+            self.plan_pos = n + 1;
+            None
+        }
     }
 
     /// Notes a buffer handed out: live bytes, the replay list, the trace.
@@ -461,13 +483,13 @@ impl Inner {
         dropped
     }
 
-    /// A free buffer for `key` and its class: the one the same request got
-    /// last time if it can be had, else one of the request's class, else the
-    /// smallest of a larger class up to twice the request's (memory the pool
-    /// already holds serves rather than a new buffer). Within a class, those
-    /// released in this recording come first (for recorded writes only).
-    fn find(&mut self, (kind, class): (BufferKind, u64), usage: Use) -> Option<(wgpu::Buffer, u64)> {
-        let fits = |c: u64| c >= class && c <= 2 * class;
+    /// A free buffer of at least `exact` bytes and at most twice the
+    /// request's class, and its size: the one the same request got last time
+    /// if it can be had, else the smallest (memory the pool already holds
+    /// serves rather than a new buffer). Within a size, those released in
+    /// this recording come first (for recorded writes only).
+    fn find(&mut self, kind: BufferKind, exact: u64, class: u64, usage: Use) -> Option<(wgpu::Buffer, u64)> {
+        let fits = |c: u64| c >= exact && c <= 2 * class;
         if let Some((want, c)) = self.last_handed.get(self.handed.len()).cloned() {
             if fits(c) && self.remove(usage, (kind, c), &want) {
                 return Some((want, c));
