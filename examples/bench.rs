@@ -53,6 +53,10 @@ struct Args {
     /// Skip the GEMM table.
     #[arg(long)]
     no_gemm: bool,
+    /// The longest wait for the GPU, in seconds (a VGG-16 step at 224² takes
+    /// minutes on lavapipe).
+    #[arg(long, default_value_t = 600.0)]
+    timeout: f64,
     /// Sleep this long before each step whose host time is measured (a host
     /// that sat idle, or ran other work, while the GPU worked: colder caches).
     #[arg(long, default_value_t = 0)]
@@ -210,7 +214,8 @@ fn run() -> wgpu_cnn::Result<()> {
     let gpu = if args.cpu_only {
         None
     } else {
-        Some(Device::gpu().map_err(|e| wgpu_cnn::Error::NoAdapter(format!("{e} (or pass --cpu-only to time the CPU path alone)")))?)
+        let opts = wgpu_cnn::GpuOptions { timeout: Some(Duration::from_secs_f64(args.timeout)), ..Default::default() };
+        Some(Device::gpu_with(&opts).map_err(|e| wgpu_cnn::Error::NoAdapter(format!("{e} (or pass --cpu-only to time the CPU path alone)")))?)
     };
     let real_gpu = gpu.as_ref().is_some_and(|d| !d.gpu_context().unwrap().adapter().is_software());
     let sizes = args.sizes.clone().unwrap_or(if real_gpu { vec![128, 256, 512, 1024, 2048, 4096] } else { vec![128, 256, 512] });
