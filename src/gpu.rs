@@ -692,7 +692,7 @@ impl GpuContext {
             return Err(Error::TooLarge { op, what: format!("a tensor of {len} f32"), bytes, limit });
         }
         let t = self.take(op, BufferKind::Storage, bytes, usage)?;
-        Ok(GpuBuffer { buffer: Some(t.buffer), offset: t.offset, class: t.size, len, ctx: self.clone() })
+        Ok(GpuBuffer { buffer: Some(t.buffer), offset: t.offset, class: t.size, planned: t.planned, len, ctx: self.clone() })
     }
 
     /// A pooled storage buffer of `len` 4-byte elements holding `bytes`
@@ -1062,6 +1062,8 @@ pub struct GpuBuffer {
     /// Where the tensor starts in `buffer` (bytes; a multiple of the binding alignment).
     offset: u64,
     class: u64,
+    /// Bytes of a memory plan's slab rather than a whole buffer.
+    planned: bool,
     len: usize,
     ctx: Arc<GpuContext>,
 }
@@ -1103,7 +1105,7 @@ impl Drop for GpuBuffer {
     fn drop(&mut self) {
         if let Some(buf) = self.buffer.take() {
             let recording = self.ctx.recording.load(Ordering::SeqCst);
-            let taken = Taken { buffer: buf, offset: self.offset, size: self.class };
+            let taken = Taken { buffer: buf, offset: self.offset, size: self.class, planned: self.planned };
             self.ctx.pool.give(BufferKind::Storage, taken, self.len as u64 * 4, recording);
         }
     }

@@ -189,6 +189,9 @@ pub(crate) struct Taken {
     pub buffer: wgpu::Buffer,
     pub offset: u64,
     pub size: u64,
+    /// Bytes of a plan's slab (returned to the plan, or dropped with the
+    /// slab once the plan is gone), not a whole buffer for the free lists.
+    pub planned: bool,
 }
 
 /// Bytes of the binding-offset alignment and the largest buffer: the slabs' rules.
@@ -256,13 +259,13 @@ impl BufferPool {
                 p.at.insert((s, offset), n);
                 inner.stats.reuses += 1;
                 inner.handed_out(kind, exact, bytes, usage, &slab, offset, size);
-                return Ok(Taken { buffer: slab, offset, size });
+                return Ok(Taken { buffer: slab, offset, size, planned: true });
             }
         }
         if let Some((buf, size)) = inner.find(kind, exact, class, usage) {
             inner.stats.reuses += 1;
             inner.handed_out(kind, exact, bytes, usage, &buf, 0, size);
-            return Ok(Taken { buffer: buf, offset: 0, size });
+            return Ok(Taken { buffer: buf, offset: 0, size, planned: false });
         }
         drop(inner);
         let size = if usage == Use::QueueWrite { exact } else { class };
@@ -271,7 +274,7 @@ impl BufferPool {
         inner.stats.allocations += 1;
         inner.stats.allocated_bytes += size;
         inner.handed_out(kind, exact, bytes, usage, &buf, 0, size);
-        Ok(Taken { buffer: buf, offset: 0, size })
+        Ok(Taken { buffer: buf, offset: 0, size, planned: false })
     }
 
     /// Returns a buffer taken for `bytes`. `recording` says whether
@@ -279,7 +282,7 @@ impl BufferPool {
     pub(crate) fn give(&self, kind: BufferKind, taken: Taken, bytes: u64, recording: bool) {
         let mut inner = self.inner.lock().unwrap();
         inner.live(kind, -(bytes as i64));
-        let Taken { buffer: buf, offset, size } = taken;
+        let Taken { buffer: buf, offset, size, planned } = taken;
         if kind == BufferKind::Storage {
             let t = &mut inner.trace;
             let now = t.tick();
@@ -299,8 +302,9 @@ impl BufferPool {
                     return;
                 }
             }
-            // Bytes of a slab no longer planned: the slab goes with its last tensor.
-            if offset != 0 || size != buf.size() {
+            // Bytes of a slab no longer planned (its bytes were written off
+            // when the plan went): the slab goes with its last tensor.
+            if planned {
                 return;
             }
         }
@@ -374,7 +378,7 @@ impl BufferPool {
         let mut freed: u64 = inner.free.drain().chain(inner.recycled.drain()).map(|((_, class), bufs)| class * bufs.len() as u64).sum();
         // A plan's slabs go too (each with its last tensor); the next steady step plans anew.
         freed += inner.planned.take().map_or(0, |p| p.slabs.iter().flatten().map(|b| b.size()).sum());
-        inner.stats.allocated_bytes -= freed;
+        inner.stats.allocated_bytes = inner.stats.allocated_bytes.saturating_sub(freed);
         inner.handed.clear();
         inner.last_handed.clear();
         freed
@@ -448,7 +452,7 @@ impl Inner {
         let mut dropped = Vec::new();
         for ((kind, size), set) in self.free.iter_mut() {
             if *kind == BufferKind::Storage {
-                self.stats.allocated_bytes -= *size * set.len() as u64;
+                self.stats.allocated_bytes = self.stats.allocated_bytes.saturating_sub(*size * set.len() as u64);
                 dropped.extend(std::mem::take(set));
             }
         }
@@ -464,7 +468,7 @@ impl Inner {
         let mut dropped = self.drop_free();
         if let Some(old) = self.planned.take() {
             let slabs: Vec<wgpu::Buffer> = old.slabs.into_iter().flatten().collect();
-            self.stats.allocated_bytes -= slabs.iter().map(|b| b.size()).sum::<u64>();
+            self.stats.allocated_bytes = self.stats.allocated_bytes.saturating_sub(slabs.iter().map(|b| b.size()).sum::<u64>());
             dropped.extend(slabs);
         }
         let n = packing.slab.len();

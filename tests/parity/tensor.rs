@@ -80,6 +80,48 @@ fn gpu_pool_reuses_buffers() {
     });
 }
 
+/// A step that changes shape gets a new plan: tensors still held in the
+/// old plan's slabs stay valid and go with them, results stay exact, and
+/// memory does not grow from one round of the same shapes to the next.
+#[test]
+fn gpu_plans_follow_a_changing_step() {
+    with_gpu("tensor::gpu_plans_follow_a_changing_step", |_| {
+        let dev = Device::gpu_with(&wgpu_cnn::GpuOptions { autotune: false, ..Default::default() }).unwrap();
+        let ctx = dev.gpu_context().unwrap().clone();
+        // A chain of 20 products of `rows` ones by 0.5·ones: every entry is 8.5^21.
+        let step = |rows: usize| {
+            let a = Tensor::from_vec(&dev, &[rows, 17], vec![1.0; rows * 17]).unwrap();
+            let b = Tensor::from_vec(&dev, &[17, 17], vec![0.5; 17 * 17]).unwrap();
+            let mut c = gemm(&a, &b, GemmConfig::default()).unwrap();
+            for _ in 0..20 {
+                c = gemm(&c, &b, GemmConfig { trans_b: true, ..GemmConfig::default() }).unwrap();
+            }
+            c
+        };
+        let want = 8.5f32.powi(21);
+        let check = |c: &Tensor| assert!(c.to_vec().unwrap().iter().all(|&v| (v - want).abs() <= want * 1e-4));
+        let mut rounds = Vec::new();
+        let mut held = None;
+        for _ in 0..3 {
+            for rows in [33, 9] {
+                for k in 0..4 {
+                    let c = step(rows);
+                    check(&c);
+                    // One result outlives its plan: held into the other shape's steps.
+                    if k == 3 {
+                        if let Some(old) = held.replace(c) {
+                            check(&old);
+                        }
+                    }
+                }
+            }
+            rounds.push(ctx.pool_stats().allocated_bytes);
+        }
+        assert!(ctx.pool_stats().planned_bytes > 0);
+        assert_eq!(rounds[2], rounds[1], "memory grew from one round of shapes to the next: {rounds:?}");
+    });
+}
+
 /// Within one recording (one submit), a buffer released after its last
 /// recorded use serves a later op's output; an upload (a queue write, which
 /// lands before the whole submission) never gets such a buffer; results stay
