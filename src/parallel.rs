@@ -190,7 +190,10 @@ impl Distributed {
     /// Ends every process of the job with `code` after printing `error` (use on any rank's error).
     pub fn abort(&self, error: &Error, code: i32) -> ! {
         use mpi::traits::*;
-        eprintln!("rank {} of {}: {error}; stopping the job", self.rank(), self.size());
+        // One write: stderr is unbuffered, and a formatted line would go out in
+        // pieces that mpirun's own abort banner can land between.
+        let line = format!("rank {} of {}: {error}; stopping the job\n", self.rank(), self.size());
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
         self.world.abort(code)
     }
 
