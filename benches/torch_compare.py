@@ -37,6 +37,25 @@ def median_seconds(fn, budget, sync):
     return statistics.median(samples)
 
 
+def sgd_step(model, batch, item, classes, dev="cpu"):
+    """The benchmarks' training step for `model`, as our bench's: SGD (lr 0.01,
+    momentum 0.9) on its fixed input pattern, mean cross-entropy, gradients
+    zeroed in place. Returns (step, optimizer)."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    n = batch * item[0] * item[1] * item[2]
+    x = (torch.arange(n, dtype=torch.float32) * 7 % 13 / 13.0).reshape(batch, *item).to(dev)
+    y = (torch.arange(batch) % classes).to(dev)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=False)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+
+    return step, opt
+
+
 def lenet5():
     return nn.Sequential(
         nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
@@ -136,18 +155,7 @@ def main():
         for dev in devices:
             torch.manual_seed(0)
             model = build().to(dev).train()
-            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-            n = 64 * item[0] * item[1] * item[2]
-            x = (torch.arange(n, dtype=torch.float32) * 7 % 13 / 13.0).reshape(64, *item).to(dev)
-            y = (torch.arange(64) % 10).to(dev)
-            loss_fn = nn.CrossEntropyLoss()
-
-            def step():
-                opt.zero_grad(set_to_none=False)
-                loss = loss_fn(model(x), y)
-                loss.backward()
-                opt.step()
-
+            step, _ = sgd_step(model, 64, item, 10, dev)
             sync = sync_for(dev)
             t0 = time.perf_counter()
             step()

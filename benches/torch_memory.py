@@ -24,11 +24,10 @@ import os
 import sys
 
 import torch
-import torch.nn as nn
 from torch.distributed._tools.mem_tracker import MemTracker
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_compare import lenet5, resnet20, vgg_small  # noqa: E402
+from torch_compare import lenet5, resnet20, sgd_step, vgg_small  # noqa: E402
 
 OURS = {"lenet5": lenet5, "vgg_small": vgg_small, "resnet20": resnet20}
 DEFAULT_INPUT = {"lenet5": (1, 28, 28), "vgg_small": (3, 32, 32), "resnet20": (3, 32, 32)}
@@ -55,18 +54,7 @@ def main():
         classes = args.classes or (10 if name in OURS else 1000)
         torch.manual_seed(0)
         model = build(name, classes).train()
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        n = args.batch * item[0] * item[1] * item[2]
-        x = (torch.arange(n, dtype=torch.float32) * 7 % 13 / 13.0).reshape(args.batch, *item)
-        y = torch.arange(args.batch) % classes
-        loss_fn = nn.CrossEntropyLoss()
-
-        def step():
-            opt.zero_grad(set_to_none=False)
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            opt.step()
-
+        step, opt = sgd_step(model, args.batch, item, classes)
         step()  # creates the gradients and the momentum buffers
         mt = MemTracker()
         mt.track_external(model, opt)

@@ -259,6 +259,12 @@ fn default_cache_dir() -> Option<std::path::PathBuf> {
     base.map(|b| b.join("wgpu-cnn"))
 }
 
+/// Whether binding `i` is read-only and its buffer is written through
+/// another binding of the same kernel (a wgpu usage conflict).
+fn clashes(binds: &[Bind], writes: &[bool], i: usize) -> bool {
+    !writes[i] && binds.iter().zip(writes).any(|(b, &w)| w && b.buffer == binds[i].buffer)
+}
+
 /// Bytes as MiB for messages.
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
@@ -775,9 +781,14 @@ impl GpuContext {
         // A buffer read through one binding and written through another is a
         // wgpu usage conflict. The memory plan keeps such tensors in different
         // buffers; a step that departs from its plan reads a copy instead.
-        let temps = self.copies_for_clashes(buffers, &writes);
-        let fixed: Vec<Bind> = buffers.iter().zip(&temps).map(|(b, t)| t.as_ref().map_or(*b, |t| Bind::from(t))).collect();
-        let buffers = &fixed[..];
+        let (temps, fixed): (Vec<Option<wgpu::Buffer>>, Vec<Bind>);
+        let buffers = if (0..buffers.len()).any(|i| clashes(buffers, &writes, i)) {
+            temps = self.copies_for_clashes(buffers, &writes);
+            fixed = buffers.iter().zip(&temps).map(|(b, t)| t.as_ref().map_or(*b, Bind::from)).collect();
+            &fixed[..]
+        } else {
+            buffers
+        };
         let kernel = self.kernels.get(&self.device, spec)?;
         // With profiling on, each dispatch gets a pass that writes begin/end
         // timestamps (a full set forces a flush).
@@ -827,12 +838,11 @@ impl GpuContext {
     /// another binding: a copy of its bytes in a buffer of its own (recorded
     /// now, before the dispatch). `None` elsewhere; all `None` normally.
     fn copies_for_clashes(&self, binds: &[Bind], writes: &[bool]) -> Vec<Option<wgpu::Buffer>> {
-        let clashes = |i: usize| !writes[i] && binds.iter().zip(writes).any(|(b, &w)| w && b.buffer == binds[i].buffer);
         binds
             .iter()
             .enumerate()
             .map(|(i, b)| {
-                if !clashes(i) {
+                if !clashes(binds, writes, i) {
                     return None;
                 }
                 log::debug!("a kernel reads and writes parts of one buffer: reading a copy");
