@@ -67,7 +67,31 @@ struct GemmParams {
     b_img_stride: u32,
     rowsum: u32,
     rowsum_offset: u32,
+    // Implicit convolution (CONV pipelines, conv_h != 0): B is not stored;
+    // it is the column matrix [taps, images·pixels] of the NCHW input bound
+    // as b, gathered in the load (no im2col pass, no column buffer). A tap
+    // r = (ci, ki, kj) and a pixel q = (img, oy, ox) each walk an
+    // (outer, middle, inner) index; see Walk. The element is
+    // b[base + tap.o + pix.o + Y·conv_w + X] with Y = tap.y + pix.y and
+    // X = tap.x + pix.x, or 0 outside [0, conv_h) × [0, conv_w) (padding).
+    // op(B)[p][j]: p a tap and j a pixel, or with trans_b p a pixel and j a tap.
+    conv_h: u32,
+    conv_w: u32,
+    tap_inner: u32, // kw
+    tap_mid: u32,   // kh
+    tap_dx: u32,    // dilation w
+    tap_dy: u32,    // dilation h
+    tap_outer: u32, // h·w, elements from one input channel to the next
+    pix_inner: u32, // ow
+    pix_mid: u32,   // oh
+    pix_dx: u32,    // stride w
+    pix_dy: u32,    // stride h
+    pix_outer: u32, // elements from one image to the next
+    pix_x0: i32,    // −padding w
+    pix_y0: i32,    // −padding h
     _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
@@ -84,6 +108,9 @@ override WG_Y: u32 = 8u;
 // pipelines that use them: in the k loop they cost the plain GEMM 4–8% on
 // lavapipe (benches/RESULTS.md).
 override MAPPED: bool = false;
+// The implicit convolution's gather on B's loads (conv_* params); with it,
+// b_img_cols is unused.
+override CONV: bool = false;
 // Depth of the k-slab staged in workgroup memory (gemm_tiled only).
 override TILE_K: u32 = 16u;
 // gemm_tiled: each invocation owns a 4×4 block, so a workgroup covers (4·WG_Y)×(4·WG_X).
@@ -120,6 +147,107 @@ fn a_off(p: u32, s: Strides) -> u32 {
 fn b_off(j: u32, s: Strides) -> u32 {
     if (params.b_img_cols == 0u) { return j * s.b_j; }
     return (j / params.b_img_cols) * params.b_img_stride + j % params.b_img_cols;
+}
+
+// Implicit convolution. A position along a tap or pixel walk: (channel or
+// image offset, y, x). Index i is inner i % inner, middle (i / inner) % mid,
+// outer the rest; x = x0 + inner·dx, y = y0 + middle·dy, o = outer·stride.
+struct Walk {
+    inner: u32,
+    mid: u32,
+    dx: u32,
+    dy: u32,
+    outer: u32,
+    x0: i32,
+    y0: i32,
+}
+
+fn tap_walk() -> Walk {
+    return Walk(params.tap_inner, params.tap_mid, params.tap_dx, params.tap_dy, params.tap_outer, 0, 0);
+}
+
+fn pix_walk() -> Walk {
+    return Walk(params.pix_inner, params.pix_mid, params.pix_dx, params.pix_dy, params.pix_outer, params.pix_x0, params.pix_y0);
+}
+
+// The walk of op(B)'s k index p and of its column j.
+fn k_walk() -> Walk {
+    if (params.trans_b != 0u) { return pix_walk(); }
+    return tap_walk();
+}
+
+fn j_walk() -> Walk {
+    if (params.trans_b != 0u) { return tap_walk(); }
+    return pix_walk();
+}
+
+fn walk_at(w: Walk, i: u32) -> vec3<i32> {
+    let inner = i % w.inner;
+    let rest = i / w.inner;
+    return vec3<i32>(i32((rest / w.mid) * w.outer), w.y0 + i32((rest % w.mid) * w.dy), w.x0 + i32(inner * w.dx));
+}
+
+// A k loop's walk, stepped by additions: (o, y, x) and the inner and middle counters.
+struct Cursor {
+    at: vec3<i32>,
+    inner: u32,
+    mid: u32,
+}
+
+fn cursor_at(w: Walk, i: u32) -> Cursor {
+    return Cursor(walk_at(w, i), i % w.inner, (i / w.inner) % w.mid);
+}
+
+fn cursor_next(w: Walk, c: Cursor) -> Cursor {
+    var n = c;
+    n.inner += 1u;
+    n.at.z += i32(w.dx);
+    if (n.inner == w.inner) {
+        n.inner = 0u;
+        n.at.z = w.x0;
+        n.mid += 1u;
+        n.at.y += i32(w.dy);
+        if (n.mid == w.mid) {
+            n.mid = 0u;
+            n.at.y = w.y0;
+            n.at.x += i32(w.outer);
+        }
+    }
+    return n;
+}
+
+// Four gathered elements: columns at (o, y, x) = (o4, y4, x4) + k.
+fn conv_load4(base: u32, o4: vec4<i32>, y4: vec4<i32>, x4: vec4<i32>, k: vec3<i32>) -> vec4<f32> {
+    let yy = y4 + k.y;
+    let xx = x4 + k.z;
+    let ok = (vec4<u32>(yy) < vec4<u32>(params.conv_h)) & (vec4<u32>(xx) < vec4<u32>(params.conv_w));
+    let at = vec4<u32>(select(vec4<i32>(0), o4 + k.x + yy * i32(params.conv_w) + xx, ok)) + base;
+    let v = vec4<f32>(b[at.x], b[at.y], b[at.z], b[at.w]);
+    return select(vec4<f32>(0.0), v, ok);
+}
+
+fn conv_load1(base: u32, at: vec3<i32>) -> f32 {
+    let ok = u32(at.y) < params.conv_h && u32(at.z) < params.conv_w;
+    let i = select(0, at.x + at.y * i32(params.conv_w) + at.z, ok);
+    return select(0.0, b[base + u32(i)], ok);
+}
+
+// The column parts of op(B)'s columns j, j + WG_X, j + 2·WG_X, j + 3·WG_X
+// (clamped like cols4): offsets, ys and xs.
+struct Cols4 {
+    o: vec4<i32>,
+    y: vec4<i32>,
+    x: vec4<i32>,
+}
+
+fn conv_cols4(j: u32) -> Cols4 {
+    let w = j_walk();
+    let last = params.n - 1u;
+    let c0 = walk_at(w, min(j, last));
+    let c1 = walk_at(w, min(j + WG_X, last));
+    let c2 = walk_at(w, min(j + 2u * WG_X, last));
+    let c3 = walk_at(w, min(j + 3u * WG_X, last));
+    return Cols4(vec4<i32>(c0.x, c1.x, c2.x, c3.x), vec4<i32>(c0.y, c1.y, c2.y, c3.y), vec4<i32>(c0.z, c1.z, c2.z, c3.z));
 }
 
 // Buffer offsets of op(A)'s rows i..i+3 and of op(B)'s columns j, j+WG_X, …,
@@ -224,13 +352,31 @@ fn gemm_blocked(
     var rsa = vec4<f32>();
     var rsb = vec4<f32>();
     let kr = k_range(batch);
+    // CONV: op(B)'s columns' parts are fixed; the k part advances with p.
+    let kw = k_walk();
+    var kc: Cursor;
+    var g0: Cols4;
+    var g1: Cols4;
+    if (CONV) {
+        kc = cursor_at(kw, kr.x);
+        g0 = conv_cols4(j0);
+        g1 = conv_cols4(j0 + 4u * WG_X);
+    }
     for (var p = kr.x; p < kr.y; p++) {
         let pa = a_off(p, s);
         let pb = p * s.b_p;
         let av = load_a(ra, pa);
         let aw = load_a(rb, pa);
-        let bv = load_b(cb, pb);
-        let bw = load_b(cc, pb);
+        var bv: vec4<f32>;
+        var bw: vec4<f32>;
+        if (CONV) {
+            bv = conv_load4(base_b, g0.o, g0.y, g0.x, kc.at);
+            bw = conv_load4(base_b, g1.o, g1.y, g1.x, kc.at);
+            kc = cursor_next(kw, kc);
+        } else {
+            bv = load_b(cb, pb);
+            bw = load_b(cc, pb);
+        }
         if (MAPPED) {
             rsa += av;
             rsb += aw;
@@ -293,6 +439,16 @@ fn gemm_blocked_wide(
     var acc30: array<vec4<f32>, 4>; var acc31: array<vec4<f32>, 4>; var acc32: array<vec4<f32>, 4>; var acc33: array<vec4<f32>, 4>;
     var rs0 = vec4<f32>(); var rs1 = vec4<f32>(); var rs2 = vec4<f32>(); var rs3 = vec4<f32>();
     let kr = k_range(batch);
+    let kw = k_walk();
+    var kc: Cursor;
+    var g0: Cols4; var g1: Cols4; var g2: Cols4; var g3: Cols4;
+    if (CONV) {
+        kc = cursor_at(kw, kr.x);
+        g0 = conv_cols4(j0);
+        g1 = conv_cols4(j0 + 4u * WG_X);
+        g2 = conv_cols4(j0 + 8u * WG_X);
+        g3 = conv_cols4(j0 + 12u * WG_X);
+    }
     for (var p = kr.x; p < kr.y; p++) {
         let pa = a_off(p, s);
         let pb = p * s.b_p;
@@ -300,10 +456,19 @@ fn gemm_blocked_wide(
         let a1 = load_a(ra1, pa);
         let a2 = load_a(ra2, pa);
         let a3 = load_a(ra3, pa);
-        let b0 = load_b(cb0, pb);
-        let b1 = load_b(cb1, pb);
-        let b2 = load_b(cb2, pb);
-        let b3 = load_b(cb3, pb);
+        var b0: vec4<f32>; var b1: vec4<f32>; var b2: vec4<f32>; var b3: vec4<f32>;
+        if (CONV) {
+            b0 = conv_load4(base_b, g0.o, g0.y, g0.x, kc.at);
+            b1 = conv_load4(base_b, g1.o, g1.y, g1.x, kc.at);
+            b2 = conv_load4(base_b, g2.o, g2.y, g2.x, kc.at);
+            b3 = conv_load4(base_b, g3.o, g3.y, g3.x, kc.at);
+            kc = cursor_next(kw, kc);
+        } else {
+            b0 = load_b(cb0, pb);
+            b1 = load_b(cb1, pb);
+            b2 = load_b(cb2, pb);
+            b3 = load_b(cb3, pb);
+        }
         if (MAPPED) { rs0 += a0; rs1 += a1; rs2 += a2; rs3 += a3; }
         acc00[0] += a0.x * b0; acc00[1] += a0.y * b0; acc00[2] += a0.z * b0; acc00[3] += a0.w * b0;
         acc01[0] += a0.x * b1; acc01[1] += a0.y * b1; acc01[2] += a0.z * b1; acc01[3] += a0.w * b1;
@@ -372,7 +537,13 @@ fn slab_b(e: u32, cols: u32, col0: u32, p0: u32, kend: u32, base: u32, s: Stride
     let gj = col0 + j;
     let gp = p0 + p;
     var v = 0.0;
-    if (gj < params.n && gp < kend) { v = b[base + gp * s.b_p + b_off(gj, s)]; }
+    if (gj < params.n && gp < kend) {
+        if (CONV) {
+            v = conv_load1(base, walk_at(k_walk(), gp) + walk_at(j_walk(), gj));
+        } else {
+            v = b[base + gp * s.b_p + b_off(gj, s)];
+        }
+    }
     return SlabElem(p * cols + j, v);
 }
 

@@ -9,11 +9,13 @@
 //! db    = Σ_cols dYc;  dW_g += dYc_g · cols_gᵀ  (one GEMM with K = nb·P)
 //! dx    = col2im(W_gᵀ · dYc_g)
 //! ```
-//! Batches are processed in chunks of nb images so the column matrix stays
-//! under the device's storage-binding limit. A 1×1, stride-1, unpadded,
-//! ungrouped convolution skips im2col: it is a GEMM per image. On the GPU a
-//! training layer keeps the forward's columns (one chunk, ≤ 8 MiB) for its
-//! backward; otherwise backward rebuilds them. The first layer skips dx.
+//! The CPU path builds the columns in chunks of nb images (a budget). On the
+//! GPU the forward and weight-gradient GEMMs gather the columns from x in
+//! their loads instead (an implicit GEMM: no im2col pass, no column buffer),
+//! except that a training layer whose columns are small (≤ 8 MiB) builds
+//! them once in forward and keeps them for backward. dx's column gradient is
+//! still a matrix, in chunks under the binding limit. A 1×1, stride-1,
+//! unpadded, ungrouped convolution is a GEMM per image. The first layer skips dx.
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
@@ -26,7 +28,7 @@ use crate::gpu::GpuContext;
 use crate::ops::col2im::{col2im_cpu, col2im_gpu};
 use crate::ops::activation::{activation_backward, activation_forward, activation_forward_in_place_cpu, activation_relu_backward_cpu, Activation};
 use crate::ops::bias::{bias_add, bias_grad};
-use crate::ops::gemm::{gemm_matmul_cpu, gemm_gpu_strided, Epilogue, GemmConfig, GemmLayout, GemmShape};
+use crate::ops::gemm::{gemm_matmul_cpu, gemm_gpu_strided, ConvGather, Epilogue, GemmConfig, GemmLayout, GemmShape};
 use crate::ops::im2col::{im2col_cpu_into, im2col_gpu};
 use crate::ops::permute::{permute_swap_cpu, permute_swap_gpu};
 use crate::ops::reduce::reduce_rows_cpu;
@@ -38,8 +40,8 @@ pub use cpu::{conv2d_backward_cpu_tuned, conv2d_forward_cpu_tuned};
 
 /// Column-matrix budget on the CPU path (the `_in_chunks` twins take another).
 pub const CPU_CHUNK_BYTES: u64 = 256 << 20;
-/// Column-matrix budget on the GPU, also capped by the binding limit and
-/// `GpuOptions::max_chunk_bytes`.
+/// Column-matrix budget on the GPU (kept columns, dx's column gradient),
+/// also capped by the binding limit and `GpuOptions::max_chunk_bytes`.
 const GPU_CHUNK_BYTES: u64 = 512 << 20;
 
 /// Gradients of a convolution.
@@ -406,14 +408,19 @@ pub(crate) fn conv2d_forward_gpu(
         let s = GemmShape { batch: geo.n, m: geo.c_out, n: p, k: geo.c_in, a_batched: false, b_batched: true };
         return gemm_gpu_strided(ctx, w, x, y, s, GemmLayout::packed(&s), plain, Epilogue { bias, bias_per_row: true, relu, relu_grad: None, row_sums: None });
     }
-    let chunk = gpu_chunk(ctx, geo);
+    // Without columns to keep, the GEMM gathers them from x in its loads
+    // (an implicit GEMM): no im2col pass and no column buffer, so one group
+    // takes the whole batch in one dispatch.
+    let implicit = keep.is_none();
+    let chunk = if implicit && groups == 1 { geo.n } else { gpu_chunk(ctx, geo) };
     // Kept columns (one chunk) go straight into the caller's buffer.
     let own;
     let cols = match keep {
-        Some(kept) => kept,
+        Some(kept) => Some(kept),
+        None if implicit => None,
         None => {
             own = ctx.alloc("conv2d", groups * kc * chunk * p)?;
-            own.buffer()
+            Some(own.buffer())
         }
     };
     // One group: the GEMM stores NCHW, with bias and ReLU, straight into y.
@@ -423,16 +430,26 @@ pub(crate) fn conv2d_forward_gpu(
     for img0 in (0..geo.n).step_by(chunk) {
         let nb = chunk.min(geo.n - img0);
         let sub = geo.with_batch(nb);
-        im2col_gpu(ctx, x, img0 * geo.c_in * geo.h * geo.w, cols, &sub)?;
+        let in_off = img0 * geo.c_in * geo.h * geo.w;
         let (s, mut l) = group_gemm(groups, cog, nb * p, kc, [cog * kc, kc * nb * p, cog * nb * p]);
+        let b = match cols {
+            Some(cols) => {
+                im2col_gpu(ctx, x, in_off, cols, &sub)?;
+                cols
+            }
+            None => {
+                (l.offset_b, l.stride_b, l.b_conv) = (in_off, geo.c_in / groups * geo.h * geo.w, Some(ConvGather { geo: sub }));
+                x
+            }
+        };
         match &yc {
             None => {
                 l.offset_c = img0 * geo.c_out * p;
                 l.c_images = Some((p, geo.c_out * p));
-                gemm_gpu_strided(ctx, w, cols, y, s, l, plain, Epilogue { bias, bias_per_row: true, relu, relu_grad: None, row_sums: None })?;
+                gemm_gpu_strided(ctx, w, b, y, s, l, plain, Epilogue { bias, bias_per_row: true, relu, relu_grad: None, row_sums: None })?;
             }
             Some(yc) => {
-                gemm_gpu_strided(ctx, w, cols, yc.buffer(), s, l, plain, Epilogue::default())?;
+                gemm_gpu_strided(ctx, w, b, yc.buffer(), s, l, plain, Epilogue::default())?;
                 permute_swap_gpu(ctx, yc.buffer(), 0, y, img0 * geo.c_out * p, [geo.c_out, nb, p], bias.map(|b| (b, geo.c_out)), relu)?;
             }
         }
@@ -469,24 +486,24 @@ pub(crate) fn conv2d_backward_gpu(
         // load it through the NCHW mapping their stores use, no permute.
         let dy_images = Some((p, out_img));
         if let Some((x, dw, db)) = params {
-            // The columns live only until dW's GEMM is recorded: dx's
-            // columns, next, then take their memory (one column matrix at a time).
+            let (s, mut l) = group_gemm(groups, cog, kc, nb * p, [cog * p, kc * nb * p, cog * kc]);
+            (l.offset_a, l.a_images) = (img0 * out_img, dy_images);
+            // Columns: kept from forward, a 1×1 convolution's swapped x, or
+            // (otherwise) gathered from x by the GEMM itself, as in forward.
             let own;
             let cols_buf = match kept {
                 Some(kept) => kept,
-                None => {
+                None if geo.is_pointwise() => {
                     own = ctx.alloc("conv2d", groups * kc * chunk * p)?;
+                    // For a 1×1 stride-1 convolution im2col is exactly this swap.
+                    permute_swap_gpu(ctx, x, img0 * in_img, own.buffer(), 0, [nb, geo.c_in, p], None, false)?;
                     own.buffer()
                 }
+                None => {
+                    (l.offset_b, l.stride_b, l.b_conv) = (img0 * in_img, geo.c_in / groups * geo.h * geo.w, Some(ConvGather { geo: sub }));
+                    x
+                }
             };
-            if geo.is_pointwise() {
-                // For a 1×1 stride-1 convolution im2col is exactly this swap.
-                permute_swap_gpu(ctx, x, img0 * in_img, cols_buf, 0, [nb, geo.c_in, p], None, false)?;
-            } else if kept.is_none() {
-                im2col_gpu(ctx, x, img0 * in_img, cols_buf, &sub)?;
-            }
-            let (s, mut l) = group_gemm(groups, cog, kc, nb * p, [cog * p, kc * nb * p, cog * kc]);
-            (l.offset_a, l.a_images) = (img0 * out_img, dy_images);
             // The bias gradient rides in the weight gradient's GEMM (dy's row sums).
             let epi = Epilogue { row_sums: db.map(|db| (db, 0)), ..Epilogue::default() };
             gemm_gpu_strided(ctx, dy, cols_buf, dw, s, l, GemmConfig { trans_b: true, beta, ..GemmConfig::default() }, epi)?;

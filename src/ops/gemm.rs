@@ -82,10 +82,35 @@ pub(crate) static GEMM_TILED8_MAPPED: Kernel<GemmParams> = Kernel::new(&SHADER, 
     .named("gemm_tiled8_mapped")
     .with_constants(&[("WG_X", 16.0), ("WG_Y", 16.0), ("TILE_K", 8.0), ("MAPPED", 1.0)])
     .with_work(gemm_work);
-/// Each kernel shape, plain and mapped, in `kernel_for`'s order.
+/// The mapped kernels with the implicit convolution's gather on B (`CONV`):
+/// a convolution's forward and weight-gradient GEMMs read the input itself.
+pub(crate) static GEMM_BLOCKED_CONV: Kernel<GemmParams> =
+    Kernel::new(&SHADER, "gemm_blocked", BINDINGS).named("gemm_blocked_conv").with_constants(&[("WG_X", 8.0), ("WG_Y", 8.0), ("MAPPED", 1.0), ("CONV", 1.0)]).with_work(gemm_work);
+pub(crate) static GEMM_BLOCKED_WIDE_CONV: Kernel<GemmParams> = Kernel::new(&SHADER, "gemm_blocked_wide", BINDINGS)
+    .named("gemm_blocked_wide_conv")
+    .with_constants(&[("WG_X", 8.0), ("WG_Y", 8.0), ("MAPPED", 1.0), ("CONV", 1.0)])
+    .with_work(gemm_work);
+pub(crate) static GEMM_TILED_CONV: Kernel<GemmParams> = Kernel::new(&SHADER, "gemm_tiled", BINDINGS)
+    .named("gemm_tiled_conv")
+    .with_constants(&[("WG_X", 16.0), ("WG_Y", 16.0), ("TILE_K", 16.0), ("MAPPED", 1.0), ("CONV", 1.0)])
+    .with_work(gemm_work);
+pub(crate) static GEMM_TILED_32_CONV: Kernel<GemmParams> = Kernel::new(&SHADER, "gemm_tiled", BINDINGS)
+    .named("gemm_tiled_32_conv")
+    .with_constants(&[("WG_X", 8.0), ("WG_Y", 8.0), ("TILE_K", 16.0), ("MAPPED", 1.0), ("CONV", 1.0)])
+    .with_work(gemm_work);
+pub(crate) static GEMM_TILED_K32_CONV: Kernel<GemmParams> = Kernel::new(&SHADER, "gemm_tiled", BINDINGS)
+    .named("gemm_tiled_k32_conv")
+    .with_constants(&[("WG_X", 16.0), ("WG_Y", 16.0), ("TILE_K", 32.0), ("MAPPED", 1.0), ("CONV", 1.0)])
+    .with_work(gemm_work);
+pub(crate) static GEMM_TILED8_CONV: Kernel<GemmParams> = Kernel::new(&SHADER, "gemm_tiled8", BINDINGS)
+    .named("gemm_tiled8_conv")
+    .with_constants(&[("WG_X", 16.0), ("WG_Y", 16.0), ("TILE_K", 8.0), ("MAPPED", 1.0), ("CONV", 1.0)])
+    .with_work(gemm_work);
+/// Each kernel shape, plain, mapped and gathering, in `kernel_for`'s order.
 static PLAIN: [&Kernel<GemmParams>; 6] = [&GEMM_BLOCKED, &GEMM_BLOCKED_WIDE, &GEMM_TILED, &GEMM_TILED_32, &GEMM_TILED_K32, &GEMM_TILED8];
 static MAPPED: [&Kernel<GemmParams>; 6] =
     [&GEMM_BLOCKED_MAPPED, &GEMM_BLOCKED_WIDE_MAPPED, &GEMM_TILED_MAPPED, &GEMM_TILED_32_MAPPED, &GEMM_TILED_K32_MAPPED, &GEMM_TILED8_MAPPED];
+static CONV: [&Kernel<GemmParams>; 6] = [&GEMM_BLOCKED_CONV, &GEMM_BLOCKED_WIDE_CONV, &GEMM_TILED_CONV, &GEMM_TILED_32_CONV, &GEMM_TILED_K32_CONV, &GEMM_TILED8_CONV];
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[
     &GEMM_BLOCKED.def,
     &GEMM_BLOCKED_WIDE.def,
@@ -99,6 +124,12 @@ pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[
     &GEMM_TILED_32_MAPPED.def,
     &GEMM_TILED_K32_MAPPED.def,
     &GEMM_TILED8_MAPPED.def,
+    &GEMM_BLOCKED_CONV.def,
+    &GEMM_BLOCKED_WIDE_CONV.def,
+    &GEMM_TILED_CONV.def,
+    &GEMM_TILED_32_CONV.def,
+    &GEMM_TILED_K32_CONV.def,
+    &GEMM_TILED8_CONV.def,
     &GEMM_SPLIT_REDUCE.def,
 ];
 
@@ -167,7 +198,45 @@ pub struct GemmParams {
     pub rowsum: u32,
     /// With `rowsum` 1: where batch item 0's row sums start.
     pub rowsum_offset: u32,
+    /// Implicit convolution (see [`ConvGather`]): input height and width.
+    pub conv_h: u32,
+    pub conv_w: u32,
+    pub tap_inner: u32,
+    pub tap_mid: u32,
+    pub tap_dx: u32,
+    pub tap_dy: u32,
+    pub tap_outer: u32,
+    pub pix_inner: u32,
+    pub pix_mid: u32,
+    pub pix_dx: u32,
+    pub pix_dy: u32,
+    pub pix_outer: u32,
+    pub pix_x0: i32,
+    pub pix_y0: i32,
     pub _pad0: u32,
+    pub _pad1: u32,
+    pub _pad2: u32,
+}
+
+/// An implicit convolution's B: the im2col column matrix `[taps, images·pixels]`
+/// of an NCHW input, gathered in the GEMM's loads instead of stored. With
+/// `trans_b` the GEMM reads its transpose (a weight gradient's `dy·colsᵀ`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ConvGather {
+    /// The geometry the columns belong to (its input is what B binds).
+    pub geo: crate::shape::Conv2dGeometry,
+}
+
+impl ConvGather {
+    fn write(&self, p: &mut GemmParams) {
+        let g = &self.geo;
+        let c = &g.cfg;
+        p.conv_h = g.h as u32;
+        p.conv_w = g.w as u32;
+        (p.tap_inner, p.tap_mid, p.tap_dx, p.tap_dy, p.tap_outer) = (g.kw as u32, g.kh as u32, c.dilation[1] as u32, c.dilation[0] as u32, (g.h * g.w) as u32);
+        (p.pix_inner, p.pix_mid, p.pix_dx, p.pix_dy, p.pix_outer) = (g.ow as u32, g.oh as u32, c.stride[1] as u32, c.stride[0] as u32, (g.c_in * g.h * g.w) as u32);
+        (p.pix_x0, p.pix_y0) = (-(c.padding[1] as i32), -(c.padding[0] as i32));
+    }
 }
 
 /// The validated geometry of one GEMM call.
@@ -475,6 +544,10 @@ pub(crate) struct GemmLayout {
     pub a_images: Option<(usize, usize)>,
     /// The same for B's columns (B not transposed).
     pub b_images: Option<(usize, usize)>,
+    /// B is a convolution's column matrix, gathered from its input (bound
+    /// as B) in the loads; `offset_b` is where the first image starts and
+    /// `stride_b` steps from one group's channels to the next.
+    pub b_conv: Option<ConvGather>,
 }
 
 impl GemmLayout {
@@ -511,10 +584,23 @@ pub fn gemm_images_for_tests(a: &Tensor, b: &Tensor, c: &mut Tensor, s: GemmShap
     gemm_gpu_strided(&ctx, a.buffer(OP)?, b.buffer(OP)?, c.buffer(OP)?, s, l, cfg, Epilogue::default())
 }
 
+/// Test hook: `c = op(a)·op(cols(x))` with the columns of `geo`'s input `x`
+/// gathered in the GEMM's loads (the implicit convolution), batch items
+/// (groups) `x_stride` elements apart in x; A and C packed.
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub fn gemm_conv_for_tests(a: &Tensor, x: &Tensor, c: &mut Tensor, s: GemmShape, cfg: GemmConfig, geo: crate::shape::Conv2dGeometry, x_stride: usize) -> Result<()> {
+    const OP: &str = "gemm (test hook)";
+    c.make_unique()?;
+    let Device::Gpu(ctx) = a.device() else { return Err(Error::Wgpu(format!("{OP}: needs a GPU tensor"))) };
+    let l = GemmLayout { stride_b: x_stride, b_conv: Some(ConvGather { geo }), ..GemmLayout::packed(&s) };
+    gemm_gpu_strided(&ctx, a.buffer(OP)?, x.buffer(OP)?, c.buffer(OP)?, s, l, cfg, Epilogue::default())
+}
+
 /// The kernel a variant uses for a shape (its `MAPPED` twin when the GEMM
 /// maps A's loads or writes row sums), and the register block each
 /// invocation owns (a workgroup covers block·WG_Y rows × block·WG_X columns).
-fn kernel_for(v: GemmVariant, s: &GemmShape, mapped: bool) -> (&'static Kernel<GemmParams>, usize) {
+fn kernel_for(v: GemmVariant, s: &GemmShape, mapped: bool, conv: bool) -> (&'static Kernel<GemmParams>, usize) {
     let (i, block) = match v {
         // Big enough to fill 16×16 blocks without much waste: the wide kernel
         // loads half as much per FMA (VGG-small's step 10.0 → 7.3 s on lavapipe),
@@ -527,7 +613,7 @@ fn kernel_for(v: GemmVariant, s: &GemmShape, mapped: bool) -> (&'static Kernel<G
         GemmVariant::TiledK32 => (4, 4),
         GemmVariant::Tiled128 => (5, 8),
     };
-    (if mapped { MAPPED[i] } else { PLAIN[i] }, block)
+    (if conv { CONV[i] } else if mapped { MAPPED[i] } else { PLAIN[i] }, block)
 }
 
 // ---------------------------------------------------------------- tuning
@@ -653,7 +739,8 @@ pub(crate) fn gemm_gpu_strided<'x>(
 ) -> Result<()> {
     let (a, b, c): (Bind, Bind, Bind) = (a.into(), b.into(), c.into());
     let mapped = l.a_images.is_some() || epi.row_sums.is_some();
-    let (kernel, block) = kernel_for(choose(ctx, &s, &cfg)?, &s, mapped);
+    debug_assert!(l.b_conv.is_none() || l.b_images.is_none());
+    let (kernel, block) = kernel_for(choose(ctx, &s, &cfg)?, &s, mapped, l.b_conv.is_some());
     let tile_n = block * kernel.def.constant("WG_X", 8) as usize;
     let tile_m = block * kernel.def.constant("WG_Y", 8) as usize;
     let (m, n, k) = (s.m, s.n, s.k);
@@ -687,6 +774,10 @@ pub(crate) fn gemm_gpu_strided<'x>(
         rowsum_offset: epi.row_sums.map_or(0, |(_, o)| o as u32),
         ..GemmParams::default()
     };
+    let mut params = params;
+    if let Some(g) = &l.b_conv {
+        g.write(&mut params);
+    }
     debug_assert!(epi.relu_grad.is_none() || (epi.bias.is_none() && !epi.relu));
     // The aux binding is never read without a bias or a ReLU mask; A stands in.
     let bias_buf = epi.bias.or(epi.relu_grad).map_or(a, Bind::from);

@@ -1,7 +1,9 @@
 //! GEMM on every device and both GPU kernels, against an f64 triple loop.
 
 use wgpu_cnn::ops::activation::{activation_forward, Activation};
-use wgpu_cnn::ops::gemm::{gemm, gemm_epilogue, gemm_images_for_tests, gemm_into, gemm_relu_backward, gemm_row_sums, gemm_row_sums_cpu, GemmConfig, GemmShape};
+use wgpu_cnn::ops::gemm::{gemm, gemm_conv_for_tests, gemm_epilogue, gemm_images_for_tests, gemm_into, gemm_relu_backward, gemm_row_sums, gemm_row_sums_cpu, GemmConfig, GemmShape};
+use wgpu_cnn::ops::im2col::im2col_cpu;
+use wgpu_cnn::shape::{Conv2dConfig, Conv2dGeometry};
 use wgpu_cnn::{Device, GemmVariant, Tensor, Tolerance};
 
 use crate::harness::{random, with_gpu};
@@ -212,6 +214,50 @@ fn check_images(dev: &Device, variant: Option<GemmVariant>) {
     tol(k).assert(&format!("gemm, B read and C stored NCHW, {variant:?} on {dev}"), &got, &want);
 }
 
+/// The implicit convolution (GPU only): B is the im2col columns of an NCHW
+/// input, gathered in the loads. Forward `W·cols` (strided, dilated, padded,
+/// grouped) and the weight gradient `dy·colsᵀ` (long enough for split-K),
+/// against the oracle on the columns `im2col_cpu` builds.
+fn check_conv_gather(dev: &Device, variant: Option<GemmVariant>) {
+    if !dev.is_gpu() {
+        return;
+    }
+    let d = Conv2dConfig::default;
+    let cases = [
+        ([3, 4, 9, 8], 6, [3, 3], d().padding(1), false),
+        ([2, 3, 11, 10], 5, [3, 2], Conv2dConfig { stride: [2, 1], padding: [1, 2], dilation: [2, 1], groups: 1 }, false),
+        ([2, 4, 6, 7], 6, [3, 3], d().padding(1).groups(2), false),
+        ([4, 2, 24, 24], 3, [3, 3], d().padding(1), true), // k = 2304: split-K on GPUs
+        ([2, 4, 7, 6], 4, [3, 3], d().stride(2).padding(1).groups(2), true),
+        ([1, 3, 13, 12], 70, [5, 5], d().stride(2).padding(2), false), // ragged edges on every kernel
+    ];
+    for (ci, (xs, c_out, k, cfg, weight_grad)) in cases.into_iter().enumerate() {
+        let g = cfg.groups;
+        let geo = Conv2dGeometry::new(&xs, &[c_out, xs[1] / g, k[0], k[1]], cfg).unwrap();
+        let (kc, q) = (geo.col_rows(), geo.n * geo.out_pixels());
+        let xv = random(200 + ci as u64, xs.iter().product());
+        let cols = im2col_cpu(&xv, &geo); // [g·kc, q]
+        let x = Tensor::from_vec(dev, &xs, xv).unwrap();
+        let x_stride = xs[1] / g * xs[2] * xs[3];
+        let (s, cfg_g, av) = if weight_grad {
+            // C[g][c_out/g, kc] = A[g][c_out/g, q] · cols[g]ᵀ
+            let s = GemmShape { batch: g, m: c_out / g, n: kc, k: q, a_batched: true, b_batched: true };
+            (s, GemmConfig { trans_b: true, variant, ..GemmConfig::default() }, random(300 + ci as u64, c_out * q))
+        } else {
+            // C[g][c_out/g, q] = W[g][c_out/g, kc] · cols[g]
+            let s = GemmShape { batch: g, m: c_out / g, n: q, k: kc, a_batched: true, b_batched: true };
+            (s, GemmConfig { variant, ..GemmConfig::default() }, random(300 + ci as u64, c_out * kc))
+        };
+        let a = Tensor::from_vec(dev, &[g, s.m, s.k], av.clone()).unwrap();
+        let mut c = Tensor::from_vec(dev, &[g, s.m, s.n], vec![f32::NAN; g * s.m * s.n]).unwrap();
+        gemm_conv_for_tests(&a, &x, &mut c, s, cfg_g, geo, x_stride).unwrap();
+        // The oracle's B: cols as stored, [kc, q] per group (read transposed with trans_b).
+        let want = oracle(&av, &cols, None, &s, &cfg_g);
+        let what = format!("implicit conv GEMM case {ci} x {xs:?} {cfg:?} weight_grad={weight_grad} {variant:?} on {dev}");
+        tol(s.k).assert(&what, &c.to_vec().unwrap(), &want);
+    }
+}
+
 /// `gemm_row_sums`: C as `gemm` gives it, and op(A)'s row sums from the same
 /// kernel, on split-K, transposed (a linear layer's dyᵀ), batched and wide shapes.
 fn check_row_sums(dev: &Device, variant: Option<GemmVariant>) {
@@ -244,6 +290,7 @@ fn check_row_sums(dev: &Device, variant: Option<GemmVariant>) {
 fn all(dev: &Device, variant: Option<GemmVariant>) {
     check_row_sums(dev, variant);
     check_images(dev, variant);
+    check_conv_gather(dev, variant);
     check_bias(dev, variant);
     check_all(dev, variant);
     check_split_k_alpha_beta(dev, variant);
