@@ -43,6 +43,10 @@ pub const CPU_CHUNK_BYTES: u64 = 256 << 20;
 /// Column-matrix budget on the GPU (kept columns, dx's column gradient),
 /// also capped by the binding limit and `GpuOptions::max_chunk_bytes`.
 const GPU_CHUNK_BYTES: u64 = 512 << 20;
+/// Budget of dx's column gradient on the GPU when dW gathers its columns:
+/// ResNet-18's 56×56 stage at batch 8 then runs dx in two chunks of 29 MB
+/// instead of one of 58 MB, two more dispatches for 29 MB off the step's peak.
+const DX_COLS_BYTES: u64 = 32 << 20;
 
 /// Gradients of a convolution.
 pub struct Conv2dGrads {
@@ -478,38 +482,53 @@ pub(crate) fn conv2d_backward_gpu(
     let chunk = gpu_chunk(ctx, geo);
     // Columns kept by the forward pass cover the whole batch in one chunk.
     let kept = kept.filter(|_| chunk >= geo.n && !geo.is_pointwise());
-    for img0 in (0..geo.n).step_by(chunk) {
-        let nb = chunk.min(geo.n - img0);
-        let sub = geo.with_batch(nb);
+    // dy is read in place as each group's [cog, nb·p] matrix: the GEMMs
+    // load it through the NCHW mapping their stores use, no permute.
+    let dy_images = Some((p, out_img));
+    // dW (and db) over images [img0, img0 + nb), added to what earlier chunks left.
+    let weight_grad = |img0: usize, nb: usize| -> Result<()> {
+        let Some((x, dw, db)) = params else { return Ok(()) };
         let beta = if img0 == 0 { 0.0 } else { 1.0 };
-        // dy is read in place as each group's [cog, nb·p] matrix: the GEMMs
-        // load it through the NCHW mapping their stores use, no permute.
-        let dy_images = Some((p, out_img));
-        if let Some((x, dw, db)) = params {
-            let (s, mut l) = group_gemm(groups, cog, kc, nb * p, [cog * p, kc * nb * p, cog * kc]);
-            (l.offset_a, l.a_images) = (img0 * out_img, dy_images);
-            // Columns: kept from forward, a 1×1 convolution's swapped x, or
-            // (otherwise) gathered from x by the GEMM itself, as in forward.
-            let own;
-            let cols_buf = match kept {
-                Some(kept) => kept,
-                None if geo.is_pointwise() => {
-                    own = ctx.alloc("conv2d", groups * kc * chunk * p)?;
-                    // For a 1×1 stride-1 convolution im2col is exactly this swap.
-                    permute_swap_gpu(ctx, x, img0 * in_img, own.buffer(), 0, [nb, geo.c_in, p], None, false)?;
-                    own.buffer()
-                }
-                None => {
-                    (l.offset_b, l.stride_b, l.b_conv) = (img0 * in_img, geo.c_in / groups * geo.h * geo.w, Some(ConvGather { geo: sub }));
-                    x
-                }
-            };
-            // The bias gradient rides in the weight gradient's GEMM (dy's row sums).
-            let epi = Epilogue { row_sums: db.map(|db| (db, 0)), ..Epilogue::default() };
-            gemm_gpu_strided(ctx, dy, cols_buf, dw, s, l, GemmConfig { trans_b: true, beta, ..GemmConfig::default() }, epi)?;
+        let (s, mut l) = group_gemm(groups, cog, kc, nb * p, [cog * p, kc * nb * p, cog * kc]);
+        (l.offset_a, l.a_images) = (img0 * out_img, dy_images);
+        // Columns: kept from forward, a 1×1 convolution's swapped x, or
+        // (otherwise) gathered from x by the GEMM itself, as in forward.
+        let own;
+        let cols_buf = match kept {
+            Some(kept) => kept,
+            None if geo.is_pointwise() => {
+                own = ctx.alloc("conv2d", groups * kc * nb * p)?;
+                // For a 1×1 stride-1 convolution im2col is exactly this swap.
+                permute_swap_gpu(ctx, x, img0 * in_img, own.buffer(), 0, [nb, geo.c_in, p], None, false)?;
+                own.buffer()
+            }
+            None => {
+                (l.offset_b, l.stride_b, l.b_conv) = (img0 * in_img, geo.c_in / groups * geo.h * geo.w, Some(ConvGather { geo: geo.with_batch(nb) }));
+                x
+            }
+        };
+        // The bias gradient rides in the weight gradient's GEMM (dy's row sums).
+        let epi = Epilogue { row_sums: db.map(|db| (db, 0)), ..Epilogue::default() };
+        gemm_gpu_strided(ctx, dy, cols_buf, dw, s, l, GemmConfig { trans_b: true, beta, ..GemmConfig::default() }, epi)
+    };
+    // Gathered columns take the whole batch in one GEMM; dx's column gradient
+    // is a matrix, in chunks of at most DX_COLS_BYTES (it would otherwise be
+    // the largest tensor of a ResNet's backward).
+    let gathered = kept.is_none() && !geo.is_pointwise();
+    let dx_chunk = if gathered {
+        weight_grad(0, geo.n)?;
+        chunk.min(geo.images_per_chunk(DX_COLS_BYTES))
+    } else {
+        chunk
+    };
+    for img0 in (0..geo.n).step_by(dx_chunk) {
+        let nb = dx_chunk.min(geo.n - img0);
+        if !gathered {
+            weight_grad(img0, nb)?;
         }
         let Some(dx) = dx else { continue };
-        let dcols = ctx.alloc("conv2d", groups * kc * chunk * p)?;
+        let sub = geo.with_batch(nb);
+        let dcols = ctx.alloc("conv2d", groups * kc * nb * p)?;
         let (s, mut l) = group_gemm(groups, kc, nb * p, cog, [cog * kc, cog * p, kc * nb * p]);
         (l.offset_b, l.b_images) = (img0 * out_img, dy_images);
         gemm_gpu_strided(ctx, w, dy, dcols.buffer(), s, l, GemmConfig { trans_a: true, ..GemmConfig::default() }, Epilogue::default())?;
