@@ -36,6 +36,16 @@ fi
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 cargo test --all-targets
 cargo test --doc
+# The whole parity suite again under WebGPU's default limits (8 storage
+# buffers a stage, 128 MiB a binding, 256 MiB a buffer): every kernel must
+# fit them or fall back, and give the same results.
+if [ -z "${WGPU_CNN_SKIP_GPU_TESTS:-}" ]; then
+    echo "== the parity suite under WGPU_CNN_LIMITS=webgpu"
+    WGPU_CNN_LIMITS=webgpu cargo test --test parity
+    # The self-test users run on their own GPU: exits non-zero unless every check agrees.
+    cargo run --example doctor
+    cargo run --example doctor -- --limits webgpu --json
+fi
 
 # Data parallelism across processes (the `mpi` feature) needs Open MPI and
 # libclang (for the MPI bindings): installed with apt-get where it can be,

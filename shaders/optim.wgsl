@@ -12,8 +12,10 @@
 //
 // Slot s binds parameter p<s>, gradient g<s>, momentum buffer / first moment
 // m<s> and second moment v<s> (4 bindings a slot, 7 slots: 28 storage
-// bindings, within the 31 buffers Metal allows a stage). Unused slots and
-// unused states are bound to small scratch buffers and never touched.
+// bindings for Adam, 21 for SGD, which never touches v; within the 31
+// buffers Metal allows a stage). Unused slots and unused states are bound to
+// small scratch buffers and never touched. The `_one` entry points bind
+// slot 0 only, for adapters that allow fewer storage buffers.
 // Workgroups are laid out slot after slot: slot s owns the flat workgroup ids
 // [first[s], first[s + 1]), so a workgroup reads one tensor's contiguous run.
 
@@ -179,22 +181,41 @@ fn locate(wid: vec3<u32>, lid: u32, nwg: vec3<u32>) -> vec2<u32> {
     return vec2<u32>(s, i);
 }
 
+// The update rules on one element's values: (p, state) in, new values out.
+fn sgd_rule(p: f32, grad: f32, m: f32) -> vec2<f32> {
+    let q = params;
+    var g = grad + q.weight_decay * p;
+    var buf = m;
+    if ((q.flags & MOMENTUM) != 0u) {
+        buf = g;
+        if ((q.flags & FIRST) == 0u) { buf = q.momentum * m + (1.0 - q.dampening) * g; }
+        if ((q.flags & NESTEROV) != 0u) { g = g + q.momentum * buf; } else { g = buf; }
+    }
+    return vec2<f32>(p - q.lr * g, buf);
+}
+
+fn adam_rule(p0: f32, grad: f32, m0: f32, v0: f32) -> vec3<f32> {
+    let q = params;
+    var p = p0;
+    var g = grad;
+    if ((q.flags & DECOUPLED) != 0u) { p *= 1.0 - q.lr * q.weight_decay; } else { g += q.weight_decay * p; }
+    let m = q.beta1 * m0 + (1.0 - q.beta1) * g;
+    let v = q.beta2 * v0 + (1.0 - q.beta2) * g * g;
+    return vec3<f32>(p - (q.lr / q.bc1) * m / (sqrt(v) / q.bc2_sqrt + q.eps), m, v);
+}
+
 @compute @workgroup_size(WG)
 fn optim_sgd_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) nwg: vec3<u32>) {
     let at = locate(wid, lid, nwg);
     let s = at.x;
     let i = at.y;
     if (s == SLOTS) { return; }
-    let q = params;
-    let p = load_p(s, i);
-    var g = load_g(s, i) + q.weight_decay * p;
-    if ((q.flags & MOMENTUM) != 0u) {
-        var buf = g;
-        if ((q.flags & FIRST) == 0u) { buf = q.momentum * load_m(s, i) + (1.0 - q.dampening) * g; }
-        store_m(s, i, buf);
-        if ((q.flags & NESTEROV) != 0u) { g = g + q.momentum * buf; } else { g = buf; }
-    }
-    store_p(s, i, p - q.lr * g);
+    var m = 0.0;
+    let with_buf = (params.flags & MOMENTUM) != 0u;
+    if (with_buf && (params.flags & FIRST) == 0u) { m = load_m(s, i); }
+    let r = sgd_rule(load_p(s, i), load_g(s, i), m);
+    if (with_buf) { store_m(s, i, r.y); }
+    store_p(s, i, r.x);
 }
 
 @compute @workgroup_size(WG)
@@ -203,13 +224,37 @@ fn optim_adam_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     let s = at.x;
     let i = at.y;
     if (s == SLOTS) { return; }
-    let q = params;
-    var p = load_p(s, i);
-    var g = load_g(s, i);
-    if ((q.flags & DECOUPLED) != 0u) { p *= 1.0 - q.lr * q.weight_decay; } else { g += q.weight_decay * p; }
-    let m = q.beta1 * load_m(s, i) + (1.0 - q.beta1) * g;
-    let v = q.beta2 * load_v(s, i) + (1.0 - q.beta2) * g * g;
-    store_m(s, i, m);
-    store_v(s, i, v);
-    store_p(s, i, p - (q.lr / q.bc1) * m / (sqrt(v) / q.bc2_sqrt + q.eps));
+    let r = adam_rule(load_p(s, i), load_g(s, i), load_m(s, i), load_v(s, i));
+    store_m(s, i, r.y);
+    store_v(s, i, r.z);
+    store_p(s, i, r.x);
+}
+
+// One tensor a dispatch (slot 0's bindings only): for adapters with fewer
+// storage buffers per stage than the multi-tensor entry points bind
+// (WebGPU's default is 8). Same rules, same results.
+fn one_index(wid: vec3<u32>, lid: u32, nwg: vec3<u32>) -> u32 {
+    return (wid.x + (wid.y + wid.z * nwg.y) * nwg.x) * WG + lid;
+}
+
+@compute @workgroup_size(WG)
+fn optim_sgd_step_one(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = one_index(wid, lid, nwg);
+    if (i >= params.len[0].x) { return; }
+    var m = 0.0;
+    let with_buf = (params.flags & MOMENTUM) != 0u;
+    if (with_buf && (params.flags & FIRST) == 0u) { m = m0[i]; }
+    let r = sgd_rule(p0[i], g0[i], m);
+    if (with_buf) { m0[i] = r.y; }
+    p0[i] = r.x;
+}
+
+@compute @workgroup_size(WG)
+fn optim_adam_step_one(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = one_index(wid, lid, nwg);
+    if (i >= params.len[0].x) { return; }
+    let r = adam_rule(p0[i], g0[i], m0[i], v0[i]);
+    m0[i] = r.y;
+    v0[i] = r.z;
+    p0[i] = r.x;
 }

@@ -65,6 +65,46 @@ pub struct GpuOptions {
     /// beyond the device's own. `WGPU_CNN_MEMORY_BUDGET` (bytes, or with a
     /// `K`/`M`/`G` suffix) sets it for any run.
     pub memory_budget: Option<u64>,
+    /// The limits the device is opened with: the adapter's own (default), or
+    /// WebGPU's defaults where the adapter offers more (what a browser or a
+    /// low-end GPU gives). `WGPU_CNN_LIMITS=webgpu` (or `adapter`) sets it for any run.
+    pub limits: LimitsMode,
+}
+
+/// Which limits a device is opened with; ops choose their kernels and work
+/// splits from them (see the README's limits table).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LimitsMode {
+    /// Everything the adapter offers.
+    #[default]
+    Adapter,
+    /// WebGPU's default limits (`wgpu::Limits::defaults()`: 8 storage buffers
+    /// a stage, 128 MiB a binding, 256 MiB a buffer, 16 KiB of workgroup
+    /// memory, 256 invocations), or the adapter's where it offers less.
+    WebGpu,
+}
+
+impl LimitsMode {
+    /// `WGPU_CNN_LIMITS` (`webgpu` or `adapter`), if set to one of them.
+    pub fn from_env() -> Option<LimitsMode> {
+        let v = std::env::var("WGPU_CNN_LIMITS").ok()?;
+        match v.trim().to_ascii_lowercase().as_str() {
+            "webgpu" => Some(LimitsMode::WebGpu),
+            "adapter" | "" => Some(LimitsMode::Adapter),
+            _ => {
+                log::warn!("WGPU_CNN_LIMITS={v:?} is neither `webgpu` nor `adapter`; ignored");
+                None
+            }
+        }
+    }
+
+    /// The limits to open a device with on an adapter offering `adapter`.
+    pub fn resolve(self, adapter: &wgpu::Limits) -> wgpu::Limits {
+        match self {
+            LimitsMode::Adapter => adapter.clone(),
+            LimitsMode::WebGpu => wgpu::Limits::defaults().or_worse_values_from(adapter),
+        }
+    }
 }
 
 /// Where a device keeps its tuned choices.
@@ -93,6 +133,7 @@ impl Default for GpuOptions {
             autotune: true,
             tuning_cache: TuningCache::Default,
             memory_budget: None,
+            limits: LimitsMode::Adapter,
         }
     }
 }

@@ -33,11 +33,9 @@ pub fn record_undersized_uniform(device: &Device) -> Result<()> {
         usage: wgpu::BufferUsages::UNIFORM,
         mapped_at_creation: false,
     });
+    // elementwise_fill binds its output (2) and params (4); the rest are Unused.
     let entries = [
-        wgpu::BindGroupEntry { binding: 0, resource: ctx.scratch(0).buffer.as_entire_binding() },
-        wgpu::BindGroupEntry { binding: 1, resource: ctx.scratch(0).buffer.as_entire_binding() },
         wgpu::BindGroupEntry { binding: 2, resource: ctx.scratch(1).buffer.as_entire_binding() },
-        wgpu::BindGroupEntry { binding: 3, resource: ctx.scratch(0).buffer.as_entire_binding() },
         wgpu::BindGroupEntry { binding: 4, resource: small.as_entire_binding() },
     ];
     let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("fault"), layout: &kernel.layout, entries: &entries });

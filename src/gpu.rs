@@ -168,11 +168,16 @@ fn bind_entries<'a>(bindings: &[Access], uniform: &'a wgpu::Buffer, params_size:
         .iter()
         .enumerate()
         .filter_map(|(i, access)| {
-            let resource = if *access == Access::Uniform {
-                wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: uniform, offset: 0, size: wgpu::BufferSize::new(params_size as u64) })
-            } else {
-                let b = next.next()?;
-                wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: b.buffer, offset: b.offset, size: b.size.and_then(wgpu::BufferSize::new) })
+            let resource = match access {
+                Access::Uniform => wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: uniform, offset: 0, size: wgpu::BufferSize::new(params_size as u64) }),
+                Access::Unused => {
+                    next.next()?;
+                    return None;
+                }
+                _ => {
+                    let b = next.next()?;
+                    wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: b.buffer, offset: b.offset, size: b.size.and_then(wgpu::BufferSize::new) })
+                }
             };
             Some(wgpu::BindGroupEntry { binding: i as u32, resource })
         })
@@ -261,8 +266,8 @@ fn default_cache_dir() -> Option<std::path::PathBuf> {
 
 /// Whether binding `i` is read-only and its buffer is written through
 /// another binding of the same kernel (a wgpu usage conflict).
-fn clashes(binds: &[Bind], writes: &[bool], i: usize) -> bool {
-    !writes[i] && binds.iter().zip(writes).any(|(b, &w)| w && b.buffer == binds[i].buffer)
+fn clashes(binds: &[Bind], access: &[Access], i: usize) -> bool {
+    access[i] == Access::Read && binds.iter().zip(access).any(|(b, a)| *a == Access::ReadWrite && b.buffer == binds[i].buffer)
 }
 
 /// Bytes as MiB for messages.
@@ -303,9 +308,13 @@ impl GpuContext {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = choose_adapter(&instance, opts)?;
         let summary = AdapterSummary::from_info(&adapter.get_info());
-        // Ask for everything the adapter offers, not the WebGPU defaults:
-        // storage bindings of 2 GiB rather than 128 MiB, for one.
-        let mut limits = adapter.limits();
+        // Everything the adapter offers by default (storage bindings of 2 GiB
+        // rather than WebGPU's 128 MiB, for one), or WebGPU's defaults on request.
+        let mode = crate::device::LimitsMode::from_env().unwrap_or(opts.limits);
+        let mut limits = mode.resolve(&adapter.limits());
+        if let Some(msg) = crate::kernel::short_of(&limits) {
+            return Err(Error::RequestDevice { adapter: summary.to_string(), msg });
+        }
         // Lower limits on request, so the chunked and folded paths can be
         // exercised on any adapter (tests force a 1 MiB binding limit).
         if let Some(b) = opts.max_binding_bytes {
@@ -392,7 +401,7 @@ impl GpuContext {
         &self.adapter
     }
 
-    /// The limits the device was opened with (the adapter's own).
+    /// The limits the device was opened with (`GpuOptions::limits`).
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
     }
@@ -515,6 +524,12 @@ impl GpuContext {
         self.max_chunk_bytes
     }
 
+    /// Whether a kernel's pipeline fits this device's limits (storage
+    /// buffers a stage); ops with a fallback ask before choosing.
+    pub fn fits(&self, def: &crate::kernel::KernelDef) -> bool {
+        def.used_storage_bindings() as u32 <= self.limits.max_storage_buffers_per_shader_stage
+    }
+
     /// The largest buffer one storage binding may cover.
     pub fn max_binding_bytes(&self) -> u64 {
         self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
@@ -603,6 +618,14 @@ impl GpuContext {
         let out = out?;
         self.prepare(&seen)?;
         Ok(out)
+    }
+
+    /// The kernels whose pipelines this context has built (by dispatch,
+    /// warm-up or `prepare`), sorted by name.
+    pub fn kernels_built(&self) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = self.kernels.names();
+        names.sort_unstable();
+        names
     }
 
     /// Pipelines built since the device was opened.
@@ -742,7 +765,8 @@ impl GpuContext {
         self.alive()?;
         // A binding past the limit is our error, named, never wgpu's validation panic.
         let limit = self.max_binding_bytes();
-        if let Some(b) = buffers.iter().find(|b| b.bytes() > limit) {
+        let access: Vec<Access> = spec.bindings.iter().copied().filter(|a| *a != Access::Uniform).collect();
+        if let Some((b, _)) = buffers.iter().zip(&access).find(|(b, a)| b.bytes() > limit && **a != Access::Unused) {
             return Err(Error::TooLarge {
                 op: spec.name,
                 what: "a storage binding (this kernel has no windowed path for a tensor larger than one binding)".into(),
@@ -766,8 +790,8 @@ impl GpuContext {
                 limit: 0,
             });
         }
-        let writes: Vec<bool> = spec.bindings.iter().filter(|a| **a != Access::Uniform).map(|a| *a == Access::ReadWrite).collect();
-        self.pool.note_together(&buffers.iter().zip(&writes).map(|(b, &w)| (b.buffer, b.offset, w)).collect::<Vec<_>>());
+        // What an `Unused` binding is given is not bound: it neither clashes nor is kept apart.
+        self.pool.note_together(&buffers.iter().zip(&access).filter(|(_, a)| **a != Access::Unused).map(|(b, a)| (b.buffer, b.offset, *a == Access::ReadWrite)).collect::<Vec<_>>());
         if let Some(seen) = self.dry.lock().unwrap().get_mut(&std::thread::current().id()) {
             if !seen.iter().any(|d| d.name == spec.name) {
                 seen.push(spec);
@@ -782,8 +806,8 @@ impl GpuContext {
         // wgpu usage conflict. The memory plan keeps such tensors in different
         // buffers; a step that departs from its plan reads a copy instead.
         let (temps, fixed): (Vec<Option<wgpu::Buffer>>, Vec<Bind>);
-        let buffers = if (0..buffers.len()).any(|i| clashes(buffers, &writes, i)) {
-            temps = self.copies_for_clashes(buffers, &writes);
+        let buffers = if (0..buffers.len()).any(|i| clashes(buffers, &access, i)) {
+            temps = self.copies_for_clashes(buffers, &access);
             fixed = buffers.iter().zip(&temps).map(|(b, t)| t.as_ref().map_or(*b, Bind::from)).collect();
             &fixed[..]
         } else {
@@ -837,12 +861,12 @@ impl GpuContext {
     /// For each read-only binding whose buffer the kernel also writes through
     /// another binding: a copy of its bytes in a buffer of its own (recorded
     /// now, before the dispatch). `None` elsewhere; all `None` normally.
-    fn copies_for_clashes(&self, binds: &[Bind], writes: &[bool]) -> Vec<Option<wgpu::Buffer>> {
+    fn copies_for_clashes(&self, binds: &[Bind], access: &[Access]) -> Vec<Option<wgpu::Buffer>> {
         binds
             .iter()
             .enumerate()
             .map(|(i, b)| {
-                if !clashes(binds, writes, i) {
+                if !clashes(binds, access, i) {
                     return None;
                 }
                 log::debug!("a kernel reads and writes parts of one buffer: reading a copy");

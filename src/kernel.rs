@@ -31,6 +31,10 @@ pub enum Access {
     ReadWrite,
     /// `var<uniform>`: the kernel's params struct.
     Uniform,
+    /// Declared in the WGSL file but not used by this entry point: left out
+    /// of its layout and bind group (the caller still passes a buffer, which
+    /// is ignored), so the kernel needs only the storage buffers it uses.
+    Unused,
 }
 
 /// One WGSL file: `shaders/<stem>.wgsl`, owned by `src/ops/<stem>.rs`.
@@ -75,9 +79,16 @@ impl KernelDef {
         self.constants.iter().find(|(n, _)| *n == name).map_or(default, |(_, v)| *v as u32)
     }
 
-    /// Storage (non-uniform) bindings, which a dispatch fills in order.
+    /// Storage (non-uniform) bindings, which a dispatch fills in order
+    /// (an `Unused` one takes a buffer and ignores it).
     pub fn storage_bindings(&self) -> usize {
         self.bindings.iter().filter(|a| **a != Access::Uniform).count()
+    }
+
+    /// Storage buffers the kernel binds: what counts against the device's
+    /// `max_storage_buffers_per_shader_stage`.
+    pub fn used_storage_bindings(&self) -> usize {
+        self.bindings.iter().filter(|a| matches!(a, Access::Read | Access::ReadWrite)).count()
     }
 }
 
@@ -200,6 +211,7 @@ impl KernelCache {
             .bindings
             .iter()
             .enumerate()
+            .filter(|(_, access)| **access != Access::Unused)
             .map(|(i, access)| wgpu::BindGroupLayoutEntry {
                 binding: i as u32,
                 visibility: wgpu::ShaderStages::COMPUTE,
@@ -207,7 +219,7 @@ impl KernelCache {
                     ty: match access {
                         Access::Read => wgpu::BufferBindingType::Storage { read_only: true },
                         Access::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
-                        Access::Uniform => wgpu::BufferBindingType::Uniform,
+                        Access::Uniform | Access::Unused => wgpu::BufferBindingType::Uniform,
                     },
                     // The params uniform is a slot of a per-submission chunk.
                     has_dynamic_offset: *access == Access::Uniform,
@@ -248,6 +260,10 @@ impl KernelCache {
         Ok(kernel)
     }
 
+    pub(crate) fn names(&self) -> Vec<&'static str> {
+        self.kernels.lock().unwrap().keys().copied().collect()
+    }
+
     pub(crate) fn is_built(&self, def: &KernelDef) -> bool {
         self.kernels.lock().unwrap().contains_key(def.name)
     }
@@ -260,4 +276,40 @@ impl KernelCache {
         self.modules.lock().unwrap().insert(def.shader.stem, module.clone());
         Ok(module)
     }
+}
+
+/// The most any kernel the library may choose needs of a device, the
+/// fallbacks taken where an op has one (the multi-tensor optimiser's 28
+/// storage buffers fall back to one tensor a dispatch). `tests/shaders.rs`
+/// derives these from the kernels themselves and checks they agree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Needs {
+    /// `max_storage_buffers_per_shader_stage`
+    pub storage_buffers_per_stage: u32,
+    /// `max_compute_invocations_per_workgroup`
+    pub invocations_per_workgroup: u32,
+    /// `max_compute_workgroup_size_x`
+    pub workgroup_size_x: u32,
+    /// `max_compute_workgroup_size_y`
+    pub workgroup_size_y: u32,
+    /// `max_compute_workgroup_storage_size`, bytes
+    pub workgroup_storage_bytes: u32,
+}
+
+/// See [`Needs`].
+pub const NEEDS: Needs = Needs { storage_buffers_per_stage: 8, invocations_per_workgroup: 256, workgroup_size_x: 256, workgroup_size_y: 16, workgroup_storage_bytes: 16384 };
+
+/// What `limits` lacks of [`NEEDS`], as a sentence naming each limit, what
+/// the device offers and what the library needs; `None` when nothing.
+pub fn short_of(limits: &wgpu::Limits) -> Option<String> {
+    let n = NEEDS;
+    let rows = [
+        ("max_storage_buffers_per_shader_stage", limits.max_storage_buffers_per_shader_stage, n.storage_buffers_per_stage),
+        ("max_compute_invocations_per_workgroup", limits.max_compute_invocations_per_workgroup, n.invocations_per_workgroup),
+        ("max_compute_workgroup_size_x", limits.max_compute_workgroup_size_x, n.workgroup_size_x),
+        ("max_compute_workgroup_size_y", limits.max_compute_workgroup_size_y, n.workgroup_size_y),
+        ("max_compute_workgroup_storage_size", limits.max_compute_workgroup_storage_size, n.workgroup_storage_bytes),
+    ];
+    let short: Vec<String> = rows.iter().filter(|(_, have, need)| have < need).map(|(name, have, need)| format!("{name} is {have}, wgpu-cnn needs at least {need}")).collect();
+    (!short.is_empty()).then(|| format!("the device's limits are below what wgpu-cnn's kernels need: {} (see the README's limits table)", short.join("; ")))
 }

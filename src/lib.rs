@@ -72,7 +72,7 @@ pub mod tolerance;
 pub mod train;
 pub mod weights;
 
-pub use device::{AdapterSummary, Device, GpuOptions, TuningCache};
+pub use device::{AdapterSummary, Device, GpuOptions, LimitsMode, TuningCache};
 pub use error::{Error, FileErrorKind, Result};
 pub use shape::{Conv2dConfig, Conv2dGeometry, Padding, Pool2dConfig, Pool2dGeometry};
 pub use gpu::{GemmVariant, GpuContext, HostCounters};

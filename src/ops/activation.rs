@@ -10,7 +10,7 @@ use crate::ops::check_shape;
 use crate::tensor::{same_device, Tensor};
 
 const SHADER: Shader = Shader::new("activation", include_str!("../../shaders/activation.wgsl"));
-pub(crate) static ACTIVATION_FORWARD: Kernel<ActParams> = Kernel::new(&SHADER, "activation_forward", &[Read, Read, ReadWrite, Uniform]).with_work(|p| Work::f32s(2 * p.len as usize, 4 * p.len as usize));
+pub(crate) static ACTIVATION_FORWARD: Kernel<ActParams> = Kernel::new(&SHADER, "activation_forward", &[Read, Unused, ReadWrite, Uniform]).with_work(|p| Work::f32s(2 * p.len as usize, 4 * p.len as usize));
 pub(crate) static ACTIVATION_BACKWARD: Kernel<ActParams> = Kernel::new(&SHADER, "activation_backward", &[Read, Read, ReadWrite, Uniform]).with_work(|p| Work::f32s(3 * p.len as usize, 5 * p.len as usize));
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&ACTIVATION_FORWARD.def, &ACTIVATION_BACKWARD.def];
 

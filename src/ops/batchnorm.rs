@@ -18,11 +18,10 @@ mod cpu;
 pub use cpu::{batchnorm_backward_cpu_tuned, batchnorm_forward_train_cpu_tuned};
 
 const SHADER: Shader = Shader::new("batchnorm", include_str!("../../shaders/batchnorm.wgsl"));
-const BINDINGS: &[crate::kernel::Access] = &[Read, Read, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite, ReadWrite, Uniform];
-pub(crate) static BATCHNORM_STATS: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_stats", BINDINGS).with_work(|p| Work::f32s(2 * bn_len(p), 4 * bn_len(p)));
-pub(crate) static BATCHNORM_FORWARD: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_forward", BINDINGS).with_work(|p| Work::f32s(2 * bn_len(p), 2 * bn_len(p)));
-pub(crate) static BATCHNORM_BACKWARD_REDUCE: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_backward_reduce", BINDINGS).with_work(|p| Work::f32s(2 * bn_len(p), 4 * bn_len(p)));
-pub(crate) static BATCHNORM_BACKWARD_DX: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_backward_dx", BINDINGS).with_work(|p| Work::f32s(3 * bn_len(p), 5 * bn_len(p)));
+pub(crate) static BATCHNORM_STATS: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_stats", &[Read, Unused, Unused, Unused, ReadWrite, ReadWrite, Unused, Unused, Unused, Uniform]).with_work(|p| Work::f32s(2 * bn_len(p), 4 * bn_len(p)));
+pub(crate) static BATCHNORM_FORWARD: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_forward", &[Read, Unused, Read, Read, ReadWrite, ReadWrite, ReadWrite, Unused, Unused, Uniform]).with_work(|p| Work::f32s(2 * bn_len(p), 2 * bn_len(p)));
+pub(crate) static BATCHNORM_BACKWARD_REDUCE: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_backward_reduce", &[Read, Read, Unused, Unused, ReadWrite, ReadWrite, Unused, ReadWrite, ReadWrite, Uniform]).with_work(|p| Work::f32s(2 * bn_len(p), 4 * bn_len(p)));
+pub(crate) static BATCHNORM_BACKWARD_DX: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_backward_dx", &[Read, Read, Read, Unused, ReadWrite, ReadWrite, ReadWrite, ReadWrite, ReadWrite, Uniform]).with_work(|p| Work::f32s(3 * bn_len(p), 5 * bn_len(p)));
 /// Elements normalised: each batch-norm kernel streams x (and dy) once or twice.
 fn bn_len(p: &BnParams) -> usize {
     (p.n * p.c * p.inner) as usize

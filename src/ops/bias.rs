@@ -12,7 +12,7 @@ use crate::tensor::{same_device, Tensor};
 const SHADER: Shader = Shader::new("bias", include_str!("../../shaders/bias.wgsl"));
 const BINDINGS: &[crate::kernel::Access] = &[Read, Read, ReadWrite, Uniform];
 pub(crate) static BIAS_ADD: Kernel<BiasParams> = Kernel::new(&SHADER, "bias_add", BINDINGS).with_work(|p| Work::f32s(2 * p.len as usize, p.len as usize));
-pub(crate) static BIAS_GRAD: Kernel<BiasParams> = Kernel::new(&SHADER, "bias_grad", BINDINGS).with_work(|p| {
+pub(crate) static BIAS_GRAD: Kernel<BiasParams> = Kernel::new(&SHADER, "bias_grad", &[Read, Unused, ReadWrite, Uniform]).with_work(|p| {
     let n = (p.outer * p.channels * p.inner) as usize;
     Work::f32s(n + p.channels as usize, n)
 });

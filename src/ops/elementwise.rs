@@ -13,9 +13,9 @@ use crate::tensor::{same_device, Tensor};
 const SHADER: Shader = Shader::new("elementwise", include_str!("../../shaders/elementwise.wgsl"));
 const BINDINGS: &[crate::kernel::Access] = &[Read, Read, ReadWrite, Read, Uniform];
 pub(crate) static ELEMENTWISE_ADD: Kernel<EwParams> = Kernel::new(&SHADER, "elementwise_add", BINDINGS).with_work(|p| Work::f32s(3 * p.len as usize, 3 * p.len as usize));
-pub(crate) static ELEMENTWISE_COMBINE: Kernel<EwParams> = Kernel::new(&SHADER, "elementwise_combine", BINDINGS).with_work(|p| Work::f32s(3 * p.len as usize, 3 * p.len as usize));
-pub(crate) static ELEMENTWISE_FILL: Kernel<EwParams> = Kernel::new(&SHADER, "elementwise_fill", BINDINGS).with_work(|p| Work::f32s(p.len as usize, 0));
-pub(crate) static ELEMENTWISE_COMBINE_SIGN: Kernel<EwParams> = Kernel::new(&SHADER, "elementwise_combine_sign", BINDINGS).with_work(|p| Work::f32s(3 * p.len as usize, 3 * p.len as usize));
+pub(crate) static ELEMENTWISE_COMBINE: Kernel<EwParams> = Kernel::new(&SHADER, "elementwise_combine", &[Read, Unused, ReadWrite, Unused, Uniform]).with_work(|p| Work::f32s(3 * p.len as usize, 3 * p.len as usize));
+pub(crate) static ELEMENTWISE_FILL: Kernel<EwParams> = Kernel::new(&SHADER, "elementwise_fill", &[Unused, Unused, ReadWrite, Unused, Uniform]).with_work(|p| Work::f32s(p.len as usize, 0));
+pub(crate) static ELEMENTWISE_COMBINE_SIGN: Kernel<EwParams> = Kernel::new(&SHADER, "elementwise_combine_sign", &[Read, Unused, ReadWrite, Unused, Uniform]).with_work(|p| Work::f32s(3 * p.len as usize, 3 * p.len as usize));
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] =
     &[&ELEMENTWISE_ADD.def, &ELEMENTWISE_COMBINE.def, &ELEMENTWISE_FILL.def, &ELEMENTWISE_COMBINE_SIGN.def];
 

@@ -54,7 +54,7 @@ pub(crate) static GEMM_TILED8: Kernel<GemmParams> =
     Kernel::new(&SHADER, "gemm_tiled8", BINDINGS).with_constants(&[("WG_X", 16.0), ("WG_Y", 16.0), ("TILE_K", 8.0)]).with_work(gemm_work);
 /// Split-K's reduction: adds the k slices' partial products (and row sums).
 pub(crate) static GEMM_SPLIT_REDUCE: Kernel<GemmParams> =
-    Kernel::new(&SHADER, "gemm_split_reduce", BINDINGS).with_constants(&[("WG_X", 8.0), ("WG_Y", 8.0)]).with_work(split_reduce_work);
+    Kernel::new(&SHADER, "gemm_split_reduce", &[Read, Unused, ReadWrite, Unused, ReadWrite, Uniform]).with_constants(&[("WG_X", 8.0), ("WG_Y", 8.0)]).with_work(split_reduce_work);
 fn split_reduce_work(p: &GemmParams) -> Work {
     let width = (p.m * p.n + if p.rowsum != 0 { p.m } else { 0 }) as usize;
     Work::f32s(width * (p.batch as usize + if p.beta != 0.0 { 2 } else { 1 }), width * p.batch as usize)

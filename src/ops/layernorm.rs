@@ -18,7 +18,7 @@ fn work(p: &NormParams) -> Work {
     let n = (p.rows * p.d) as usize;
     Work::f32s(8 * n, 4 * n)
 }
-pub(crate) static LAYERNORM_FORWARD: Kernel<NormParams> = Kernel::new(&SHADER, "layernorm_forward", BINDINGS).with_work(work);
+pub(crate) static LAYERNORM_FORWARD: Kernel<NormParams> = Kernel::new(&SHADER, "layernorm_forward", &[Read, Read, Read, ReadWrite, ReadWrite, Unused, Uniform]).with_work(work);
 pub(crate) static LAYERNORM_BACKWARD: Kernel<NormParams> = Kernel::new(&SHADER, "layernorm_backward", BINDINGS).with_work(work);
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&LAYERNORM_FORWARD.def, &LAYERNORM_BACKWARD.def];
 

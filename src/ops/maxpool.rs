@@ -12,8 +12,8 @@ use crate::tensor::{IndexData, Indices, Tensor};
 
 const SHADER: Shader = Shader::new("maxpool", include_str!("../../shaders/maxpool.wgsl"));
 const BINDINGS: &[crate::kernel::Access] = &[Read, ReadWrite, ReadWrite, Read, Uniform];
-pub(crate) static MAXPOOL_FORWARD: Kernel<PoolParams> = Kernel::new(&SHADER, "maxpool_forward", BINDINGS).with_work(pool_work);
-pub(crate) static MAXPOOL_BACKWARD: Kernel<PoolParams> = Kernel::new(&SHADER, "maxpool_backward", BINDINGS).with_work(pool_work);
+pub(crate) static MAXPOOL_FORWARD: Kernel<PoolParams> = Kernel::new(&SHADER, "maxpool_forward", &[Read, ReadWrite, ReadWrite, Unused, Uniform]).with_work(pool_work);
+pub(crate) static MAXPOOL_BACKWARD: Kernel<PoolParams> = Kernel::new(&SHADER, "maxpool_backward", &[Read, ReadWrite, ReadWrite, Unused, Uniform]).with_work(pool_work);
 pub(crate) static MAXPOOL_BACKWARD_RELU: Kernel<PoolParams> = Kernel::new(&SHADER, "maxpool_backward_relu", BINDINGS).with_work(pool_work);
 /// Pooling, either way: the input plane once, the output and its mask (or divisor) once,
 /// a compare or add per window element.

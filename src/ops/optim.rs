@@ -17,22 +17,59 @@ const SHADER: Shader = Shader::new("optim", include_str!("../../shaders/optim.wg
 pub const OPTIM_SLOTS: usize = 7;
 
 /// Per slot: parameter, gradient, first and second state; then the params.
-const BINDINGS: &[crate::kernel::Access] = &{
-    let mut a = [ReadWrite; 4 * OPTIM_SLOTS + 1];
+/// `slots` slots are bound (the rest `Unused`); `second` binds the second state.
+const fn bindings(slots: usize, second: bool) -> [crate::kernel::Access; 4 * OPTIM_SLOTS + 1] {
+    let mut a = [Unused; 4 * OPTIM_SLOTS + 1];
     let mut s = 0;
-    while s < OPTIM_SLOTS {
+    while s < slots {
+        a[4 * s] = ReadWrite;
         a[4 * s + 1] = Read;
+        a[4 * s + 2] = ReadWrite;
+        if second {
+            a[4 * s + 3] = ReadWrite;
+        }
         s += 1;
     }
     a[4 * OPTIM_SLOTS] = Uniform;
     a
-};
+}
 fn elements(p: &OptimParams) -> usize {
     p.len.iter().map(|&l| l as usize).sum()
 }
-pub(crate) static OPTIM_SGD_STEP: Kernel<OptimParams> = Kernel::new(&SHADER, "optim_sgd_step", BINDINGS).with_work(|p| Work::f32s(5 * elements(p), 6 * elements(p)));
-pub(crate) static OPTIM_ADAM_STEP: Kernel<OptimParams> = Kernel::new(&SHADER, "optim_adam_step", BINDINGS).with_work(|p| Work::f32s(7 * elements(p), 15 * elements(p)));
-pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&OPTIM_SGD_STEP.def, &OPTIM_ADAM_STEP.def];
+fn sgd_work(p: &OptimParams) -> Work {
+    Work::f32s(5 * elements(p), 6 * elements(p))
+}
+fn adam_work(p: &OptimParams) -> Work {
+    Work::f32s(7 * elements(p), 15 * elements(p))
+}
+pub(crate) static OPTIM_SGD_STEP: Kernel<OptimParams> = Kernel::new(&SHADER, "optim_sgd_step", &bindings(OPTIM_SLOTS, false)).with_work(sgd_work);
+pub(crate) static OPTIM_ADAM_STEP: Kernel<OptimParams> = Kernel::new(&SHADER, "optim_adam_step", &bindings(OPTIM_SLOTS, true)).with_work(adam_work);
+/// One tensor a dispatch: for adapters that allow fewer storage buffers per
+/// stage than the multi-tensor kernels bind (21 and 28).
+pub(crate) static OPTIM_SGD_STEP_ONE: Kernel<OptimParams> = Kernel::new(&SHADER, "optim_sgd_step_one", &bindings(1, false)).with_work(sgd_work);
+pub(crate) static OPTIM_ADAM_STEP_ONE: Kernel<OptimParams> = Kernel::new(&SHADER, "optim_adam_step_one", &bindings(1, true)).with_work(adam_work);
+pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&OPTIM_SGD_STEP.def, &OPTIM_ADAM_STEP.def, &OPTIM_SGD_STEP_ONE.def, &OPTIM_ADAM_STEP_ONE.def];
+
+/// Parameter tensors one optimiser dispatch updates on `dev`: [`OPTIM_SLOTS`]
+/// where the device allows the storage buffers that takes, else 1 (the CPU
+/// path updates them one by one).
+pub fn optim_tensors_per_dispatch(dev: &Device, adam: bool) -> usize {
+    match dev {
+        Device::Cpu => 1,
+        Device::Gpu(ctx) => kernel_for(ctx, adam).1,
+    }
+}
+
+/// The kernel of a rule for this device and the tensors it takes a dispatch:
+/// the multi-tensor one where the storage-buffer limit allows it.
+fn kernel_for(ctx: &crate::gpu::GpuContext, adam: bool) -> (&'static Kernel<OptimParams>, usize) {
+    let (multi, one) = if adam { (&OPTIM_ADAM_STEP, &OPTIM_ADAM_STEP_ONE) } else { (&OPTIM_SGD_STEP, &OPTIM_SGD_STEP_ONE) };
+    if ctx.fits(&multi.def) {
+        (multi, OPTIM_SLOTS)
+    } else {
+        (one, 1)
+    }
+}
 
 /// SGD settings, PyTorch's `torch.optim.SGD`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -183,7 +220,7 @@ pub fn optim_sgd_step_multi(slots: &mut [Slot<'_>], first_step: bool, cfg: &SgdC
     let flags = (cfg.nesterov as u32 * NESTEROV) | (first_step as u32 * FIRST) | (use_momentum as u32 * MOMENTUM);
     let q = OptimParams { flags, lr: cfg.lr, momentum: cfg.momentum, dampening: cfg.dampening, weight_decay: cfg.weight_decay, ..Default::default() };
     // Without momentum the buffer (if given) is left alone.
-    apply(slots, &q, &OPTIM_SGD_STEP, use_momentum, false)
+    apply(slots, &q, use_momentum, false)
 }
 
 /// [`optim_adam_step`] for many tensors at once (see [`optim_sgd_step_multi`]).
@@ -208,13 +245,13 @@ pub fn optim_adam_step_multi(slots: &mut [Slot<'_>], step: u32, cfg: &AdamConfig
         bc2_sqrt: (1.0 - cfg.beta2.powi(step as i32)).sqrt(),
         ..Default::default()
     };
-    apply(slots, &q, &OPTIM_ADAM_STEP, true, true)
+    apply(slots, &q, true, true)
 }
 
 /// Checks every slot, then runs `kernel`'s rule over them: on the CPU slot by
 /// slot (the reference), on the GPU [`OPTIM_SLOTS`] tensors a dispatch.
-fn apply(slots: &mut [Slot<'_>], base: &OptimParams, kernel: &'static Kernel<OptimParams>, use1: bool, use2: bool) -> Result<()> {
-    let op = kernel.def.name;
+fn apply(slots: &mut [Slot<'_>], base: &OptimParams, use1: bool, use2: bool) -> Result<()> {
+    let op = if use2 { OPTIM_ADAM_STEP.def.name } else { OPTIM_SGD_STEP.def.name };
     let Some(first) = slots.first() else { return Ok(()) };
     let dev = first.param.device();
     for s in slots.iter_mut() {
@@ -265,7 +302,8 @@ fn apply(slots: &mut [Slot<'_>], base: &OptimParams, kernel: &'static Kernel<Opt
                     pieces.push((n, [window(p, whole, off, size), window(g, whole, off, size), state[0], state[1]]));
                 }
             }
-            for chunk in pieces.chunks(OPTIM_SLOTS) {
+            let (kernel, per_dispatch) = kernel_for(&ctx, use2);
+            for chunk in pieces.chunks(per_dispatch) {
                 let mut q = *base;
                 let mut groups = 0u32;
                 let mut bufs: Vec<Bind> = Vec::with_capacity(4 * OPTIM_SLOTS);

@@ -15,7 +15,7 @@ fn work(p: &SoftmaxParams) -> Work {
     let n = (p.outer * p.dim * p.inner) as usize;
     Work::f32s(4 * n, 3 * n)
 }
-pub(crate) static SOFTMAX_FORWARD: Kernel<SoftmaxParams> = Kernel::new(&SHADER, "softmax_forward", &[Read, Read, ReadWrite, Uniform]).with_work(work);
+pub(crate) static SOFTMAX_FORWARD: Kernel<SoftmaxParams> = Kernel::new(&SHADER, "softmax_forward", &[Read, Unused, ReadWrite, Uniform]).with_work(work);
 pub(crate) static SOFTMAX_BACKWARD: Kernel<SoftmaxParams> = Kernel::new(&SHADER, "softmax_backward", &[Read, Read, ReadWrite, Uniform]).with_work(work);
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&SOFTMAX_FORWARD.def, &SOFTMAX_BACKWARD.def];
 

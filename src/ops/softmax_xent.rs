@@ -12,7 +12,7 @@ use crate::tensor::Tensor;
 const SHADER: Shader = Shader::new("softmax_xent", include_str!("../../shaders/softmax_xent.wgsl"));
 const BINDINGS: &[crate::kernel::Access] = &[Read, Read, ReadWrite, ReadWrite, Uniform];
 pub(crate) static SOFTMAX_XENT_FORWARD: Kernel<XentParams> = Kernel::new(&SHADER, "softmax_xent_forward", BINDINGS).with_work(|p| Work::f32s((2 * p.n * p.c + 2 * p.n) as usize, 6 * (p.n * p.c) as usize));
-pub(crate) static SOFTMAX_XENT_PROBS: Kernel<XentParams> = Kernel::new(&SHADER, "softmax_xent_probs", BINDINGS).with_work(|p| Work::f32s(2 * (p.n * p.c) as usize, 5 * (p.n * p.c) as usize));
+pub(crate) static SOFTMAX_XENT_PROBS: Kernel<XentParams> = Kernel::new(&SHADER, "softmax_xent_probs", &[Read, Unused, Unused, ReadWrite, Uniform]).with_work(|p| Work::f32s(2 * (p.n * p.c) as usize, 5 * (p.n * p.c) as usize));
 /// The same for a batch that fits one workgroup, adding the loss too.
 pub(crate) static SOFTMAX_XENT_FORWARD_ONE: Kernel<XentParams> =
     Kernel::new(&SHADER, "softmax_xent_forward_one", BINDINGS).with_work(|p| Work::f32s((2 * p.n * p.c + 1) as usize, 6 * (p.n * p.c) as usize));

@@ -375,8 +375,10 @@ fn host_counters_count_a_step() {
         assert_eq!(steps[8], s, "two steady steps differ: {steps:?}");
         // Fused epilogues, NCHW loads and stores, bias gradients from the weight
         // gradients' GEMMs, the loss's mean in its kernel, a multi-tensor
-        // optimiser: 26 (55 when issue 13 began).
-        assert!(s.dispatches > 10 && s.dispatches <= 26, "{s:?}");
+        // optimiser: 26 (55 when issue 13 began), two of them the optimiser's
+        // (ten tensors, seven a dispatch; one a dispatch under WebGPU's limits).
+        let optim = 10usize.div_ceil(wgpu_cnn::ops::optim::optim_tensors_per_dispatch(&dev, false)) as u64;
+        assert!(s.dispatches > 10 && s.dispatches <= 24 + optim, "{s:?}");
         assert_eq!((s.bind_groups, s.passes, s.queue_writes, s.submits), (0, 1, 2, 1), "{s:?}");
         // The labels go up every step (16 × 4 bytes), and every dispatch's params.
         assert!(s.bytes_uploaded >= 64 + 16 * s.dispatches, "{s:?}");
