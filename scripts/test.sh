@@ -32,6 +32,17 @@ if [ -z "${WGPU_CNN_SKIP_GPU_TESTS:-}" ] && [ "$(uname -s)" = Linux ] && ! has_v
     fi
 fi
 
+# spirv-val checks the SPIR-V every kernel translates to (tests/shaders.rs);
+# without it the SPIR-V is still written, but not validated.
+if ! command -v spirv-val >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
+    if [ "$(id -u)" -eq 0 ] || [ -n "$SUDO" ]; then
+        echo "== installing spirv-tools (spirv-val) for the shader translation test"
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq spirv-tools >/dev/null
+    fi
+fi
+
 # The Vulkan loader only prints noise without it.
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 cargo test --all-targets

@@ -5,7 +5,7 @@
 # It prints the adapter, runs the parity suite on it, then the bench (GEMM up
 # to 4096³ and the LeNet-5, VGG-small and ResNet-20 training steps, with the
 # host-side counters) and PyTorch's side on CUDA with TF32 off, writing
-#   $OUT/adapter.txt  $OUT/parity.log  $OUT/bench.json  $OUT/torch.json  $OUT/run.json
+#   $OUT/adapter.txt  $OUT/doctor.txt  $OUT/doctor-webgpu.json  $OUT/parity.log  $OUT/bench.json  $OUT/torch.json  $OUT/run.json
 # in about 5 minutes. `--quick` runs a small version; it also runs here against
 # lavapipe: OUT=/tmp/kit-out bash benches/device/run.sh --quick
 set -uo pipefail
@@ -15,7 +15,7 @@ QUICK=0
 [ "${1:-}" = "--quick" ] && QUICK=1
 : "${OUT:?set OUT to the folder for the results}"
 mkdir -p "$OUT"
-[ -x "$KIT/bench" ] && [ -x "$KIT/parity" ] || { echo "run.sh: no kit in $KIT; run benches/device/stage.sh first"; exit 1; }
+[ -x "$KIT/bench" ] && [ -x "$KIT/parity" ] && [ -x "$KIT/doctor" ] || { echo "run.sh: no kit in $KIT; run benches/device/stage.sh first"; exit 1; }
 
 # The Vulkan loader, unless the machine has one; NVIDIA's ICD where the driver keeps it.
 if ! ldconfig -p | grep -q 'libvulkan.so.1'; then
@@ -35,6 +35,12 @@ started=$(date +%s)
 echo "== adapter"
 timeout 120 "$KIT/bench" --no-gemm --no-train 2>&1 | grep -m1 '^adapter' | tee "$OUT/adapter.txt"
 adapter_rc=${PIPESTATUS[0]}
+
+echo "== doctor: every kernel against the CPU path, under the adapter's and WebGPU's limits"
+timeout 120 "$KIT/doctor" | tee "$OUT/doctor.txt"
+doctor_rc=${PIPESTATUS[0]}
+timeout 120 "$KIT/doctor" --limits webgpu --json > "$OUT/doctor-webgpu.json"
+[ $? = 0 ] || doctor_rc=1
 
 echo "== parity suite on this adapter"
 timeout 300 "$KIT/parity" --test-threads 4 > "$OUT/parity.log" 2>&1
@@ -68,6 +74,7 @@ elapsed=$(( $(date +%s) - started ))
 {
     printf '{'
     status adapter_rc "$adapter_rc"; printf ', '
+    status doctor_rc "$doctor_rc"; printf ', '
     status parity_rc "$parity_rc"; printf ', '
     status bench_rc "$bench_rc"; printf ', '
     status torch_rc "$torch_rc"; printf ', '
@@ -75,4 +82,4 @@ elapsed=$(( $(date +%s) - started ))
     status seconds "$elapsed"
     printf '}\n'
 } | tee "$OUT/run.json"
-[ "$adapter_rc" = 0 ] && [ "$parity_rc" = 0 ] && [ "$bench_rc" = 0 ] && { [ "$torch_rc" = 0 ] || [ "$torch_rc" = '"skipped"' ]; }
+[ "$adapter_rc" = 0 ] && [ "$doctor_rc" = 0 ] && [ "$parity_rc" = 0 ] && [ "$bench_rc" = 0 ] && { [ "$torch_rc" = 0 ] || [ "$torch_rc" = '"skipped"' ]; }

@@ -3,6 +3,7 @@
 # benches/device/run.sh runs on a lent GPU machine, into benches/device/kit/
 # (git-ignored; the device tool carries it):
 #   kit/bench            release `examples/bench`, stripped
+#   kit/doctor           release `examples/doctor` (the self-test), stripped
 #   kit/parity           the release parity test binary, stripped
 #   kit/torch_compare.py PyTorch's side of the bench table
 #   kit/gl/*.deb         the Vulkan loader (the GPU machine has NVIDIA's driver
@@ -16,8 +17,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/tmp/wgpu-cnn-target}"
 rm -rf "$KIT"
 mkdir -p "$KIT/gl"
 echo "== building the release bench and parity binaries"
-cargo build --release --example bench
+cargo build --release --example bench --example doctor
 cp "$CARGO_TARGET_DIR/release/examples/bench" "$KIT/bench"
+cp "$CARGO_TARGET_DIR/release/examples/doctor" "$KIT/doctor"
 parity=$(cargo test --release --test parity --no-run --message-format=json 2>/dev/null \
     | python3 -c 'import json, sys
 for line in sys.stdin:
@@ -26,7 +28,7 @@ for line in sys.stdin:
         print(m["executable"])' | tail -1)
 [ -n "$parity" ] || { echo "stage.sh: cargo did not report the parity test binary"; exit 1; }
 cp "$parity" "$KIT/parity"
-strip "$KIT/bench" "$KIT/parity"
+strip "$KIT/bench" "$KIT/parity" "$KIT/doctor"
 cp benches/torch_compare.py "$KIT/"
 
 echo "== downloading the Vulkan loader package (amd64)"
