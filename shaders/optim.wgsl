@@ -14,8 +14,8 @@
 // m<s> and second moment v<s> (4 bindings a slot, 7 slots: 28 storage
 // bindings for Adam, 21 for SGD, which never touches v; within the 31
 // buffers Metal allows a stage). Unused slots and unused states are bound to
-// small scratch buffers and never touched. The `_one` entry points bind
-// slot 0 only, for adapters that allow fewer storage buffers.
+// small scratch buffers and never touched. The `_two` entry points bind
+// slots 0 and 1 only, for adapters that allow fewer storage buffers.
 // Workgroups are laid out slot after slot: slot s owns the flat workgroup ids
 // [first[s], first[s + 1]), so a workgroup reads one tensor's contiguous run.
 
@@ -230,31 +230,59 @@ fn optim_adam_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     store_p(s, i, r.x);
 }
 
-// One tensor a dispatch (slot 0's bindings only): for adapters with fewer
-// storage buffers per stage than the multi-tensor entry points bind
-// (WebGPU's default is 8). Same rules, same results.
-fn one_index(wid: vec3<u32>, lid: u32, nwg: vec3<u32>) -> u32 {
-    return (wid.x + (wid.y + wid.z * nwg.y) * nwg.x) * WG + lid;
+// Two tensors a dispatch (the bindings of slots 0 and 1 only: 6 storage
+// buffers for SGD, 8 for Adam): for adapters with fewer storage buffers per
+// stage than the seven-slot entry points bind (WebGPU's default is 8). Same
+// rules, same results. SGD's entry never names v0 or v1, so its layout
+// leaves them out.
+fn load2(b: u32, s: u32, i: u32) -> f32 {
+    // b: 0 p, 1 g, 2 m.
+    if (s == 0u) {
+        switch b { case 0u: { return p0[i]; } case 1u: { return g0[i]; } default: { return m0[i]; } }
+    }
+    switch b { case 0u: { return p1[i]; } case 1u: { return g1[i]; } default: { return m1[i]; } }
+}
+
+fn store2(b: u32, s: u32, i: u32, x: f32) {
+    // b: 0 p, 2 m.
+    if (s == 0u) {
+        if (b == 0u) { p0[i] = x; } else { m0[i] = x; }
+        return;
+    }
+    if (b == 0u) { p1[i] = x; } else { m1[i] = x; }
+}
+
+fn load2_v(s: u32, i: u32) -> f32 {
+    if (s == 0u) { return v0[i]; }
+    return v1[i];
+}
+
+fn store2_v(s: u32, i: u32, x: f32) {
+    if (s == 0u) { v0[i] = x; } else { v1[i] = x; }
 }
 
 @compute @workgroup_size(WG)
-fn optim_sgd_step_one(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = one_index(wid, lid, nwg);
-    if (i >= params.len[0].x) { return; }
+fn optim_sgd_step_two(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let at = locate(wid, lid, nwg);
+    let s = at.x;
+    let i = at.y;
+    if (s >= 2u) { return; }
     var m = 0.0;
     let with_buf = (params.flags & MOMENTUM) != 0u;
-    if (with_buf && (params.flags & FIRST) == 0u) { m = m0[i]; }
-    let r = sgd_rule(p0[i], g0[i], m);
-    if (with_buf) { m0[i] = r.y; }
-    p0[i] = r.x;
+    if (with_buf && (params.flags & FIRST) == 0u) { m = load2(2u, s, i); }
+    let r = sgd_rule(load2(0u, s, i), load2(1u, s, i), m);
+    if (with_buf) { store2(2u, s, i, r.y); }
+    store2(0u, s, i, r.x);
 }
 
 @compute @workgroup_size(WG)
-fn optim_adam_step_one(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = one_index(wid, lid, nwg);
-    if (i >= params.len[0].x) { return; }
-    let r = adam_rule(p0[i], g0[i], m0[i], v0[i]);
-    m0[i] = r.y;
-    v0[i] = r.z;
-    p0[i] = r.x;
+fn optim_adam_step_two(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let at = locate(wid, lid, nwg);
+    let s = at.x;
+    let i = at.y;
+    if (s >= 2u) { return; }
+    let r = adam_rule(load2(0u, s, i), load2(1u, s, i), load2(2u, s, i), load2_v(s, i));
+    store2(2u, s, i, r.y);
+    store2_v(s, i, r.z);
+    store2(0u, s, i, r.x);
 }

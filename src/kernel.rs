@@ -280,7 +280,7 @@ impl KernelCache {
 
 /// The most any kernel the library may choose needs of a device, the
 /// fallbacks taken where an op has one (the multi-tensor optimiser's 28
-/// storage buffers fall back to one tensor a dispatch). `tests/shaders.rs`
+/// storage buffers fall back to two tensors a dispatch). `tests/shaders.rs`
 /// derives these from the kernels themselves and checks they agree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Needs {

@@ -211,7 +211,7 @@ fn needs(def: &KernelDef) -> (u32, [u32; 3], u32) {
 }
 
 /// Kernels with a fallback for devices they do not fit, and the fallback.
-const FALLBACKS: &[(&str, &str)] = &[("optim_sgd_step", "optim_sgd_step_one"), ("optim_adam_step", "optim_adam_step_one")];
+const FALLBACKS: &[(&str, &str)] = &[("optim_sgd_step", "optim_sgd_step_two"), ("optim_adam_step", "optim_adam_step_two")];
 
 /// `kernel::NEEDS` is exactly the most any kernel needs (fallbacks taken),
 /// and that is within WebGPU's default limits, so every op runs under

@@ -376,7 +376,7 @@ fn host_counters_count_a_step() {
         // Fused epilogues, NCHW loads and stores, bias gradients from the weight
         // gradients' GEMMs, the loss's mean in its kernel, a multi-tensor
         // optimiser: 26 (55 when issue 13 began), two of them the optimiser's
-        // (ten tensors, seven a dispatch; one a dispatch under WebGPU's limits).
+        // (ten tensors, seven a dispatch; two under WebGPU's limits).
         let optim = 10usize.div_ceil(wgpu_cnn::ops::optim::optim_tensors_per_dispatch(&dev, false)) as u64;
         assert!(s.dispatches > 10 && s.dispatches <= 24 + optim, "{s:?}");
         assert_eq!((s.bind_groups, s.passes, s.queue_writes, s.submits), (0, 1, 2, 1), "{s:?}");

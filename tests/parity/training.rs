@@ -420,9 +420,9 @@ fn gpu_profile_and_trace() {
         assert_eq!(calls("im2col"), 4, "{report}");
         // Only conv2 folds its input gradient back: conv1's input (the images) needs none.
         assert_eq!(calls("col2im"), 2, "{report}");
-        // Ten parameter tensors, seven a dispatch (one under WebGPU's limits).
+        // Ten parameter tensors, seven a dispatch (two under WebGPU's limits).
         let per = wgpu_cnn::ops::optim::optim_tensors_per_dispatch(&dev, false);
-        let optim = if per == 1 { "optim_sgd_step_one" } else { "optim_sgd_step" };
+        let optim = if per == 2 { "optim_sgd_step_two" } else { "optim_sgd_step" };
         assert_eq!(calls(optim), 2 * 10u64.div_ceil(per as u64), "{report}");
         // Every ReLU follows a convolution or a linear layer, which applies it; biases ride in the GEMM.
         assert_eq!((calls("activation_forward"), calls("bias_add")), (0, 0), "{report}");
