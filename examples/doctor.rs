@@ -107,8 +107,27 @@ fn tol(terms: usize) -> Tolerance {
     Tolerance::new(4e-6 * terms as f32 + 1e-5, 1e-4)
 }
 
-fn checks(gpu: &Device) -> Vec<Check> {
+/// The checks, and the kernels built on the extra devices they opened.
+fn checks(gpu: &Device, limits: LimitsMode) -> (Vec<Check>, Vec<&'static str>) {
     let mut out = Vec::new();
+    let mut built = Vec::new();
+    // Convolutions (implicit GEMM, forward and weight gradient) on every GEMM
+    // kernel, each forced on a device of its own.
+    let conv = Conv2dConfig::default().padding(1);
+    for v in GemmVariant::ALL {
+        let forced = match Device::gpu_with(&GpuOptions { gemm_variant: Some(v), limits, ..GpuOptions::default() }) {
+            Ok(d) => d,
+            Err(e) => {
+                out.push(Check { name: format!("conv2d on gemm {}", v.name()), max_diff: 0.0, tolerance: tol(0), error: Some(e.to_string()) });
+                continue;
+            }
+        };
+        out.push(check(&forced, &format!("conv2d on gemm {}", v.name()), &[&[2, 3, 7, 20], &[70, 3, 3, 3], &[2, 70, 7, 20]], tol(2 * 140), &move |_, t| {
+            let g = conv2d_backward(&t[0], &t[1], &t[2], conv, false)?;
+            Ok(vec![conv2d_forward(&t[0], &t[1], None, conv)?, g.dw])
+        }));
+        built.extend(forced.gpu_context().map(|c| c.kernels_built()).unwrap_or_default());
+    }
     let mut add = |name: &str, inputs: &[&[usize]], t: Tolerance, f: &Body| out.push(check(gpu, name, inputs, t, f));
     // Every GEMM kernel, forced, plain and with row sums (the mapped twins).
     for v in GemmVariant::ALL {
@@ -118,7 +137,6 @@ fn checks(gpu: &Device) -> Vec<Check> {
             Ok(vec![gemm(&t[0], &t[1], cfg)?, c, sums])
         });
     }
-    let conv = Conv2dConfig::default().padding(1);
     add("conv2d (implicit GEMM) fwd / dx / dw / db", &[&[2, 4, 9, 8], &[6, 4, 3, 3], &[6], &[2, 6, 9, 8]], tol(2 * 72), &move |_, t| {
         let y = conv2d_forward(&t[0], &t[1], Some(&t[2]), conv)?;
         let g = conv2d_backward(&t[0], &t[1], &t[3], conv, true)?;
@@ -234,7 +252,7 @@ fn checks(gpu: &Device) -> Vec<Check> {
         out.extend(trainer.model.parameters("")?.iter().map(|p| p.value.clone()));
         Ok(out)
     });
-    out
+    (out, built)
 }
 
 fn main() -> std::process::ExitCode {
@@ -267,8 +285,11 @@ fn run(args: &Args) -> wgpu_cnn::Result<bool> {
         ("max_compute_workgroup_storage_size", n.workgroup_storage_bytes as u64, l.max_compute_workgroup_storage_size as u64),
     ];
     let per_dispatch = wgpu_cnn::ops::optim::optim_tensors_per_dispatch(&gpu, true);
-    let checks = checks(&gpu);
-    let used = ctx.kernels_built();
+    let (checks, mut used) = checks(&gpu, limits);
+    // Kernels built on this device or on the per-GEMM-kernel ones.
+    used.extend(ctx.kernels_built());
+    used.sort_unstable();
+    used.dedup();
     let all: Vec<&str> = wgpu_cnn::ops::kernels().iter().map(|k| k.name).collect();
     // Kernels no check reached: the other optimiser path, at most.
     let unreached: Vec<&str> = all.iter().copied().filter(|k| !used.contains(k)).collect();

@@ -69,6 +69,10 @@ pub struct GpuOptions {
     /// WebGPU's defaults where the adapter offers more (what a browser or a
     /// low-end GPU gives). `WGPU_CNN_LIMITS=webgpu` (or `adapter`) sets it for any run.
     pub limits: LimitsMode,
+    /// Use this GEMM kernel for every GEMM, convolutions' included, instead
+    /// of the adapter's default or the tuned choice (`autotune` is then off):
+    /// the `doctor` example checks each kernel this way. `None`: choose.
+    pub gemm_variant: Option<crate::gpu::GemmVariant>,
 }
 
 /// Which limits a device is opened with; ops choose their kernels and work
@@ -134,6 +138,7 @@ impl Default for GpuOptions {
             tuning_cache: TuningCache::Default,
             memory_budget: None,
             limits: LimitsMode::Adapter,
+            gemm_variant: None,
         }
     }
 }

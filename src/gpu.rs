@@ -357,8 +357,8 @@ impl GpuContext {
             })
         });
         let profiler = opts.profile.then(|| Mutex::new(Profiler::new(&device, &queue)));
-        let gemm_variant = if summary.is_software() { GemmVariant::Blocked } else { GemmVariant::Tiled };
-        let autotune = opts.autotune && std::env::var("WGPU_CNN_AUTOTUNE").map_or(true, |v| v != "0");
+        let gemm_variant = opts.gemm_variant.unwrap_or(if summary.is_software() { GemmVariant::Blocked } else { GemmVariant::Tiled });
+        let autotune = opts.autotune && opts.gemm_variant.is_none() && std::env::var("WGPU_CNN_AUTOTUNE").map_or(true, |v| v != "0");
         let tuning_file = match &opts.tuning_cache {
             TuningCache::Default => default_cache_dir().map(|d| d.join(format!("tuning-{}.json", summary.file_key()))),
             TuningCache::File(p) => Some(p.clone()),
