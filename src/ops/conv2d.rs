@@ -43,9 +43,10 @@ pub const CPU_CHUNK_BYTES: u64 = 256 << 20;
 /// Column-matrix budget on the GPU (kept columns, dx's column gradient),
 /// also capped by the binding limit and `GpuOptions::max_chunk_bytes`.
 const GPU_CHUNK_BYTES: u64 = 512 << 20;
-/// Budget of dx's column gradient on the GPU when dW gathers its columns:
-/// ResNet-18's 56×56 stage at batch 8 then runs dx in two chunks of 29 MB
-/// instead of one of 58 MB, two more dispatches for 29 MB off the step's peak.
+/// Budget of dx's column gradient on the GPU when dW gathers its columns
+/// (or dx's own size, when larger): ResNet-18's 56×56 stage at batch 8 then
+/// runs dx in two chunks of 29 MB instead of one of 58 MB, two more
+/// dispatches for 29 MB off the step's peak.
 const DX_COLS_BYTES: u64 = 32 << 20;
 
 /// Gradients of a convolution.
@@ -517,7 +518,10 @@ pub(crate) fn conv2d_backward_gpu(
     let gathered = kept.is_none() && !geo.is_pointwise();
     let dx_chunk = if gathered {
         weight_grad(0, geo.n)?;
-        chunk.min(geo.images_per_chunk(DX_COLS_BYTES))
+        // No smaller than dx itself: a VGG-sized layer (columns 9× its
+        // input) would otherwise take dozens of chunks, two dispatches each.
+        let dx_bytes = (geo.n * in_img * 4) as u64;
+        chunk.min(geo.images_per_chunk(DX_COLS_BYTES.max(dx_bytes)))
     } else {
         chunk
     };
