@@ -67,16 +67,9 @@ impl Check {
     }
 }
 
-/// Reproducible values in [-1, 1).
-fn data(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        })
-        .collect()
-}
+#[path = "common/mod.rs"]
+mod common;
+use common::lcg_values as data;
 
 type Body = dyn Fn(&Device, &[Tensor]) -> wgpu_cnn::Result<Vec<Tensor>>;
 

@@ -14,13 +14,7 @@ use wgpu_cnn::ops::softmax_xent::{softmax_xent, CrossEntropyConfig};
 use wgpu_cnn::{Conv2dConfig, Device, Pool2dConfig, Tensor, Tolerance};
 
 fn data(shape: &[usize], seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..shape.iter().product::<usize>())
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        })
-        .collect()
+    common::lcg_values(shape.iter().product(), seed)
 }
 
 /// Runs `f` on both devices with the same inputs and prints the max difference of each output.

@@ -426,3 +426,14 @@ pub fn run_parallel(
     *t = dp.replicas.swap_remove(0);
     Ok(true)
 }
+
+/// Reproducible values in [-1, 1) (an LCG; no rand dependency), `len` of them.
+pub fn lcg_values(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        })
+        .collect()
+}
