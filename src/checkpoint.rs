@@ -57,6 +57,9 @@ pub fn save(path: &Path, trainer: &mut Trainer) -> Result<()> {
         ("step", trainer.step.to_string()),
         ("epoch_step", trainer.epoch_step.to_string()),
         ("optimizer_steps", trainer.optimizer.steps.to_string()),
+        // Parameters whose optimiser state began after the first step, and frozen ones.
+        ("optimizer_born", trainer.optimizer.state_born().iter().map(|(n, s)| format!("{n}={s}")).collect::<Vec<_>>().join(";")),
+        ("frozen", trainer.model.frozen_names().join(";")),
         ("seed", trainer.config.seed.to_string()),
     ]
     .into_iter()
@@ -276,5 +279,15 @@ pub fn load_bytes(path: &Path, bytes: &[u8], trainer: &mut Trainer) -> Result<()
     trainer.step = step;
     trainer.epoch_step = epoch_step;
     trainer.optimizer.steps = opt_steps;
+    let born = meta.get("optimizer_born").map_or("", String::as_str).split(';').filter(|e| !e.is_empty());
+    let born = born.map(|e| e.rsplit_once('=').and_then(|(n, s)| Some((n.to_string(), s.parse().ok()?)))).collect::<Option<_>>();
+    trainer.optimizer.set_state_born(born.unwrap_or_default());
+    // Files from before freezing was kept have no list: nothing frozen.
+    let frozen: Vec<&str> = meta.get("frozen").map_or("", String::as_str).split(';').filter(|e| !e.is_empty()).collect();
+    trainer.model.unfreeze(&[])?;
+    for name in frozen {
+        // A name this model lacks was caught by the fingerprint; ignore it here.
+        let _ = trainer.model.freeze(&[name]);
+    }
     Ok(())
 }

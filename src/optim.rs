@@ -42,8 +42,75 @@ impl OptimizerConfig {
     }
 }
 
+/// Which parameters a [`ParamGroup`] takes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ParamSelect {
+    /// Those whose state name is one of these or lies under one (`"layer4"`
+    /// takes `layer4.0.conv1.weight`; see [`crate::nn::name_matches`]).
+    Prefixes(Vec<String>),
+    /// Those that are not one of these prefixes (a backbone: everything but the head).
+    Except(Vec<String>),
+    /// Tensors of at most one dimension: biases and normalisation layers'
+    /// scales and shifts (torchvision's and timm's no-decay rule).
+    NormAndBias,
+}
+
+/// Settings for a set of parameters, as PyTorch's param groups: a
+/// learning-rate multiplier (schedules scale every group alike) and a weight
+/// decay of its own. A parameter that several groups select takes the
+/// product of their multipliers and the last one's weight decay; the rest
+/// train with the optimiser's own settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamGroup {
+    /// Which parameters.
+    pub select: ParamSelect,
+    /// Their rate is the optimiser's times this.
+    pub lr_mult: f32,
+    /// Their weight decay, instead of the optimiser's (`None`: the optimiser's).
+    pub weight_decay: Option<f32>,
+}
+
+impl ParamGroup {
+    /// The parameters under `prefixes`, at `lr_mult` times the rate.
+    pub fn prefixes(prefixes: &[&str], lr_mult: f32) -> ParamGroup {
+        ParamGroup { select: ParamSelect::Prefixes(prefixes.iter().map(|p| p.to_string()).collect()), lr_mult, weight_decay: None }
+    }
+
+    /// Every parameter outside `prefixes` (a backbone, `prefixes` naming the
+    /// head) at `lr_mult` times the rate.
+    pub fn except(prefixes: &[&str], lr_mult: f32) -> ParamGroup {
+        ParamGroup { select: ParamSelect::Except(prefixes.iter().map(|p| p.to_string()).collect()), lr_mult, weight_decay: None }
+    }
+
+    /// No weight decay on biases and normalisation parameters (tensors of at
+    /// most one dimension), as torchvision's and timm's recipes do.
+    pub fn no_decay_on_norm_and_bias() -> ParamGroup {
+        ParamGroup { select: ParamSelect::NormAndBias, lr_mult: 1.0, weight_decay: Some(0.0) }
+    }
+
+    /// Whether the group takes the parameter `name` of shape `shape`.
+    pub fn selects(&self, name: &str, shape: &[usize]) -> bool {
+        match &self.select {
+            ParamSelect::Prefixes(ps) => ps.iter().any(|p| crate::nn::name_matches(name, p)),
+            ParamSelect::Except(ps) => !ps.iter().any(|p| crate::nn::name_matches(name, p)),
+            ParamSelect::NormAndBias => shape.len() <= 1,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !(self.lr_mult.is_finite() && self.lr_mult >= 0.0) {
+            return Err(Error::InvalidArgument { op: "ParamGroup", msg: format!("lr_mult {} must be finite and ≥ 0", self.lr_mult) });
+        }
+        if let Some(wd) = self.weight_decay.filter(|wd| !(wd.is_finite() && *wd >= 0.0)) {
+            return Err(Error::InvalidArgument { op: "ParamGroup", msg: format!("weight decay {wd} must be finite and ≥ 0") });
+        }
+        Ok(())
+    }
+}
+
 /// An optimiser with its state: momentum buffers (SGD) or first and second
-/// moments (Adam), created on first use beside each parameter.
+/// moments (Adam), created on first use beside each parameter, and counted
+/// from then (a parameter unfrozen later starts its own moments, as in PyTorch).
 pub struct Optimizer {
     /// The update rule and its settings (the rate follows the schedule).
     pub config: OptimizerConfig,
@@ -51,14 +118,35 @@ pub struct Optimizer {
     pub base_lr: f32,
     /// Updates taken so far.
     pub steps: u32,
+    /// Per-parameter settings (empty: one setting for all).
+    pub groups: Vec<ParamGroup>,
     state: BTreeMap<String, (Tensor, Option<Tensor>)>,
+    /// For state made after the first step: the optimiser's step count just
+    /// before (its own steps are `steps − born`).
+    born: BTreeMap<String, u32>,
 }
 
 impl Optimizer {
     /// An optimiser with no state yet.
     pub fn new(config: OptimizerConfig) -> Result<Optimizer> {
         config.validate()?;
-        Ok(Optimizer { base_lr: config.lr(), config, steps: 0, state: BTreeMap::new() })
+        Ok(Optimizer { base_lr: config.lr(), config, steps: 0, groups: Vec::new(), state: BTreeMap::new(), born: BTreeMap::new() })
+    }
+
+    /// The optimiser with parameter groups (see [`ParamGroup`]).
+    pub fn with_groups(mut self, groups: Vec<ParamGroup>) -> Result<Optimizer> {
+        groups.iter().try_for_each(ParamGroup::validate)?;
+        self.groups = groups;
+        Ok(self)
+    }
+
+    /// The (rate multiplier, weight decay) parameter `name` trains with.
+    pub fn settings_for(&self, name: &str, shape: &[usize]) -> (f32, f32) {
+        let wd = match self.config {
+            OptimizerConfig::Sgd(c) => c.weight_decay,
+            OptimizerConfig::Adam(c) => c.weight_decay,
+        };
+        self.groups.iter().filter(|g| g.selects(name, shape)).fold((1.0, wd), |(m, wd), g| (m * g.lr_mult, g.weight_decay.unwrap_or(wd)))
     }
 
     /// The learning rate the next step uses.
@@ -77,6 +165,9 @@ impl Optimizer {
 
     /// Updates every parameter of `model` from its gradient: on the GPU a
     /// few multi-tensor dispatches ([`crate::ops::optim::OPTIM_SLOTS`] tensors each), not one per tensor.
+    /// Frozen parameters are not updated and get no state. Parameters are
+    /// updated in buckets of equal settings (group and own step count), one
+    /// multi-tensor call each: one bucket when no groups are set.
     pub fn step(&mut self, model: &mut dyn Layer) -> Result<()> {
         self.steps += 1;
         let adam = matches!(self.config, OptimizerConfig::Adam(_));
@@ -86,21 +177,50 @@ impl Optimizer {
                 let dev = p.value.device();
                 let second = adam.then(|| Tensor::zeros(&dev, p.value.shape())).transpose()?;
                 self.state.insert(p.name.clone(), (Tensor::zeros(&dev, p.value.shape())?, second));
+                if self.steps > 1 {
+                    self.born.insert(p.name.clone(), self.steps - 1);
+                }
             }
         }
+        // (rate multiplier, weight decay, own step) → the bucket's slots.
+        let keys: Vec<(f32, f32, u32)> = params
+            .iter()
+            .map(|p| {
+                let (m, wd) = self.settings_for(&p.name, p.value.shape());
+                (m, wd, self.steps - self.born.get(&p.name).copied().unwrap_or(0))
+            })
+            .collect();
         let mut state: std::collections::HashMap<&String, &mut (Tensor, Option<Tensor>)> = self.state.iter_mut().collect();
-        let mut slots = Vec::with_capacity(params.len());
-        for p in params.iter_mut() {
+        let mut buckets: Vec<((f32, f32, u32), Vec<Slot>)> = Vec::new();
+        for (p, key) in params.iter_mut().zip(keys) {
             let (s1, s2) = state.remove(&p.name).expect("state created above");
             if adam && s2.is_none() {
                 return Err(Error::InvalidArgument { op: "Optimizer::step", msg: format!("`{}` has no second moment (restored from an SGD checkpoint?)", p.name) });
             }
-            slots.push(Slot { param: &mut *p.value, grad: &*p.grad, state1: Some(s1), state2: s2.as_mut() });
+            let slot = Slot { param: &mut *p.value, grad: &*p.grad, state1: Some(s1), state2: s2.as_mut() };
+            match buckets.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, slots)) => slots.push(slot),
+                None => buckets.push((key, vec![slot])),
+            }
         }
-        match &self.config {
-            OptimizerConfig::Sgd(c) => optim_sgd_step_multi(&mut slots, self.steps == 1, c),
-            OptimizerConfig::Adam(c) => optim_adam_step_multi(&mut slots, self.steps, c),
+        for ((mult, wd, own_step), mut slots) in buckets {
+            match self.config {
+                OptimizerConfig::Sgd(c) => optim_sgd_step_multi(&mut slots, own_step == 1, &SgdConfig { lr: c.lr * mult, weight_decay: wd, ..c })?,
+                OptimizerConfig::Adam(c) => optim_adam_step_multi(&mut slots, own_step, &AdamConfig { lr: c.lr * mult, weight_decay: wd, ..c })?,
+            }
         }
+        Ok(())
+    }
+
+    /// For checkpoints: the parameters whose state was made after the first
+    /// step, with the step count just before (see [`Optimizer::step`]).
+    pub fn state_born(&self) -> &BTreeMap<String, u32> {
+        &self.born
+    }
+
+    /// Restores what [`Optimizer::state_born`] gave.
+    pub(crate) fn set_state_born(&mut self, born: BTreeMap<String, u32>) {
+        self.born = born;
     }
 
     /// The step count and which parameters have state, to undo a dry run's step.
@@ -113,6 +233,7 @@ impl Optimizer {
     pub(crate) fn restore_marks(&mut self, (steps, names): (u32, Vec<String>)) {
         self.steps = steps;
         self.state.retain(|k, _| names.contains(k));
+        self.born.retain(|k, _| names.contains(k));
     }
 
     /// State tensors by name (`"<param>.state1"`, `"<param>.state2"`), for checkpoints.

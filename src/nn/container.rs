@@ -130,9 +130,14 @@ impl Layer for Sequential {
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
         self.backward_to(dy, 0)
     }
-    /// Stops at the first layer with parameters: nothing before it needs a gradient.
+    /// Stops at the first layer with parameters that train: nothing before
+    /// it needs a gradient (a frozen backbone runs no backward at all).
     fn backward_params(&mut self, dy: &Tensor) -> Result<()> {
-        let Some(first) = self.layers.iter_mut().position(|l| l.param_count() > 0) else { return Ok(()) };
+        let first = self.layers.iter_mut().position(|l| l.trainable_count() > 0);
+        // What the layers before it kept for backward is not needed.
+        let n = first.unwrap_or(self.layers.len());
+        self.layers[..n].iter_mut().for_each(|l| l.release());
+        let Some(first) = first else { return Ok(()) };
         let g = self.backward_to(dy, first + 1)?;
         self.layers[first].backward_params(&g)
     }

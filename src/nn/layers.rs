@@ -74,8 +74,15 @@ impl WeightBias {
         Ok(WeightBias { gw: Grad::new(&weight)?, gb: bias.as_ref().map(Grad::new).transpose()?, weight, bias })
     }
 
-    fn accumulate(&mut self, dw: Tensor, db: Option<Tensor>) -> Result<()> {
-        self.gw.accumulate(dw)?;
+    /// Whether either tensor trains: a frozen layer skips its weight-gradient GEMM.
+    fn trains(&self) -> bool {
+        !self.gw.is_frozen() || self.gb.as_ref().is_some_and(|g| !g.is_frozen())
+    }
+
+    fn accumulate(&mut self, dw: Option<Tensor>, db: Option<Tensor>) -> Result<()> {
+        if let Some(dw) = dw {
+            self.gw.accumulate(dw)?;
+        }
         if let (Some(gb), Some(db)) = (self.gb.as_mut(), db) {
             gb.accumulate(db)?;
         }
@@ -152,7 +159,8 @@ impl Conv2d {
             None => x,
         };
         let (w, b) = (&self.params.weight, self.params.bias.as_ref());
-        let y = if mode == Mode::Train {
+        // A frozen convolution's backward needs no columns (no dW).
+        let y = if mode == Mode::Train && self.params.trains() {
             let (y, cols) = conv2d_forward_keep(x, w, b, self.cfg, act)?;
             self.cols = cols;
             y
@@ -174,7 +182,7 @@ impl Conv2d {
         let x = take_saved(&mut self.x, gpu, "Conv2d")?;
         let x = &x;
         let cols = self.cols.take();
-        let (dx, dw, db) = conv2d_backward_cols(x, &self.params.weight, dy, self.cfg, self.params.bias.is_some(), need_dx, cols.as_ref(), relu_mask)?;
+        let (dx, dw, db) = conv2d_backward_cols(x, &self.params.weight, dy, self.cfg, self.params.bias.is_some(), need_dx, self.params.trains(), cols.as_ref(), relu_mask)?;
         self.params.accumulate(dw, db)?;
         match (dx, self.pre_pad) {
             (Some(dx), Some(sides)) => {
@@ -343,7 +351,7 @@ impl Layer for ConvTranspose2d {
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
         let x = take_saved(&mut self.x, gpu, "ConvTranspose2d")?;
         let g = conv2d_transpose_backward(&x, &self.params.weight, dy, self.cfg, self.output_padding, self.params.bias.is_some())?;
-        self.params.accumulate(g.dw, g.db)?;
+        self.params.accumulate(Some(g.dw), g.db)?;
         Ok(g.dx)
     }
     fn state(&mut self, prefix: &str) -> Vec<StateEntry<'_>> {
@@ -419,6 +427,9 @@ impl Layer for Linear {
     }
     fn backward_params(&mut self, dy: &Tensor) -> Result<()> {
         let x = take_saved(&mut self.x, gpu, "Linear")?;
+        if !self.params.trains() {
+            return Ok(());
+        }
         let x = &x;
         let cfg = GemmConfig { trans_a: true, ..GemmConfig::default() };
         // The bias gradient (dy's column sums) comes from the same pass over dy.
@@ -426,7 +437,7 @@ impl Layer for Linear {
             Some(_) => gemm_row_sums(dy, x, cfg).map(|(dw, db)| (dw, Some(db)))?,
             None => (gemm(dy, x, cfg)?, None),
         };
-        self.params.accumulate(dw, db)
+        self.params.accumulate(Some(dw), db)
     }
     fn state(&mut self, prefix: &str) -> Vec<StateEntry<'_>> {
         self.params.state(prefix)
@@ -723,6 +734,7 @@ pub struct BatchNorm {
     gg: Grad,
     gbeta: Grad,
     cache: Option<(Tensor, Tensor)>,
+    unread_stats: Option<Tensor>,
 }
 
 impl BatchNorm {
@@ -740,15 +752,31 @@ impl BatchNorm {
         let gamma = Tensor::full(dev, &[c], 1.0)?;
         let beta = Tensor::zeros(dev, &[c])?;
         let running = Tensor::from_vec(dev, &[2, c], [vec![0.0; c], vec![1.0; c]].concat())?;
-        Ok(BatchNorm { gg: Grad::new(&gamma)?, gbeta: Grad::new(&beta)?, gamma, beta, running, cfg: BatchNormConfig::default(), spatial, cache: None })
+        Ok(BatchNorm { gg: Grad::new(&gamma)?, gbeta: Grad::new(&beta)?, gamma, beta, running, cfg: BatchNormConfig::default(), spatial, cache: None, unread_stats: None })
     }
 }
 
 impl BatchNorm {
+    /// Frozen (γ and β both): normalises with the running statistics and
+    /// leaves them alone, in training too (Keras's `trainable = False`).
+    fn frozen(&self) -> bool {
+        self.gg.is_frozen() && self.gbeta.is_frozen()
+    }
+
     fn forward_with(&mut self, x: &Tensor, mode: Mode, relu: bool) -> Result<Tensor> {
         self.output_shape(x.shape())?;
         let affine = Some(Affine { gamma: &self.gamma, beta: &self.beta });
         match mode {
+            Mode::Train if self.frozen() => {
+                // Backward goes through the running statistics; the batch
+                // statistics it is given (made once, kept) are not read.
+                if self.unread_stats.is_none() {
+                    self.unread_stats = Some(Tensor::zeros(&x.device(), &[3, self.gamma.numel()])?);
+                }
+                let y = batchnorm_forward_eval_relu(x, Some(Affine { gamma: &self.gamma, beta: &self.beta }), &self.running, self.cfg, relu)?;
+                self.cache = Some((x.clone(), self.unread_stats.clone().expect("made above")));
+                Ok(y)
+            }
             Mode::Train => {
                 let (y, stats) = batchnorm_forward_train_relu(x, affine, &mut self.running, self.cfg, relu)?;
                 self.cache = Some((x.clone(), stats));
@@ -796,7 +824,7 @@ impl Layer for BatchNorm {
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
         let (x, stats) = take_saved(&mut self.cache, |(x, _)| gpu(x), "BatchNorm")?;
         let affine = Some(Affine { gamma: &self.gamma, beta: &self.beta });
-        let g = batchnorm_backward(&x, dy, affine, &stats, &self.running, true, self.cfg)?;
+        let g = batchnorm_backward(&x, dy, affine, &stats, &self.running, !self.frozen(), self.cfg)?;
         self.gg.accumulate(g.dgamma)?;
         self.gbeta.accumulate(g.dbeta)?;
         Ok(g.dx)

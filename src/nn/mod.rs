@@ -3,11 +3,13 @@
 //! accumulates parameter gradients. The same model runs on any [`Device`](crate::Device).
 
 mod container;
+mod gradcheck;
 mod init;
 mod layers;
 pub mod models;
 
 pub use container::{Concat, Residual, Sequential, Summary, SummaryRow};
+pub use gradcheck::{check_gradients, GradCheck, GradCheckReport};
 pub use init::{Init, Initializer};
 pub use layers::{ActivationLayer, AdaptiveAvgPool2d, AvgPool2d, BatchNorm, Conv2d, ConvTranspose2d, Dropout, Flatten, GlobalAvgPool, LayerNorm, Linear, MaxPool2d, Softmax, Upsample, WeightBias, ZeroPad2d};
 
@@ -132,13 +134,14 @@ pub trait Layer: Send {
         Vec::new()
     }
 
-    /// Learnable parameters with their gradients (a gradient no backward has
-    /// written since `zero_grad` reads as zeros, which costs a fill).
+    /// The parameters that train (frozen ones are left out) with their
+    /// gradients (a gradient no backward has written since `zero_grad` reads
+    /// as zeros, which costs a fill).
     fn parameters(&mut self, prefix: &str) -> Result<Vec<Param<'_>>> {
         self.state(prefix)
             .into_iter()
             .filter_map(|e| match e.state {
-                State::Param { value, grad } => Some(grad.get().map(|grad| Param { name: e.name, value, grad })),
+                State::Param { value, grad } if !grad.is_frozen() => Some(grad.get().map(|grad| Param { name: e.name, value, grad })),
                 _ => None,
             })
             .collect()
@@ -165,6 +168,26 @@ pub trait Layer: Send {
     fn param_count(&mut self) -> usize {
         self.state("").iter().map(|e| if let State::Param { value, .. } = &e.state { value.numel() } else { 0 }).sum()
     }
+    /// Number of learnable scalars that train (not frozen).
+    fn trainable_count(&mut self) -> usize {
+        self.state("").iter().map(|e| if let State::Param { value, grad } = &e.state { if grad.is_frozen() { 0 } else { value.numel() } } else { 0 }).sum()
+    }
+    /// Freezes every parameter whose name is one of `prefixes` or starts
+    /// with one of them and a dot (`"layer1"` freezes `layer1.0.conv1.weight`,
+    /// not `layer10.…`); returns how many it froze. A prefix that matches no
+    /// parameter is an error that lists the top-level names.
+    fn freeze(&mut self, prefixes: &[&str]) -> Result<usize> {
+        set_frozen(self.state(""), prefixes, true)
+    }
+    /// Unfreezes the parameters `prefixes` name (see [`Layer::freeze`]); an
+    /// empty list unfreezes every parameter.
+    fn unfreeze(&mut self, prefixes: &[&str]) -> Result<usize> {
+        set_frozen(self.state(""), prefixes, false)
+    }
+    /// The names of the frozen parameters.
+    fn frozen_names(&mut self) -> Vec<String> {
+        self.state("").into_iter().filter_map(|e| matches!(&e.state, State::Param { grad, .. } if grad.is_frozen()).then_some(e.name)).collect()
+    }
     /// Forget accumulated gradients and release their memory (the next
     /// backward writes new ones; PyTorch's `zero_grad(set_to_none=True)`).
     fn zero_grad(&mut self) {
@@ -176,21 +199,35 @@ pub trait Layer: Send {
     }
 }
 
-/// A parameter gradient that the next backward either adopts (after
-/// `zero_grad`, which releases it) or adds to, so the usual step costs no
-/// extra dispatch and holds no gradient memory before its backward.
+/// A parameter's gradient handle: the next backward either adopts its
+/// gradient (after `zero_grad`, which releases it) or adds to it, so the usual
+/// step costs no extra dispatch and holds no gradient memory before its
+/// backward. A frozen one keeps no gradient, and the optimiser skips its
+/// parameter; layers skip the work that only it would need.
+///
+/// A layer written outside the crate holds one per parameter and lists it in
+/// [`Layer::state`] with [`StateEntry::param`]; its backward calls
+/// [`Grad::accumulate`].
 pub struct Grad {
     tensor: Option<Tensor>,
     shape: Vec<usize>,
     device: Device,
+    frozen: bool,
 }
 
 impl Grad {
-    pub(crate) fn new(like: &Tensor) -> Result<Grad> {
-        Ok(Grad { tensor: None, shape: like.shape().to_vec(), device: like.device() })
+    /// An empty gradient for a parameter shaped and placed like `like`.
+    pub fn new(like: &Tensor) -> Result<Grad> {
+        Ok(Grad { tensor: None, shape: like.shape().to_vec(), device: like.device(), frozen: false })
     }
 
-    pub(crate) fn accumulate(&mut self, g: Tensor) -> Result<()> {
+    /// Adds this batch's gradient `g` (the parameter's shape, on its device);
+    /// dropped when the parameter is frozen.
+    pub fn accumulate(&mut self, g: Tensor) -> Result<()> {
+        crate::ops::check_shape("Grad::accumulate", "gradient", g.shape(), &self.shape)?;
+        if self.frozen {
+            return Ok(());
+        }
         match &mut self.tensor {
             None => {
                 self.tensor = Some(g);
@@ -209,6 +246,81 @@ impl Grad {
         }
         Ok(self.tensor.as_mut().expect("set above"))
     }
+
+    /// Whether the parameter is frozen (not trained).
+    pub fn is_frozen(&self) -> bool {
+        self.frozen
+    }
+
+    /// Freezes or unfreezes the parameter; freezing drops its gradient.
+    pub fn set_frozen(&mut self, frozen: bool) {
+        self.frozen = frozen;
+        if frozen {
+            self.tensor = None;
+        }
+    }
+}
+
+/// Whether state name `name` is `prefix` or lies under it.
+pub fn name_matches(name: &str, prefix: &str) -> bool {
+    prefix.is_empty() || name == prefix || name.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('.'))
+}
+
+/// The distinct first components of `names`, in order ("conv1", "bn1", "layer1", …).
+pub fn top_level_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for n in names {
+        let top = n.split('.').next().unwrap_or(n);
+        if !out.iter().any(|o| o == top) {
+            out.push(top.to_string());
+        }
+    }
+    out
+}
+
+fn set_frozen(state: Vec<StateEntry<'_>>, prefixes: &[&str], frozen: bool) -> Result<usize> {
+    let names: Vec<String> = state.iter().filter(|e| matches!(e.state, State::Param { .. })).map(|e| e.name.clone()).collect();
+    let op = if frozen { "freeze" } else { "unfreeze" };
+    for p in prefixes {
+        if !names.iter().any(|n| name_matches(n, p)) {
+            return Err(crate::Error::InvalidArgument {
+                op,
+                msg: format!("`{p}` names no parameter; the model's top-level names are: {}", top_level_names(names.iter().map(String::as_str)).join(", ")),
+            });
+        }
+    }
+    let mut count = 0;
+    for e in state {
+        if let State::Param { grad, .. } = e.state {
+            if prefixes.is_empty() || prefixes.iter().any(|p| name_matches(&e.name, p)) {
+                grad.set_frozen(frozen);
+                count += 1;
+            }
+        }
+    }
+    Ok(count)
+}
+
+/// The name prefix of a model's head: the layer that holds its last
+/// parameter (`"fc"` for a ResNet, `"classifier.6"` for VGG, `"4"` for a
+/// plain `Sequential`); `None` for a model without parameters.
+pub fn head_prefix(model: &mut dyn Layer) -> Option<String> {
+    let last = model.state("").into_iter().filter(|e| matches!(e.state, State::Param { .. })).last()?.name;
+    Some(last.rsplit_once('.').map_or(String::new(), |(head, _)| head.to_string()))
+}
+
+/// Freezes every parameter outside the model's head ([`head_prefix`]);
+/// returns the head's prefix.
+pub fn freeze_backbone(model: &mut dyn Layer) -> Result<String> {
+    let head = head_prefix(model).filter(|h| !h.is_empty()).ok_or_else(|| crate::Error::InvalidArgument { op: "freeze_backbone", msg: "the model has no head apart from its backbone (no parameters, or one layer)".into() })?;
+    for e in model.state("") {
+        if let State::Param { grad, .. } = e.state {
+            if !name_matches(&e.name, &head) {
+                grad.set_frozen(true);
+            }
+        }
+    }
+    Ok(head)
 }
 
 /// `prefix.name`, or `name` at the top level.

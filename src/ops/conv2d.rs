@@ -126,31 +126,32 @@ fn col_elems(geo: &Conv2dGeometry) -> usize {
 
 /// Gradients of the loss with respect to x, w and (when `with_bias`) b, given dL/dy.
 pub fn conv2d_backward(x: &Tensor, w: &Tensor, dy: &Tensor, cfg: Conv2dConfig, with_bias: bool) -> Result<Conv2dGrads> {
-    match conv2d_backward_cols(x, w, dy, cfg, with_bias, true, None, false)? {
-        (Some(dx), dw, db) => Ok(Conv2dGrads { dx, dw, db }),
-        (None, ..) => Err(crate::Error::InvalidArgument { op: "conv2d_backward", msg: "dx was asked for but not computed".into() }),
+    match conv2d_backward_cols(x, w, dy, cfg, with_bias, true, true, None, false)? {
+        (Some(dx), Some(dw), db) => Ok(Conv2dGrads { dx, dw, db }),
+        _ => Err(crate::Error::InvalidArgument { op: "conv2d_backward", msg: "dx and dW were asked for but not computed".into() }),
     }
 }
 
 /// [`conv2d_backward`] without dL/dx: for a first layer, whose input needs no
 /// gradient (saves the dcols GEMM and col2im).
 pub fn conv2d_backward_params(x: &Tensor, w: &Tensor, dy: &Tensor, cfg: Conv2dConfig, with_bias: bool) -> Result<(Tensor, Option<Tensor>)> {
-    let (_, dw, db) = conv2d_backward_cols(x, w, dy, cfg, with_bias, false, None, false)?;
-    Ok((dw, db))
+    let (_, dw, db) = conv2d_backward_cols(x, w, dy, cfg, with_bias, false, true, None, false)?;
+    Ok((dw.expect("asked for"), db))
 }
 
 /// [`conv2d_backward`] where x is the output of a ReLU: dL/dx is also taken
 /// back through that ReLU (times `x > 0`), in the same kernel that forms it
 /// (col2im's), so the ReLU's backward costs no pass of its own.
 pub fn conv2d_backward_relu(x: &Tensor, w: &Tensor, dy: &Tensor, cfg: Conv2dConfig, with_bias: bool) -> Result<Conv2dGrads> {
-    match conv2d_backward_cols(x, w, dy, cfg, with_bias, true, None, true)? {
-        (Some(dx), dw, db) => Ok(Conv2dGrads { dx, dw, db }),
-        (None, ..) => Err(crate::Error::InvalidArgument { op: "conv2d_backward_relu", msg: "dx was asked for but not computed".into() }),
+    match conv2d_backward_cols(x, w, dy, cfg, with_bias, true, true, None, true)? {
+        (Some(dx), Some(dw), db) => Ok(Conv2dGrads { dx, dw, db }),
+        _ => Err(crate::Error::InvalidArgument { op: "conv2d_backward_relu", msg: "dx and dW were asked for but not computed".into() }),
     }
 }
 
 /// Backward, from the columns [`conv2d_forward_keep`] kept (`None`: rebuild
-/// them); dL/dx only when `need_dx`, through the ReLU that produced x when `relu_mask`.
+/// them); dL/dx only when `need_dx`, through the ReLU that produced x when
+/// `relu_mask`; dW (and db) only when `need_dw` (a frozen layer's are not).
 #[allow(clippy::type_complexity, clippy::too_many_arguments)]
 pub(crate) fn conv2d_backward_cols(
     x: &Tensor,
@@ -159,33 +160,36 @@ pub(crate) fn conv2d_backward_cols(
     cfg: Conv2dConfig,
     with_bias: bool,
     need_dx: bool,
+    need_dw: bool,
     kept: Option<&Tensor>,
     relu_mask: bool,
-) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     const OP: &str = "conv2d_backward";
     let geo = Conv2dGeometry::new(x.shape(), w.shape(), cfg)?;
     let dev = same_device(OP, &[x, w, dy])?;
     crate::ops::check_shape(OP, "dy", dy.shape(), &geo.output_shape())?;
     match dev {
         Device::Cpu => {
-            let (mut gx, gw, gb) = conv2d_backward_cpu_tuned(Some(x.host(OP)?), w.host(OP)?, dy.host(OP)?, &geo, need_dx);
+            let xs = need_dw.then(|| x.host(OP)).transpose()?;
+            let (mut gx, gw, gb) = conv2d_backward_cpu_tuned(xs, w.host(OP)?, dy.host(OP)?, &geo, need_dx);
             if let (Some(gx), true) = (gx.as_mut(), relu_mask) {
                 activation_relu_backward_cpu(gx, x.host(OP)?);
             }
-            let db = with_bias.then(|| Tensor::from_cpu(&[geo.c_out], gb));
-            Ok((gx.map(|gx| Tensor::from_cpu(x.shape(), gx)), Tensor::from_cpu(w.shape(), gw), db))
+            let db = (with_bias && need_dw).then(|| Tensor::from_cpu(&[geo.c_out], gb));
+            Ok((gx.map(|gx| Tensor::from_cpu(x.shape(), gx)), need_dw.then(|| Tensor::from_cpu(w.shape(), gw)), db))
         }
         Device::Gpu(ctx) => {
             let dx = need_dx.then(|| Tensor::uninit_gpu(&ctx, OP, x.shape())).transpose()?;
-            let dw = Tensor::uninit_gpu(&ctx, OP, w.shape())?;
-            let db = with_bias.then(|| Tensor::uninit_gpu(&ctx, OP, &[geo.c_out])).transpose()?;
+            let dw = need_dw.then(|| Tensor::uninit_gpu(&ctx, OP, w.shape())).transpose()?;
+            let db = (with_bias && need_dw).then(|| Tensor::uninit_gpu(&ctx, OP, &[geo.c_out])).transpose()?;
             let kept = kept.filter(|c| c.numel() == col_elems(&geo)).map(|c| c.buffer(OP)).transpose()?;
             let dxb = dx.as_ref().map(|t| t.buffer(OP)).transpose()?;
             let dbb = db.as_ref().map(|t| t.buffer(OP)).transpose()?;
             // A 1×1 convolution's dx comes from a permute, not col2im: its ReLU runs after.
             let fused = relu_mask && !geo.is_pointwise();
             let relu_out = fused.then(|| x.buffer(OP)).transpose()?;
-            conv2d_backward_gpu(&ctx, Some((x.buffer(OP)?, dw.buffer(OP)?, dbb)), w.buffer(OP)?, dy.buffer(OP)?, dxb, &geo, kept, relu_out)?;
+            let params = dw.as_ref().map(|dw| Ok::<_, crate::Error>((x.buffer(OP)?, dw.buffer(OP)?, dbb))).transpose()?;
+            conv2d_backward_gpu(&ctx, params, w.buffer(OP)?, dy.buffer(OP)?, dxb, &geo, kept, relu_out)?;
             match dx {
                 Some(dx) if relu_mask && !fused => Ok((Some(activation_backward(x, &dx, Activation::Relu)?), dw, db)),
                 dx => Ok((dx, dw, db)),

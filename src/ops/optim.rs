@@ -278,7 +278,9 @@ fn apply(slots: &mut [Slot<'_>], base: &OptimParams, use1: bool, use2: bool) -> 
                 let g = s.grad.host(op)?;
                 let s1 = s.state1.as_deref_mut().filter(|_| use1).map(|t| t.host_mut(op)).transpose()?;
                 if use2 {
-                    let (Some(m), Some(v)) = (s1, s.state2.as_deref_mut()) else { unreachable!("checked above") };
+                    let (Some(m), Some(v)) = (s1, s.state2.as_deref_mut()) else {
+                        return Err(Error::InvalidArgument { op, msg: "Adam needs both moments (m and v) for every parameter".into() });
+                    };
                     optim_adam_step_cpu(p, g, m, v.host_mut(op)?, base);
                 } else {
                     optim_sgd_step_cpu(p, g, s1, base);
