@@ -196,6 +196,40 @@ pub fn load_weights(path: &Path, model: &mut dyn Layer) -> Result<WeightsMeta> {
 
 /// [`load_weights`] on bytes in memory; `path` only labels errors.
 pub fn load_weights_bytes(path: &Path, bytes: &[u8], model: &mut dyn Layer) -> Result<WeightsMeta> {
+    load_impl(path, bytes, model, false).map(|(meta, _)| meta)
+}
+
+/// A head that [`load_weights_finetune`] left freshly initialised because the
+/// file's has another class count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeadReplaced {
+    /// The head's name prefix (`"fc"`, `"classifier.6"`).
+    pub prefix: String,
+    /// The file's class count.
+    pub from: usize,
+    /// The model's.
+    pub to: usize,
+}
+
+impl std::fmt::Display for HeadReplaced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "head '{}' replaced: {} → {} classes", self.prefix, self.from, self.to)
+    }
+}
+
+/// [`load_weights`] for fine-tuning: when the model's head (the layer that
+/// holds its last parameter, [`crate::nn::head_prefix`]) has another class
+/// count than the file's, the head keeps its fresh initialisation and the
+/// replacement is returned; everything else must load exactly, as in
+/// [`load_weights`].
+pub fn load_weights_finetune(path: &Path, model: &mut dyn Layer) -> Result<(WeightsMeta, Option<HeadReplaced>)> {
+    let bytes = std::fs::read(path).or_else(|e| file_err(path, K::Io, e.to_string()))?;
+    load_impl(path, &bytes, model, true)
+}
+
+fn load_impl(path: &Path, bytes: &[u8], model: &mut dyn Layer, replace_head: bool) -> Result<(WeightsMeta, Option<HeadReplaced>)> {
+    let head = if replace_head { crate::nn::head_prefix(model).filter(|h| !h.is_empty()) } else { None };
+    let mut replaced: Option<HeadReplaced> = None;
     let (st, meta) = open_safetensors(path, bytes, "a weights file")?;
     if let Some(f) = meta.get("format").filter(|f| f.as_str() != FORMAT) {
         let hint = if f.starts_with("wgpu-cnn checkpoint") { " (a training checkpoint: load it with checkpoint::load)" } else { "" };
@@ -214,6 +248,16 @@ pub fn load_weights_bytes(path: &Path, bytes: &[u8], model: &mut dyn Layer) -> R
         };
         if *count {
             continue; // num_batches_tracked: accepted, not used
+        }
+        // The head's rows are its classes: another count leaves it freshly initialised.
+        let in_head = head.as_deref().is_some_and(|h| crate::nn::name_matches(name, h));
+        if in_head && view.shape().len() == shape.len() && !shape.is_empty() && view.shape()[1..] == shape[1..] && view.shape()[0] != shape[0] {
+            let r = HeadReplaced { prefix: head.clone().unwrap_or_default(), from: view.shape()[0], to: shape[0] };
+            if replaced.as_ref().is_some_and(|old| *old != r) {
+                problems.push(format!("`{name}` has shape {:?}, the model expects {shape:?}", view.shape()));
+            }
+            replaced = Some(r);
+            continue;
         }
         if view.shape() != shape.as_slice() {
             problems.push(format!("`{name}` has shape {:?}, the model expects {shape:?}", view.shape()));
@@ -248,9 +292,17 @@ pub fn load_weights_bytes(path: &Path, bytes: &[u8], model: &mut dyn Layer) -> R
             return file_err(path, K::Checksum, "the tensors or metadata do not match the checksum saved with them: the file is corrupt");
         }
     }
+    if let Some(r) = &replaced {
+        // The whole head or none of it: a weight replaced and a bias loaded would not match.
+        if let Some(n) = values.keys().find(|n| crate::nn::name_matches(n, &r.prefix)) {
+            return file_err(path, K::Mismatch, format!("these weights are not for this model: `{n}` fits the model's head, but the head's other tensors have {} classes, not {}", r.from, r.to));
+        }
+    }
     // Everything checked; now write.
     for e in model.state("") {
         match e.state {
+            // A replaced head keeps its fresh initialisation.
+            State::Param { .. } if !values.contains_key(&e.name) => {}
             State::Param { value: t, .. } => t.write(&values[&e.name])?,
             State::Buffer(t) => match e.name.strip_suffix(RUNNING) {
                 Some(prefix) if t.ndim() == 2 && t.shape()[0] == 2 => {
@@ -263,5 +315,5 @@ pub fn load_weights_bytes(path: &Path, bytes: &[u8], model: &mut dyn Layer) -> R
             State::Counter(_) => {}
         }
     }
-    Ok(info)
+    Ok((info, replaced))
 }

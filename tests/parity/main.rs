@@ -20,6 +20,7 @@ mod corrupt;
 mod dropout;
 mod elementwise;
 mod errors;
+mod finetune;
 mod gemm;
 mod im2col;
 mod layernorm;
