@@ -1,4 +1,4 @@
-//! Where tensors live: the CPU reference path or a GPU context, and how the
+//! Where tensors live: the CPU path or a GPU context, and how the
 //! GPU adapter is chosen.
 
 use std::fmt;
@@ -16,11 +16,13 @@ pub const NO_ADAPTER_HELP: &str = "no Vulkan, Metal or DX12 adapter was found. O
      software Vulkan driver (lavapipe): `sudo apt-get install -y mesa-vulkan-drivers libvulkan1`. \
      To run only the CPU tests, set WGPU_CNN_SKIP_GPU_TESTS=1.";
 
-/// A device that owns tensors and runs ops: the CPU reference path or a GPU.
+/// A device that owns tensors and runs ops: the CPU path or a GPU.
 /// Cloning is cheap (the GPU context is shared).
 #[derive(Clone)]
 pub enum Device {
-    /// The ndarray reference path: the spec every GPU kernel is checked against.
+    /// The CPU path: tuned kernels (blocked GEMM, threads), each checked
+    /// against its plain ndarray reference twin, the spec every GPU kernel
+    /// is checked against too.
     Cpu,
     /// A wgpu device and queue.
     Gpu(Arc<GpuContext>),
@@ -144,7 +146,7 @@ impl Default for GpuOptions {
 }
 
 impl Device {
-    /// The CPU reference path.
+    /// The CPU path.
     pub fn cpu() -> Device {
         Device::Cpu
     }
@@ -209,7 +211,7 @@ impl Device {
 impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Device::Cpu => write!(f, "CPU (ndarray reference path)"),
+            Device::Cpu => write!(f, "CPU (tuned kernels, checked against the ndarray reference)"),
             Device::Gpu(ctx) => write!(f, "{}", ctx.adapter()),
         }
     }

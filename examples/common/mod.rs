@@ -10,7 +10,7 @@ pub enum DeviceArg {
     Auto,
     /// The best GPU adapter, software ones (lavapipe) included.
     Gpu,
-    /// The CPU reference path.
+    /// The CPU path (tuned kernels).
     Cpu,
 }
 
@@ -80,7 +80,8 @@ use wgpu_cnn::data::Dataset;
 use wgpu_cnn::nn::Sequential;
 use wgpu_cnn::ops::optim::{AdamConfig, SgdConfig};
 use wgpu_cnn::ops::softmax_xent::CrossEntropyConfig;
-use wgpu_cnn::optim::{LrSchedule, Optimizer, OptimizerConfig, Plateau};
+use wgpu_cnn::nn::Layer;
+use wgpu_cnn::optim::{LrSchedule, Optimizer, OptimizerConfig, ParamGroup, Plateau};
 use wgpu_cnn::train::{EpochStats, StopFlag, TrainConfig, Trainer};
 use wgpu_cnn::Error;
 
@@ -182,6 +183,98 @@ pub struct TrainArgs {
     pub limit: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    #[command(flatten)]
+    pub tune: FineTuneArgs,
+    /// What the held-out split is called in the output ("test", or "val"
+    /// for an image folder's validation split).
+    #[arg(skip = String::from("test"))]
+    pub held_out: String,
+}
+
+/// Fine-tuning: start from weights, freeze, give the backbone its own rate.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct FineTuneArgs {
+    /// Start from these weights (ours or a PyTorch state_dict in safetensors);
+    /// a head with another class count is replaced by a fresh one.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Freeze the parameters under these state_dict names (comma-separated prefixes).
+    #[arg(long, value_delimiter = ',')]
+    pub freeze: Vec<String>,
+    /// Freeze everything but the model's head (its last layer with parameters).
+    #[arg(long)]
+    pub freeze_backbone: bool,
+    /// Train with the freezing above for N epochs, then everything (fastai's fine_tune).
+    #[arg(long)]
+    pub unfreeze_after: Option<usize>,
+    /// The backbone's (everything but the head's) learning rate is the rate times this.
+    #[arg(long)]
+    pub backbone_lr_mult: Option<f32>,
+    /// No weight decay on biases and normalisation parameters.
+    #[arg(long)]
+    pub no_decay_on_norm_and_bias: bool,
+}
+
+impl FineTuneArgs {
+    /// Loads `--weights`, freezes, and sets parameter groups on `t`.
+    pub fn apply(&self, t: &mut Trainer) -> wgpu_cnn::Result<()> {
+        if let Some(path) = &self.weights {
+            let (_, replaced) = wgpu_cnn::weights::load_weights_finetune(path, &mut t.model)?;
+            println!("weights: {}{}", path.display(), replaced.map_or(String::new(), |r| format!(" ({r})")));
+        }
+        let head = wgpu_cnn::nn::head_prefix(&mut t.model).unwrap_or_default();
+        if self.freeze_backbone {
+            wgpu_cnn::nn::freeze_backbone(&mut t.model)?;
+        }
+        if !self.freeze.is_empty() {
+            t.model.freeze(&self.freeze.iter().map(String::as_str).collect::<Vec<_>>())?;
+        }
+        let frozen = t.model.frozen_names().len();
+        if frozen > 0 {
+            println!("frozen: {frozen} parameter tensors ({} of {} scalars train)", t.model.trainable_count(), t.model.param_count());
+        }
+        match self.unfreeze_after {
+            Some(n) if n >= t.config.epochs => {
+                return Err(Error::InvalidArgument { op: "--unfreeze-after", msg: format!("{n} is not below --epochs {}: nothing would train unfrozen", t.config.epochs) });
+            }
+            Some(_) if frozen == 0 => return Err(Error::InvalidArgument { op: "--unfreeze-after", msg: "nothing is frozen (add --freeze-backbone or --freeze)".into() }),
+            _ => {}
+        }
+        let mut groups = Vec::new();
+        if let Some(m) = self.backbone_lr_mult {
+            if head.is_empty() {
+                return Err(Error::InvalidArgument { op: "--backbone-lr-mult", msg: "the model has no head apart from its backbone".into() });
+            }
+            groups.push(ParamGroup::except(&[&head], m));
+        }
+        if self.no_decay_on_norm_and_bias {
+            groups.push(ParamGroup::no_decay_on_norm_and_bias());
+        }
+        if !groups.is_empty() {
+            let fresh = Optimizer::new(t.optimizer.config)?;
+            t.optimizer = std::mem::replace(&mut t.optimizer, fresh).with_groups(groups)?;
+        }
+        Ok(())
+    }
+
+    /// The data-parallel trainers build their replicas afresh: they do not
+    /// take these options yet, so asking for both is an error, not a silent drop.
+    pub fn single_device(&self, how: &str) -> wgpu_cnn::Result<()> {
+        let used = self.weights.is_some() || !self.freeze.is_empty() || self.freeze_backbone || self.backbone_lr_mult.is_some() || self.no_decay_on_norm_and_bias;
+        if used {
+            return Err(Error::InvalidArgument { op: "fine-tuning", msg: format!("--weights, --freeze, --freeze-backbone, --backbone-lr-mult and --no-decay-on-norm-and-bias train on one device; they are not supported {how}") });
+        }
+        Ok(())
+    }
+
+    /// After epoch `epoch` (1-based): unfreezes everything at `--unfreeze-after`.
+    pub fn after_epoch(&self, t: &mut Trainer, epoch: usize) -> wgpu_cnn::Result<()> {
+        if self.unfreeze_after == Some(epoch) {
+            let n = t.model.unfreeze(&[])?;
+            println!("unfrozen after epoch {epoch}: all {n} parameter tensors train from here");
+        }
+        Ok(())
+    }
 }
 
 impl TrainArgs {
@@ -228,7 +321,9 @@ impl TrainArgs {
             accumulate_steps: self.accumulate,
             ..TrainConfig::default()
         };
-        Trainer::new(model, Optimizer::new(config)?, cfg, device)
+        let mut t = Trainer::new(model, Optimizer::new(config)?, cfg, device)?;
+        self.tune.apply(&mut t)?;
+        Ok(t)
     }
 
     /// Checks the output paths before any training.
@@ -295,7 +390,7 @@ pub fn run_training(args: &TrainArgs, t: &mut Trainer, train: &Dataset, test: Op
     while t.epoch < epochs {
         let r = t.fit_until(train, test, t.epoch + 1, |s| {
             let test_part = match (s.val_loss, s.val_accuracy) {
-                (Some(l), Some(a)) => format!("  test loss {l:.4}  test accuracy {:.2}%", 100.0 * a),
+                (Some(l), Some(a)) => format!("  {ho} loss {l:.4}  {ho} accuracy {:.2}%", 100.0 * a, ho = args.held_out),
                 _ => String::new(),
             };
             let train_acc = s.train_accuracy.map_or(String::new(), |a| format!("  train accuracy {:.2}%", 100.0 * a));
@@ -315,11 +410,12 @@ pub fn run_training(args: &TrainArgs, t: &mut Trainer, train: &Dataset, test: Op
             }
             Err(e) => return Err(e),
         }
+        args.tune.after_epoch(t, t.epoch)?;
         if let Some(path) = &args.checkpoint {
             wgpu_cnn::checkpoint::save(path, t)?;
         }
         if t.stopped_early {
-            println!("early stopping: test accuracy has not improved for {} epochs; the best epoch's weights are kept", args.early_stopping.unwrap_or(0));
+            println!("early stopping: {} accuracy has not improved for {} epochs; the best epoch's weights are kept", args.held_out, args.early_stopping.unwrap_or(0));
             break;
         }
     }
@@ -327,7 +423,7 @@ pub fn run_training(args: &TrainArgs, t: &mut Trainer, train: &Dataset, test: Op
     if let Some(test) = test {
         let m = t.evaluate(test)?;
         if m.confusion.len() <= 20 {
-            println!("\nconfusion matrix on the test set (rows: label, columns: predicted):\n{}", m.confusion_table(class_names));
+            println!("\nconfusion matrix on the {} set (rows: label, columns: predicted):\n{}", args.held_out, m.confusion_table(class_names));
         }
         if let Some(path) = &args.history {
             // Beside the history: one CSV row per label, one column per prediction.
@@ -346,7 +442,7 @@ pub fn run_training(args: &TrainArgs, t: &mut Trainer, train: &Dataset, test: Op
             println!("confusion matrix written to {}", path.display());
         }
         if let Some(top5) = m.top5 {
-            println!("top-5 accuracy {:.2}%", 100.0 * top5);
+            println!("{} top-5 accuracy {:.2}%", args.held_out, 100.0 * top5);
         }
         if args.tta {
             let (mut right, mut n) = (0usize, 0usize);
@@ -356,7 +452,7 @@ pub fn run_training(args: &TrainArgs, t: &mut Trainer, train: &Dataset, test: Op
                 right += pred.iter().zip(&labels).filter(|(p, l)| **p as i64 == **l).count();
                 n += labels.len();
             }
-            println!("test accuracy with test-time augmentation {:.2}% (without {:.2}%)", 100.0 * right as f64 / n.max(1) as f64, 100.0 * m.accuracy);
+            println!("{} accuracy with test-time augmentation {:.2}% (without {:.2}%)", args.held_out, 100.0 * right as f64 / n.max(1) as f64, 100.0 * m.accuracy);
         }
     }
     Ok(history)
@@ -377,6 +473,7 @@ pub fn run_parallel(
 ) -> wgpu_cnn::Result<bool> {
     #[cfg(feature = "mpi")]
     if std::env::var_os("OMPI_COMM_WORLD_SIZE").is_some() || std::env::var_os("PMI_SIZE").is_some() {
+        args.tune.single_device("under mpirun")?;
         let universe = mpi::initialize().ok_or_else(|| Error::InvalidArgument { op: "mpi", msg: "MPI was already initialised".into() })?;
         let replica = Trainer::new(build(device, args.seed)?, Optimizer::new(t.optimizer.config)?, TrainConfig { progress: false, ..t.config.clone() }, device.clone())?;
         let mut d = wgpu_cnn::parallel::Distributed::new(universe.world(), replica)?;
@@ -392,7 +489,7 @@ pub fn run_parallel(
             if d.rank() == 0 {
                 let secs = t0.elapsed().as_secs_f64();
                 let m = test.map(|v| d.trainer.evaluate(v)).transpose()?;
-                let test_part = m.map_or(String::new(), |m| format!("  test loss {:.4}  test accuracy {:.2}%", m.loss, 100.0 * m.accuracy));
+                let test_part = m.map_or(String::new(), |m| format!("  {ho} loss {:.4}  {ho} accuracy {:.2}%", m.loss, 100.0 * m.accuracy, ho = args.held_out));
                 println!("epoch {:>3}/{}  train loss {loss:.4}{test_part}  {:.0} images/s (all ranks)  ({secs:.1} s)", d.trainer.epoch, d.trainer.config.epochs, train.len() as f64 / secs);
                 if let Some(path) = &args.checkpoint {
                     wgpu_cnn::checkpoint::save(path, &mut d.trainer)?;
@@ -405,6 +502,7 @@ pub fn run_parallel(
     if args.devices <= 1 {
         return Ok(false);
     }
+    args.tune.single_device("with --devices > 1")?;
     use wgpu_cnn::parallel::DataParallel;
     let devices = (0..args.devices).map(|_| if device.is_gpu() { wgpu_cnn::Device::gpu() } else { Ok(wgpu_cnn::Device::Cpu) }).collect::<wgpu_cnn::Result<Vec<_>>>()?;
     let mut seed = args.seed;
@@ -417,7 +515,7 @@ pub fn run_parallel(
         let t0 = std::time::Instant::now();
         let loss = dp.train_epoch(train)?;
         let secs = t0.elapsed().as_secs_f64();
-        let test_part = test.map(|v| dp.evaluate(v)).transpose()?.map_or(String::new(), |m| format!("  test loss {:.4}  test accuracy {:.2}%", m.loss, 100.0 * m.accuracy));
+        let test_part = test.map(|v| dp.evaluate(v)).transpose()?.map_or(String::new(), |m| format!("  {ho} loss {:.4}  {ho} accuracy {:.2}%", m.loss, 100.0 * m.accuracy, ho = args.held_out));
         println!("epoch {:>3}/{}  train loss {loss:.4}{test_part}  {:.0} images/s  ({secs:.1} s)", dp.replicas[0].epoch, dp.replicas[0].config.epochs, train.len() as f64 / secs);
         if let Some(path) = &args.checkpoint {
             wgpu_cnn::checkpoint::save(path, &mut dp.replicas[0])?;
