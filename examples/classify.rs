@@ -5,7 +5,8 @@
 //!
 //! A weights file written by `train_images` (or `weights::save_weights`) says
 //! which model it is for and how to preprocess; for one written by PyTorch,
-//! `--model`, `--size`, `--grayscale`/`--rgb`, `--classes`, `--mean` and `--std` say what it lacks.
+//! `--model`, `--size`, `--resize`, `--grayscale`/`--rgb`, `--classes`, `--mean` and `--std`
+//! (or `--imagenet`) say what it lacks.
 use std::path::PathBuf;
 
 use clap::Parser;
@@ -35,11 +36,6 @@ struct Args {
     /// Number of classes (default: from the file's class names, else 10).
     #[arg(long)]
     classes: Option<usize>,
-    /// Per-channel mean and std, comma-separated (default: from the file, else none).
-    #[arg(long, value_delimiter = ',')]
-    mean: Vec<f32>,
-    #[arg(long, value_delimiter = ',')]
-    std: Vec<f32>,
     /// How many classes to show per image.
     #[arg(long, default_value_t = 3)]
     top: usize,
@@ -57,7 +53,8 @@ fn main() -> std::process::ExitCode {
     common::main_with(Args::parse(), run)
 }
 
-fn run(args: Args) -> wgpu_cnn::Result<()> {
+fn run(mut args: Args) -> wgpu_cnn::Result<()> {
+    args.image = args.image.resolved();
     let meta = read_meta(&args.weights)?;
     let bad = |msg: String| Error::InvalidArgument { op: "classify", msg };
     let name = args.model.clone().or(meta.model.clone()).ok_or_else(|| bad(format!("{} does not say which model it is for; pass --model", args.weights.display())))?;
@@ -72,8 +69,8 @@ fn run(args: Args) -> wgpu_cnn::Result<()> {
         Color::Auto => {}
     }
     let classes = args.classes.unwrap_or(if meta.classes.is_empty() { default.classes } else { meta.classes.len() });
-    let (mean, std) = if args.mean.is_empty() && args.std.is_empty() { (meta.mean.clone(), meta.std.clone()) } else { (args.mean.clone(), args.std.clone()) };
-    let pre = Preprocess { input: [c, h, w], mean, std };
+    let (mean, std) = if args.image.mean.is_empty() && args.image.std.is_empty() { (meta.mean.clone(), meta.std.clone()) } else { (args.image.mean.clone(), args.image.std.clone()) };
+    let pre = Preprocess { input: [c, h, w], mean, std, resize: args.image.resize.or(meta.resize) };
     pre.validate()?;
     let device = common::open_device(args.device, false)?;
     let mut model = models::build(&name, ModelSpec::new([c, h, w], classes), &device, &mut Initializer::new(0, Init::PytorchDefault))?;

@@ -2,6 +2,11 @@
 //! with optional `train/` and `val/` sub-folders, else a seeded split).
 //!
 //!     cargo run --release --example train_images -- --data data/digits-png --model lenet5 --epochs 10 --save digits.safetensors
+//!
+//! Fine-tuning a pretrained network: `--weights FILE` (ours or a PyTorch
+//! state_dict; a head with another class count is replaced), `--freeze-backbone`
+//! or `--freeze PREFIX,…`, `--unfreeze-after N`, `--backbone-lr-mult M`, and
+//! `--imagenet` for torchvision's preprocessing of ImageNet-pretrained weights.
 use std::path::PathBuf;
 
 use clap::Parser;
@@ -48,14 +53,18 @@ fn main() -> std::process::ExitCode {
     common::main_with(Args::parse(), run)
 }
 
-fn run(args: Args) -> wgpu_cnn::Result<()> {
+fn run(mut args: Args) -> wgpu_cnn::Result<()> {
+    args.image = args.image.resolved();
+    // An image folder's held-out images are its validation split.
+    args.train.held_out = "val".into();
     if let Some(path) = &args.save {
         wgpu_cnn::checkpoint::check_writable(path)?;
     }
     args.train.check_paths()?;
     let device = common::open_device(args.train.device, false)?;
     println!("device: {device}");
-    let cfg = FolderConfig { size: args.image.size, color: args.image.color(), val_split: args.val_split, seed: args.train.seed, skip_bad: args.skip_bad, normalize: Normalize::FromTrain, workers: 0 };
+    let normalize = if args.image.mean.is_empty() && args.image.std.is_empty() { Normalize::FromTrain } else { Normalize::Given { mean: args.image.mean.clone(), std: args.image.std.clone() } };
+    let cfg = FolderConfig { size: args.image.size, color: args.image.color(), val_split: args.val_split, seed: args.train.seed, skip_bad: args.skip_bad, normalize, resize: args.image.resize, workers: 0 };
     let t0 = std::time::Instant::now();
     let data = folder::load(&args.data, &cfg)?;
     let [c, h, w] = data.preprocess.input;
@@ -79,7 +88,7 @@ fn run(args: Args) -> wgpu_cnn::Result<()> {
         common::run_training(&args.train, &mut trainer, &train, data.val.as_ref(), &data.classes)?;
     }
     if let Some(path) = &args.save {
-        let meta = WeightsMeta { model: Some(args.model.clone()), input: Some(data.preprocess.input), classes: data.classes.clone(), mean: data.preprocess.mean.clone(), std: data.preprocess.std.clone() };
+        let meta = WeightsMeta { model: Some(args.model.clone()), input: Some(data.preprocess.input), classes: data.classes.clone(), mean: data.preprocess.mean.clone(), std: data.preprocess.std.clone(), resize: data.preprocess.resize };
         save_weights(path, &mut trainer.model, &meta)?;
         println!("weights written to {}", path.display());
     }

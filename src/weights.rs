@@ -41,6 +41,9 @@ pub struct WeightsMeta {
     pub mean: Vec<f32>,
     /// Per-channel standard deviation (empty: none).
     pub std: Vec<f32>,
+    /// The shorter side is resized to this before the centre crop (see
+    /// [`crate::data::folder::Preprocess::resize`]).
+    pub resize: Option<usize>,
 }
 
 /// A batch-norm layer's `[2, c]` running statistics (mean; variance) are
@@ -137,6 +140,9 @@ pub fn save_weights(path: &Path, model: &mut dyn Layer, meta: &WeightsMeta) -> R
     if !meta.classes.is_empty() {
         m.insert("classes".into(), serde_json::to_string(&meta.classes).expect("strings serialise"));
     }
+    if let Some(r) = meta.resize {
+        m.insert("resize".into(), r.to_string());
+    }
     if !meta.mean.is_empty() || !meta.std.is_empty() {
         m.insert("mean".into(), serde_json::to_string(&meta.mean).expect("floats serialise"));
         m.insert("std".into(), serde_json::to_string(&meta.std).expect("floats serialise"));
@@ -181,7 +187,8 @@ fn parse_meta(path: &Path, meta: &HashMap<String, String>) -> Result<WeightsMeta
     if mean.len() != std.len() || std.iter().any(|s| !(*s > 0.0)) {
         return file_err(path, K::BadHeader, format!("mean {mean:?} and std {std:?} must have one entry per channel and std > 0"));
     }
-    Ok(WeightsMeta { model: meta.get("model").cloned(), input, classes, mean, std })
+    let resize = meta.get("resize").map(|v| v.trim().parse::<usize>().map_err(|_| bad("resize", v))).transpose()?;
+    Ok(WeightsMeta { model: meta.get("model").cloned(), input, classes, mean, std, resize })
 }
 
 /// Loads weights saved by [`save_weights`] or by PyTorch

@@ -56,9 +56,31 @@ pub struct ImageArgs {
     /// Read the images as RGB.
     #[arg(long)]
     pub rgb: bool,
+    /// Resize the shorter side to this, then centre-crop --size (torchvision's Resize + CenterCrop).
+    #[arg(long)]
+    pub resize: Option<usize>,
+    /// Per-channel mean, comma-separated (default: from the weights file, or from the training images).
+    #[arg(long, value_delimiter = ',')]
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub std: Vec<f32>,
+    /// torchvision's preprocessing for ImageNet-pretrained weights: --size 224
+    /// --resize 256 --rgb and ImageNet's mean and std.
+    #[arg(long, conflicts_with_all = ["size", "resize", "mean", "std", "grayscale"])]
+    pub imagenet: bool,
 }
 
 impl ImageArgs {
+    /// `--imagenet` spelled out into the options it stands for.
+    pub fn resolved(&self) -> ImageArgs {
+        use wgpu_cnn::data::folder::{IMAGENET_MEAN, IMAGENET_STD};
+        if !self.imagenet {
+            return self.clone();
+        }
+        ImageArgs { size: Some(224), resize: Some(256), rgb: true, mean: IMAGENET_MEAN.to_vec(), std: IMAGENET_STD.to_vec(), ..self.clone() }
+    }
+
     /// The colour these options ask for.
     pub fn color(&self) -> wgpu_cnn::data::folder::Color {
         use wgpu_cnn::data::folder::Color;

@@ -65,13 +65,17 @@ pub struct FolderConfig {
     pub skip_bad: bool,
     /// Per-channel normalisation.
     pub normalize: Normalize,
+    /// Resize the shorter side to this first, then centre-crop `size`
+    /// (torchvision's `Resize(256)` + `CenterCrop(224)`); `None`: resize
+    /// just enough to cover `size`.
+    pub resize: Option<usize>,
     /// Decoding threads (0: one per core).
     pub workers: usize,
 }
 
 impl Default for FolderConfig {
     fn default() -> FolderConfig {
-        FolderConfig { size: None, color: Color::Auto, val_split: 0.1, seed: 0, skip_bad: false, normalize: Normalize::FromTrain, workers: 0 }
+        FolderConfig { size: None, color: Color::Auto, val_split: 0.1, seed: 0, skip_bad: false, normalize: Normalize::FromTrain, resize: None, workers: 0 }
     }
 }
 
@@ -84,12 +88,26 @@ pub struct Preprocess {
     pub mean: Vec<f32>,
     /// Per-channel standard deviation (empty: none).
     pub std: Vec<f32>,
+    /// The shorter side is resized to this before the centre crop
+    /// (torchvision's `Resize` then `CenterCrop`); `None`: just enough to cover the crop.
+    pub resize: Option<usize>,
 }
+
+/// ImageNet's per-channel mean, as torchvision's pretrained models expect.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet's per-channel standard deviation.
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 impl Preprocess {
     /// Pixels in [0, 1], no normalisation.
     pub fn new(input: [usize; 3]) -> Preprocess {
-        Preprocess { input, mean: Vec::new(), std: Vec::new() }
+        Preprocess { input, mean: Vec::new(), std: Vec::new(), resize: None }
+    }
+
+    /// torchvision's preprocessing for ImageNet-pretrained models: shorter
+    /// side to 256, centre crop 224×224, RGB, ImageNet's mean and std.
+    pub fn imagenet() -> Preprocess {
+        Preprocess { input: [3, 224, 224], mean: IMAGENET_MEAN.to_vec(), std: IMAGENET_STD.to_vec(), resize: Some(256) }
     }
 
     /// Checks the channel count and that mean/std have one entry per channel.
@@ -101,6 +119,9 @@ impl Preprocess {
         }
         if self.mean.len() != self.std.len() || !(self.mean.is_empty() || self.mean.len() == c) || self.std.iter().any(|s| !(*s > 0.0)) {
             return bad(format!("mean {:?} and std {:?} need one entry per channel ({c}) and std > 0", self.mean, self.std));
+        }
+        if let Some(r) = self.resize.filter(|&r| r < h.min(w)) {
+            return bad(format!("resize {r} is smaller than the {h}×{w} crop"));
         }
         Ok(())
     }
@@ -115,7 +136,10 @@ impl Preprocess {
     /// centre-cropped, converted to gray or RGB, normalised.
     pub fn apply(&self, img: &DynamicImage) -> Vec<f32> {
         let [c, h, w] = self.input;
-        let img = resize_crop(img, h, w);
+        let img = match self.resize {
+            Some(r) => resize_shorter_crop(img, r, h, w),
+            None => resize_crop(img, h, w),
+        };
         let mut out = vec![0f32; c * h * w];
         if c == 1 {
             for (i, p) in img.to_luma8().pixels().enumerate() {
@@ -147,6 +171,16 @@ fn resize_crop(img: &DynamicImage, h: usize, w: usize) -> DynamicImage {
     let (rw, rh) = (((iw * scale).round() as u32).max(w as u32), ((ih * scale).round() as u32).max(h as u32));
     let resized = if (rw, rh) == (img.width(), img.height()) { img.clone() } else { img.resize_exact(rw, rh, FilterType::Triangle) };
     resized.crop_imm((rw - w as u32) / 2, (rh - h as u32) / 2, w as u32, h as u32)
+}
+
+/// torchvision's `Resize(r)` (the shorter side to `r`, the longer one
+/// scaled and truncated) then `CenterCrop((h, w))` (offsets rounded half to even).
+fn resize_shorter_crop(img: &DynamicImage, r: usize, h: usize, w: usize) -> DynamicImage {
+    let (iw, ih) = (img.width() as usize, img.height() as usize);
+    let (rw, rh) = if iw <= ih { (r, r * ih / iw) } else { (r * iw / ih, r) };
+    let resized = if (rw, rh) == (iw, ih) { img.clone() } else { img.resize_exact(rw as u32, rh as u32, FilterType::Triangle) };
+    let offset = |big: usize, small: usize| ((big - small) as f64 / 2.0).round_ties_even() as u32;
+    resized.crop_imm(offset(rw, w), offset(rh, h), w as u32, h as u32)
 }
 
 /// Decodes one image file; the error names it.
@@ -229,7 +263,7 @@ pub fn load(root: &Path, cfg: &FolderConfig) -> Result<ImageFolder> {
         Some(s) => s,
         None => train_imgs.iter().chain(&val_imgs).map(|(_, img)| img.width().min(img.height()) as usize).min().unwrap_or(1),
     };
-    let mut preprocess = Preprocess::new([channels, side, side]);
+    let mut preprocess = Preprocess { resize: cfg.resize, ..Preprocess::new([channels, side, side]) };
     if let Normalize::Given { mean, std } = &cfg.normalize {
         preprocess.mean = mean.clone();
         preprocess.std = std.clone();

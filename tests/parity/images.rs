@@ -231,7 +231,7 @@ fn weights_round_trip(dev: &Device) {
         let x = Tensor::from_vec(dev, &[4, 3, 16, 16], crate::harness::random(s, 4 * 3 * 256)).unwrap();
         a.forward(&x, Mode::Train).unwrap();
     }
-    let meta = WeightsMeta { model: Some("resnet20".into()), input: Some(spec.input), classes: vec!["a".into(), "b".into(), "c".into(), "d".into()], mean: vec![0.1, 0.2, 0.3], std: vec![1.0, 2.0, 3.0] };
+    let meta = WeightsMeta { model: Some("resnet20".into()), input: Some(spec.input), classes: vec!["a".into(), "b".into(), "c".into(), "d".into()], mean: vec![0.1, 0.2, 0.3], std: vec![1.0, 2.0, 3.0], resize: Some(40) };
     let path = tmp(&format!("round-trip-{}.safetensors", if dev.is_gpu() { "gpu" } else { "cpu" }));
     save_weights(&path, &mut a, &meta).unwrap();
     assert_eq!(read_meta(&path).unwrap(), meta);
@@ -355,3 +355,70 @@ fn written_weights_match_pytorch_state_dict() {
     let without: Vec<(String, TensorView)> = theirs.tensors().into_iter().filter(|(n, _)| !n.ends_with("num_batches_tracked")).collect();
     load_weights_bytes(&path, &safetensors::serialize(without, &None).unwrap(), &mut model).unwrap();
 }
+
+/// The fixture's LCG (`tests/fixtures/make_imagenet.py`): values in [-1, 1).
+fn lcg(seed: u64, n: usize) -> Vec<f64> {
+    let step = |s: u64| s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = step(seed);
+    (0..n)
+        .map(|_| {
+            s = step(s);
+            (s >> 40) as f64 / (1u64 << 24) as f64 * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// The fixture's value for every `state_dict` tensor, seeded by its name.
+fn imagenet_fixture_value(name: &str, shape: &[usize]) -> Vec<f32> {
+    let seed = 1000 + name.bytes().enumerate().map(|(i, b)| (i as u64 + 1) * b as u64).sum::<u64>();
+    let u = lcg(seed, shape.iter().product());
+    let v: Vec<f64> = if name.ends_with("running_var") {
+        u.iter().map(|u| 1.0 + 0.5 * u.abs()).collect()
+    } else if name.ends_with("running_mean") || name.ends_with("bias") {
+        u.iter().map(|u| 0.1 * u).collect()
+    } else if shape.len() == 1 {
+        u.iter().map(|u| 1.0 + 0.1 * u).collect()
+    } else {
+        let fan_in: usize = shape[1..].iter().product();
+        u.iter().map(|u| u * (6.0 / fan_in as f64).sqrt()).collect()
+    };
+    v.into_iter().map(|x| x as f32).collect()
+}
+
+/// torchvision's ImageNet preprocessing (Resize(256), CenterCrop(224),
+/// Normalize) and ResNet-18 against our `Preprocess::imagenet()` and zoo
+/// ResNet-18: the same logits for images that need no resampling or odd
+/// crop offsets; the downscaled one within what bilinear resampling in PIL
+/// (8-bit between passes) and `image` (floats) leaves.
+fn imagenet_preprocessing(dev: &Device) {
+    let dir = repo("tests/fixtures/imagenet");
+    let fixture: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("logits.json")).unwrap()).unwrap();
+    let mut model = models::build("resnet18", ModelSpec::new([3, 224, 224], 10), dev, &mut Initializer::new(0, Init::PytorchDefault)).unwrap();
+    // The fixture's weights, written as a PyTorch state_dict and loaded by name.
+    let layout = wgpu_cnn::weights::state_dict_layout(&mut model);
+    let data: Vec<(String, Vec<usize>, Vec<u8>, Dtype)> = layout
+        .into_iter()
+        .map(|(n, s)| if n.ends_with("num_batches_tracked") { (n, s, 0i64.to_le_bytes().to_vec(), Dtype::I64) } else { let v = imagenet_fixture_value(&n, &s); (n, s, bytemuck::cast_slice(&v).to_vec(), Dtype::F32) })
+        .collect();
+    let views: Vec<(String, TensorView)> = data.iter().map(|(n, s, b, d)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    let bytes = safetensors::serialize(views, &None).unwrap();
+    load_weights_bytes(Path::new("imagenet fixture"), &bytes, &mut model).unwrap();
+    let pre = Preprocess::imagenet();
+    for img in fixture["images"].as_array().unwrap() {
+        let file = img["file"].as_str().unwrap();
+        let x = pre.load(&dir.join(file)).unwrap();
+        let want_first: Vec<f32> = img["input_first"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let want: Vec<f32> = img["logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let got = model.forward(&Tensor::from_vec(dev, &[1, 3, 224, 224], x.clone()).unwrap(), Mode::Eval).unwrap().to_vec().unwrap();
+        if file.starts_with("down") {
+            // Resampled: PIL rounds to 8 bits between its two passes, `image` does not.
+            Tolerance::new(2.0 / 255.0 / 0.224, 0.0).assert(&format!("{file}: input vs torchvision"), &x[..8], &want_first);
+            Tolerance::new(0.1, 0.02).assert(&format!("{file}: logits vs torchvision on {dev}"), &got, &want);
+        } else {
+            Tolerance::new(1e-6, 1e-6).assert(&format!("{file}: input vs torchvision"), &x[..8], &want_first);
+            let tol = if dev.is_gpu() { Tolerance::new(1e-3, 1e-3) } else { Tolerance::new(1e-4, 1e-4) };
+            tol.assert(&format!("{file}: logits vs torchvision on {dev}"), &got, &want);
+        }
+    }
+}
+test_device!(imagenet_preprocessing_dev, imagenet_preprocessing);
