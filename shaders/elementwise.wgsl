@@ -5,12 +5,18 @@
 //   elementwise_combine       out = alpha·a + beta·out   (in place; beta = 0 never reads out)
 //   elementwise_fill          out = alpha
 //   elementwise_combine_sign  out = alpha·sign(a) + beta·out   (L1 regularisation)
+//   elementwise_mul           out = alpha·a·b[i / inner]   (inner 1: a product; else b
+//                             scales runs of `inner` elements: a channel gate)
 
 struct EwParams {
     len: u32,
     alpha: f32,
     beta: f32,
     relu: u32,
+    inner: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
@@ -60,4 +66,11 @@ fn elementwise_combine_sign(@builtin(global_invocation_id) gid: vec3<u32>, @buil
     let i = index(gid, nwg);
     if (i >= params.len) { return; }
     out[i] = params.alpha * sign(a[i]) + params.beta * out[i];
+}
+
+@compute @workgroup_size(WG)
+fn elementwise_mul(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if (i >= params.len) { return; }
+    out[i] = params.alpha * a[i] * b[i / params.inner];
 }

@@ -1,5 +1,6 @@
-//! Elementwise arithmetic: add, scale/accumulate in place, fill, and the L1
-//! penalty's sign. Gradient accumulation and zeroing are these.
+//! Elementwise arithmetic: add, scale/accumulate in place, fill, the L1
+//! penalty's sign, and a product that broadcasts its second operand over
+//! trailing axes. Gradient accumulation and zeroing are these.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -16,8 +17,9 @@ pub(crate) static ELEMENTWISE_ADD: Kernel<EwParams> = Kernel::new(&SHADER, "elem
 pub(crate) static ELEMENTWISE_COMBINE: Kernel<EwParams> = Kernel::new(&SHADER, "elementwise_combine", &[Read, Unused, ReadWrite, Unused, Uniform]).with_work(|p| Work::f32s(3 * p.len as usize, 3 * p.len as usize));
 pub(crate) static ELEMENTWISE_FILL: Kernel<EwParams> = Kernel::new(&SHADER, "elementwise_fill", &[Unused, Unused, ReadWrite, Unused, Uniform]).with_work(|p| Work::f32s(p.len as usize, 0));
 pub(crate) static ELEMENTWISE_COMBINE_SIGN: Kernel<EwParams> = Kernel::new(&SHADER, "elementwise_combine_sign", &[Read, Unused, ReadWrite, Unused, Uniform]).with_work(|p| Work::f32s(3 * p.len as usize, 3 * p.len as usize));
+pub(crate) static ELEMENTWISE_MUL: Kernel<EwParams> = Kernel::new(&SHADER, "elementwise_mul", &[Read, Read, ReadWrite, Unused, Uniform]).with_work(|p| Work::f32s(2 * p.len as usize, 2 * p.len as usize));
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] =
-    &[&ELEMENTWISE_ADD.def, &ELEMENTWISE_COMBINE.def, &ELEMENTWISE_FILL.def, &ELEMENTWISE_COMBINE_SIGN.def];
+    &[&ELEMENTWISE_ADD.def, &ELEMENTWISE_COMBINE.def, &ELEMENTWISE_FILL.def, &ELEMENTWISE_COMBINE_SIGN.def, &ELEMENTWISE_MUL.def];
 
 /// Matches `EwParams` in `shaders/elementwise.wgsl`.
 // Field for field the WGSL struct of the same name, which says what each is.
@@ -30,6 +32,9 @@ pub struct EwParams {
     pub beta: f32,
     /// elementwise_add: 1 ReLU after the sum; 2 times `mask > 0` (a ReLU's backward).
     pub relu: u32,
+    /// elementwise_mul: elements of `a` per element of `b`.
+    pub inner: u32,
+    pub _pad: [u32; 3],
 }
 
 /// `alpha·a + beta·b` as a new tensor.
@@ -84,7 +89,7 @@ fn add(a: &Tensor, b: &Tensor, alpha: f32, beta: f32, epi: Epi) -> Result<Tensor
                 Epi::Relu => 1,
                 Epi::ReluBackward(_) => 2,
             };
-            let p = EwParams { len: a.numel() as u32, alpha, beta, relu };
+            let p = EwParams { len: a.numel() as u32, alpha, beta, relu, ..Default::default() };
             let ab = a.buffer(OP)?;
             // The mask binding is read only with relu 2; A stands in otherwise.
             let mb = mask.map(|m| m.buffer(OP)).transpose()?.unwrap_or(ab);
@@ -145,7 +150,35 @@ pub fn elementwise_combine_sign(out: &mut Tensor, a: &Tensor, alpha: f32, beta: 
     Ok(())
 }
 
+/// `alpha·a·b`, `b` broadcast over `a`'s trailing axes: `b`'s shape is a
+/// prefix of `a`'s (`[n, c]` gates each channel of an `[n, c, h, w]` tensor,
+/// as a squeeze-and-excitation block does); equal shapes multiply elementwise.
+pub fn elementwise_mul(a: &Tensor, b: &Tensor, alpha: f32) -> Result<Tensor> {
+    const OP: &str = "elementwise_mul";
+    let (sa, sb) = (a.shape(), b.shape());
+    if sb.len() > sa.len() || sa[..sb.len()] != *sb {
+        return shape_err(OP, format!("b's shape {sb:?} must be a prefix of a's {sa:?} (b broadcasts over a's trailing axes)"));
+    }
+    let inner = sa[sb.len()..].iter().product::<usize>();
+    match same_device(OP, &[a, b])? {
+        Device::Cpu => Ok(Tensor::from_cpu(sa, elementwise_mul_cpu(a.host(OP)?, b.host(OP)?, alpha))),
+        Device::Gpu(ctx) => {
+            let out = Tensor::uninit_gpu(&ctx, OP, sa)?;
+            let p = EwParams { len: a.numel() as u32, alpha, inner: inner.max(1) as u32, ..Default::default() };
+            let ab = a.buffer(OP)?;
+            ctx.dispatch(&ELEMENTWISE_MUL, &p, &[ab, b.buffer(OP)?, out.buffer(OP)?, ab], ctx.grid_1d(a.numel(), 256))?;
+            Ok(out)
+        }
+    }
+}
+
 // ---------------------------------------------------------------- CPU reference
+
+/// a (len), b (len / inner) → alpha·a[i]·b[i / inner], `inner` = a.len() / b.len().
+pub fn elementwise_mul_cpu(a: &[f32], b: &[f32], alpha: f32) -> Vec<f32> {
+    let inner = if b.is_empty() { 1 } else { a.len() / b.len() };
+    a.iter().enumerate().map(|(i, x)| alpha * x * b[i / inner]).collect()
+}
 
 /// a, b: (len) → alpha·a + beta·b.
 pub fn elementwise_add_cpu(a: &[f32], b: &[f32], alpha: f32, beta: f32) -> Vec<f32> {

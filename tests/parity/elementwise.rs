@@ -1,7 +1,7 @@
 //! Elementwise arithmetic: add, combine (in place), fill, combine_sign.
 
 use wgpu_cnn::ops::activation::{activation_backward, activation_forward, Activation};
-use wgpu_cnn::ops::elementwise::{elementwise_add, elementwise_add_relu, elementwise_add_relu_backward, elementwise_combine, elementwise_combine_sign, elementwise_fill};
+use wgpu_cnn::ops::elementwise::{elementwise_add, elementwise_add_relu, elementwise_add_relu_backward, elementwise_combine, elementwise_combine_sign, elementwise_fill, elementwise_mul};
 use wgpu_cnn::{Device, Tensor, Tolerance};
 
 use crate::harness::random;
@@ -54,3 +54,21 @@ fn helpers(dev: &Device) {
     assert!(e.contains("ReLU output") && e.contains("[7, 5]"), "{e}");
 }
 test_device!(elementwise_helpers, helpers);
+
+/// Products: equal shapes, and `b` broadcast over `a`'s trailing axes (a
+/// channel gate), against a loop written out here; bad shapes are errors.
+fn mul(dev: &Device) {
+    let t = Tolerance::new(1e-6, 1e-6);
+    let (a, b) = (random(3, 2 * 3 * 20), random(4, 2 * 3 * 20));
+    let at = Tensor::from_slice(dev, &[2, 3, 4, 5], &a).unwrap();
+    let same = elementwise_mul(&at, &Tensor::from_slice(dev, &[2, 3, 4, 5], &b).unwrap(), 0.5).unwrap();
+    t.assert(&format!("mul on {dev}"), &same.to_vec().unwrap(), &a.iter().zip(&b).map(|(x, y)| 0.5 * x * y).collect::<Vec<_>>());
+    let gate = &b[..6];
+    let gated = elementwise_mul(&at, &Tensor::from_slice(dev, &[2, 3], gate).unwrap(), 1.0).unwrap();
+    assert_eq!(gated.shape(), &[2, 3, 4, 5]);
+    let want: Vec<f32> = (0..120).map(|i| a[i] * gate[i / 20]).collect();
+    t.assert(&format!("channel gate on {dev}"), &gated.to_vec().unwrap(), &want);
+    let e = elementwise_mul(&at, &Tensor::zeros(dev, &[3]).unwrap(), 1.0).unwrap_err().to_string();
+    assert!(e.contains("elementwise_mul") && e.contains("[3]") && e.contains("[2, 3, 4, 5]"), "{e}");
+}
+test_device!(mul_dev, mul);

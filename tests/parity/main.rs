@@ -15,6 +15,7 @@ mod bias;
 mod clip;
 mod col2im;
 mod concat;
+mod custom_layer;
 mod conv2d;
 mod corrupt;
 mod dropout;
