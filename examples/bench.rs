@@ -53,6 +53,10 @@ struct Args {
     /// Skip the GEMM table.
     #[arg(long)]
     no_gemm: bool,
+    /// Train the models' heads only (`nn::freeze_backbone`): what a
+    /// fine-tuning step with a frozen backbone costs.
+    #[arg(long)]
+    freeze_backbone: bool,
     /// The longest wait for the GPU, in seconds (a VGG-16 step at 224² takes
     /// minutes on lavapipe).
     #[arg(long, default_value_t = 600.0)]
@@ -91,7 +95,10 @@ fn train_steps(devices: &[(&str, Device)], args: &Args, idle: Duration) -> wgpu_
         let item = spec.input;
         for (dname, dev) in devices {
             let t_build = Instant::now();
-            let model = models::build(name, spec, dev, &mut Initializer::new(0, Init::PytorchDefault))?;
+            let mut model = models::build(name, spec, dev, &mut Initializer::new(0, Init::PytorchDefault))?;
+            if args.freeze_backbone {
+                wgpu_cnn::nn::freeze_backbone(&mut model)?;
+            }
             let opt = Optimizer::new(OptimizerConfig::Sgd(SgdConfig { momentum: 0.9, ..SgdConfig::new(0.01) }))?;
             let mut t = Trainer::new(model, opt, TrainConfig { progress: false, batch_size: batch, ..TrainConfig::default() }, dev.clone())?;
             let built = t_build.elapsed().as_secs_f64();
@@ -130,8 +137,9 @@ fn train_steps(devices: &[(&str, Device)], args: &Args, idle: Duration) -> wgpu_
                 let m = mem.map_or(String::new(), |m| {
                     format!(",\"peak_device_bytes\":{},\"peak_live_bytes\":{},\"planned_bytes\":{}", m.allocated_bytes, m.peak_live_bytes, m.planned_bytes)
                 });
+                let frozen = args.freeze_backbone;
                 println!(
-                    "{{\"op\":\"train_step\",\"model\":\"{name}\",\"input\":[{},{},{}],\"batch\":{batch},\"device\":\"{dname}\",\"build_s\":{built:.4},\"first_step_s\":{first:.4},\"step_s\":{step:.6},\"images_per_s\":{:.1}{h}{m}}}",
+                    "{{\"op\":\"train_step\",\"model\":\"{name}\",\"frozen_backbone\":{frozen},\"input\":[{},{},{}],\"batch\":{batch},\"device\":\"{dname}\",\"build_s\":{built:.4},\"first_step_s\":{first:.4},\"step_s\":{step:.6},\"images_per_s\":{:.1}{h}{m}}}",
                     item[0], item[1], item[2], batch as f64 / step
                 );
             } else {
