@@ -5,7 +5,9 @@
 // indexed by (output index / inner) mod bias_len — the channel, both for the
 // swap and for a plain copy (a = 1). bias_len 0: no bias.
 // in_offset / out_offset address a chunk of a larger buffer. relu 1 applies
-// ReLU after the bias (a convolution followed by a ReLU layer, fused).
+// ReLU after the bias (a convolution followed by a ReLU layer, fused). flip 1
+// also reverses `inner`: a convolution's weights [c_out, c_in, taps] become
+// those of the convolution that maps dy to dx ([c_in, c_out, taps reversed]).
 
 struct PermuteParams {
     a: u32,
@@ -15,7 +17,7 @@ struct PermuteParams {
     in_offset: u32,
     out_offset: u32,
     relu: u32,
-    _pad0: u32,
+    flip: u32,
 }
 
 @group(0) @binding(0) var<storage, read> src: array<f32>;
@@ -49,6 +51,10 @@ fn permute_swap(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         for (var t = t0; t < t1; t++) {
             let v = src[src0 + t] + add;
             dst[dst0 + t] = select(max(v, 0.0), v, is_nan(v)); // NaN passes, as in PyTorch
+        }
+    } else if (p.flip != 0u) {
+        for (var t = t0; t < t1; t++) {
+            dst[dst0 + t] = src[src0 + p.inner - 1u - t] + add;
         }
     } else {
         for (var t = t0; t < t1; t++) {

@@ -30,7 +30,7 @@ use crate::ops::activation::{activation_backward, activation_forward, activation
 use crate::ops::bias::{bias_add, bias_grad};
 use crate::ops::gemm::{gemm_matmul_cpu, gemm_gpu_strided, ConvGather, Epilogue, GemmConfig, GemmLayout, GemmShape};
 use crate::ops::im2col::{im2col_cpu_into, im2col_gpu};
-use crate::ops::permute::{permute_swap_cpu, permute_swap_gpu};
+use crate::ops::permute::{permute_flip_gpu, permute_swap_cpu, permute_swap_gpu};
 use crate::ops::reduce::reduce_rows_cpu;
 use crate::shape::{Conv2dConfig, Conv2dGeometry};
 use crate::tensor::{same_device, Tensor};
@@ -76,6 +76,11 @@ pub fn conv2d_forward_act(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: Co
 /// 3×3 convolution's columns are 9× its input, and held from forward to
 /// backward they would dominate a large model's memory (PyTorch keeps only x).
 const KEEP_COLS_BYTES: usize = 8 << 20;
+/// Nor for a convolution over many input channels (rows of its columns: c_in
+/// × taps): ResNet-18's last stage (4,608 rows, 7×7 pixels) would hold 25 MB
+/// of columns at the step's peak, and its gather costs little at that size;
+/// LeNet-5's (25 and 150 rows) keep theirs.
+const KEEP_COLS_ROWS: usize = 1024;
 
 /// [`conv2d_forward`] that, on the GPU, may also hand back the im2col columns
 /// for [`conv2d_backward_cols`] (training layers keep them until backward).
@@ -106,7 +111,7 @@ fn forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: Conv2dConfig, act
         Device::Gpu(ctx) => {
             let y = Tensor::uninit_gpu(&ctx, OP, &geo.output_shape())?;
             let b = bias.map(|b| b.buffer(OP)).transpose()?;
-            let keep = keep && !geo.is_pointwise() && gpu_chunk(&ctx, &geo) >= geo.n && col_elems(&geo) * 4 <= KEEP_COLS_BYTES;
+            let keep = keep && !geo.is_pointwise() && gpu_chunk(&ctx, &geo) >= geo.n && col_elems(&geo) * 4 <= KEEP_COLS_BYTES && geo.col_rows() <= KEEP_COLS_ROWS;
             let cols = keep.then(|| Tensor::uninit_gpu(&ctx, OP, &[col_elems(&geo)])).transpose()?;
             let kept = cols.as_ref().map(|c| c.buffer(OP)).transpose()?;
             let relu = act == Some(Activation::Relu);
@@ -520,6 +525,21 @@ pub(crate) fn conv2d_backward_gpu(
     // is a matrix, in chunks of at most DX_COLS_BYTES (it would otherwise be
     // the largest tensor of a ResNet's backward).
     let gathered = kept.is_none() && !geo.is_pointwise();
+    // Stride 1, one group: dx is itself a convolution, of dy with W flipped
+    // and transposed, which the GEMM gathers as the forward's does: no column
+    // gradient and no col2im (the ReLU's backward rides in its store).
+    let fits = |elems: usize| (elems * 4) as u64 <= ctx.max_binding_bytes();
+    let implicit_dx = (gathered && geo.cfg.groups == 1 && fits(geo.n * in_img) && fits(geo.n * out_img)).then(|| cpu::transposed_geometry(geo)).flatten();
+    if let (Some(dx), Some(tgeo)) = (dx, implicit_dx) {
+        weight_grad(0, geo.n)?;
+        let wt = ctx.alloc("conv2d", geo.c_out * kc)?;
+        permute_flip_gpu(ctx, w, wt.buffer(), [geo.c_out, geo.c_in, geo.kh * geo.kw])?;
+        let (pt, kt) = (tgeo.out_pixels(), tgeo.col_rows());
+        let (s, mut l) = group_gemm(1, geo.c_in, geo.n * pt, kt, [geo.c_in * kt, kt * geo.n * pt, geo.c_in * geo.n * pt]);
+        (l.stride_b, l.b_conv, l.c_images) = (out_img, Some(ConvGather { geo: tgeo }), Some((pt, in_img)));
+        let epi = Epilogue { relu_grad: relu_out, ..Epilogue::default() };
+        return gemm_gpu_strided(ctx, wt.buffer(), dy, dx, s, l, GemmConfig::default(), epi);
+    }
     let dx_chunk = if gathered {
         weight_grad(0, geo.n)?;
         // No smaller than dx itself: a VGG-sized layer (columns 9× its

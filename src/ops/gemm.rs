@@ -659,6 +659,14 @@ fn choose(ctx: &Arc<GpuContext>, s: &GemmShape, cfg: &GemmConfig) -> Result<Gemm
     if let Some(v) = ctx.tuned(&key).and_then(|name| GemmVariant::from_name(&name)) {
         return Ok(v);
     }
+    // Tuning times plain GEMMs on operands of their own: where one would not
+    // fit a binding (an implicit convolution's B is never materialised; a
+    // windowed operand), the default serves.
+    let items = |batched: bool| if batched { s.batch } else { 1 };
+    let largest = [s.m * s.k * items(s.a_batched), s.k * s.n * items(s.b_batched), s.m * s.n * s.batch].into_iter().max().unwrap_or(0);
+    if (largest * 4) as u64 > ctx.max_binding_bytes() {
+        return Ok(ctx.gemm_variant());
+    }
     let v = ctx.tuning_run(|| tune(ctx, s, cfg))?;
     log::info!("GEMM {key}: {} is fastest on {}", v.name(), ctx.adapter());
     ctx.remember_tuned(key, v.name().to_string());

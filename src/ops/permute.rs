@@ -29,7 +29,8 @@ pub struct PermuteParams {
     pub out_offset: u32,
     /// 1: ReLU after the bias.
     pub relu: u32,
-    pub _pad0: u32,
+    /// 1: `inner` reversed too (not with `relu`).
+    pub flip: u32,
 }
 
 /// `[a, b, rest…] → [b, a, rest…]`; `bias` (length `a`) is added along the new axis 1.
@@ -87,6 +88,16 @@ pub fn permute_swap_cpu(x: &[f32], a: usize, b: usize, inner: usize, bias: Optio
 
 /// Records the swap of `[a, b, inner]` read at `in_offset`, written at `out_offset`.
 #[allow(clippy::too_many_arguments)]
+/// `[a, b, inner] → [b, a, inner reversed]`: a convolution's weights
+/// `[c_out, c_in, taps]` (one group) as those of the convolution that maps
+/// its dy to its dx (`[c_in, c_out]`, each kernel rotated by 180°; the CPU
+/// path's `flip_weights`).
+pub(crate) fn permute_flip_gpu(ctx: &GpuContext, x: Bind<'_>, out: Bind<'_>, [a, b, inner]: [usize; 3]) -> Result<()> {
+    let params = PermuteParams { a: a as u32, b: b as u32, inner: inner as u32, flip: 1, ..PermuteParams::default() };
+    let seg = PERMUTE_SWAP.def.constant("SEG", 32) as usize;
+    ctx.dispatch(&PERMUTE_SWAP, &params, &[x, x, out], ctx.grid_1d(a * b * inner.div_ceil(seg), 256))
+}
+
 pub(crate) fn permute_swap_gpu(
     ctx: &GpuContext,
     x: Bind<'_>,

@@ -266,7 +266,7 @@ pub fn conv2d_backward_cpu_tuned(x: Option<&[f32]>, w: &[f32], dy: &[f32], geo: 
 /// (n, c_out, oh, ow), weights (c_in, c_out/groups, kh, kw) as `flip_weights`
 /// makes them, padding d·(k − 1) − p. None where that padding would be
 /// negative or the stride is not 1.
-fn transposed_geometry(geo: &Conv2dGeometry) -> Option<Conv2dGeometry> {
+pub(super) fn transposed_geometry(geo: &Conv2dGeometry) -> Option<Conv2dGeometry> {
     let (cfg, k) = (geo.cfg, [geo.kh, geo.kw]);
     if cfg.stride != [1, 1] {
         return None;
