@@ -18,7 +18,7 @@ use wgpu_cnn::ops::col2im::col2im;
 use wgpu_cnn::ops::concat::{concat_backward, concat_forward};
 use wgpu_cnn::ops::conv2d::{conv2d_backward, conv2d_backward_relu, conv2d_forward, conv2d_forward_act};
 use wgpu_cnn::ops::dropout::{dropout_backward, dropout_forward, DropoutConfig};
-use wgpu_cnn::ops::elementwise::{elementwise_add, elementwise_add_relu_backward, elementwise_combine, elementwise_combine_sign, elementwise_fill};
+use wgpu_cnn::ops::elementwise::{elementwise_add, elementwise_add_relu_backward, elementwise_combine, elementwise_combine_sign, elementwise_fill, elementwise_mul};
 use wgpu_cnn::ops::gemm::{gemm, gemm_row_sums, GemmConfig};
 use wgpu_cnn::ops::im2col::im2col;
 use wgpu_cnn::ops::layernorm::{layernorm_backward, layernorm_forward, NormKind};
@@ -191,7 +191,7 @@ fn checks(gpu: &Device, limits: LimitsMode) -> (Vec<Check>, Vec<&'static str>) {
         Ok(vec![dropout_forward(&t[0], cfg, true)?, dropout_backward(&t[0], cfg)?])
     });
     add("bias add / grad, permute", &[&[3, 4, 10], &[4]], Tolerance::new(1e-5, 1e-5), &|_, t| Ok(vec![bias_add(&t[0], &t[1])?, bias_grad(&t[0])?, permute_swap(&t[0], None)?]));
-    add("elementwise add / fill / combine", &[&[500], &[500]], Tolerance::new(1e-6, 1e-6), &|_, t| {
+    add("elementwise add / fill / combine / mul", &[&[500], &[500]], Tolerance::new(1e-6, 1e-6), &|_, t| {
         let mut c = t[1].clone();
         elementwise_combine(&mut c, &t[0], 0.5, 2.0)?;
         let mut s = t[1].clone();
@@ -199,7 +199,9 @@ fn checks(gpu: &Device, limits: LimitsMode) -> (Vec<Check>, Vec<&'static str>) {
         let mut f = t[0].clone();
         elementwise_fill(&mut f, 3.0)?;
         let relu = activation_forward(&t[1], Activation::Relu)?;
-        Ok(vec![elementwise_add(&t[0], &t[1], 1.0, -2.0)?, elementwise_add_relu_backward(&t[0], &t[1], &relu, 1.0, 1.0)?, c, s, f])
+        let gate = t[1].narrow(0, 50)?.reshape(&[50])?;
+        let gated = elementwise_mul(&t[0].clone().reshape(&[50, 10])?, &gate, 1.0)?;
+        Ok(vec![elementwise_add(&t[0], &t[1], 1.0, -2.0)?, elementwise_add_relu_backward(&t[0], &t[1], &relu, 1.0, 1.0)?, c, s, f, elementwise_mul(&t[0], &t[1], 0.5)?, gated])
     });
     add("concat / pad / upsample", &[&[2, 3, 4, 4], &[2, 2, 4, 4], &[2, 3, 8, 8]], Tolerance::new(1e-5, 1e-5), &|_, t| {
         let cat = concat_forward(&[&t[0], &t[1]])?;
