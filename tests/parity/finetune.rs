@@ -218,3 +218,35 @@ fn gradcheck(dev: &Device) {
     assert!(e.contains("input["), "{e}");
 }
 test_device!(check_gradients_public, gradcheck);
+
+#[allow(dead_code)]
+#[path = "../../examples/common/mod.rs"]
+mod common;
+
+/// The training examples' fine-tuning options: bad combinations are errors
+/// before any training, and the options set what they say.
+#[test]
+fn example_options() {
+    let t = |epochs: usize| Trainer::new(lenet(&Device::Cpu, 10, 1), sgd(0.1), TrainConfig { progress: false, epochs, ..TrainConfig::default() }, Device::Cpu).unwrap();
+    let args = |f: fn(&mut common::FineTuneArgs)| {
+        let mut a = common::FineTuneArgs::default();
+        f(&mut a);
+        a
+    };
+    let e = args(|a| (a.freeze_backbone, a.unfreeze_after) = (true, Some(5))).apply(&mut t(5)).unwrap_err().to_string();
+    assert!(e.contains("--unfreeze-after") && e.contains("not below --epochs 5"), "{e}");
+    let e = args(|a| a.unfreeze_after = Some(1)).apply(&mut t(5)).unwrap_err().to_string();
+    assert!(e.contains("nothing is frozen"), "{e}");
+    let e = args(|a| a.freeze = vec!["fc".into()]).apply(&mut t(5)).unwrap_err().to_string();
+    assert!(e.contains("`fc` names no parameter") && e.contains("0, 3, 7, 9, 11"), "{e}");
+    let mut tr = t(5);
+    args(|a| (a.freeze_backbone, a.unfreeze_after, a.backbone_lr_mult) = (true, Some(2), Some(0.1))).apply(&mut tr).unwrap();
+    assert_eq!(tr.model.trainable_count(), 84 * 10 + 10);
+    assert_eq!(tr.optimizer.settings_for("0.weight", &[6, 1, 5, 5]).0, 0.1);
+    assert_eq!(tr.optimizer.settings_for("11.weight", &[10, 84]).0, 1.0);
+    let opts = args(|a| (a.freeze_backbone, a.unfreeze_after) = (true, Some(2)));
+    opts.after_epoch(&mut tr, 1).unwrap();
+    assert_eq!(tr.model.trainable_count(), 84 * 10 + 10, "still frozen after epoch 1");
+    opts.after_epoch(&mut tr, 2).unwrap();
+    assert_eq!(tr.model.trainable_count(), tr.model.param_count(), "everything trains after epoch 2");
+}
