@@ -12,8 +12,6 @@
     python3 benches/finetune_lenet.py --out /tmp/finetune [--seed 0]
 """
 import argparse
-import gzip
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +20,9 @@ from torch import nn
 from PIL import Image
 from safetensors.torch import save_file
 
+from torch_mnist_epoch import idx  # the IDX reader, beside this script
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def idx(path):
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    dims = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
 def lenet5(classes):
@@ -105,7 +97,7 @@ def main():
     # unfrozen after a third of the epochs (fastai's fine_tune), and from scratch.
     state = {k: v for k, v in base.state_dict().items() if not k.startswith("11.")}
     results = {}
-    for recipe, unfreeze in [("frozen backbone", None), (f"frozen backbone, unfrozen after {args.epochs // 3}", args.epochs // 3), ("from scratch", "scratch")]:
+    for recipe, unfreeze in [("frozen backbone", None), (f"frozen backbone, unfrozen after {max(1, args.epochs // 3)}", max(1, args.epochs // 3)), ("from scratch", "scratch")]:
         torch.manual_seed(args.seed)
         m = lenet5(4)
         if unfreeze != "scratch":
@@ -119,7 +111,7 @@ def main():
     weights = f"--weights {out / 'lenet5_digits0-5.safetensors'}"
     print("ours:")
     print(f"  cargo run --release --example train_images -- {common} {weights} --freeze-backbone")
-    print(f"  cargo run --release --example train_images -- {common} {weights} --freeze-backbone --unfreeze-after {args.epochs // 3}")
+    print(f"  cargo run --release --example train_images -- {common} {weights} --freeze-backbone --unfreeze-after {max(1, args.epochs // 3)}")
     print(f"  cargo run --release --example train_images -- {common}")
 
 

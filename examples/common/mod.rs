@@ -256,6 +256,7 @@ impl FineTuneArgs {
             println!("frozen: {frozen} parameter tensors ({} of {} scalars train)", t.model.trainable_count(), t.model.param_count());
         }
         match self.unfreeze_after {
+            Some(0) => return Err(Error::InvalidArgument { op: "--unfreeze-after", msg: "0 epochs frozen is no freezing: leave out --freeze-backbone / --freeze instead".into() }),
             Some(n) if n >= t.config.epochs => {
                 return Err(Error::InvalidArgument { op: "--unfreeze-after", msg: format!("{n} is not below --epochs {}: nothing would train unfrozen", t.config.epochs) });
             }

@@ -235,6 +235,8 @@ fn example_options() {
     };
     let e = args(|a| (a.freeze_backbone, a.unfreeze_after) = (true, Some(5))).apply(&mut t(5)).unwrap_err().to_string();
     assert!(e.contains("--unfreeze-after") && e.contains("not below --epochs 5"), "{e}");
+    let e = args(|a| (a.freeze_backbone, a.unfreeze_after) = (true, Some(0))).apply(&mut t(5)).unwrap_err().to_string();
+    assert!(e.contains("--unfreeze-after") && e.contains("0 epochs"), "{e}");
     let e = args(|a| a.unfreeze_after = Some(1)).apply(&mut t(5)).unwrap_err().to_string();
     assert!(e.contains("nothing is frozen"), "{e}");
     let e = args(|a| a.freeze = vec!["fc".into()]).apply(&mut t(5)).unwrap_err().to_string();
