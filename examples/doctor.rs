@@ -299,6 +299,7 @@ fn run(args: &Args) -> wgpu_cnn::Result<bool> {
             "max_storage_buffer_binding_size": l.max_storage_buffer_binding_size,
             "max_buffer_size": l.max_buffer_size,
             "optimizer_tensors_per_dispatch": per_dispatch,
+            "shader_f16": ctx.supports_f16(),
             "checks": checks.iter().map(|c| serde_json::json!({"check": c.name, "max_abs_diff": c.max_diff, "tolerance_abs": c.tolerance.abs, "tolerance_rel": c.tolerance.rel, "ok": c.ok(), "error": c.error})).collect::<Vec<_>>(),
             "kernels": all.len(),
             "kernels_run": used.len(),
@@ -317,6 +318,7 @@ fn run(args: &Args) -> wgpu_cnn::Result<bool> {
     }
     println!("  {:<40} {:>10} {:>12}  (larger tensors are bound in windows)", "max_storage_buffer_binding_size", "-", l.max_storage_buffer_binding_size);
     println!("  optimiser: {per_dispatch} tensor(s) a dispatch");
+    println!("  f16 in shaders (SHADER_F16): {}", if ctx.supports_f16() { "offered" } else { "not offered (f16 kernels cannot run here)" });
     println!("{:<46} {:>12}  tolerance (abs + rel·|cpu|)", "check", "max |GPU−CPU|");
     for c in &checks {
         let mark = if c.ok() { "ok" } else { "FAILED" };

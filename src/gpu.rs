@@ -107,6 +107,8 @@ pub struct GpuContext {
     pub(crate) queue: wgpu::Queue,
     adapter: AdapterSummary,
     limits: wgpu::Limits,
+    /// The optional features the device was opened with.
+    features: wgpu::Features,
     pub(crate) pool: BufferPool,
     kernels: KernelCache,
     gemm_variant: GemmVariant,
@@ -326,7 +328,10 @@ impl GpuContext {
         if opts.profile && !adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
             return Err(Error::RequestDevice { adapter: summary.to_string(), msg: "profiling needs timestamp queries, which this adapter does not offer".into() });
         }
-        let required_features = if opts.profile { wgpu::Features::TIMESTAMP_QUERY } else { wgpu::Features::empty() };
+        let mut required_features = if opts.profile { wgpu::Features::TIMESTAMP_QUERY } else { wgpu::Features::empty() };
+        // f16 in shaders, where offered: what mixed precision's kernels need
+        // (issue 29); asking for it costs nothing where it is not used.
+        required_features |= adapter.features() & wgpu::Features::SHADER_F16;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("wgpu-cnn"),
             required_features,
@@ -372,6 +377,7 @@ impl GpuContext {
             device,
             queue,
             adapter: summary,
+            features: required_features,
             limits,
             pool,
             kernels: KernelCache::default(),
@@ -399,6 +405,12 @@ impl GpuContext {
     /// The adapter this context runs on.
     pub fn adapter(&self) -> &AdapterSummary {
         &self.adapter
+    }
+
+    /// Whether the device runs WGSL's `f16` (wgpu's `SHADER_F16`: Vulkan's
+    /// `shaderFloat16` with 16-bit storage, Metal, DX12 with SM 6.2).
+    pub fn supports_f16(&self) -> bool {
+        self.features.contains(wgpu::Features::SHADER_F16)
     }
 
     /// The limits the device was opened with (`GpuOptions::limits`).

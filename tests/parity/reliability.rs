@@ -428,3 +428,18 @@ fn dry_runs_are_per_thread() {
         });
     });
 }
+
+/// The device asks for f16 shaders exactly when its adapter offers them
+/// (mixed precision's kernels need them; `doctor` reports it).
+#[test]
+fn f16_feature_follows_the_adapter() {
+    crate::harness::with_gpu("reliability::f16_feature_follows_the_adapter", |dev| {
+        let ctx = dev.gpu_context().unwrap();
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let offered = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+            .into_iter()
+            .find(|a| a.get_info().name == ctx.adapter().name)
+            .map(|a| a.features().contains(wgpu::Features::SHADER_F16));
+        assert_eq!(Some(ctx.supports_f16()), offered, "{}", ctx.adapter());
+    });
+}
