@@ -60,6 +60,8 @@ pub fn save(path: &Path, trainer: &mut Trainer) -> Result<()> {
         // Parameters whose optimiser state began after the first step, and frozen ones.
         ("optimizer_born", trainer.optimizer.state_born().iter().map(|(n, s)| format!("{n}={s}")).collect::<Vec<_>>().join(";")),
         ("frozen", trainer.model.frozen_names().join(";")),
+        // Dynamic loss scaling: scale (its bits), growth tracker, skipped steps.
+        ("loss_scale", trainer.loss_scale.map_or(String::new(), |s| format!("{};{};{}", s.scale.to_bits(), s.growth_tracker, s.skipped_steps))),
         ("seed", trainer.config.seed.to_string()),
     ]
     .into_iter()
@@ -260,6 +262,19 @@ pub fn load_bytes(path: &Path, bytes: &[u8], trainer: &mut Trainer) -> Result<()
             return file_err(path, K::Checksum, "the tensors or metadata do not match the checksum saved with them: the file is corrupt");
         }
     }
+    // Dynamic loss scaling's state, when saved: scale bits; growth tracker; skipped steps.
+    let loss_scale = match meta.get("loss_scale").filter(|v| !v.is_empty()) {
+        None => None,
+        Some(v) => {
+            let parts: Vec<&str> = v.split(';').collect();
+            let parsed = match parts[..] {
+                [a, b, c] => a.parse::<u32>().ok().zip(b.parse::<u32>().ok()).zip(c.parse::<u64>().ok()),
+                _ => None,
+            };
+            let ((bits, tracker), skipped) = parsed.ok_or_else(|| crate::Error::File { path: path.to_path_buf(), kind: K::BadHeader, msg: format!("metadata `loss_scale` = {v:?} is malformed") })?;
+            Some(crate::train::LossScaleState { scale: f32::from_bits(bits), growth_tracker: tracker, skipped_steps: skipped })
+        }
+    };
     // Pass 2: apply.
     // The same walk as pass 1, so values and counters come back in its order.
     let (mut values, mut counters) = (values.into_iter(), counters.into_iter());
@@ -282,6 +297,9 @@ pub fn load_bytes(path: &Path, bytes: &[u8], trainer: &mut Trainer) -> Result<()
     let born = meta.get("optimizer_born").map_or("", String::as_str).split(';').filter(|e| !e.is_empty());
     let born = born.map(|e| e.rsplit_once('=').and_then(|(n, s)| Some((n.to_string(), s.parse().ok()?)))).collect::<Option<_>>();
     trainer.optimizer.set_state_born(born.unwrap_or_default());
+    if let (Some(parsed), Some(state)) = (loss_scale, trainer.loss_scale.as_mut()) {
+        *state = parsed;
+    }
     // Files from before freezing was kept have no list: nothing frozen.
     let frozen: Vec<&str> = meta.get("frozen").map_or("", String::as_str).split(';').filter(|e| !e.is_empty()).collect();
     trainer.model.unfreeze(&[])?;

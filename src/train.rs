@@ -72,6 +72,77 @@ pub struct TrainConfig {
     /// memory; batch-norm's statistics are then per micro-batch, as in
     /// PyTorch. 1: no accumulation.
     pub accumulate_steps: usize,
+    /// Dynamic loss scaling (PyTorch's `GradScaler`): the loss's gradient is
+    /// multiplied by a scale before backward and the parameters' gradients
+    /// divided by it after; a step whose gradients are not finite is skipped
+    /// (no update) and the scale backed off. Mixed precision needs it; in f32
+    /// it is a guard that skips non-finite steps. `None`: off.
+    pub loss_scale: Option<LossScale>,
+}
+
+/// [`TrainConfig::loss_scale`]'s settings: PyTorch's `GradScaler` defaults.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LossScale {
+    /// The first scale (2^16).
+    pub init_scale: f32,
+    /// The scale is multiplied by this after `growth_interval` clean steps in a row (2).
+    pub growth_factor: f32,
+    /// And by this after a step with non-finite gradients (0.5).
+    pub backoff_factor: f32,
+    /// Clean steps between growths (2000).
+    pub growth_interval: u32,
+}
+
+impl Default for LossScale {
+    fn default() -> LossScale {
+        LossScale { init_scale: 65536.0, growth_factor: 2.0, backoff_factor: 0.5, growth_interval: 2000 }
+    }
+}
+
+impl LossScale {
+    fn validate(&self) -> Result<()> {
+        let ok = self.init_scale.is_finite() && self.init_scale > 0.0 && self.growth_factor >= 1.0 && self.growth_factor.is_finite() && self.backoff_factor > 0.0 && self.backoff_factor < 1.0 && self.growth_interval > 0;
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument { op: "LossScale", msg: format!("{self:?}: need a finite init_scale > 0, growth_factor ≥ 1, backoff_factor in (0, 1) and growth_interval ≥ 1") })
+        }
+    }
+}
+
+/// Where dynamic loss scaling stands (kept in checkpoints).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LossScaleState {
+    /// The scale the next step uses.
+    pub scale: f32,
+    /// Clean steps since the scale last changed.
+    pub growth_tracker: u32,
+    /// Steps skipped for non-finite gradients so far.
+    pub skipped_steps: u64,
+}
+
+impl LossScaleState {
+    /// The state before the first step.
+    pub fn new(cfg: &LossScale) -> LossScaleState {
+        LossScaleState { scale: cfg.init_scale, growth_tracker: 0, skipped_steps: 0 }
+    }
+
+    /// After a step: back off (and count the skip) when its gradients were
+    /// not finite, else grow after `growth_interval` clean steps.
+    fn after_step(&mut self, cfg: &LossScale, found_inf: bool) {
+        if found_inf {
+            self.scale *= cfg.backoff_factor;
+            self.growth_tracker = 0;
+            self.skipped_steps += 1;
+        } else {
+            self.growth_tracker += 1;
+            if self.growth_tracker == cfg.growth_interval {
+                // Not past f32's range: a scale of inf would make every step skip.
+                self.scale = (self.scale * cfg.growth_factor).min(f32::MAX);
+                self.growth_tracker = 0;
+            }
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -96,6 +167,7 @@ impl Default for TrainConfig {
             loader_workers: 1,
             prefetch: 2,
             accumulate_steps: 1,
+            loss_scale: None,
         }
     }
 }
@@ -256,6 +328,8 @@ pub struct Trainer {
     pub stopped_early: bool,
     /// Input shapes whose pipelines have been built: (shape, training).
     prepared: std::collections::HashSet<(Vec<usize>, bool)>,
+    /// Dynamic loss scaling's state (with [`TrainConfig::loss_scale`]).
+    pub loss_scale: Option<LossScaleState>,
 }
 
 impl Trainer {
@@ -274,7 +348,9 @@ impl Trainer {
         if !(config.l1 >= 0.0 && config.l2 >= 0.0) {
             return Err(Error::InvalidArgument { op: "Trainer", msg: format!("l1 {} and l2 {} must be ≥ 0", config.l1, config.l2) });
         }
-        Ok(Trainer { model, optimizer, config, device, epoch: 0, step: 0, epoch_step: 0, stop: None, plateau: PlateauState::new(), best: None, since_best: 0, last_epoch: (Vec::new(), None), last_logits: None, train_gpu_ms: 0.0, stopped_early: false, prepared: Default::default() })
+        config.loss_scale.as_ref().map(LossScale::validate).transpose()?;
+        let loss_scale = config.loss_scale.as_ref().map(LossScaleState::new);
+        Ok(Trainer { loss_scale, model, optimizer, config, device, epoch: 0, step: 0, epoch_step: 0, stop: None, plateau: PlateauState::new(), best: None, since_best: 0, last_epoch: (Vec::new(), None), last_logits: None, train_gpu_ms: 0.0, stopped_early: false, prepared: Default::default() })
     }
 
     /// On the GPU, builds every pipeline that training on `train` and
@@ -399,7 +475,8 @@ impl Trainer {
             let out = self.model.forward(&x.narrow(start, len)?, Mode::Train)?;
             let (l, dl) = softmax_xent(&out, part, cfg)?;
             if weight > 0.0 {
-                let dl = crate::ops::elementwise::elementwise_add(&dl, &dl, weight, 0.0)?;
+                let scaled = weight * self.loss_scale.map_or(1.0, |s| s.scale);
+                let dl = crate::ops::elementwise::elementwise_add(&dl, &dl, scaled, 0.0)?;
                 self.model.backward_params(&dl)?;
                 loss = Some(match loss {
                     None => crate::ops::elementwise::elementwise_add(&l, &l, weight, 0.0)?,
@@ -436,6 +513,7 @@ impl Trainer {
         let logits = self.model.forward(x, Mode::Train)?;
         let (loss, mut dlogits) = softmax_xent(&logits, labels, self.config.loss)?;
         self.last_logits = Some(logits);
+        let scale = scale * self.loss_scale.map_or(1.0, |s| s.scale);
         if scale != 1.0 {
             dlogits = crate::ops::elementwise::elementwise_add(&dlogits, &dlogits, scale, 0.0)?;
         }
@@ -448,6 +526,28 @@ impl Trainer {
     /// on the gradients in place; on the GPU the step is submitted here.
     /// A `dry` step (inside a dry run) skips the check's verdict and counts no step.
     pub(crate) fn update(&mut self, dry: bool) -> Result<()> {
+        if let (Some(cfg), Some(state)) = (self.config.loss_scale, self.loss_scale) {
+            // Unscale, then one readback says whether every gradient is finite.
+            let mut params = self.model.parameters("")?;
+            for p in params.iter_mut() {
+                *p.grad = crate::ops::elementwise::elementwise_add(p.grad, p.grad, 1.0 / state.scale, 0.0)?;
+            }
+            let grads: Vec<&Tensor> = params.iter().map(|p| &*p.grad).collect();
+            let found_inf = !dry && reduce_sum_squares(&grads)?.iter().any(|v| !v.is_finite());
+            drop(params);
+            if !dry {
+                self.loss_scale.as_mut().expect("checked above").after_step(&cfg, found_inf);
+            }
+            if found_inf {
+                // Skipped: no update, no optimiser state; the batch still counts.
+                self.model.zero_grad();
+                if let Device::Gpu(ctx) = &self.device {
+                    ctx.flush()?;
+                }
+                self.step += 1;
+                return Ok(());
+            }
+        }
         let (l1, l2) = (self.config.l1, self.config.l2);
         if l1 > 0.0 || l2 > 0.0 || self.config.clip_grad_norm.is_some() {
             let mut params = self.model.parameters("")?;

@@ -207,3 +207,51 @@ fn metrics(dev: &Device) {
     assert_eq!(table.lines().count(), 11, "{table}");
 }
 test_device!(epoch_and_eval_metrics, metrics);
+
+/// Dynamic loss scaling: a scale that makes the gradients overflow skips the
+/// step (weights and optimiser state untouched, the scale halved, the skip
+/// counted); power-of-two scales otherwise change nothing, bit for bit; the
+/// scale grows after `growth_interval` clean steps; checkpoints keep it.
+fn loss_scaling(dev: &Device) {
+    use wgpu_cnn::train::{LossScale, LossScaleState};
+    let data = tiny_data();
+    let (x, labels) = data.batch(dev, &(0..16).collect::<Vec<_>>(), None).unwrap();
+    let params = |t: &mut Trainer| -> Vec<Vec<f32>> { t.model.parameters("").unwrap().iter().map(|p| p.value.to_vec().unwrap()).collect() };
+    let momentum = || Optimizer::new(OptimizerConfig::Sgd(SgdConfig { momentum: 0.9, ..SgdConfig::new(0.05) })).unwrap();
+    let scaled = |ls: LossScale| {
+        let model = models::lenet5(dev, &mut Initializer::new(4, Init::PytorchDefault)).unwrap();
+        Trainer::new(model, momentum(), TrainConfig { progress: false, batch_size: 16, loss_scale: Some(ls), ..TrainConfig::default() }, dev.clone()).unwrap()
+    };
+    // Inputs of a million times the usual size and a scale of 2^120 overflow
+    // the weight gradients: skipped.
+    let big: Vec<f32> = x.to_vec().unwrap().iter().map(|v| v * 1e6).collect();
+    let big = wgpu_cnn::Tensor::from_vec(dev, x.shape(), big).unwrap();
+    let mut t = scaled(LossScale { init_scale: 2f32.powi(120), growth_interval: 2, ..LossScale::default() });
+    let before = params(&mut t);
+    t.train_step(&big, &labels).unwrap();
+    assert!(params(&mut t) == before, "a skipped step leaves the weights alone on {dev}");
+    assert!(t.optimizer.state_tensors().is_empty(), "and makes no optimiser state");
+    assert_eq!(t.loss_scale, Some(LossScaleState { scale: 2f32.powi(119), growth_tracker: 0, skipped_steps: 1 }));
+    // Power-of-two scales are exact: the same weights as without scaling.
+    let mut a = scaled(LossScale { init_scale: 1024.0, growth_interval: 2, ..LossScale::default() });
+    let mut b = trainer(dev, TrainConfig::default());
+    b.optimizer = momentum();
+    for _ in 0..3 {
+        a.train_step(&x, &labels).unwrap();
+        b.train_step(&x, &labels).unwrap();
+    }
+    assert!(params(&mut a) == params(&mut b), "scaled by 1024 and 2048 then unscaled: the same bits on {dev}");
+    assert_eq!(a.loss_scale, Some(LossScaleState { scale: 2048.0, growth_tracker: 1, skipped_steps: 0 }), "grown after two clean steps");
+    // Kept by checkpoints.
+    let path = crate::training::tmp(&format!("loss-scale-{}.ckpt", dev.is_gpu()));
+    wgpu_cnn::checkpoint::save(&path, &mut a).unwrap();
+    let mut c = scaled(LossScale { init_scale: 1024.0, growth_interval: 2, ..LossScale::default() });
+    wgpu_cnn::checkpoint::load(&path, &mut c).unwrap();
+    assert_eq!(c.loss_scale, a.loss_scale);
+    std::fs::remove_file(&path).ok();
+    // Bad settings are errors.
+    let model = models::lenet5(dev, &mut Initializer::new(4, Init::PytorchDefault)).unwrap();
+    let bad = TrainConfig { loss_scale: Some(LossScale { backoff_factor: 1.5, ..LossScale::default() }), ..TrainConfig::default() };
+    assert!(Trainer::new(model, momentum(), bad, dev.clone()).is_err());
+}
+test_device!(loss_scaling_dev, loss_scaling);
