@@ -234,11 +234,14 @@ fn checks(gpu: &Device, limits: LimitsMode) -> (Vec<Check>, Vec<&'static str>) {
         Ok(vec![p, buf, q])
     });
     // Three LeNet-5 training steps from the same weights: the losses and the
-    // final weights (the multi-tensor optimiser, fused epilogues, kept columns).
-    add("LeNet-5: 3 training steps", &[&[16, 1, 28, 28]], Tolerance::new(2e-4, 2e-3), &|dev, t| {
+    // final weights (the multi-tensor optimiser, fused epilogues, kept
+    // columns, dynamic loss scaling decided on the device: a power-of-two
+    // scale, exact, that grows after two steps).
+    add("LeNet-5: 3 training steps, loss-scaled", &[&[16, 1, 28, 28]], Tolerance::new(2e-4, 2e-3), &|dev, t| {
         let model = models::lenet5(dev, &mut Initializer::new(42, Init::PytorchDefault))?;
         let opt = Optimizer::new(OptimizerConfig::Sgd(SgdConfig { momentum: 0.9, ..SgdConfig::new(0.05) }))?;
-        let mut trainer = Trainer::new(model, opt, TrainConfig { progress: false, batch_size: 16, ..TrainConfig::default() }, dev.clone())?;
+        let loss_scale = Some(wgpu_cnn::train::LossScale { init_scale: 256.0, growth_interval: 2, ..Default::default() });
+        let mut trainer = Trainer::new(model, opt, TrainConfig { progress: false, batch_size: 16, loss_scale, ..TrainConfig::default() }, dev.clone())?;
         let labels: Vec<i64> = (0..16).map(|i| (i * 7) % 10).collect();
         let mut out = Vec::new();
         for _ in 0..3 {

@@ -61,7 +61,7 @@ pub fn save(path: &Path, trainer: &mut Trainer) -> Result<()> {
         ("optimizer_born", trainer.optimizer.state_born().iter().map(|(n, s)| format!("{n}={s}")).collect::<Vec<_>>().join(";")),
         ("frozen", trainer.model.frozen_names().join(";")),
         // Dynamic loss scaling: scale (its bits), growth tracker, skipped steps.
-        ("loss_scale", trainer.loss_scale.map_or(String::new(), |s| format!("{};{};{}", s.scale.to_bits(), s.growth_tracker, s.skipped_steps))),
+        ("loss_scale", trainer.loss_scale_state()?.map_or(String::new(), |s| format!("{};{};{}", s.scale.to_bits(), s.growth_tracker, s.skipped_steps))),
         ("seed", trainer.config.seed.to_string()),
     ]
     .into_iter()
@@ -297,8 +297,8 @@ pub fn load_bytes(path: &Path, bytes: &[u8], trainer: &mut Trainer) -> Result<()
     let born = meta.get("optimizer_born").map_or("", String::as_str).split(';').filter(|e| !e.is_empty());
     let born = born.map(|e| e.rsplit_once('=').and_then(|(n, s)| Some((n.to_string(), s.parse().ok()?)))).collect::<Option<_>>();
     trainer.optimizer.set_state_born(born.unwrap_or_default());
-    if let (Some(parsed), Some(state)) = (loss_scale, trainer.loss_scale.as_mut()) {
-        *state = parsed;
+    if let Some(parsed) = loss_scale {
+        trainer.set_loss_scale_state(parsed)?;
     }
     // Files from before freezing was kept have no list: nothing frozen.
     let frozen: Vec<&str> = meta.get("frozen").map_or("", String::as_str).split(';').filter(|e| !e.is_empty()).collect();

@@ -144,12 +144,32 @@ pub struct GpuContext {
     /// Cap on the pool's device bytes (`GpuOptions::memory_budget`).
     memory_budget: Option<u64>,
     counters: Mutex<HostCounters>,
+    /// Dispatches gated on the device (see [`GpuContext::gated`]).
+    gate: Mutex<Option<Gate>>,
     /// Tuned choices by key (an op's name for a shape class → a variant's
     /// name), loaded from and saved to `tuning_file`.
     tuning: Mutex<HashMap<String, String>>,
     tuning_file: Option<std::path::PathBuf>,
     autotune: bool,
 }
+
+/// Dispatches recorded as indirect ones whose workgroup counts a kernel
+/// writes on the device: dynamic loss scaling zeroes them to skip the
+/// optimiser's update without a readback (`shaders/loss_scale.wgsl`).
+struct Gate {
+    /// `[count, x, y, z, x, y, z, …]`: the gated dispatches' real counts.
+    template: wgpu::Buffer,
+    /// The counts the dispatches read (`INDIRECT`), written on the device.
+    args: wgpu::Buffer,
+    /// The thread recording gated dispatches now, and what it has recorded.
+    active: Option<std::thread::ThreadId>,
+    recorded: Vec<u32>,
+    /// What `template` holds.
+    written: Vec<u32>,
+}
+
+/// Gated dispatches a step may record (the optimiser's: a few per 7 tensors).
+const GATE_SLOTS: usize = 4096;
 
 /// Runs `f` inside validation and out-of-memory error scopes; returns what they caught.
 pub(crate) fn capture<R>(device: &wgpu::Device, f: impl FnOnce() -> R) -> (R, Option<wgpu::Error>) {
@@ -392,6 +412,7 @@ impl GpuContext {
             timeout: opts.timeout,
             recorded: Mutex::default(),
             dry: Mutex::default(),
+            gate: Mutex::default(),
             untimed: Mutex::default(),
             max_chunk_bytes: opts.max_chunk_bytes,
             memory_budget: opts.memory_budget.or_else(budget_from_env),
@@ -405,6 +426,61 @@ impl GpuContext {
     /// The adapter this context runs on.
     pub fn adapter(&self) -> &AdapterSummary {
         &self.adapter
+    }
+
+    /// The gate's buffers (made on first use): the template of real counts
+    /// and the indirect arguments, for the kernel that writes the one from
+    /// the other.
+    pub(crate) fn gate_buffers(&self) -> (wgpu::Buffer, wgpu::Buffer) {
+        let mut g = self.gate.lock().unwrap();
+        let g = g.get_or_insert_with(|| {
+            let bytes = ((1 + 3 * GATE_SLOTS) * 4) as u64;
+            let make = |label, usage| self.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: bytes, usage, mapped_at_creation: false });
+            let template = make("wgpu-cnn gate template", wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST);
+            let args = make("wgpu-cnn gate args", wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::INDIRECT);
+            Gate { template, args, active: None, recorded: Vec::new(), written: Vec::new() }
+        });
+        (g.template.clone(), g.args.clone())
+    }
+
+    /// Records the dispatches `f` makes on this thread as indirect ones
+    /// that run only if the gate's kernel, recorded before them, let them
+    /// (dynamic loss scaling's update). Their real counts reach the template
+    /// by a queue write when they differ from the last step's.
+    pub(crate) fn gated<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        self.gate_buffers();
+        {
+            let mut g = self.gate.lock().unwrap();
+            let g = g.as_mut().expect("made above");
+            g.active = Some(std::thread::current().id());
+            g.recorded.clear();
+        }
+        let out = f();
+        let mut g = self.gate.lock().unwrap();
+        let g = g.as_mut().expect("made above");
+        g.active = None;
+        // A dry run records nothing: the template stays.
+        if out.is_ok() && !g.recorded.is_empty() && g.recorded != g.written {
+            let mut words = vec![(g.recorded.len() / 3) as u32];
+            words.extend_from_slice(&g.recorded);
+            self.queue.write_buffer(&g.template, 0, bytemuck::cast_slice(&words));
+            self.count(|c| c.queue_writes += 1);
+            g.written = g.recorded.clone();
+        }
+        out
+    }
+
+    /// For a dispatch recorded while this thread is gated: the args buffer
+    /// and its slot, the real counts noted for the template.
+    fn gate_slot(&self, groups: [u32; 3]) -> Result<Option<(wgpu::Buffer, u64)>> {
+        let mut g = self.gate.lock().unwrap();
+        let Some(g) = g.as_mut().filter(|g| g.active == Some(std::thread::current().id())) else { return Ok(None) };
+        let slot = g.recorded.len() / 3;
+        if slot >= GATE_SLOTS {
+            return Err(Error::TooLarge { op: "gated dispatch", what: format!("more than {GATE_SLOTS} gated dispatches in one step"), bytes: 0, limit: 0 });
+        }
+        g.recorded.extend_from_slice(&groups);
+        Ok(Some((g.args.clone(), slot as u64)))
     }
 
     /// Whether the device runs WGSL's `f16` (wgpu's `SHADER_F16`: Vulkan's
@@ -862,7 +938,10 @@ impl GpuContext {
         };
         pass.set_pipeline(&kernel.pipeline);
         pass.set_bind_group(0, &bind_group, &[offset]);
-        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        match self.gate_slot(groups)? {
+            Some((args, slot)) => pass.dispatch_workgroups_indirect(&args, slot * 12),
+            None => pass.dispatch_workgroups(groups[0], groups[1], groups[2]),
+        }
         if query_set.is_some() {
             rec.pass = None;
         }

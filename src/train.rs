@@ -172,6 +172,16 @@ impl Default for TrainConfig {
     }
 }
 
+/// The device copy of a loss scaler's state: `[scale, clean steps, skipped
+/// steps, found]` as the bits of four f32s (`shaders/loss_scale.wgsl`).
+fn state_words(s: &LossScaleState) -> Vec<f32> {
+    [s.scale.to_bits(), s.growth_tracker, s.skipped_steps.min(u32::MAX as u64) as u32, 0].map(f32::from_bits).to_vec()
+}
+
+fn state_tensor(device: &Device, s: &LossScaleState) -> Result<Tensor> {
+    Tensor::from_vec(device, &[4], state_words(s))
+}
+
 /// What one epoch achieved.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EpochStats {
@@ -328,8 +338,12 @@ pub struct Trainer {
     pub stopped_early: bool,
     /// Input shapes whose pipelines have been built: (shape, training).
     prepared: std::collections::HashSet<(Vec<usize>, bool)>,
-    /// Dynamic loss scaling's state (with [`TrainConfig::loss_scale`]).
-    pub loss_scale: Option<LossScaleState>,
+    /// Dynamic loss scaling's state (with [`TrainConfig::loss_scale`]): on
+    /// the host for the CPU path; on the GPU, a `[4]` tensor the device
+    /// updates (scale bits, clean steps, skipped steps, found), so no step
+    /// reads anything back to decide. See [`Trainer::loss_scale_state`].
+    loss_scale: Option<LossScaleState>,
+    loss_scale_gpu: Option<Tensor>,
 }
 
 impl Trainer {
@@ -350,7 +364,34 @@ impl Trainer {
         }
         config.loss_scale.as_ref().map(LossScale::validate).transpose()?;
         let loss_scale = config.loss_scale.as_ref().map(LossScaleState::new);
-        Ok(Trainer { loss_scale, model, optimizer, config, device, epoch: 0, step: 0, epoch_step: 0, stop: None, plateau: PlateauState::new(), best: None, since_best: 0, last_epoch: (Vec::new(), None), last_logits: None, train_gpu_ms: 0.0, stopped_early: false, prepared: Default::default() })
+        let loss_scale_gpu = match (&device, loss_scale) {
+            (Device::Gpu(_), Some(s)) => Some(state_tensor(&device, &s)?),
+            _ => None,
+        };
+        Ok(Trainer { loss_scale, loss_scale_gpu, model, optimizer, config, device, epoch: 0, step: 0, epoch_step: 0, stop: None, plateau: PlateauState::new(), best: None, since_best: 0, last_epoch: (Vec::new(), None), last_logits: None, train_gpu_ms: 0.0, stopped_early: false, prepared: Default::default() })
+    }
+
+    /// Dynamic loss scaling's state (`None` without [`TrainConfig::loss_scale`]);
+    /// on the GPU this reads the device's copy back.
+    pub fn loss_scale_state(&self) -> Result<Option<LossScaleState>> {
+        match &self.loss_scale_gpu {
+            Some(t) => {
+                let v: Vec<u32> = t.to_vec()?.iter().map(|f| f.to_bits()).collect();
+                Ok(Some(LossScaleState { scale: f32::from_bits(v[0]), growth_tracker: v[1], skipped_steps: v[2] as u64 }))
+            }
+            None => Ok(self.loss_scale),
+        }
+    }
+
+    /// Sets the loss scaler's state (a checkpoint's); ignored without one.
+    pub fn set_loss_scale_state(&mut self, state: LossScaleState) -> Result<()> {
+        if self.loss_scale.is_some() {
+            self.loss_scale = Some(state);
+        }
+        if let Some(t) = &mut self.loss_scale_gpu {
+            t.write(&state_words(&state))?;
+        }
+        Ok(())
     }
 
     /// On the GPU, builds every pipeline that training on `train` and
@@ -475,8 +516,10 @@ impl Trainer {
             let out = self.model.forward(&x.narrow(start, len)?, Mode::Train)?;
             let (l, dl) = softmax_xent(&out, part, cfg)?;
             if weight > 0.0 {
-                let scaled = weight * self.loss_scale.map_or(1.0, |s| s.scale);
-                let dl = crate::ops::elementwise::elementwise_add(&dl, &dl, scaled, 0.0)?;
+                let dl = match &self.loss_scale_gpu {
+                    Some(state) => crate::ops::loss_scale::loss_scale_apply(&dl, state, weight)?,
+                    None => crate::ops::elementwise::elementwise_add(&dl, &dl, weight * self.loss_scale.map_or(1.0, |s| s.scale), 0.0)?,
+                };
                 self.model.backward_params(&dl)?;
                 loss = Some(match loss {
                     None => crate::ops::elementwise::elementwise_add(&l, &l, weight, 0.0)?,
@@ -513,9 +556,13 @@ impl Trainer {
         let logits = self.model.forward(x, Mode::Train)?;
         let (loss, mut dlogits) = softmax_xent(&logits, labels, self.config.loss)?;
         self.last_logits = Some(logits);
-        let scale = scale * self.loss_scale.map_or(1.0, |s| s.scale);
-        if scale != 1.0 {
-            dlogits = crate::ops::elementwise::elementwise_add(&dlogits, &dlogits, scale, 0.0)?;
+        if let Some(state) = &self.loss_scale_gpu {
+            dlogits = crate::ops::loss_scale::loss_scale_apply(&dlogits, state, scale)?;
+        } else {
+            let scale = scale * self.loss_scale.map_or(1.0, |s| s.scale);
+            if scale != 1.0 {
+                dlogits = crate::ops::elementwise::elementwise_add(&dlogits, &dlogits, scale, 0.0)?;
+            }
         }
         // The input needs no gradient: the first layer computes its parameters' only.
         self.model.backward_params(&dlogits)?;
@@ -526,7 +573,17 @@ impl Trainer {
     /// on the gradients in place; on the GPU the step is submitted here.
     /// A `dry` step (inside a dry run) skips the check's verdict and counts no step.
     pub(crate) fn update(&mut self, dry: bool) -> Result<()> {
-        if let (Some(cfg), Some(state)) = (self.config.loss_scale, self.loss_scale) {
+        // On the GPU the loss scaler decides on the device: gradients unscaled
+        // and checked there, and the optimiser's dispatches gated on the result.
+        let mut gate = None;
+        if let (Some(cfg), Some(state), Device::Gpu(ctx)) = (self.config.loss_scale, &self.loss_scale_gpu, &self.device) {
+            for p in self.model.parameters("")?.iter_mut() {
+                crate::ops::loss_scale::loss_scale_unscale(p.grad, state)?;
+            }
+            let (template, args) = ctx.gate_buffers();
+            crate::ops::loss_scale::loss_scale_update(state, &cfg, (&template).into(), (&args).into())?;
+            gate = Some(ctx.clone());
+        } else if let (Some(cfg), Some(state)) = (self.config.loss_scale, self.loss_scale) {
             // Unscale, then one readback says whether every gradient is finite.
             let mut params = self.model.parameters("")?;
             for p in params.iter_mut() {
@@ -576,7 +633,10 @@ impl Trainer {
                 });
             }
         }
-        self.optimizer.step(&mut self.model)?;
+        match gate {
+            Some(ctx) => ctx.gated(|| self.optimizer.step(&mut self.model))?,
+            None => self.optimizer.step(&mut self.model)?,
+        }
         if let Device::Gpu(ctx) = &self.device {
             ctx.flush()?;
         }

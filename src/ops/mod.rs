@@ -21,6 +21,7 @@ pub mod gemm;
 pub mod im2col;
 pub mod layernorm;
 pub mod loss;
+pub(crate) mod loss_scale;
 pub mod maxpool;
 pub mod optim;
 pub mod pad;
@@ -50,6 +51,7 @@ pub fn kernels() -> Vec<&'static KernelDef> {
         im2col::KERNELS,
         layernorm::KERNELS,
         loss::KERNELS,
+        loss_scale::KERNELS,
         maxpool::KERNELS,
         optim::KERNELS,
         pad::KERNELS,

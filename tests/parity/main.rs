@@ -26,6 +26,7 @@ mod gemm;
 mod im2col;
 mod layernorm;
 mod loss;
+mod loss_scale;
 mod maxpool;
 mod optim;
 mod reliability;

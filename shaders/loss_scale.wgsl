@@ -1,0 +1,76 @@
+// Dynamic loss scaling on the device (PyTorch's GradScaler), so a step needs
+// no readback to decide whether to update:
+//   loss_scale_apply    out = alpha·scale·x                  (the loss's gradient, scaled)
+//   loss_scale_unscale  out = out / scale in place; a value that is not finite sets found
+//   loss_scale_update   one invocation: backs the scale off (found) or grows it after
+//                       `interval` clean steps, clears found, and writes the indirect
+//                       arguments of the step's gated dispatches (the optimiser's): their
+//                       workgroup counts from `counts`, or zeros when found (skipped).
+// state: [scale (f32 bits), clean steps since the last change, skipped steps, found].
+// counts: [count, then x, y, z of each gated dispatch] (the gate's template).
+
+struct LossScaleParams {
+    len: u32,
+    alpha: f32,
+    growth: f32,
+    backoff: f32,
+    interval: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> state: array<u32>;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read> counts: array<u32>;
+@group(0) @binding(4) var<storage, read_write> args: array<u32>;
+@group(0) @binding(5) var<uniform> params: LossScaleParams;
+
+override WG: u32 = 256u;
+
+fn index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
+}
+
+@compute @workgroup_size(WG)
+fn loss_scale_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if (i >= params.len) { return; }
+    out[i] = params.alpha * bitcast<f32>(state[0]) * x[i];
+}
+
+@compute @workgroup_size(WG)
+fn loss_scale_unscale(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if (i >= params.len) { return; }
+    let v = out[i] * (1.0 / bitcast<f32>(state[0]));
+    out[i] = v;
+    // By the bits: compilers may assume floats are finite. Every writer writes 1.
+    if ((bitcast<u32>(v) & 0x7f800000u) == 0x7f800000u) {
+        state[3] = 1u;
+    }
+}
+
+@compute @workgroup_size(1)
+fn loss_scale_update() {
+    let found = state[3] != 0u;
+    var scale = bitcast<f32>(state[0]);
+    if (found) {
+        scale *= params.backoff;
+        state[1] = 0u;
+        state[2] += 1u;
+    } else {
+        state[1] += 1u;
+        if (state[1] == params.interval) {
+            scale = min(scale * params.growth, 3.40282347e38);
+            state[1] = 0u;
+        }
+    }
+    state[0] = bitcast<u32>(scale);
+    state[3] = 0u;
+    let n = 3u * counts[0];
+    for (var i = 0u; i < n; i++) {
+        args[i] = select(counts[1u + i], 0u, found);
+    }
+}
