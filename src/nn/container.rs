@@ -281,6 +281,20 @@ impl Layer for Residual {
         let (db, ds) = self.branch_grads(dy)?;
         elementwise_add(&db, &ds, 1.0, 1.0)
     }
+    /// Parameter gradients only (the block is the first layer that trains):
+    /// each branch's own `backward_params`, no gradient for the block's input.
+    fn backward_params(&mut self, dy: &Tensor) -> Result<()> {
+        self.x = None;
+        let dy = &match &mut self.post {
+            Some(act) => act.backward(dy)?,
+            None => dy.clone(),
+        };
+        self.body.backward_params(dy)?;
+        if let Some(sc) = &mut self.shortcut {
+            sc.backward_params(dy)?;
+        }
+        Ok(())
+    }
     /// The ReLU before the block: its backward rides in the sum of the two
     /// branches' input gradients, from the block's input (that ReLU's output).
     fn backward_fused(&mut self, dy: &Tensor, act: Activation) -> Result<Option<Tensor>> {

@@ -252,3 +252,39 @@ fn example_options() {
     opts.after_epoch(&mut tr, 2).unwrap();
     assert_eq!(tr.model.trainable_count(), tr.model.param_count(), "everything trains after epoch 2");
 }
+
+/// With the stem frozen, the first layer that trains is a residual block:
+/// its `backward_params` (no input gradient) gives the gradients a full
+/// backward of the same frozen model gives.
+fn residual_first_trainable(dev: &Device) {
+    let build = || models::build("resnet20", models::ModelSpec::new([3, 16, 16], 10), dev, &mut Initializer::new(2, Init::PytorchDefault)).unwrap();
+    let x = Tensor::from_vec(dev, &[4, 3, 16, 16], random(6, 4 * 3 * 256)).unwrap();
+    let labels = [1i64, 4, 7, 9];
+    let grads = |m: &mut Sequential, params_only: bool| -> BTreeMap<String, Vec<f32>> {
+        m.zero_grad();
+        let y = m.forward(&x, Mode::Train).unwrap();
+        let (_, dl) = wgpu_cnn::ops::softmax_xent::softmax_xent(&y, &labels, Default::default()).unwrap();
+        if params_only {
+            m.backward_params(&dl).unwrap();
+        } else {
+            m.backward(&dl).unwrap();
+        }
+        m.parameters("").unwrap().into_iter().map(|p| (p.name, p.grad.to_vec().unwrap())).collect()
+    };
+    let frozen = || {
+        let mut m = build();
+        let names: Vec<String> = m.state("").into_iter().map(|e| e.name).collect();
+        let stem: Vec<String> = nn::top_level_names(names.iter().map(String::as_str)).into_iter().take(2).collect();
+        m.freeze(&stem.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+        m
+    };
+    let mut m = frozen();
+    assert!(m.layers[..3].iter_mut().all(|l| l.trainable_count() == 0) && m.layers[3].kind() == "Residual", "the stem is conv, bn, relu; a block follows");
+    let (a, b) = (grads(&mut m, true), grads(&mut frozen(), false));
+    assert_eq!(a.len(), b.len());
+    assert_eq!(a.len(), build().parameters("").unwrap().len() - 3, "all but the stem's three tensors train");
+    for (name, g) in &a {
+        Tolerance::new(1e-6, 1e-5).assert(&format!("{name} on {dev}"), g, &b[name]);
+    }
+}
+test_device!(residual_block_first_to_train, residual_first_trainable);
