@@ -19,8 +19,11 @@ fn opt() -> OptimizerConfig {
 /// Three steps of 33 images (shards of 17 and 16) on `devices` against one
 /// trainer on `single` with the whole batches.
 fn lockstep(devices: &[Device], single: &Device, tol: Tolerance) {
+    lockstep_with(devices, single, tol, TrainConfig { clip_grad_norm: Some(5.0), ..TrainConfig::default() });
+}
+
+fn lockstep_with(devices: &[Device], single: &Device, tol: Tolerance, cfg: TrainConfig) {
     let data = mnist_slice(wgpu_cnn::data::mnist::Split::Train, 99);
-    let cfg = TrainConfig { clip_grad_norm: Some(5.0), ..TrainConfig::default() };
     // Different seeds per device: the constructor copies replica 0's weights to the others.
     let mut seed = 0;
     let mut dp = DataParallel::new(devices, |d| { seed += 1; models::lenet5(d, &mut Initializer::new(seed, Init::PytorchDefault)) }, opt(), cfg.clone()).unwrap();
@@ -52,6 +55,19 @@ fn lockstep(devices: &[Device], single: &Device, tol: Tolerance) {
 #[test]
 fn two_cpu_replicas_match_one() {
     lockstep(&[Device::Cpu, Device::Cpu], &Device::Cpu, Tolerance::new(1e-5, 1e-4));
+}
+
+/// With dynamic loss scaling: each replica unscales the summed gradients and
+/// decides (on its device) as one trainer on the whole batch does.
+#[test]
+fn loss_scaled_replicas_match_one() {
+    let loss_scale = Some(wgpu_cnn::train::LossScale { init_scale: 1024.0, growth_interval: 2, ..Default::default() });
+    let cfg = TrainConfig { loss_scale, ..TrainConfig::default() };
+    lockstep_with(&[Device::Cpu, Device::Cpu], &Device::Cpu, Tolerance::new(1e-5, 1e-4), cfg.clone());
+    with_gpu("parallel::loss_scaled_replicas_match_one", |dev| {
+        let devices = [Device::gpu().unwrap(), Device::gpu().unwrap()];
+        lockstep_with(&devices, dev, Tolerance::new(2e-5, 1e-3), cfg);
+    });
 }
 
 #[test]
