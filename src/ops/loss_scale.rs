@@ -49,13 +49,22 @@ pub(crate) fn loss_scale_apply(x: &Tensor, state: &Tensor, alpha: f32) -> Result
     Ok(out)
 }
 
-/// Divides `g` by the scale in place, flagging a value that is not finite in `state`.
+/// Divides `g` by the scale in place, flagging a value that is not finite in
+/// `state`; a gradient larger than one binding (VGG-16's fc6) in windows.
 pub(crate) fn loss_scale_unscale(g: &mut Tensor, state: &Tensor) -> Result<()> {
     let ctx = gpu_of(g)?;
     g.make_unique()?;
-    let p = LossScaleParams { len: g.numel() as u32, ..Default::default() };
     let (s, gb) = (state.buffer(OP)?, g.buffer(OP)?);
-    ctx.dispatch(&LOSS_SCALE_UNSCALE, &p, &[s, gb, gb, gb, gb], ctx.grid_1d(g.numel(), 256))
+    let len = g.numel();
+    let align = ctx.binding_alignment().max(4);
+    let per = ((ctx.max_binding_bytes() / align * align) / 4) as usize;
+    for start in (0..len).step_by(per) {
+        let n = per.min(len - start);
+        let w = if n == len { gb } else { gb.window((start * 4) as u64, (n * 4) as u64) };
+        let p = LossScaleParams { len: n as u32, ..Default::default() };
+        ctx.dispatch(&LOSS_SCALE_UNSCALE, &p, &[s, w, w, w, w], ctx.grid_1d(n, 256))?;
+    }
+    Ok(())
 }
 
 /// The state's update after a step, writing the gated dispatches' indirect

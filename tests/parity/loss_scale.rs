@@ -90,3 +90,29 @@ fn loss_scaling(dev: &Device) {
     assert!(Trainer::new(model, momentum(), bad, dev.clone()).is_err());
 }
 test_device!(loss_scaling_dev, loss_scaling);
+
+/// A gradient larger than one storage binding (an MLP's 784×400 weight under
+/// a 1 MiB limit) is unscaled in windows, and the step matches the CPU path.
+#[test]
+fn gradients_past_one_binding() {
+    use wgpu_cnn::train::LossScale;
+    crate::harness::with_gpu("loss_scale::gradients_past_one_binding", |_| {
+        let small = Device::gpu_with(&wgpu_cnn::GpuOptions { max_binding_bytes: Some(1 << 20), ..wgpu_cnn::GpuOptions::default() }).unwrap();
+        let data = tiny_data();
+        let cfg = TrainConfig { progress: false, batch_size: 16, loss_scale: Some(LossScale { init_scale: 4096.0, ..LossScale::default() }), ..TrainConfig::default() };
+        let run = |dev: &Device| {
+            let model = models::mlp(dev, 400, 0.0, &mut Initializer::new(5, Init::KaimingUniform)).unwrap();
+            let opt = Optimizer::new(OptimizerConfig::Sgd(SgdConfig::new(0.05))).unwrap();
+            let mut t = Trainer::new(model, opt, cfg.clone(), dev.clone()).unwrap();
+            let (x, labels) = data.batch(dev, &(0..16).collect::<Vec<_>>(), None).unwrap();
+            for _ in 0..2 {
+                t.train_step(&x, &labels).unwrap();
+            }
+            t.model.parameters("").unwrap().into_iter().map(|p| p.value.to_vec().unwrap()).collect::<Vec<_>>()
+        };
+        let (gpu, cpu) = (run(&small), run(&Device::Cpu));
+        for (i, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
+            wgpu_cnn::Tolerance::new(2e-5, 1e-3).assert(&format!("parameter {i} under a 1 MiB binding"), g, c);
+        }
+    });
+}
