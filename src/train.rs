@@ -577,9 +577,10 @@ impl Trainer {
         // and checked there, and the optimiser's dispatches gated on the result.
         let mut gate = None;
         if let (Some(cfg), Some(state), Device::Gpu(ctx)) = (self.config.loss_scale, &self.loss_scale_gpu, &self.device) {
-            for p in self.model.parameters("")?.iter_mut() {
-                crate::ops::loss_scale::loss_scale_unscale(p.grad, state)?;
-            }
+            let mut params = self.model.parameters("")?;
+            let mut grads: Vec<&mut Tensor> = params.iter_mut().map(|p| &mut *p.grad).collect();
+            crate::ops::loss_scale::loss_scale_unscale(&mut grads, state)?;
+            drop(params);
             let (template, args) = ctx.gate_buffers();
             crate::ops::loss_scale::loss_scale_update(state, &cfg, (&template).into(), (&args).into())?;
             gate = Some(ctx.clone());

@@ -14,9 +14,25 @@ use crate::tensor::Tensor;
 use crate::train::LossScale;
 
 const SHADER: Shader = Shader::new("loss_scale", include_str!("../../shaders/loss_scale.wgsl"));
-pub(crate) static LOSS_SCALE_APPLY: Kernel<LossScaleParams> = Kernel::new(&SHADER, "loss_scale_apply", &[ReadWrite, Read, ReadWrite, Unused, Unused, Uniform]).with_work(|p| Work::f32s(2 * p.len as usize, p.len as usize));
-pub(crate) static LOSS_SCALE_UNSCALE: Kernel<LossScaleParams> = Kernel::new(&SHADER, "loss_scale_unscale", &[ReadWrite, Unused, ReadWrite, Unused, Unused, Uniform]).with_work(|p| Work::f32s(2 * p.len as usize, p.len as usize));
-pub(crate) static LOSS_SCALE_UPDATE: Kernel<LossScaleParams> = Kernel::new(&SHADER, "loss_scale_update", &[ReadWrite, Unused, Unused, Read, ReadWrite, Uniform]).with_work(|_| Work::f32s(8, 0));
+/// Gradients one `loss_scale_unscale` dispatch takes (`SLOTS` in the WGSL).
+const SLOTS: usize = 7;
+const NO_SLOTS: [crate::kernel::Access; SLOTS] = [Unused; SLOTS];
+const GRAD_SLOTS: [crate::kernel::Access; SLOTS] = [ReadWrite; SLOTS];
+const fn bindings(head: [crate::kernel::Access; 6], slots: [crate::kernel::Access; SLOTS]) -> [crate::kernel::Access; 6 + SLOTS] {
+    let mut out = [Unused; 6 + SLOTS];
+    let mut i = 0;
+    while i < 6 + SLOTS {
+        out[i] = if i < 6 { head[i] } else { slots[i - 6] };
+        i += 1;
+    }
+    out
+}
+const APPLY: [crate::kernel::Access; 6 + SLOTS] = bindings([ReadWrite, Read, ReadWrite, Unused, Unused, Uniform], NO_SLOTS);
+const UNSCALE: [crate::kernel::Access; 6 + SLOTS] = bindings([ReadWrite, Unused, Unused, Unused, Unused, Uniform], GRAD_SLOTS);
+const UPDATE: [crate::kernel::Access; 6 + SLOTS] = bindings([ReadWrite, Unused, Unused, Read, ReadWrite, Uniform], NO_SLOTS);
+pub(crate) static LOSS_SCALE_APPLY: Kernel<LossScaleParams> = Kernel::new(&SHADER, "loss_scale_apply", &APPLY).with_work(|p| Work::f32s(2 * p.len as usize, p.len as usize));
+pub(crate) static LOSS_SCALE_UNSCALE: Kernel<LossScaleParams> = Kernel::new(&SHADER, "loss_scale_unscale", &UNSCALE).with_work(|p| Work::f32s(2 * p.len as usize, p.len as usize));
+pub(crate) static LOSS_SCALE_UPDATE: Kernel<LossScaleParams> = Kernel::new(&SHADER, "loss_scale_update", &UPDATE).with_work(|_| Work::f32s(8, 0));
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&LOSS_SCALE_APPLY.def, &LOSS_SCALE_UNSCALE.def, &LOSS_SCALE_UPDATE.def];
 
 /// Matches `LossScaleParams` in `shaders/loss_scale.wgsl`.
@@ -25,6 +41,8 @@ pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&LOSS_SCALE_APPLY.def
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct LossScaleParams {
+    pub slot_len: [u32; 8],
+    pub first: [u32; 8],
     pub len: u32,
     pub alpha: f32,
     pub growth: f32,
@@ -45,24 +63,52 @@ pub(crate) fn loss_scale_apply(x: &Tensor, state: &Tensor, alpha: f32) -> Result
     let out = Tensor::uninit_gpu(&ctx, OP, x.shape())?;
     let p = LossScaleParams { len: x.numel() as u32, alpha, ..Default::default() };
     let xb = x.buffer(OP)?;
-    ctx.dispatch(&LOSS_SCALE_APPLY, &p, &[state.buffer(OP)?, xb, out.buffer(OP)?, xb, xb], ctx.grid_1d(x.numel(), 256))?;
+    let mut binds = vec![state.buffer(OP)?, xb, out.buffer(OP)?];
+    binds.resize(5 + SLOTS, xb);
+    ctx.dispatch(&LOSS_SCALE_APPLY, &p, &binds, ctx.grid_1d(x.numel(), 256))?;
     Ok(out)
 }
 
-/// Divides `g` by the scale in place, flagging a value that is not finite in
-/// `state`; a gradient larger than one binding (VGG-16's fc6) in windows.
-pub(crate) fn loss_scale_unscale(g: &mut Tensor, state: &Tensor) -> Result<()> {
-    let ctx = gpu_of(g)?;
-    g.make_unique()?;
-    let (s, gb) = (state.buffer(OP)?, g.buffer(OP)?);
-    let len = g.numel();
+/// Divides every gradient by the scale in place, flagging a value that is
+/// not finite in `state`: up to seven tensors a dispatch, one larger than a
+/// binding (VGG-16's fc6) in windows.
+pub(crate) fn loss_scale_unscale(grads: &mut [&mut Tensor], state: &Tensor) -> Result<()> {
+    let Some(first) = grads.first() else { return Ok(()) };
+    let ctx = gpu_of(first)?;
+    for g in grads.iter_mut() {
+        g.make_unique()?;
+    }
+    let s = state.buffer(OP)?;
     let align = ctx.binding_alignment().max(4);
     let per = ((ctx.max_binding_bytes() / align * align) / 4) as usize;
-    for start in (0..len).step_by(per) {
-        let n = per.min(len - start);
-        let w = if n == len { gb } else { gb.window((start * 4) as u64, (n * 4) as u64) };
-        let p = LossScaleParams { len: n as u32, ..Default::default() };
-        ctx.dispatch(&LOSS_SCALE_UNSCALE, &p, &[s, w, w, w, w], ctx.grid_1d(n, 256))?;
+    let mut pieces: Vec<(usize, Bind)> = Vec::new();
+    for g in grads.iter() {
+        let (len, gb) = (g.numel(), g.buffer(OP)?);
+        for start in (0..len).step_by(per) {
+            let n = per.min(len - start);
+            pieces.push((n, if n == len { gb } else { gb.window((start * 4) as u64, (n * 4) as u64) }));
+        }
+    }
+    for chunk in pieces.chunks(SLOTS) {
+        let mut p = LossScaleParams::default();
+        let mut groups = 0u32;
+        // Five bindings before the slots: the state, then ones this entry does not use.
+        let mut binds: Vec<Bind> = vec![s; 5];
+        for k in 0..SLOTS {
+            p.first[k] = groups;
+            match chunk.get(k) {
+                Some((n, b)) => {
+                    p.slot_len[k] = *n as u32;
+                    groups += n.div_ceil(256) as u32;
+                    binds.push(*b);
+                }
+                // An unused slot is never touched: the first gradient stands in.
+                None => binds.push(chunk[0].1),
+            }
+        }
+        p.first[SLOTS] = groups;
+        p.len = groups * 256;
+        ctx.dispatch(&LOSS_SCALE_UNSCALE, &p, &binds, ctx.grid_1d(groups as usize * 256, 256))?;
     }
     Ok(())
 }
@@ -73,5 +119,7 @@ pub(crate) fn loss_scale_update(state: &Tensor, cfg: &LossScale, template: Bind<
     let ctx = gpu_of(state)?;
     let p = LossScaleParams { len: 1, growth: cfg.growth_factor, backoff: cfg.backoff_factor, interval: cfg.growth_interval, ..Default::default() };
     let s = state.buffer(OP)?;
-    ctx.dispatch(&LOSS_SCALE_UPDATE, &p, &[s, s, s, template, args], [1, 1, 1])
+    let mut binds = vec![s, s, s, template, args];
+    binds.resize(5 + SLOTS, s);
+    ctx.dispatch(&LOSS_SCALE_UPDATE, &p, &binds, [1, 1, 1])
 }

@@ -60,18 +60,23 @@ fn loss_scaling(dev: &Device) {
     if dev.is_gpu() {
         let own = Device::gpu_with(&wgpu_cnn::GpuOptions::default()).unwrap();
         let ctx = own.gpu_context().unwrap().clone();
-        let model = models::lenet5(&own, &mut Initializer::new(4, Init::PytorchDefault)).unwrap();
-        let cfg = TrainConfig { progress: false, batch_size: 16, loss_scale: Some(LossScale::default()), ..TrainConfig::default() };
-        let mut t = Trainer::new(model, momentum(), cfg, own.clone()).unwrap();
         let (x, labels) = data.batch(&own, &(0..16).collect::<Vec<_>>(), None).unwrap();
-        for _ in 0..4 {
+        let steady = |loss_scale: Option<LossScale>| {
+            let model = models::lenet5(&own, &mut Initializer::new(4, Init::PytorchDefault)).unwrap();
+            let cfg = TrainConfig { progress: false, batch_size: 16, loss_scale, ..TrainConfig::default() };
+            let mut t = Trainer::new(model, momentum(), cfg, own.clone()).unwrap();
+            for _ in 0..4 {
+                t.train_step(&x, &labels).unwrap();
+            }
+            let before = ctx.host_counters();
             t.train_step(&x, &labels).unwrap();
-        }
-        let before = ctx.host_counters();
-        t.train_step(&x, &labels).unwrap();
-        let d = ctx.host_counters() - before;
+            ctx.host_counters() - before
+        };
+        let (plain, d) = (steady(None), steady(Some(LossScale::default())));
         assert_eq!((d.submits, d.bind_groups, d.passes), (1, 0, 1), "{d:?}");
         assert!(d.queue_writes <= 2, "{d:?}");
+        // LeNet-5's ten gradients: the scaling, two unscaling dispatches (seven a dispatch) and the update.
+        assert_eq!(d.dispatches, plain.dispatches + 4, "{d:?} against {plain:?}");
     }
     // Kept by checkpoints.
     let path = crate::training::tmp(&format!("loss-scale-{}.ckpt", dev.is_gpu()));
