@@ -171,6 +171,11 @@ pub struct TrainArgs {
     /// memory), with one update per batch.
     #[arg(long, default_value_t = 1)]
     pub accumulate: usize,
+    /// Dynamic loss scaling (PyTorch's GradScaler defaults): a step whose
+    /// gradients are not finite is skipped and the scale halved, instead of
+    /// stopping the run.
+    #[arg(long)]
+    pub loss_scale: bool,
     /// Add l1·sign(w) to every gradient.
     #[arg(long, default_value_t = 0.0)]
     pub l1: f32,
@@ -342,6 +347,7 @@ impl TrainArgs {
             reduce_on_plateau: plateau,
             loss: CrossEntropyConfig { label_smoothing: self.label_smoothing, ..CrossEntropyConfig::default() },
             accumulate_steps: self.accumulate,
+            loss_scale: self.loss_scale.then(wgpu_cnn::train::LossScale::default),
             ..TrainConfig::default()
         };
         let mut t = Trainer::new(model, Optimizer::new(config)?, cfg, device)?;
