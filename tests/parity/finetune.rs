@@ -219,7 +219,7 @@ fn gradcheck(dev: &Device) {
 }
 test_device!(check_gradients_public, gradcheck);
 
-#[allow(dead_code)]
+// The file allows its own dead code (each example uses part of it).
 #[path = "../../examples/common/mod.rs"]
 mod common;
 
