@@ -226,6 +226,16 @@ impl<'a> Bind<'a> {
         Bind { buffer: self.buffer, offset: self.offset + offset, size: Some(size) }
     }
 
+    /// Elements `[start, start + n)` of the `len`-element tensor bound here
+    /// (one of [`GpuContext::binding_windows`]): the binding itself when that is all of it.
+    pub fn elements(self, start: usize, n: usize, len: usize) -> Bind<'a> {
+        if n == len {
+            self
+        } else {
+            self.window((start * 4) as u64, (n * 4) as u64)
+        }
+    }
+
     /// The bytes this binding covers.
     fn bytes(&self) -> u64 {
         self.size.unwrap_or(self.buffer.size() - self.offset)
@@ -840,6 +850,15 @@ impl GpuContext {
         let timed = self.profiler.is_some() && !self.untimed.lock().unwrap().contains(&std::thread::current().id());
         let work = timed.then(|| (kernel.work)(params));
         self.dispatch_raw(&kernel.def, bytemuck::bytes_of(params), binds, groups, work)
+    }
+
+    /// The windows a tensor of `len` f32 is bound in by kernels that take
+    /// tensors larger than one binding (the optimiser, loss scaling):
+    /// (first element, elements), one window when it fits.
+    pub(crate) fn binding_windows(&self, len: usize) -> impl Iterator<Item = (usize, usize)> {
+        let align = self.binding_alignment().max(4);
+        let per = ((self.max_binding_bytes() / align * align) / 4) as usize;
+        (0..len).step_by(per).map(move |start| (start, per.min(len - start)))
     }
 
     /// The alignment of a windowed binding's offset, in bytes.

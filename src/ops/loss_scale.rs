@@ -10,6 +10,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Error, Result};
 use crate::gpu::Bind;
 use crate::kernel::{Access::*, Kernel, Shader, Work};
+use crate::ops::optim::slot_layout;
 use crate::tensor::Tensor;
 use crate::train::LossScale;
 
@@ -79,34 +80,19 @@ pub(crate) fn loss_scale_unscale(grads: &mut [&mut Tensor], state: &Tensor) -> R
         g.make_unique()?;
     }
     let s = state.buffer(OP)?;
-    let align = ctx.binding_alignment().max(4);
-    let per = ((ctx.max_binding_bytes() / align * align) / 4) as usize;
     let mut pieces: Vec<(usize, Bind)> = Vec::new();
     for g in grads.iter() {
         let (len, gb) = (g.numel(), g.buffer(OP)?);
-        for start in (0..len).step_by(per) {
-            let n = per.min(len - start);
-            pieces.push((n, if n == len { gb } else { gb.window((start * 4) as u64, (n * 4) as u64) }));
-        }
+        pieces.extend(ctx.binding_windows(len).map(|(start, n)| (n, gb.elements(start, n, len))));
     }
     for chunk in pieces.chunks(SLOTS) {
         let mut p = LossScaleParams::default();
-        let mut groups = 0u32;
+        let groups;
+        (p.first, p.slot_len, groups) = slot_layout(chunk.iter().map(|(n, _)| *n), SLOTS);
         // Five bindings before the slots: the state, then ones this entry does not use.
+        // An unused slot is never touched: the first gradient stands in.
         let mut binds: Vec<Bind> = vec![s; 5];
-        for k in 0..SLOTS {
-            p.first[k] = groups;
-            match chunk.get(k) {
-                Some((n, b)) => {
-                    p.slot_len[k] = *n as u32;
-                    groups += n.div_ceil(256) as u32;
-                    binds.push(*b);
-                }
-                // An unused slot is never touched: the first gradient stands in.
-                None => binds.push(chunk[0].1),
-            }
-        }
-        p.first[SLOTS] = groups;
+        binds.extend((0..SLOTS).map(|k| chunk.get(k).unwrap_or(&chunk[0]).1));
         p.len = groups * 256;
         ctx.dispatch(&LOSS_SCALE_UNSCALE, &p, &binds, ctx.grid_1d(groups as usize * 256, 256))?;
     }

@@ -289,40 +289,30 @@ fn apply(slots: &mut [Slot<'_>], base: &OptimParams, use1: bool, use2: bool) -> 
         }
         Device::Gpu(ctx) => {
             // A tensor larger than one binding is updated in windows, each its own piece.
-            let limit = ctx.max_binding_bytes();
-            let align = ctx.binding_alignment().max(4);
-            let per = ((limit / align * align) / 4) as usize;
             let mut pieces: Vec<(usize, [Bind; 4])> = Vec::new();
             for s in slots.iter() {
                 let len = s.param.numel();
                 let s1 = match &s.state1 { Some(t) if use1 => Some(t.buffer(op)?), _ => None };
                 let s2 = match &s.state2 { Some(t) if use2 => Some(t.buffer(op)?), _ => None };
                 let (p, g) = (s.param.buffer(op)?, s.grad.buffer(op)?);
-                for start in (0..len).step_by(per) {
-                    let n = per.min(len - start);
-                    let (off, size) = ((start * 4) as u64, (n * 4) as u64);
-                    let whole = len == n;
-                    let state = [s1, s2].map(|t| t.map_or(Bind::from(ctx.scratch(0)), |b| window(b, whole, off, size)));
-                    pieces.push((n, [window(p, whole, off, size), window(g, whole, off, size), state[0], state[1]]));
+                for (start, n) in ctx.binding_windows(len) {
+                    let state = [s1, s2].map(|t| t.map_or(Bind::from(ctx.scratch(0)), |b| b.elements(start, n, len)));
+                    pieces.push((n, [p.elements(start, n, len), g.elements(start, n, len), state[0], state[1]]));
                 }
             }
             let (kernel, per_dispatch) = kernel_for(&ctx, use2);
             for chunk in pieces.chunks(per_dispatch) {
                 let mut q = *base;
-                let mut groups = 0u32;
+                let groups;
+                (q.first, q.len, groups) = slot_layout(chunk.iter().map(|(n, _)| *n), OPTIM_SLOTS);
                 let mut bufs: Vec<Bind> = Vec::with_capacity(4 * OPTIM_SLOTS);
                 for k in 0..OPTIM_SLOTS {
-                    q.first[k] = groups;
-                    let Some((n, binds)) = chunk.get(k) else {
+                    match chunk.get(k) {
+                        Some((_, binds)) => bufs.extend(binds),
                         // Unused: writable slots share one scratch buffer, the read-only one the other.
-                        bufs.extend([ctx.scratch(0), ctx.scratch(1), ctx.scratch(0), ctx.scratch(0)].map(Bind::from));
-                        continue;
-                    };
-                    q.len[k] = *n as u32;
-                    groups += n.div_ceil(256) as u32;
-                    bufs.extend(binds);
+                        None => bufs.extend([ctx.scratch(0), ctx.scratch(1), ctx.scratch(0), ctx.scratch(0)].map(Bind::from)),
+                    }
                 }
-                q.first[OPTIM_SLOTS] = groups;
                 ctx.dispatch(kernel, &q, &bufs, ctx.grid_1d(groups as usize * 256, 256))?;
             }
         }
@@ -330,13 +320,22 @@ fn apply(slots: &mut [Slot<'_>], base: &OptimParams, use1: bool, use2: bool) -> 
     Ok(())
 }
 
-/// A whole buffer, or `size` bytes of it from `off`.
-fn window(b: Bind<'_>, whole: bool, off: u64, size: u64) -> Bind<'_> {
-    if whole {
-        Bind::from(b)
-    } else {
-        Bind::window(b, off, size)
+/// The flat workgroup layout of a multi-tensor dispatch (workgroups of 256,
+/// the tensors' lengths in slot order): slot k owns workgroups
+/// `[first[k], first[k + 1])` and `len[k]` elements (0 when unused);
+/// `first[slots]` is the total, also returned.
+pub(crate) fn slot_layout(lens: impl Iterator<Item = usize>, slots: usize) -> ([u32; 8], [u32; 8], u32) {
+    let (mut first, mut len, mut groups) = ([0u32; 8], [0u32; 8], 0u32);
+    let mut lens = lens.take(slots);
+    for k in 0..slots {
+        first[k] = groups;
+        if let Some(n) = lens.next() {
+            len[k] = n as u32;
+            groups += n.div_ceil(256) as u32;
+        }
     }
+    first[slots] = groups;
+    (first, len, groups)
 }
 
 // ---------------------------------------------------------------- CPU reference
