@@ -168,10 +168,16 @@ impl Optimizer {
     /// Frozen parameters are not updated and get no state. Parameters are
     /// updated in buckets of equal settings (group and own step count), one
     /// multi-tensor call each: one bucket when no groups are set.
+    /// A model whose parameters are all frozen is an error ("nothing to train").
     pub fn step(&mut self, model: &mut dyn Layer) -> Result<()> {
+        let mut params = model.parameters("")?;
+        if params.is_empty() {
+            drop(params);
+            let frozen = model.frozen_names().len();
+            return Err(Error::InvalidArgument { op: "Optimizer::step", msg: format!("nothing to train: the model's {frozen} parameter tensors are all frozen") });
+        }
         self.steps += 1;
         let adam = matches!(self.config, OptimizerConfig::Adam(_));
-        let mut params = model.parameters("")?;
         for p in &params {
             if !self.state.contains_key(&p.name) {
                 let dev = p.value.device();

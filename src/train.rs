@@ -477,9 +477,6 @@ impl Trainer {
     /// [`Trainer::train_step`]; a `dry` step (inside a dry run) skips the
     /// gradient check's verdict (nothing was computed) and counts no step.
     fn step_inner(&mut self, x: &Tensor, labels: &[i64], dry: bool) -> Result<Tensor> {
-        if self.model.trainable_count() == 0 {
-            return Err(Error::InvalidArgument { op: "Trainer::train_step", msg: format!("nothing to train: all {} parameters are frozen", self.model.frozen_names().len()) });
-        }
         let loss = match self.config.accumulate_steps.min(labels.len()) {
             0 | 1 => self.gradients(x, labels, 1.0)?,
             parts => self.accumulated_gradients(x, labels, parts)?,
