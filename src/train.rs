@@ -582,7 +582,7 @@ impl Trainer {
             crate::ops::loss_scale::loss_scale_update(state, &cfg, (&template).into(), (&args).into())?;
             gate = Some(ctx.clone());
         } else if let (Some(cfg), Some(state)) = (self.config.loss_scale, self.loss_scale) {
-            // Unscale, then one readback says whether every gradient is finite.
+            // The CPU path decides on the host: unscale, then check every gradient.
             let mut params = self.model.parameters("")?;
             for p in params.iter_mut() {
                 *p.grad = crate::ops::elementwise::elementwise_add(p.grad, p.grad, 1.0 / state.scale, 0.0)?;
@@ -596,9 +596,6 @@ impl Trainer {
             if found_inf {
                 // Skipped: no update, no optimiser state; the batch still counts.
                 self.model.zero_grad();
-                if let Device::Gpu(ctx) = &self.device {
-                    ctx.flush()?;
-                }
                 self.step += 1;
                 return Ok(());
             }
