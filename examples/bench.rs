@@ -60,6 +60,9 @@ struct Args {
     /// Train with dynamic loss scaling (`TrainConfig::loss_scale`): what it costs a step.
     #[arg(long)]
     loss_scale: bool,
+    /// f32, or mixed (activations kept for backward in f16): the step's memory and time.
+    #[arg(long, default_value = "f32")]
+    precision: wgpu_cnn::nn::Precision,
     /// The longest wait for the GPU, in seconds (a VGG-16 step at 224² takes
     /// minutes on lavapipe).
     #[arg(long, default_value_t = 600.0)]
@@ -103,7 +106,7 @@ fn train_steps(devices: &[(&str, Device)], args: &Args, idle: Duration) -> wgpu_
                 wgpu_cnn::nn::freeze_backbone(&mut model)?;
             }
             let opt = Optimizer::new(OptimizerConfig::Sgd(SgdConfig { momentum: 0.9, ..SgdConfig::new(0.01) }))?;
-            let mut t = Trainer::new(model, opt, TrainConfig { progress: false, batch_size: batch, loss_scale: args.loss_scale.then(wgpu_cnn::train::LossScale::default), ..TrainConfig::default() }, dev.clone())?;
+            let mut t = Trainer::new(model, opt, TrainConfig { progress: false, batch_size: batch, loss_scale: args.loss_scale.then(wgpu_cnn::train::LossScale::default), precision: args.precision, ..TrainConfig::default() }, dev.clone())?;
             let built = t_build.elapsed().as_secs_f64();
             let n = batch * item.iter().product::<usize>();
             let x = Tensor::from_vec(dev, &[batch, item[0], item[1], item[2]], (0..n).map(|i| ((i * 7) % 13) as f32 / 13.0).collect())?;
@@ -140,9 +143,9 @@ fn train_steps(devices: &[(&str, Device)], args: &Args, idle: Duration) -> wgpu_
                 let m = mem.map_or(String::new(), |m| {
                     format!(",\"peak_device_bytes\":{},\"peak_live_bytes\":{},\"planned_bytes\":{}", m.allocated_bytes, m.peak_live_bytes, m.planned_bytes)
                 });
-                let (frozen, scaled) = (args.freeze_backbone, args.loss_scale);
+                let (frozen, scaled, precision) = (args.freeze_backbone, args.loss_scale, format!("{:?}", args.precision).to_lowercase());
                 println!(
-                    "{{\"op\":\"train_step\",\"model\":\"{name}\",\"frozen_backbone\":{frozen},\"loss_scale\":{scaled},\"input\":[{},{},{}],\"batch\":{batch},\"device\":\"{dname}\",\"build_s\":{built:.4},\"first_step_s\":{first:.4},\"step_s\":{step:.6},\"images_per_s\":{:.1}{h}{m}}}",
+                    "{{\"op\":\"train_step\",\"model\":\"{name}\",\"frozen_backbone\":{frozen},\"loss_scale\":{scaled},\"precision\":\"{precision}\",\"input\":[{},{},{}],\"batch\":{batch},\"device\":\"{dname}\",\"build_s\":{built:.4},\"first_step_s\":{first:.4},\"step_s\":{step:.6},\"images_per_s\":{:.1}{h}{m}}}",
                     item[0], item[1], item[2], batch as f64 / step
                 );
             } else {

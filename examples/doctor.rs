@@ -250,6 +250,21 @@ fn checks(gpu: &Device, limits: LimitsMode) -> (Vec<Check>, Vec<&'static str>) {
         out.extend(trainer.model.parameters("")?.iter().map(|p| p.value.clone()));
         Ok(out)
     });
+    // The same under mixed precision: activations kept for backward in f16
+    // (the casts round to nearest even on both devices, bit for bit).
+    add("LeNet-5: 3 training steps, mixed precision", &[&[16, 1, 28, 28]], Tolerance::new(2e-4, 2e-3), &|dev, t| {
+        let model = models::lenet5(dev, &mut Initializer::new(42, Init::PytorchDefault))?;
+        let opt = Optimizer::new(OptimizerConfig::Sgd(SgdConfig { momentum: 0.9, ..SgdConfig::new(0.05) }))?;
+        let cfg = TrainConfig { progress: false, batch_size: 16, precision: wgpu_cnn::nn::Precision::Mixed, ..TrainConfig::default() };
+        let mut trainer = Trainer::new(model, opt, cfg, dev.clone())?;
+        let labels: Vec<i64> = (0..16).map(|i| (i * 7) % 10).collect();
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            out.push(trainer.train_step(&t[0], &labels)?);
+        }
+        out.extend(trainer.model.parameters("")?.iter().map(|p| p.value.clone()));
+        Ok(out)
+    });
     (out, built)
 }
 
@@ -321,7 +336,7 @@ fn run(args: &Args) -> wgpu_cnn::Result<bool> {
     }
     println!("  {:<40} {:>10} {:>12}  (larger tensors are bound in windows)", "max_storage_buffer_binding_size", "-", l.max_storage_buffer_binding_size);
     println!("  optimiser: {per_dispatch} tensor(s) a dispatch");
-    println!("  f16 in shaders (SHADER_F16): {}", if ctx.supports_f16() { "offered" } else { "not offered (f16 kernels cannot run here)" });
+    println!("  f16 arithmetic in shaders (SHADER_F16): {} (mixed precision's f16 storage runs on every adapter)", if ctx.supports_f16() { "offered" } else { "not offered" });
     println!("{:<46} {:>12}  tolerance (abs + rel·|cpu|)", "check", "max |GPU−CPU|");
     for c in &checks {
         let mark = if c.ok() { "ok" } else { "FAILED" };

@@ -819,7 +819,7 @@ impl GpuContext {
             return Err(Error::TooLarge { op, what: format!("a tensor of {len} f32"), bytes, limit });
         }
         let t = self.take(op, BufferKind::Storage, bytes, usage)?;
-        Ok(GpuBuffer { buffer: Some(t.buffer), offset: t.offset, class: t.size, planned: t.planned, len, ctx: self.clone() })
+        Ok(GpuBuffer { buffer: Some(t.buffer), offset: t.offset, class: t.size, planned: t.planned, len, ctx: self.clone(), half: Default::default() })
     }
 
     /// A pooled storage buffer of `len` 4-byte elements holding `bytes`
@@ -1210,6 +1210,10 @@ pub struct GpuBuffer {
     planned: bool,
     len: usize,
     ctx: Arc<GpuContext>,
+    /// This f32 tensor's f16 copy while one lives ([`crate::Tensor::to_half`]
+    /// casts once however many layers keep the same activation); cleared by
+    /// an in-place write.
+    pub(crate) half: std::sync::Mutex<std::sync::Weak<GpuBuffer>>,
 }
 
 impl GpuBuffer {
@@ -1252,5 +1256,12 @@ impl Drop for GpuBuffer {
             let taken = Taken { buffer: buf, offset: self.offset, size: self.class, planned: self.planned };
             self.ctx.pool.give(BufferKind::Storage, taken, self.len as u64 * 4, recording);
         }
+    }
+}
+
+impl GpuBuffer {
+    /// Before an in-place write: an f16 copy made earlier no longer matches.
+    pub(crate) fn forget_half(&self) {
+        *self.half.lock().unwrap_or_else(|e| e.into_inner()) = std::sync::Weak::new();
     }
 }

@@ -76,7 +76,7 @@ pub use device::{AdapterSummary, Device, GpuOptions, LimitsMode, TuningCache};
 pub use error::{Error, FileErrorKind, Result};
 pub use shape::{Conv2dConfig, Conv2dGeometry, Padding, Pool2dConfig, Pool2dGeometry};
 pub use gpu::{GemmVariant, GpuContext, HostCounters};
-pub use tensor::{Indices, Tensor};
+pub use tensor::{HalfTensor, Indices, Tensor};
 pub use tolerance::Tolerance;
 
 /// The machine's core count, read once: `available_parallelism` reads the

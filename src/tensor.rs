@@ -190,7 +190,10 @@ impl Tensor {
                 let fresh = ctx.upload_new("Tensor::write", data.len(), bytemuck::cast_slice(data))?;
                 *buf = Arc::new(fresh);
             }
-            Data::Gpu(buf) => buf.context().overwrite(buf.buffer(), data)?,
+            Data::Gpu(buf) => {
+                buf.forget_half();
+                buf.context().overwrite(buf.buffer(), data)?
+            }
         }
         Ok(())
     }
@@ -205,6 +208,8 @@ impl Tensor {
                 let (s, d) = (buf.buffer(), dst.buffer());
                 ctx.copy(s, d, (buf.len() * 4) as u64);
                 *buf = Arc::new(dst);
+            } else {
+                buf.forget_half();
             }
         }
         Ok(())
@@ -339,5 +344,85 @@ impl Indices {
                 Ok(bytemuck::cast_slice::<f32, u32>(&raw).to_vec())
             }
         }
+    }
+}
+
+/// An f16 copy of a [`Tensor`] (IEEE binary16, rounded to nearest even), as
+/// mixed precision keeps activations for backward: half the bytes. It is
+/// storage only (no op takes it): [`HalfTensor::to_f32`] gives a tensor back.
+/// On the GPU the halves are packed two to a 32-bit word.
+#[derive(Clone)]
+pub struct HalfTensor {
+    shape: Vec<usize>,
+    pub(crate) data: HalfData,
+}
+
+#[derive(Clone)]
+pub(crate) enum HalfData {
+    Cpu(Arc<Vec<u16>>),
+    Gpu(Arc<GpuBuffer>),
+}
+
+impl HalfTensor {
+    pub(crate) fn new(shape: &[usize], data: HalfData) -> HalfTensor {
+        HalfTensor { shape: shape.to_vec(), data }
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Bytes of storage (on the GPU whole 32-bit words: an odd count rounds up).
+    pub fn bytes(&self) -> usize {
+        match &self.data {
+            HalfData::Cpu(v) => v.len() * 2,
+            HalfData::Gpu(b) => b.len() * 4,
+        }
+    }
+
+    /// The device this tensor lives on.
+    pub fn device(&self) -> Device {
+        match &self.data {
+            HalfData::Cpu(_) => Device::Cpu,
+            HalfData::Gpu(buf) => Device::Gpu(buf.context().clone()),
+        }
+    }
+
+    /// The values as f32 (exact), in a new tensor on the same device.
+    pub fn to_f32(&self) -> Result<Tensor> {
+        crate::ops::cast::cast_to_f32(self)
+    }
+
+    /// The binary16 bit patterns, row-major (on the GPU a submit and a wait).
+    pub fn to_bits(&self) -> Result<Vec<u16>> {
+        match &self.data {
+            HalfData::Cpu(v) => Ok(v.to_vec()),
+            HalfData::Gpu(buf) => {
+                let words = buf.context().read(buf.buffer(), buf.len())?;
+                let bits = bytemuck::cast_slice::<f32, u16>(&words);
+                Ok(bits[..self.numel()].to_vec())
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for HalfTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HalfTensor({:?} on {})", self.shape, if matches!(self.data, HalfData::Gpu(_)) { "GPU" } else { "CPU" })
+    }
+}
+
+impl Tensor {
+    /// An f16 copy (round to nearest even; beyond ±65504 → ±inf). On the GPU
+    /// a second call on the same unchanged buffer returns the first copy
+    /// while it lives, so layers that keep the same activation share it.
+    pub fn to_half(&self) -> Result<HalfTensor> {
+        crate::ops::cast::cast_to_f16(self)
     }
 }

@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::data::{prefetch, Augment, Dataset};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::nn::{Layer, Mode, Sequential};
+use crate::nn::{Layer, Mode, Precision, Sequential};
 use crate::ops::clip::clip_global_norm;
 use crate::ops::elementwise::{elementwise_combine, elementwise_combine_sign};
 use crate::ops::reduce::reduce_sum_squares;
@@ -78,6 +78,10 @@ pub struct TrainConfig {
     /// (no update) and the scale backed off. Mixed precision needs it; in f32
     /// it is a guard that skips non-finite steps. `None`: off.
     pub loss_scale: Option<LossScale>,
+    /// How activations kept for backward are stored ([`Precision::Mixed`]:
+    /// in f16, half the bytes; the arithmetic, gradients, loss and optimiser
+    /// stay f32). The CPU path runs the same policy through its twins.
+    pub precision: Precision,
 }
 
 /// [`TrainConfig::loss_scale`]'s settings: PyTorch's `GradScaler` defaults.
@@ -168,6 +172,7 @@ impl Default for TrainConfig {
             prefetch: 2,
             accumulate_steps: 1,
             loss_scale: None,
+            precision: Precision::F32,
         }
     }
 }
@@ -363,6 +368,11 @@ impl Trainer {
             return Err(Error::InvalidArgument { op: "Trainer", msg: format!("l1 {} and l2 {} must be ≥ 0", config.l1, config.l2) });
         }
         config.loss_scale.as_ref().map(LossScale::validate).transpose()?;
+        let mut model = model;
+        model.set_precision(config.precision);
+        if config.precision == Precision::Mixed {
+            log::info!("mixed precision: activations kept for backward in f16 on {device}");
+        }
         let loss_scale = config.loss_scale.as_ref().map(LossScaleState::new);
         let loss_scale_gpu = match (&device, loss_scale) {
             (Device::Gpu(_), Some(s)) => Some(state_tensor(&device, &s)?),

@@ -176,6 +176,10 @@ pub struct TrainArgs {
     /// stopping the run.
     #[arg(long)]
     pub loss_scale: bool,
+    /// f32, or mixed: activations kept for backward stored in f16 (half
+    /// their memory; arithmetic, gradients and the optimiser stay f32).
+    #[arg(long, default_value = "f32")]
+    pub precision: wgpu_cnn::nn::Precision,
     /// Add l1·sign(w) to every gradient.
     #[arg(long, default_value_t = 0.0)]
     pub l1: f32,
@@ -348,6 +352,7 @@ impl TrainArgs {
             loss: CrossEntropyConfig { label_smoothing: self.label_smoothing, ..CrossEntropyConfig::default() },
             accumulate_steps: self.accumulate,
             loss_scale: self.loss_scale.then(wgpu_cnn::train::LossScale::default),
+            precision: self.precision,
             ..TrainConfig::default()
         };
         let mut t = Trainer::new(model, Optimizer::new(config)?, cfg, device)?;

@@ -3,7 +3,8 @@
 use std::fmt;
 
 use crate::error::Result;
-use crate::nn::{join, Layer, Mode, StateEntry};
+use crate::nn::layers::Saved;
+use crate::nn::{join, Layer, Mode, Precision, StateEntry};
 use crate::nn::ActivationLayer;
 use crate::ops::activation::Activation;
 use crate::ops::concat::{concat_backward, concat_forward};
@@ -97,6 +98,9 @@ impl Layer for Sequential {
     fn release(&mut self) {
         self.layers.iter_mut().for_each(|l| l.release());
     }
+    fn set_precision(&mut self, precision: Precision) {
+        self.layers.iter_mut().for_each(|l| l.set_precision(precision));
+    }
     fn kind(&self) -> &'static str {
         "Sequential"
     }
@@ -115,7 +119,7 @@ impl Layer for Sequential {
         while i < self.layers.len() {
             if let Some(act) = self.layers.get(i + 1).and_then(|next| next.fusable_activation()) {
                 if let Some(y) = self.layers[i].forward_fused(&h, mode, act)? {
-                    self.layers[i + 1].adopt_output(&y, mode);
+                    self.layers[i + 1].adopt_output(&y, mode)?;
                     (h, i) = (y, i + 2);
                     continue;
                 }
@@ -172,19 +176,20 @@ pub struct Residual {
     shortcut_name: &'static str,
     /// The input of a training forward (a shared handle): a ReLU before the
     /// block takes its backward from it in the block's own last kernel.
-    x: Option<Tensor>,
+    x: Option<Saved>,
+    precision: Precision,
 }
 
 impl Residual {
     /// `body(x) + shortcut(x)`, named `body.…` and `shortcut.…`.
     pub fn new(body: Sequential, shortcut: Option<Sequential>) -> Residual {
-        Residual { body, shortcut, post: None, body_name: Some("body"), shortcut_name: "shortcut", x: None }
+        Residual { body, shortcut, post: None, body_name: Some("body"), shortcut_name: "shortcut", x: None, precision: Precision::F32 }
     }
 
     /// A torchvision-style block: `relu(body(x) + downsample(x))`, the body's
     /// children named at the block's level and the projection `downsample`.
     pub fn torchvision(body: Sequential, downsample: Option<Sequential>) -> Residual {
-        Residual { body, shortcut: downsample, post: Some(ActivationLayer::new(Activation::Relu)), body_name: None, shortcut_name: "downsample", x: None }
+        Residual { body, shortcut: downsample, post: Some(ActivationLayer::new(Activation::Relu)), body_name: None, shortcut_name: "downsample", x: None, precision: Precision::F32 }
     }
 
     /// The input gradients of the body and of the shortcut, from the block's
@@ -204,7 +209,7 @@ impl Residual {
 
     /// body(x) + shortcut(x), with ReLU after it when `relu`.
     fn sum(&mut self, x: &Tensor, mode: Mode, relu: bool) -> Result<Tensor> {
-        self.x = (mode == Mode::Train).then(|| x.clone());
+        self.x = Saved::keep_if(x, mode, self.precision)?;
         let b = self.body.forward(x, mode)?;
         let s = match &mut self.shortcut {
             Some(sc) => sc.forward(x, mode)?,
@@ -227,6 +232,16 @@ impl Layer for Residual {
         }
         if let Some(p) = &mut self.post {
             p.release();
+        }
+    }
+    fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+        self.body.set_precision(precision);
+        if let Some(s) = &mut self.shortcut {
+            s.set_precision(precision);
+        }
+        if let Some(p) = &mut self.post {
+            p.set_precision(precision);
         }
     }
     fn kind(&self) -> &'static str {
@@ -254,7 +269,7 @@ impl Layer for Residual {
             Some(Activation::Relu) => {
                 let y = self.sum(x, mode, true)?;
                 if let Some(post) = &mut self.post {
-                    post.adopt_output(&y, mode);
+                    post.adopt_output(&y, mode)?;
                 }
                 Ok(y)
             }
@@ -275,7 +290,7 @@ impl Layer for Residual {
         self.sum(x, mode, true).map(Some)
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
-        if self.x.as_ref().is_some_and(|x| x.device().is_gpu()) {
+        if self.x.as_ref().is_some_and(|x| x.on_gpu()) {
             self.x = None;
         }
         let (db, ds) = self.branch_grads(dy)?;
@@ -301,7 +316,7 @@ impl Layer for Residual {
         if act != Activation::Relu {
             return Ok(None);
         }
-        let x = crate::nn::layers::take_saved(&mut self.x, |x| x.device().is_gpu(), "Residual")?;
+        let x = crate::nn::layers::take_saved(&mut self.x, Saved::on_gpu, "Residual")?.tensor()?;
         let (db, ds) = self.branch_grads(dy)?;
         elementwise_add_relu_backward(&db, &ds, &x, 1.0, 1.0).map(Some)
     }
@@ -352,6 +367,9 @@ impl Default for Concat {
 impl Layer for Concat {
     fn release(&mut self) {
         self.branches.iter_mut().for_each(|(_, b)| b.release());
+    }
+    fn set_precision(&mut self, precision: Precision) {
+        self.branches.iter_mut().for_each(|(_, b)| b.set_precision(precision));
     }
     fn kind(&self) -> &'static str {
         "Concat"

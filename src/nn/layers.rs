@@ -2,7 +2,7 @@
 
 use crate::device::Device;
 use crate::error::{shape_err, Error, Result};
-use crate::nn::{join, Grad, Initializer, Layer, Mode, StateEntry};
+use crate::nn::{join, Grad, Initializer, Layer, Mode, Precision, StateEntry};
 use crate::ops::activation::{activation_backward, activation_forward, Activation};
 use crate::ops::avgpool::{avgpool_adaptive_backward, avgpool_adaptive_forward, avgpool_backward, avgpool_forward, avgpool_global_backward, avgpool_global_forward};
 use crate::ops::batchnorm::{batchnorm_backward, batchnorm_forward_eval_relu, batchnorm_forward_train_relu, Affine, BatchNormConfig};
@@ -15,7 +15,7 @@ use crate::ops::upsample::{upsample_backward, upsample_forward, UpsampleMode};
 use crate::ops::gemm::{gemm, gemm_epilogue, gemm_relu_backward, gemm_row_sums, GemmConfig};
 use crate::ops::maxpool::{maxpool_backward, maxpool_backward_relu, maxpool_forward};
 use crate::shape::{Conv2dConfig, Conv2dGeometry, Padding, Pool2dConfig, Pool2dGeometry};
-use crate::tensor::{Indices, Tensor};
+use crate::tensor::{HalfTensor, Indices, Tensor};
 
 /// `[a, a]` → "a", otherwise "a×b".
 fn pair(v: [usize; 2]) -> String {
@@ -42,6 +42,51 @@ pub(crate) fn take_saved<T: Clone>(slot: &mut Option<T>, on_gpu: impl Fn(&T) -> 
 
 fn gpu(t: &Tensor) -> bool {
     t.device().is_gpu()
+}
+
+/// An activation kept from forward for backward: shared as is, or an f16
+/// copy under [`Precision::Mixed`] (one per buffer however many layers keep
+/// it: see [`Tensor::to_half`]).
+#[derive(Clone)]
+pub(crate) enum Saved {
+    F32(Tensor),
+    F16(HalfTensor),
+}
+
+impl Saved {
+    pub(crate) fn keep(x: &Tensor, precision: Precision) -> Result<Saved> {
+        Ok(match precision {
+            Precision::F32 => Saved::F32(x.clone()),
+            Precision::Mixed => Saved::F16(x.to_half()?),
+        })
+    }
+
+    /// [`Saved::keep`] in `Train` mode; nothing in `Eval`.
+    pub(crate) fn keep_if(x: &Tensor, mode: Mode, precision: Precision) -> Result<Option<Saved>> {
+        (mode == Mode::Train).then(|| Saved::keep(x, precision)).transpose()
+    }
+
+    /// The activation as f32 (an f16 one is read back into a new tensor).
+    pub(crate) fn tensor(&self) -> Result<Tensor> {
+        match self {
+            Saved::F32(t) => Ok(t.clone()),
+            Saved::F16(h) => h.to_f32(),
+        }
+    }
+
+    pub(crate) fn shape(&self) -> &[usize] {
+        match self {
+            Saved::F32(t) => t.shape(),
+            Saved::F16(h) => h.shape(),
+        }
+    }
+
+    pub(crate) fn on_gpu(&self) -> bool {
+        match self {
+            Saved::F32(t) => gpu(t),
+            Saved::F16(h) => h.device().is_gpu(),
+        }
+    }
 }
 
 /// A backward call needs the forward's cache.
@@ -109,7 +154,8 @@ pub struct Conv2d {
     /// Padding that is not symmetric, applied by a zero-pad before the
     /// convolution (whose own padding is then 0): `[top, bottom, left, right]`.
     pub pre_pad: Option<[usize; 4]>,
-    x: Option<Tensor>,
+    x: Option<Saved>,
+    precision: Precision,
     /// im2col columns kept from a training forward on the GPU (when small
     /// enough), so backward need not rebuild them.
     cols: Option<Tensor>,
@@ -124,7 +170,7 @@ impl Conv2d {
         let shape = [c_out, c_in / cfg.groups, kernel[0], kernel[1]];
         let fan_in = shape[1] * kernel[0] * kernel[1];
         let fan_out = c_out / cfg.groups * kernel[0] * kernel[1];
-        Ok(Conv2d { params: WeightBias::new(dev, &shape, fan_in, fan_out, bias, init)?, cfg, pre_pad: None, x: None, cols: None })
+        Ok(Conv2d { params: WeightBias::new(dev, &shape, fan_in, fan_out, bias, init)?, cfg, pre_pad: None, x: None, precision: Precision::F32, cols: None })
     }
 
     /// A convolution with PyTorch's other padding forms: `same`, `valid` or
@@ -159,8 +205,9 @@ impl Conv2d {
             None => x,
         };
         let (w, b) = (&self.params.weight, self.params.bias.as_ref());
-        // A frozen convolution's backward needs no columns (no dW).
-        let y = if mode == Mode::Train && self.params.trains() {
+        // A frozen convolution's backward needs no columns (no dW); under
+        // mixed precision, memory comes first: backward gathers them again.
+        let y = if mode == Mode::Train && self.params.trains() && self.precision == Precision::F32 {
             let (y, cols) = conv2d_forward_keep(x, w, b, self.cfg, act)?;
             self.cols = cols;
             y
@@ -171,7 +218,7 @@ impl Conv2d {
                 None => conv2d_forward(x, w, b, self.cfg)?,
             }
         };
-        self.x = (mode == Mode::Train).then(|| x.clone());
+        self.x = Saved::keep_if(x, mode, self.precision)?;
         Ok(y)
     }
 
@@ -179,7 +226,7 @@ impl Conv2d {
     fn backward_inner(&mut self, dy: &Tensor, need_dx: bool, relu_mask: bool) -> Result<Option<Tensor>> {
         // The forward's cache serves one backward and is released by it, so
         // each saved tensor's memory serves later kernels of the same step.
-        let x = take_saved(&mut self.x, gpu, "Conv2d")?;
+        let x = take_saved(&mut self.x, Saved::on_gpu, "Conv2d")?.tensor()?;
         let x = &x;
         let cols = self.cols.take();
         let (dx, dw, db) = conv2d_backward_cols(x, &self.params.weight, dy, self.cfg, self.params.bias.is_some(), need_dx, self.params.trains(), cols.as_ref(), relu_mask)?;
@@ -198,6 +245,9 @@ impl Conv2d {
 impl Layer for Conv2d {
     fn release(&mut self) {
         (self.x, self.cols) = (None, None);
+    }
+    fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
     }
     fn kind(&self) -> &'static str {
         "Conv2d"
@@ -302,7 +352,8 @@ pub struct ConvTranspose2d {
     pub cfg: Conv2dConfig,
     /// Extra rows and columns on the bottom and right of the output.
     pub output_padding: [usize; 2],
-    x: Option<Tensor>,
+    x: Option<Saved>,
+    precision: Precision,
 }
 
 impl ConvTranspose2d {
@@ -316,13 +367,16 @@ impl ConvTranspose2d {
         let fan_in = shape[1] * kernel[0] * kernel[1];
         let fan_out = c_in / cfg.groups * kernel[0] * kernel[1];
         let params = WeightBias::with_bias_len(dev, &shape, fan_in, fan_out, bias.then_some(c_out), init)?;
-        Ok(ConvTranspose2d { params, cfg, output_padding, x: None })
+        Ok(ConvTranspose2d { params, cfg, output_padding, x: None, precision: Precision::F32 })
     }
 }
 
 impl Layer for ConvTranspose2d {
     fn release(&mut self) {
         self.x = None;
+    }
+    fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
     }
     fn kind(&self) -> &'static str {
         "ConvTranspose2d"
@@ -345,11 +399,11 @@ impl Layer for ConvTranspose2d {
         Ok(Conv2dGeometry::transposed(input, self.params.weight.shape(), self.cfg, self.output_padding)?.input_shape().to_vec())
     }
     fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.x = (mode == Mode::Train).then(|| x.clone());
+        self.x = Saved::keep_if(x, mode, self.precision)?;
         conv2d_transpose_forward(x, &self.params.weight, self.params.bias.as_ref(), self.cfg, self.output_padding)
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
-        let x = take_saved(&mut self.x, gpu, "ConvTranspose2d")?;
+        let x = take_saved(&mut self.x, Saved::on_gpu, "ConvTranspose2d")?.tensor()?;
         let g = conv2d_transpose_backward(&x, &self.params.weight, dy, self.cfg, self.output_padding, self.params.bias.is_some())?;
         self.params.accumulate(Some(g.dw), g.db)?;
         Ok(g.dx)
@@ -365,13 +419,14 @@ impl Layer for ConvTranspose2d {
 pub struct Linear {
     /// Weight `[out, in]` and bias `[out]`.
     pub params: WeightBias,
-    x: Option<Tensor>,
+    x: Option<Saved>,
+    precision: Precision,
 }
 
 impl Linear {
     /// `inputs → outputs` features.
     pub fn new(dev: &Device, inputs: usize, outputs: usize, bias: bool, init: &mut Initializer) -> Result<Linear> {
-        Ok(Linear { params: WeightBias::new(dev, &[outputs, inputs], inputs, outputs, bias, init)?, x: None })
+        Ok(Linear { params: WeightBias::new(dev, &[outputs, inputs], inputs, outputs, bias, init)?, x: None, precision: Precision::F32 })
     }
 }
 
@@ -381,7 +436,7 @@ impl Linear {
         let cfg = GemmConfig { trans_b: true, ..GemmConfig::default() };
         // Bias (and a ReLU) ride in the GEMM's epilogue: one dispatch, not two or three.
         let y = gemm_epilogue(x, &self.params.weight, self.params.bias.as_ref(), act, cfg)?;
-        self.x = (mode == Mode::Train).then(|| x.clone());
+        self.x = Saved::keep_if(x, mode, self.precision)?;
         Ok(y)
     }
 }
@@ -389,6 +444,9 @@ impl Linear {
 impl Layer for Linear {
     fn release(&mut self) {
         self.x = None;
+    }
+    fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
     }
     fn kind(&self) -> &'static str {
         "Linear"
@@ -421,16 +479,16 @@ impl Layer for Linear {
         if act != Activation::Relu {
             return Ok(None);
         }
-        let x = self.x.clone().ok_or_else(|| no_cache("Linear"))?;
+        let x = self.x.as_ref().ok_or_else(|| no_cache("Linear"))?.tensor()?;
         self.backward_params(dy)?;
         gemm_relu_backward(dy, &self.params.weight, &x, GemmConfig::default()).map(Some)
     }
     fn backward_params(&mut self, dy: &Tensor) -> Result<()> {
-        let x = take_saved(&mut self.x, gpu, "Linear")?;
+        let x = take_saved(&mut self.x, Saved::on_gpu, "Linear")?;
         if !self.params.trains() {
             return Ok(());
         }
-        let x = &x;
+        let x = &x.tensor()?;
         let cfg = GemmConfig { trans_a: true, ..GemmConfig::default() };
         // The bias gradient (dy's column sums) comes from the same pass over dy.
         let (dw, db) = match self.params.bias {
@@ -450,20 +508,21 @@ impl Layer for Linear {
 pub struct MaxPool2d {
     /// Window, stride, padding, ceil mode.
     pub cfg: Pool2dConfig,
-    cache: Option<(Indices, Tensor)>,
+    cache: Option<(Indices, Saved)>,
+    precision: Precision,
 }
 
 impl MaxPool2d {
     /// Max pooling with `cfg`'s window.
     pub fn new(cfg: Pool2dConfig) -> MaxPool2d {
-        MaxPool2d { cfg, cache: None }
+        MaxPool2d { cfg, cache: None, precision: Precision::F32 }
     }
 }
 
 impl MaxPool2d {
     /// The cache, taken on the GPU (see [`take_saved`]); on the CPU it stays.
-    fn take_cache(&mut self) -> Option<(Indices, Tensor)> {
-        if self.cache.as_ref().is_some_and(|(_, x)| gpu(x)) {
+    fn take_cache(&mut self) -> Option<(Indices, Saved)> {
+        if self.cache.as_ref().is_some_and(|(_, x)| x.on_gpu()) {
             self.cache.take()
         } else {
             None
@@ -474,6 +533,9 @@ impl MaxPool2d {
 impl Layer for MaxPool2d {
     fn release(&mut self) {
         self.cache = None;
+    }
+    fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
     }
     fn kind(&self) -> &'static str {
         "MaxPool2d"
@@ -489,7 +551,7 @@ impl Layer for MaxPool2d {
     fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let (y, mask) = maxpool_forward(x, self.cfg)?;
         // The input (shared, not copied) serves a fused ReLU backward.
-        self.cache = (mode == Mode::Train).then(|| (mask, x.clone()));
+        self.cache = Saved::keep_if(x, mode, self.precision)?.map(|x| (mask, x));
         Ok(y)
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
@@ -504,7 +566,7 @@ impl Layer for MaxPool2d {
         }
         let taken = self.take_cache();
         let (mask, x) = taken.as_ref().or(self.cache.as_ref()).ok_or_else(|| no_cache("MaxPool2d"))?;
-        maxpool_backward_relu(dy, mask, x, self.cfg).map(Some)
+        maxpool_backward_relu(dy, mask, &x.tensor()?, self.cfg).map(Some)
     }
 }
 
@@ -733,8 +795,9 @@ pub struct BatchNorm {
     spatial: bool,
     gg: Grad,
     gbeta: Grad,
-    cache: Option<(Tensor, Tensor)>,
+    cache: Option<(Saved, Tensor)>,
     unread_stats: Option<Tensor>,
+    precision: Precision,
 }
 
 impl BatchNorm {
@@ -752,7 +815,7 @@ impl BatchNorm {
         let gamma = Tensor::full(dev, &[c], 1.0)?;
         let beta = Tensor::zeros(dev, &[c])?;
         let running = Tensor::from_vec(dev, &[2, c], [vec![0.0; c], vec![1.0; c]].concat())?;
-        Ok(BatchNorm { gg: Grad::new(&gamma)?, gbeta: Grad::new(&beta)?, gamma, beta, running, cfg: BatchNormConfig::default(), spatial, cache: None, unread_stats: None })
+        Ok(BatchNorm { gg: Grad::new(&gamma)?, gbeta: Grad::new(&beta)?, gamma, beta, running, cfg: BatchNormConfig::default(), spatial, cache: None, unread_stats: None, precision: Precision::F32 })
     }
 }
 
@@ -774,12 +837,12 @@ impl BatchNorm {
                     self.unread_stats = Some(Tensor::zeros(&x.device(), &[3, self.gamma.numel()])?);
                 }
                 let y = batchnorm_forward_eval_relu(x, Some(Affine { gamma: &self.gamma, beta: &self.beta }), &self.running, self.cfg, relu)?;
-                self.cache = Some((x.clone(), self.unread_stats.clone().expect("made above")));
+                self.cache = Some((Saved::keep(x, self.precision)?, self.unread_stats.clone().expect("made above")));
                 Ok(y)
             }
             Mode::Train => {
                 let (y, stats) = batchnorm_forward_train_relu(x, affine, &mut self.running, self.cfg, relu)?;
-                self.cache = Some((x.clone(), stats));
+                self.cache = Some((Saved::keep(x, self.precision)?, stats));
                 Ok(y)
             }
             Mode::Eval => {
@@ -793,6 +856,9 @@ impl BatchNorm {
 impl Layer for BatchNorm {
     fn release(&mut self) {
         self.cache = None;
+    }
+    fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
     }
     fn kind(&self) -> &'static str {
         if self.spatial {
@@ -822,7 +888,8 @@ impl Layer for BatchNorm {
         self.forward_with(x, mode, true).map(Some)
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
-        let (x, stats) = take_saved(&mut self.cache, |(x, _)| gpu(x), "BatchNorm")?;
+        let (x, stats) = take_saved(&mut self.cache, |(x, _)| x.on_gpu(), "BatchNorm")?;
+        let x = x.tensor()?;
         let affine = Some(Affine { gamma: &self.gamma, beta: &self.beta });
         let g = batchnorm_backward(&x, dy, affine, &stats, &self.running, !self.frozen(), self.cfg)?;
         self.gg.accumulate(g.dgamma)?;
@@ -854,7 +921,8 @@ pub struct LayerNorm {
     pub eps: f32,
     gw: Grad,
     gb: Grad,
-    cache: Option<(Tensor, Tensor)>,
+    cache: Option<(Saved, Tensor)>,
+    precision: Precision,
 }
 
 impl LayerNorm {
@@ -874,13 +942,16 @@ impl LayerNorm {
     fn with(dev: &Device, shape: &[usize], kind: NormKind) -> Result<LayerNorm> {
         let weight = Tensor::full(dev, shape, 1.0)?;
         let bias = Tensor::zeros(dev, shape)?;
-        Ok(LayerNorm { gw: Grad::new(&weight)?, gb: Grad::new(&bias)?, weight, bias, kind, eps: 1e-5, cache: None })
+        Ok(LayerNorm { gw: Grad::new(&weight)?, gb: Grad::new(&bias)?, weight, bias, kind, eps: 1e-5, cache: None, precision: Precision::F32 })
     }
 }
 
 impl Layer for LayerNorm {
     fn release(&mut self) {
         self.cache = None;
+    }
+    fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
     }
     fn kind(&self) -> &'static str {
         match self.kind {
@@ -907,11 +978,12 @@ impl Layer for LayerNorm {
     fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         self.output_shape(x.shape())?;
         let (y, stats) = layernorm_forward(x, Some((&self.weight, &self.bias)), self.kind, self.eps)?;
-        self.cache = (mode == Mode::Train).then(|| (x.clone(), stats));
+        self.cache = Saved::keep_if(x, mode, self.precision)?.map(|x| (x, stats));
         Ok(y)
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
-        let (x, stats) = take_saved(&mut self.cache, |(x, _)| gpu(x), "LayerNorm")?;
+        let (x, stats) = take_saved(&mut self.cache, |(x, _)| x.on_gpu(), "LayerNorm")?;
+        let x = x.tensor()?;
         let g = layernorm_backward(&x, dy, Some(&self.weight), &stats, self.kind, self.eps)?;
         if let Some((dw, db)) = g.affine {
             self.gw.accumulate(dw)?;
@@ -977,13 +1049,14 @@ impl Layer for Dropout {
 pub struct ActivationLayer {
     /// Which function.
     pub act: Activation,
-    x: Option<Tensor>,
+    x: Option<Saved>,
+    precision: Precision,
 }
 
 impl ActivationLayer {
     /// The activation as a layer.
     pub fn new(act: Activation) -> ActivationLayer {
-        ActivationLayer { act, x: None }
+        ActivationLayer { act, x: None, precision: Precision::F32 }
     }
 }
 
@@ -998,21 +1071,25 @@ impl Layer for ActivationLayer {
         Ok(input.to_vec())
     }
     fn forward(&mut self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.x = (mode == Mode::Train).then(|| x.clone());
+        self.x = Saved::keep_if(x, mode, self.precision)?;
         activation_forward(x, self.act)
     }
     fn fusable_activation(&self) -> Option<Activation> {
         (self.act == Activation::Relu).then_some(self.act)
     }
     /// ReLU's derivative from its output: y > 0 exactly where x > 0 (NaN: 0 both ways).
-    fn adopt_output(&mut self, y: &Tensor, mode: Mode) {
-        self.x = (mode == Mode::Train).then(|| y.clone());
+    fn adopt_output(&mut self, y: &Tensor, mode: Mode) -> Result<()> {
+        self.x = Saved::keep_if(y, mode, self.precision)?;
+        Ok(())
     }
     fn release(&mut self) {
         self.x = None;
     }
+    fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+    }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
-        activation_backward(&take_saved(&mut self.x, gpu, "Activation")?, dy, self.act)
+        activation_backward(&take_saved(&mut self.x, Saved::on_gpu, "Activation")?.tensor()?, dy, self.act)
     }
 }
 

@@ -19,6 +19,32 @@ use crate::ops::activation::Activation;
 use crate::ops::elementwise::{elementwise_combine, elementwise_fill};
 use crate::tensor::Tensor;
 
+/// What a layer keeps for backward in, as PyTorch's autocast does for what
+/// its f16 ops save: the arithmetic, the parameters and their gradients,
+/// the loss and the optimiser stay f32 either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// Activations kept from forward for backward (by convolutions, linear
+    /// layers, batch- and layer-norm, pooling, activations, residual blocks)
+    /// are stored in f16, round to nearest even: half the bytes a training
+    /// step holds for them. Backward reads them back as f32.
+    Mixed,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Precision, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "mixed" => Ok(Precision::Mixed),
+            _ => Err(format!("unknown precision '{s}' (f32 or mixed)")),
+        }
+    }
+}
+
 /// Training or inference: batch-norm and dropout behave differently.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -117,7 +143,13 @@ pub trait Layer: Send {
     }
     /// For an activation layer whose work the layer before did
     /// ([`Layer::forward_fused`]): keep what backward needs, from the output.
-    fn adopt_output(&mut self, _y: &Tensor, _mode: Mode) {}
+    fn adopt_output(&mut self, _y: &Tensor, _mode: Mode) -> Result<()> {
+        Ok(())
+    }
+    /// How activations kept for backward are stored from the next forward
+    /// on (containers: their children too). Layers that keep nothing, or
+    /// keep it in f32 whatever the policy (softmax's output), ignore it.
+    fn set_precision(&mut self, _precision: Precision) {}
     /// Drops what the last training forward kept for backward (containers:
     /// their children's too). The layer after an activation calls it when it
     /// did that activation's backward in its own kernels

@@ -11,6 +11,7 @@ pub mod activation;
 pub mod avgpool;
 pub mod batchnorm;
 pub mod bias;
+pub mod cast;
 pub mod clip;
 pub mod col2im;
 pub mod concat;
@@ -42,6 +43,7 @@ pub fn kernels() -> Vec<&'static KernelDef> {
         avgpool::KERNELS,
         batchnorm::KERNELS,
         bias::KERNELS,
+        cast::KERNELS,
         clip::KERNELS,
         col2im::KERNELS,
         concat::KERNELS,
