@@ -36,7 +36,7 @@ pub fn cast_to_f16(x: &Tensor) -> Result<HalfTensor> {
     const OP: &str = "cast_to_f16";
     let n = x.numel();
     match x.device() {
-        Device::Cpu => Ok(HalfTensor::new(x.shape(), HalfData::Cpu(Arc::new(x.host(OP)?.iter().map(|&v| f16_bits_cpu(v)).collect())))),
+        Device::Cpu => Ok(HalfTensor::new(x.shape(), HalfData::Cpu(Arc::new(x.host(OP)?.iter().map(|&v| cast_f16_bits_cpu(v)).collect())))),
         Device::Gpu(ctx) => {
             let src = x.gpu().expect("a GPU tensor");
             let memo = src.half.lock().unwrap_or_else(|e| e.into_inner()).upgrade();
@@ -60,7 +60,7 @@ pub fn cast_to_f32(h: &HalfTensor) -> Result<Tensor> {
     const OP: &str = "cast_to_f32";
     let n = h.numel();
     match &h.data {
-        HalfData::Cpu(bits) => Ok(Tensor::from_cpu(h.shape(), bits.iter().map(|&b| f16_value_cpu(b)).collect())),
+        HalfData::Cpu(bits) => Ok(Tensor::from_cpu(h.shape(), bits.iter().map(|&b| cast_f16_value_cpu(b)).collect())),
         HalfData::Gpu(src) => {
             let ctx = src.context();
             let out = Tensor::uninit_gpu(ctx, OP, h.shape())?;
@@ -87,7 +87,7 @@ fn windows(ctx: &GpuContext, n: usize) -> impl Iterator<Item = (usize, usize)> {
 
 /// The IEEE binary16 bits of `v`, rounded to nearest even (ties to even);
 /// beyond the largest half (65504, with rounding) ±inf; NaN stays NaN.
-pub fn f16_bits_cpu(v: f32) -> u16 {
+pub fn cast_f16_bits_cpu(v: f32) -> u16 {
     let x = v.to_bits();
     let sign = ((x >> 16) & 0x8000) as u16;
     let e = ((x >> 23) & 0xff) as i32;
@@ -116,7 +116,7 @@ pub fn f16_bits_cpu(v: f32) -> u16 {
 }
 
 /// The f32 value of binary16 bits `h` (exact).
-pub fn f16_value_cpu(h: u16) -> f32 {
+pub fn cast_f16_value_cpu(h: u16) -> f32 {
     let (h, sign) = (h as u32, ((h as u32) & 0x8000) << 16);
     let (e, m) = ((h >> 10) & 0x1f, h & 0x3ff);
     match e {
@@ -130,6 +130,6 @@ pub fn f16_value_cpu(h: u16) -> f32 {
 }
 
 /// `v` rounded to the nearest f16, as an f32: what an f16 store then load gives.
-pub fn round_f16_cpu(v: f32) -> f32 {
-    f16_value_cpu(f16_bits_cpu(v))
+pub fn cast_round_f16_cpu(v: f32) -> f32 {
+    cast_f16_value_cpu(cast_f16_bits_cpu(v))
 }

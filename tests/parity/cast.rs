@@ -2,7 +2,7 @@
 //! (every half round-trips; hand-worked ties, subnormals, overflow), and the
 //! GPU against the CPU bit for bit.
 
-use wgpu_cnn::ops::cast::{f16_bits_cpu, f16_value_cpu, round_f16_cpu};
+use wgpu_cnn::ops::cast::{cast_f16_bits_cpu, cast_f16_value_cpu, cast_round_f16_cpu};
 use wgpu_cnn::{Device, Tensor};
 
 use crate::harness::random;
@@ -11,11 +11,11 @@ use crate::test_device;
 #[test]
 fn every_half_round_trips_and_ties_go_to_even() {
     for h in 0..=u16::MAX {
-        let v = f16_value_cpu(h);
+        let v = cast_f16_value_cpu(h);
         if v.is_nan() {
-            assert!(f16_value_cpu(f16_bits_cpu(v)).is_nan(), "NaN {h:#06x}");
+            assert!(cast_f16_value_cpu(cast_f16_bits_cpu(v)).is_nan(), "NaN {h:#06x}");
         } else {
-            assert_eq!(f16_bits_cpu(v), h, "{h:#06x} = {v}");
+            assert_eq!(cast_f16_bits_cpu(v), h, "{h:#06x} = {v}");
         }
     }
     let two = |e: i32| 2f32.powi(e);
@@ -39,7 +39,7 @@ fn every_half_round_trips_and_ties_go_to_even() {
         (f32::NEG_INFINITY, 0xfc00),
         (1e10, 0x7c00),
     ] {
-        assert_eq!(f16_bits_cpu(v), bits, "f16({v:e})");
+        assert_eq!(cast_f16_bits_cpu(v), bits, "f16({v:e})");
     }
 }
 
@@ -65,12 +65,12 @@ fn matches_bit_for_bit(dev: &Device) {
         let v = awkward(n);
         let x = Tensor::from_slice(dev, &[n], &v).unwrap();
         let h = x.to_half().unwrap();
-        let want: Vec<u16> = v.iter().map(|&f| f16_bits_cpu(f)).collect();
+        let want: Vec<u16> = v.iter().map(|&f| cast_f16_bits_cpu(f)).collect();
         assert_eq!(h.to_bits().unwrap(), want, "f16 bits on {dev}, n = {n}");
         assert_eq!(h.shape(), &[n]);
         assert!(h.bytes() <= 2 * n + 2, "{} bytes for {n} halves", h.bytes());
         let back = h.to_f32().unwrap().to_vec().unwrap();
-        let rounded: Vec<f32> = v.iter().map(|&f| round_f16_cpu(f)).collect();
+        let rounded: Vec<f32> = v.iter().map(|&f| cast_round_f16_cpu(f)).collect();
         assert_eq!(back.iter().map(|f| f.to_bits()).collect::<Vec<_>>(), rounded.iter().map(|f| f.to_bits()).collect::<Vec<_>>(), "back to f32 on {dev}");
     }
 }
@@ -111,8 +111,8 @@ fn cast_windows_a_tensor_larger_than_one_binding() {
         let n = 3001; // three windows of 1,024 f32 (and a short one)
         let v = awkward(n);
         let h = Tensor::from_slice(&small, &[n], &v).unwrap().to_half().unwrap();
-        assert_eq!(h.to_bits().unwrap(), v.iter().map(|&f| f16_bits_cpu(f)).collect::<Vec<_>>());
+        assert_eq!(h.to_bits().unwrap(), v.iter().map(|&f| cast_f16_bits_cpu(f)).collect::<Vec<_>>());
         let back = h.to_f32().unwrap().to_vec().unwrap();
-        assert_eq!(back.iter().map(|f| f.to_bits()).collect::<Vec<_>>(), v.iter().map(|&f| round_f16_cpu(f).to_bits()).collect::<Vec<_>>());
+        assert_eq!(back.iter().map(|f| f.to_bits()).collect::<Vec<_>>(), v.iter().map(|&f| cast_round_f16_cpu(f).to_bits()).collect::<Vec<_>>());
     });
 }
