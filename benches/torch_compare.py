@@ -37,10 +37,11 @@ def median_seconds(fn, budget, sync):
     return statistics.median(samples)
 
 
-def sgd_step(model, batch, item, classes, dev="cpu"):
+def sgd_step(model, batch, item, classes, dev="cpu", amp=None):
     """The benchmarks' training step for `model`, as our bench's: SGD (lr 0.01,
     momentum 0.9) on its fixed input pattern, mean cross-entropy, gradients
-    zeroed in place. Returns (step, optimizer)."""
+    zeroed in place; `amp` (a dtype) runs forward and loss under
+    `torch.autocast`. Returns (step, optimizer)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     n = batch * item[0] * item[1] * item[2]
     x = (torch.arange(n, dtype=torch.float32) * 7 % 13 / 13.0).reshape(batch, *item).to(dev)
@@ -49,7 +50,8 @@ def sgd_step(model, batch, item, classes, dev="cpu"):
 
     def step():
         opt.zero_grad(set_to_none=False)
-        loss = loss_fn(model(x), y)
+        with torch.autocast(dev, dtype=amp or torch.float32, enabled=amp is not None):
+            loss = loss_fn(model(x), y)
         loss.backward()
         opt.step()
 

@@ -6,6 +6,7 @@ with `torch.distributed._tools.mem_tracker.MemTracker` around one step on the CP
 after a first step has created the momentum buffers.
 
     python3 benches/torch_memory.py --models resnet18,resnet50,vgg16 --input 3x224x224 --batch 8 --json
+    python3 benches/torch_memory.py ... --amp float16   # autocast, against --precision mixed
 
 One JSON object per model: model, input, batch, torch_peak_bytes (and the
 tracker's breakdown by kind at the peak). Pair it with
@@ -48,13 +49,15 @@ def main():
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--classes", type=int, default=None)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--amp", choices=["float16", "bfloat16"], default=None, help="forward and loss under torch.autocast with this dtype (ours: --precision mixed)")
     args = p.parse_args()
+    amp = getattr(torch, args.amp) if args.amp else None
     for name in args.models.split(","):
         item = tuple(int(d) for d in args.input.split("x")) if args.input else DEFAULT_INPUT.get(name, (3, 224, 224))
         classes = args.classes or (10 if name in OURS else 1000)
         torch.manual_seed(0)
         model = build(name, classes).train()
-        step, opt = sgd_step(model, args.batch, item, classes)
+        step, opt = sgd_step(model, args.batch, item, classes, amp=amp)
         step()  # creates the gradients and the momentum buffers
         mt = MemTracker()
         mt.track_external(model, opt)
@@ -64,7 +67,7 @@ def main():
         dev = next(iter(peak))
         total = peak[dev]["Total"]
         kinds = {str(k).split(".")[-1]: v for k, v in peak[dev].items() if k != "Total"}
-        row = {"model": name, "input": list(item), "batch": args.batch, "torch_peak_bytes": total, "by_kind": kinds}
+        row = {"model": name, "input": list(item), "batch": args.batch, "amp": args.amp, "torch_peak_bytes": total, "by_kind": kinds}
         if args.json:
             print(json.dumps(row))
         else:

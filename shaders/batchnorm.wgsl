@@ -13,6 +13,8 @@
 //   batchnorm_forward          one invocation per element (training: batch stats; eval: running)
 //   batchnorm_backward_reduce  one workgroup per channel: Σdy, Σdy·x̂
 //   batchnorm_backward_dx      one invocation per element
+// The backward entry points also read x kept in f16 (mixed precision: halves
+// packed two to a word, `X_HALF`), so backward needs no f32 copy of it.
 
 struct BnParams {
     n: u32,
@@ -30,7 +32,8 @@ struct BnParams {
     _pad2: u32,
 }
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
+// Raw words: f32 bits, or two f16 halves when X_HALF (see load_x).
+@group(0) @binding(0) var<storage, read> x: array<u32>;
 @group(0) @binding(1) var<storage, read> dy: array<f32>;
 @group(0) @binding(2) var<storage, read> gamma: array<f32>;
 @group(0) @binding(3) var<storage, read> beta: array<f32>;
@@ -42,6 +45,16 @@ struct BnParams {
 @group(0) @binding(9) var<uniform> params: BnParams;
 
 override WG: u32 = 256u;
+override X_HALF: bool = false;
+
+// x[i] as f32. unpack2x16float is exact for normal halves; an implementation
+// may flush subnormal ones (|x| < 6.1e-5) to zero, within the tolerance.
+fn load_x(i: u32) -> f32 {
+    if (X_HALF) {
+        return unpack2x16float(x[i >> 1u])[i & 1u];
+    }
+    return bitcast<f32>(x[i]);
+}
 
 var<workgroup> red: array<f32, WG>;
 
@@ -68,9 +81,9 @@ fn at(ch: u32, k: u32) -> u32 {
 fn x_hat(ch: u32, i: u32) -> f32 {
     let c = params.c;
     if (params.training == 0u) {
-        return (x[i] - running[ch]) * inverseSqrt(running[c + ch] + params.eps);
+        return (load_x(i) - running[ch]) * inverseSqrt(running[c + ch] + params.eps);
     }
-    return ((x[i] - stats[ch]) - stats[c + ch]) * stats[2u * c + ch];
+    return ((load_x(i) - stats[ch]) - stats[c + ch]) * stats[2u * c + ch];
 }
 
 @compute @workgroup_size(WG)
@@ -80,13 +93,13 @@ fn batchnorm_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     let ch = wid.x + (wid.y + wid.z * nwg.y) * nwg.x;
     if (ch >= p.c) { return; } // uniform per workgroup
     let count = p.n * p.inner;
-    let shift = x[at(ch, 0u)];
+    let shift = load_x(at(ch, 0u));
     var s = 0.0;
-    for (var k = lid.x; k < count; k += WG) { s += x[at(ch, k)] - shift; }
+    for (var k = lid.x; k < count; k += WG) { s += load_x(at(ch, k)) - shift; }
     let mean_lo = tree_sum(lid.x, s) / f32(count);
     var q = 0.0;
     for (var k = lid.x; k < count; k += WG) {
-        let d = (x[at(ch, k)] - shift) - mean_lo;
+        let d = (load_x(at(ch, k)) - shift) - mean_lo;
         q += d * d;
     }
     let var_biased = tree_sum(lid.x, q) / f32(count);

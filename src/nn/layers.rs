@@ -5,7 +5,7 @@ use crate::error::{shape_err, Error, Result};
 use crate::nn::{join, Grad, Initializer, Layer, Mode, Precision, StateEntry};
 use crate::ops::activation::{activation_backward, activation_forward, Activation};
 use crate::ops::avgpool::{avgpool_adaptive_backward, avgpool_adaptive_forward, avgpool_backward, avgpool_forward, avgpool_global_backward, avgpool_global_forward};
-use crate::ops::batchnorm::{batchnorm_backward, batchnorm_forward_eval_relu, batchnorm_forward_train_relu, Affine, BatchNormConfig};
+use crate::ops::batchnorm::{batchnorm_backward, batchnorm_backward_half, batchnorm_forward_eval_relu, batchnorm_forward_train_relu, Affine, BatchNormConfig};
 use crate::ops::conv2d::{conv2d_backward_cols, conv2d_forward, conv2d_forward_act, conv2d_forward_keep, conv2d_transpose_backward, conv2d_transpose_forward};
 use crate::ops::dropout::{dropout_backward, dropout_forward, DropoutConfig};
 use crate::ops::layernorm::{layernorm_backward, layernorm_forward, NormKind};
@@ -889,9 +889,11 @@ impl Layer for BatchNorm {
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
         let (x, stats) = take_saved(&mut self.cache, |(x, _)| x.on_gpu(), "BatchNorm")?;
-        let x = x.tensor()?;
         let affine = Some(Affine { gamma: &self.gamma, beta: &self.beta });
-        let g = batchnorm_backward(&x, dy, affine, &stats, &self.running, !self.frozen(), self.cfg)?;
+        let g = match &x {
+            Saved::F32(x) => batchnorm_backward(x, dy, affine, &stats, &self.running, !self.frozen(), self.cfg)?,
+            Saved::F16(x) => batchnorm_backward_half(x, dy, affine, &stats, &self.running, !self.frozen(), self.cfg)?,
+        };
         self.gg.accumulate(g.dgamma)?;
         self.gbeta.accumulate(g.dbeta)?;
         Ok(g.dx)

@@ -12,22 +12,27 @@ use crate::error::{shape_err, Error, Result};
 use crate::kernel::{Access::*, Kernel, Shader, Work};
 use crate::ops::activation::{activation_forward_in_place_cpu, Activation};
 use crate::ops::check_shape;
-use crate::tensor::{same_device, Tensor};
+use crate::tensor::{same_device, HalfData, HalfTensor, Tensor};
 
 mod cpu;
 pub use cpu::{batchnorm_backward_cpu_tuned, batchnorm_forward_train_cpu_tuned};
 
 const SHADER: Shader = Shader::new("batchnorm", include_str!("../../shaders/batchnorm.wgsl"));
+const BACKWARD_REDUCE_BINDINGS: &[crate::kernel::Access] = &[Read, Read, Unused, Unused, ReadWrite, ReadWrite, Unused, ReadWrite, ReadWrite, Uniform];
+const BACKWARD_DX_BINDINGS: &[crate::kernel::Access] = &[Read, Read, Read, Unused, ReadWrite, ReadWrite, ReadWrite, ReadWrite, ReadWrite, Uniform];
 pub(crate) static BATCHNORM_STATS: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_stats", &[Read, Unused, Unused, Unused, ReadWrite, ReadWrite, Unused, Unused, Unused, Uniform]).with_work(|p| Work::f32s(2 * bn_len(p), 4 * bn_len(p)));
 pub(crate) static BATCHNORM_FORWARD: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_forward", &[Read, Unused, Read, Read, ReadWrite, ReadWrite, ReadWrite, Unused, Unused, Uniform]).with_work(|p| Work::f32s(2 * bn_len(p), 2 * bn_len(p)));
-pub(crate) static BATCHNORM_BACKWARD_REDUCE: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_backward_reduce", &[Read, Read, Unused, Unused, ReadWrite, ReadWrite, Unused, ReadWrite, ReadWrite, Uniform]).with_work(|p| Work::f32s(2 * bn_len(p), 4 * bn_len(p)));
-pub(crate) static BATCHNORM_BACKWARD_DX: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_backward_dx", &[Read, Read, Read, Unused, ReadWrite, ReadWrite, ReadWrite, ReadWrite, ReadWrite, Uniform]).with_work(|p| Work::f32s(3 * bn_len(p), 5 * bn_len(p)));
+pub(crate) static BATCHNORM_BACKWARD_REDUCE: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_backward_reduce", BACKWARD_REDUCE_BINDINGS).with_work(|p| Work::f32s(2 * bn_len(p), 4 * bn_len(p)));
+pub(crate) static BATCHNORM_BACKWARD_DX: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_backward_dx", BACKWARD_DX_BINDINGS).with_work(|p| Work::f32s(3 * bn_len(p), 5 * bn_len(p)));
+// Backward reading x kept in f16 (mixed precision): 2 bytes of x an element, not 4.
+pub(crate) static BATCHNORM_BACKWARD_REDUCE_F16: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_backward_reduce", BACKWARD_REDUCE_BINDINGS).named("batchnorm_backward_reduce_f16").with_constants(&[("X_HALF", 1.0)]).with_work(|p| Work { flops: 4.0 * bn_len(p) as f64, bytes: 6.0 * bn_len(p) as f64 });
+pub(crate) static BATCHNORM_BACKWARD_DX_F16: Kernel<BnParams> = Kernel::new(&SHADER, "batchnorm_backward_dx", BACKWARD_DX_BINDINGS).named("batchnorm_backward_dx_f16").with_constants(&[("X_HALF", 1.0)]).with_work(|p| Work { flops: 5.0 * bn_len(p) as f64, bytes: 10.0 * bn_len(p) as f64 });
 /// Elements normalised: each batch-norm kernel streams x (and dy) once or twice.
 fn bn_len(p: &BnParams) -> usize {
     (p.n * p.c * p.inner) as usize
 }
 pub(crate) const KERNELS: &[&crate::kernel::KernelDef] =
-    &[&BATCHNORM_STATS.def, &BATCHNORM_FORWARD.def, &BATCHNORM_BACKWARD_REDUCE.def, &BATCHNORM_BACKWARD_DX.def];
+    &[&BATCHNORM_STATS.def, &BATCHNORM_FORWARD.def, &BATCHNORM_BACKWARD_REDUCE.def, &BATCHNORM_BACKWARD_DX.def, &BATCHNORM_BACKWARD_REDUCE_F16.def, &BATCHNORM_BACKWARD_DX_F16.def];
 
 /// Settings shared by forward and backward.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -76,7 +81,10 @@ pub struct Affine<'a> {
 
 /// (n, c, inner) of an input `[n, c, …]`, validated.
 fn dims(x: &Tensor) -> Result<(usize, usize, usize)> {
-    let s = x.shape();
+    dims_of(x.shape())
+}
+
+fn dims_of(s: &[usize]) -> Result<(usize, usize, usize)> {
     if s.len() < 2 {
         return shape_err("batchnorm", format!("input must be [n, c, …], got {s:?}"));
     }
@@ -211,22 +219,72 @@ pub fn batchnorm_backward(
             let dx = Tensor::from_cpu(x.shape(), dx);
             Ok(BatchNormGrads { dx, dgamma: Tensor::from_cpu(&[c], grads[..c].to_vec()), dbeta: Tensor::from_cpu(&[c], grads[c..].to_vec()) })
         }
-        Device::Gpu(ctx) => {
-            let dx = Tensor::uninit_gpu(&ctx, OP, x.shape())?;
-            let (dgamma, dbeta) = (Tensor::uninit_gpu(&ctx, OP, &[c])?, Tensor::uninit_gpu(&ctx, OP, &[c])?);
-            let mut p = params(n, c, inner, training, affine.is_some(), cfg);
-            p.update_running = 0;
-            let xb = x.buffer(OP)?;
-            let (gb, bb) = affine_bufs(OP, affine, xb)?;
-            // `stats` and `running` are only read here; the layout declares them
-            // read-write, and binding read-only data that way is allowed.
-            // dγ and dβ go to their own tensors (no [2, c] buffer to split after).
-            let all = [xb, dy.buffer(OP)?, gb, bb, stats.buffer(OP)?, running.buffer(OP)?, dx.buffer(OP)?, dgamma.buffer(OP)?, dbeta.buffer(OP)?];
-            ctx.dispatch(&BATCHNORM_BACKWARD_REDUCE, &p, &all, ctx.grid_1d(c, 1))?;
-            ctx.dispatch(&BATCHNORM_BACKWARD_DX, &p, &all, ctx.grid_1d(n * c * inner, 256))?;
-            Ok(BatchNormGrads { dx, dgamma, dbeta })
-        }
+        Device::Gpu(ctx) => backward_gpu(&ctx, x.buffer(OP)?, false, x.shape(), dy, affine, stats, running, training, cfg),
     }
+}
+
+/// [`batchnorm_backward`] from x kept in f16 (mixed precision): the GPU
+/// reads the halves in its kernels (no f32 copy of x); the CPU twin reads
+/// them back exactly first.
+pub fn batchnorm_backward_half(
+    x: &HalfTensor,
+    dy: &Tensor,
+    affine: Option<Affine>,
+    stats: &Tensor,
+    running: &Tensor,
+    training: bool,
+    cfg: BatchNormConfig,
+) -> Result<BatchNormGrads> {
+    const OP: &str = "batchnorm_backward";
+    let ctx = match &x.data {
+        HalfData::Gpu(buf) => buf.context().clone(),
+        HalfData::Cpu(_) => return batchnorm_backward(&x.to_f32()?, dy, affine, stats, running, training, cfg),
+    };
+    let (_, c, _) = dims_of(x.shape())?;
+    check_shape("batchnorm", "dy", dy.shape(), x.shape())?;
+    check_shape("batchnorm", "saved statistics", stats.shape(), &[3, c])?;
+    check_shape("batchnorm", "running statistics [mean; var]", running.shape(), &[2, c])?;
+    let mut operands = vec![dy, stats, running];
+    if let Some(a) = affine {
+        check_shape("batchnorm", "gamma", a.gamma.shape(), &[c])?;
+        operands.extend([a.gamma, a.beta]);
+    }
+    if !same_device("batchnorm", &operands)?.same(&x.device()) {
+        return Err(Error::DeviceMismatch { op: OP, a: x.device().to_string(), b: dy.device().to_string() });
+    }
+    let HalfData::Gpu(buf) = &x.data else { unreachable!("matched above") };
+    backward_gpu(&ctx, buf.buffer(), true, x.shape(), dy, affine, stats, running, training, cfg)
+}
+
+/// The two backward dispatches, x bound as f32 or as packed halves (`half`).
+#[allow(clippy::too_many_arguments)]
+fn backward_gpu(
+    ctx: &std::sync::Arc<crate::gpu::GpuContext>,
+    xb: Bind,
+    half: bool,
+    shape: &[usize],
+    dy: &Tensor,
+    affine: Option<Affine>,
+    stats: &Tensor,
+    running: &Tensor,
+    training: bool,
+    cfg: BatchNormConfig,
+) -> Result<BatchNormGrads> {
+    const OP: &str = "batchnorm_backward";
+    let (n, c, inner) = dims_of(shape)?;
+    let dx = Tensor::uninit_gpu(ctx, OP, shape)?;
+    let (dgamma, dbeta) = (Tensor::uninit_gpu(ctx, OP, &[c])?, Tensor::uninit_gpu(ctx, OP, &[c])?);
+    let mut p = params(n, c, inner, training, affine.is_some(), cfg);
+    p.update_running = 0;
+    let (gb, bb) = affine_bufs(OP, affine, xb)?;
+    // `stats` and `running` are only read here; the layout declares them
+    // read-write, and binding read-only data that way is allowed.
+    // dγ and dβ go to their own tensors (no [2, c] buffer to split after).
+    let all = [xb, dy.buffer(OP)?, gb, bb, stats.buffer(OP)?, running.buffer(OP)?, dx.buffer(OP)?, dgamma.buffer(OP)?, dbeta.buffer(OP)?];
+    let (reduce, dxk) = if half { (&BATCHNORM_BACKWARD_REDUCE_F16, &BATCHNORM_BACKWARD_DX_F16) } else { (&BATCHNORM_BACKWARD_REDUCE, &BATCHNORM_BACKWARD_DX) };
+    ctx.dispatch(reduce, &p, &all, ctx.grid_1d(c, 1))?;
+    ctx.dispatch(dxk, &p, &all, ctx.grid_1d(n * c * inner, 256))?;
+    Ok(BatchNormGrads { dx, dgamma, dbeta })
 }
 
 /// γ and β on the host (CPU tensors).

@@ -3,7 +3,7 @@
 
 use wgpu_cnn::ops::activation::{activation_forward, Activation};
 use wgpu_cnn::ops::batchnorm::{
-    batchnorm_backward, batchnorm_backward_cpu, batchnorm_backward_cpu_tuned, batchnorm_forward_eval, batchnorm_forward_eval_relu, batchnorm_forward_train,
+    batchnorm_backward, batchnorm_backward_cpu, batchnorm_backward_half, batchnorm_backward_cpu_tuned, batchnorm_forward_eval, batchnorm_forward_eval_relu, batchnorm_forward_train,
     batchnorm_forward_train_cpu, batchnorm_forward_train_cpu_tuned, batchnorm_forward_train_relu, Affine, BatchNormConfig,
 };
 use wgpu_cnn::{Device, Tensor, Tolerance};
@@ -70,6 +70,18 @@ fn check(dev: &Device, shape: &[usize], affine: bool, seed: u64) {
     tol.assert(&format!("{what}: dx"), &g.dx.to_vec().unwrap(), &o.dx);
     tol.assert(&format!("{what}: dgamma"), &g.dgamma.to_vec().unwrap(), &o.dgamma);
     tol.assert(&format!("{what}: dbeta"), &g.dbeta.to_vec().unwrap(), &o.dbeta);
+
+    // From x kept in f16 (mixed precision; the GPU reads the halves in its
+    // kernels): the backward of the rounded x, with the same statistics.
+    let (x16, xr) = (xt.to_half().unwrap(), xt.to_half().unwrap().to_f32().unwrap());
+    for training in [true, false] {
+        let h = batchnorm_backward_half(&x16, &dyt, aff, &stats, &running, training, cfg).unwrap();
+        let f = batchnorm_backward(&xr, &dyt, aff, &stats, &running, training, cfg).unwrap();
+        let what = format!("{what}, x in f16, training={training}");
+        tol.assert(&format!("{what}: dx"), &h.dx.to_vec().unwrap(), &f.dx.to_vec().unwrap());
+        tol.assert(&format!("{what}: dgamma"), &h.dgamma.to_vec().unwrap(), &f.dgamma.to_vec().unwrap());
+        tol.assert(&format!("{what}: dbeta"), &h.dbeta.to_vec().unwrap(), &f.dbeta.to_vec().unwrap());
+    }
 
     // Eval uses the running statistics, which it does not change.
     let r = running.to_vec().unwrap();

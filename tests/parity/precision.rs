@@ -88,7 +88,9 @@ crate::test_device!(mixed_is_close_to_f32, close_to_f32);
 
 /// What the step holds: ResNet-20 at batch 32 keeps mostly activations, and
 /// in f16 they take half the bytes (one copy per activation, however many
-/// layers keep it).
+/// layers keep it); batch-norm's backward reads its f16 input directly, and
+/// no convolution keeps im2col columns (f32 keeps its third stage's, 28 MB).
+/// Measured on lavapipe: 0.346×.
 #[test]
 fn mixed_holds_fewer_bytes() {
     with_gpu("precision::mixed_holds_fewer_bytes", |_| {
@@ -109,7 +111,7 @@ fn mixed_holds_fewer_bytes() {
         };
         let (f32_peak, mixed_peak) = (peak(Precision::F32), peak(Precision::Mixed));
         eprintln!("ResNet-20 b32 peak live bytes: f32 {f32_peak}, mixed {mixed_peak} ({:.3}×)", mixed_peak / f32_peak);
-        assert!(mixed_peak < 0.75 * f32_peak, "mixed {mixed_peak} bytes vs f32 {f32_peak}: {:.3}×", mixed_peak / f32_peak);
+        assert!(mixed_peak < 0.5 * f32_peak, "mixed {mixed_peak} bytes vs f32 {f32_peak}: {:.3}×", mixed_peak / f32_peak);
     });
 }
 
