@@ -7,7 +7,8 @@
 // sums the output gradients of every window whose mask chose it.
 // maxpool_backward_relu also applies the backward of a ReLU before the pooling:
 // dx = gathered · (x > 0), x being the pooling's input (the ReLU's output), so
-// the pair costs one dispatch, not two.
+// the pair costs one dispatch, not two. With X_HALF that x is kept in f16
+// (mixed precision: halves packed two to a word) and read as such.
 
 struct PoolParams {
     planes: u32,        // n · c
@@ -27,10 +28,21 @@ struct PoolParams {
 @group(0) @binding(0) var<storage, read> src: array<f32>;        // forward: x; backward: dy
 @group(0) @binding(1) var<storage, read_write> mask: array<u32>; // forward writes, backward reads
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;  // forward: y; backward: dx
-@group(0) @binding(3) var<storage, read> relu_out: array<f32>; // maxpool_backward_relu: the pooling's input
+@group(0) @binding(3) var<storage, read> relu_out: array<u32>; // maxpool_backward_relu: the pooling's input (raw words)
 @group(0) @binding(4) var<uniform> params: PoolParams;
 
 override WG: u32 = 256u;
+override X_HALF: bool = false;
+
+// Whether the ReLU's output at i is > 0. From an f16's bits (exact): sign
+// clear, not zero, not NaN (at most 0x7c00, +inf).
+fn relu_passes(i: u32) -> bool {
+    if (X_HALF) {
+        let h = (relu_out[i >> 1u] >> (16u * (i & 1u))) & 0xffffu;
+        return h != 0u && h <= 0x7c00u;
+    }
+    return bitcast<f32>(relu_out[i]) > 0.0;
+}
 
 // By the bits: WGSL lets compilers assume NaN never occurs in float comparisons.
 fn is_nan(v: f32) -> bool {
@@ -107,5 +119,5 @@ fn maxpool_backward_relu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
     let idx = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * WG;
     if (idx >= p.planes * p.h * p.w) { return; }
     // ReLU's derivative from its output, as activation_backward takes it: 1 where > 0.
-    dst[idx] = gather(idx) * select(0.0, 1.0, relu_out[idx] > 0.0);
+    dst[idx] = gather(idx) * select(0.0, 1.0, relu_passes(idx));
 }

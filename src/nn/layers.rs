@@ -13,7 +13,7 @@ use crate::ops::softmax::{softmax_backward, softmax_forward};
 use crate::ops::pad::{pad_backward, pad_forward};
 use crate::ops::upsample::{upsample_backward, upsample_forward, UpsampleMode};
 use crate::ops::gemm::{gemm, gemm_epilogue, gemm_relu_backward, gemm_row_sums, GemmConfig};
-use crate::ops::maxpool::{maxpool_backward, maxpool_backward_relu, maxpool_forward};
+use crate::ops::maxpool::{maxpool_backward, maxpool_backward_relu, maxpool_backward_relu_half, maxpool_forward};
 use crate::shape::{Conv2dConfig, Conv2dGeometry, Padding, Pool2dConfig, Pool2dGeometry};
 use crate::tensor::{HalfTensor, Indices, Tensor};
 
@@ -566,7 +566,10 @@ impl Layer for MaxPool2d {
         }
         let taken = self.take_cache();
         let (mask, x) = taken.as_ref().or(self.cache.as_ref()).ok_or_else(|| no_cache("MaxPool2d"))?;
-        maxpool_backward_relu(dy, mask, &x.tensor()?, self.cfg).map(Some)
+        match x {
+            Saved::F32(x) => maxpool_backward_relu(dy, mask, x, self.cfg).map(Some),
+            Saved::F16(x) => maxpool_backward_relu_half(dy, mask, x, self.cfg).map(Some),
+        }
     }
 }
 

@@ -8,20 +8,22 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::kernel::{Access::*, Kernel, Shader, Work};
 use crate::shape::{Pool2dConfig, Pool2dGeometry};
-use crate::tensor::{IndexData, Indices, Tensor};
+use crate::tensor::{HalfData, HalfTensor, IndexData, Indices, Tensor};
 
 const SHADER: Shader = Shader::new("maxpool", include_str!("../../shaders/maxpool.wgsl"));
 const BINDINGS: &[crate::kernel::Access] = &[Read, ReadWrite, ReadWrite, Read, Uniform];
 pub(crate) static MAXPOOL_FORWARD: Kernel<PoolParams> = Kernel::new(&SHADER, "maxpool_forward", &[Read, ReadWrite, ReadWrite, Unused, Uniform]).with_work(pool_work);
 pub(crate) static MAXPOOL_BACKWARD: Kernel<PoolParams> = Kernel::new(&SHADER, "maxpool_backward", &[Read, ReadWrite, ReadWrite, Unused, Uniform]).with_work(pool_work);
 pub(crate) static MAXPOOL_BACKWARD_RELU: Kernel<PoolParams> = Kernel::new(&SHADER, "maxpool_backward_relu", BINDINGS).with_work(pool_work);
+/// The ReLU's output kept in f16 (mixed precision).
+pub(crate) static MAXPOOL_BACKWARD_RELU_F16: Kernel<PoolParams> = Kernel::new(&SHADER, "maxpool_backward_relu", BINDINGS).named("maxpool_backward_relu_f16").with_constants(&[("X_HALF", 1.0)]).with_work(pool_work);
 /// Pooling, either way: the input plane once, the output and its mask (or divisor) once,
 /// a compare or add per window element.
 pub(crate) fn pool_work(p: &PoolParams) -> Work {
     let (input, output) = ((p.planes * p.h * p.w) as usize, (p.planes * p.oh * p.ow) as usize);
     Work::f32s(input + 2 * output, output * (p.kh * p.kw) as usize)
 }
-pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&MAXPOOL_FORWARD.def, &MAXPOOL_BACKWARD.def, &MAXPOOL_BACKWARD_RELU.def];
+pub(crate) const KERNELS: &[&crate::kernel::KernelDef] = &[&MAXPOOL_FORWARD.def, &MAXPOOL_BACKWARD.def, &MAXPOOL_BACKWARD_RELU.def, &MAXPOOL_BACKWARD_RELU_F16.def];
 
 /// Matches `PoolParams` in `shaders/maxpool.wgsl` and `shaders/avgpool.wgsl`.
 // Field for field the WGSL struct of the same name, which says what each is.
@@ -97,6 +99,27 @@ pub fn maxpool_backward(dy: &Tensor, mask: &Indices, input_shape: &[usize], cfg:
 /// the pooling's input `x`: `dx · (x > 0)`, in one kernel.
 pub fn maxpool_backward_relu(dy: &Tensor, mask: &Indices, x: &Tensor, cfg: Pool2dConfig) -> Result<Tensor> {
     backward(dy, mask, x.shape(), cfg, Some(x))
+}
+
+/// [`maxpool_backward_relu`] with the ReLU's output kept in f16 (mixed
+/// precision): the GPU tests the halves' bits in its kernel (no f32 copy);
+/// the CPU twin reads them back exactly first.
+pub fn maxpool_backward_relu_half(dy: &Tensor, mask: &Indices, x: &HalfTensor, cfg: Pool2dConfig) -> Result<Tensor> {
+    const OP: &str = "maxpool_backward_relu";
+    let HalfData::Gpu(xb) = &x.data else {
+        return maxpool_backward_relu(dy, mask, &x.to_f32()?, cfg);
+    };
+    let g = Pool2dGeometry::new(OP, x.shape(), cfg)?;
+    crate::ops::check_shape(OP, "dy", dy.shape(), &g.output_shape())?;
+    crate::ops::check_shape(OP, "argmax mask", mask.shape(), &g.output_shape())?;
+    match (dy.device(), &mask.data) {
+        (Device::Gpu(ctx), IndexData::Gpu(mb)) if std::sync::Arc::ptr_eq(&ctx, xb.context()) => {
+            let dx = Tensor::uninit_gpu(&ctx, OP, x.shape())?;
+            ctx.dispatch(&MAXPOOL_BACKWARD_RELU_F16, &PoolParams::new(&g), &[dy.buffer(OP)?, mb.buffer(), dx.buffer(OP)?, xb.buffer()], ctx.grid_1d(dx.numel(), 256))?;
+            Ok(dx)
+        }
+        (dev, _) => Err(Error::DeviceMismatch { op: OP, a: dev.to_string(), b: x.device().to_string() }),
+    }
 }
 
 fn backward(dy: &Tensor, mask: &Indices, input_shape: &[usize], cfg: Pool2dConfig, relu_out: Option<&Tensor>) -> Result<Tensor> {

@@ -2,7 +2,7 @@
 //! an oracle; ties go to the first maximum; padding never wins; backward is
 //! the adjoint of the forward's selection.
 
-use wgpu_cnn::ops::maxpool::{maxpool_backward, maxpool_backward_relu, maxpool_forward};
+use wgpu_cnn::ops::maxpool::{maxpool_backward, maxpool_backward_relu, maxpool_backward_relu_half, maxpool_forward};
 use wgpu_cnn::{Device, Pool2dConfig, Pool2dGeometry, Tensor};
 
 use crate::harness::{assert_adjoint, random};
@@ -127,6 +127,14 @@ fn relu_fused(dev: &Device) {
         let want: Vec<f32> = plain.iter().zip(&x).map(|(g, v)| if *v > 0.0 { *g } else { 0.0 }).collect();
         assert_eq!(fused, want, "maxpool_backward_relu config {i} on {dev}");
         masked += fused.iter().zip(&plain).filter(|(f, p)| **f == 0.0 && **p != 0.0).count();
+        // The ReLU's output kept in f16 (mixed precision), with positives that
+        // are subnormal halves and ones that round to zero: the same as from
+        // the rounded values, bit for bit.
+        let tiny: Vec<f32> = x.iter().enumerate().map(|(j, v)| v * [1.0, 1e-6, 1e-9][j % 3]).collect();
+        let ht = Tensor::from_slice(dev, &shape, &tiny).unwrap().to_half().unwrap();
+        let half = maxpool_backward_relu_half(&dy, &mask, &ht, cfg).unwrap().to_vec().unwrap();
+        let rounded = maxpool_backward_relu(&dy, &mask, &ht.to_f32().unwrap(), cfg).unwrap().to_vec().unwrap();
+        assert_eq!(half, rounded, "maxpool_backward_relu from f16, config {i} on {dev}");
     }
     assert!(masked > 0, "the ReLU mask must have zeroed some gradient");
     let xt = Tensor::zeros(dev, &[1, 1, 4, 4]).unwrap();
