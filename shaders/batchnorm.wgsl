@@ -47,13 +47,29 @@ struct BnParams {
 override WG: u32 = 256u;
 override X_HALF: bool = false;
 
-// x[i] as f32. unpack2x16float is exact for normal halves; an implementation
-// may flush subnormal ones (|x| < 6.1e-5) to zero, within the tolerance.
+// x[i] as f32.
 fn load_x(i: u32) -> f32 {
     if (X_HALF) {
-        return unpack2x16float(x[i >> 1u])[i & 1u];
+        return f16_value((x[i >> 1u] >> (16u * (i & 1u))) & 0xffffu);
     }
     return bitcast<f32>(x[i]);
+}
+
+// The f32 of binary16 bits h, exactly (as cast.wgsl's; WGSL has no includes).
+// By hand, not unpack2x16float, which needs naga's FLOAT16_IN_FLOAT32
+// capability that not every adapter grants.
+fn f16_value(h: u32) -> f32 {
+    let neg = (h & 0x8000u) != 0u;
+    let e = (h >> 10u) & 0x1fu;
+    let m = h & 0x3ffu;
+    if (e == 0u) {
+        let v = f32(m) * 5.9604645e-8; // m · 2⁻²⁴
+        return select(v, -v, neg);
+    }
+    if (e == 31u) {
+        return bitcast<f32>(((h & 0x8000u) << 16u) | 0x7f800000u | (m << 13u));
+    }
+    return bitcast<f32>(((h & 0x8000u) << 16u) | ((e + 112u) << 23u) | (m << 13u));
 }
 
 var<workgroup> red: array<f32, WG>;

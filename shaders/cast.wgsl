@@ -4,7 +4,8 @@
 // The halves are packed in u32 words by hand, not stored as `f16`: core WGSL,
 // so every adapter (with or without SHADER_F16) stores the same bits, and the
 // rounding is IEEE round-to-nearest-even everywhere (pack2x16float leaves the
-// rounding direction to the implementation), so the CPU twin matches bit for bit.
+// rounding direction to the implementation, and naga wants its FLOAT16_IN_FLOAT32
+// capability for it), so the CPU twin matches bit for bit.
 // A tensor larger than one binding is cast in windows: `start` is the first
 // element of this window (even, so it begins on a word).
 
