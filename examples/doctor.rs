@@ -159,12 +159,14 @@ fn checks(gpu: &Device, limits: LimitsMode) -> (Vec<Check>, Vec<&'static str>) {
             avgpool_adaptive_backward(&t[2], &[2, 3, 9, 9], [4, 4])?,
         ])
     });
-    add("batchnorm y / dx / dγ / dβ / running", &[&[8, 4, 5, 5], &[4], &[4], &[8, 4, 5, 5]], Tolerance::new(1e-4, 1e-4), &|dev, t| {
+    add("batchnorm y / dx / dγ / dβ / running, from f16", &[&[8, 4, 5, 5], &[4], &[4], &[8, 4, 5, 5]], Tolerance::new(1e-4, 1e-4), &|dev, t| {
         let aff = Some(Affine { gamma: &t[1], beta: &t[2] });
         let mut running = Tensor::from_vec(dev, &[2, 4], [vec![0.0; 4], vec![1.0; 4]].concat())?;
         let (y, stats) = batchnorm_forward_train(&t[0], aff, &mut running, BatchNormConfig::default())?;
         let g = batchnorm_backward(&t[0], &t[3], aff, &stats, &running, true, BatchNormConfig::default())?;
-        Ok(vec![y, g.dx, g.dgamma, g.dbeta, running])
+        // x kept in f16 (mixed precision): the kernels read the halves.
+        let h = wgpu_cnn::ops::batchnorm::batchnorm_backward_half(&t[0].to_half()?, &t[3], aff, &stats, &running, true, BatchNormConfig::default())?;
+        Ok(vec![y, g.dx, g.dgamma, g.dbeta, running, h.dx, h.dgamma, h.dbeta])
     });
     add("layernorm fwd / bwd", &[&[6, 20], &[20], &[20], &[6, 20]], Tolerance::new(1e-4, 1e-4), &|_, t| {
         let kind = NormKind::Layer { dims: 1 };
@@ -238,34 +240,30 @@ fn checks(gpu: &Device, limits: LimitsMode) -> (Vec<Check>, Vec<&'static str>) {
     // columns, dynamic loss scaling decided on the device: a power-of-two
     // scale, exact, that grows after two steps).
     add("LeNet-5: 3 training steps, loss-scaled", &[&[16, 1, 28, 28]], Tolerance::new(2e-4, 2e-3), &|dev, t| {
-        let model = models::lenet5(dev, &mut Initializer::new(42, Init::PytorchDefault))?;
-        let opt = Optimizer::new(OptimizerConfig::Sgd(SgdConfig { momentum: 0.9, ..SgdConfig::new(0.05) }))?;
         let loss_scale = Some(wgpu_cnn::train::LossScale { init_scale: 256.0, growth_interval: 2, ..Default::default() });
-        let mut trainer = Trainer::new(model, opt, TrainConfig { progress: false, batch_size: 16, loss_scale, ..TrainConfig::default() }, dev.clone())?;
-        let labels: Vec<i64> = (0..16).map(|i| (i * 7) % 10).collect();
-        let mut out = Vec::new();
-        for _ in 0..3 {
-            out.push(trainer.train_step(&t[0], &labels)?);
-        }
-        out.extend(trainer.model.parameters("")?.iter().map(|p| p.value.clone()));
-        Ok(out)
+        lenet_steps(dev, &t[0], TrainConfig { loss_scale, ..TrainConfig::default() })
     });
     // The same under mixed precision: activations kept for backward in f16
     // (the casts round to nearest even on both devices, bit for bit).
     add("LeNet-5: 3 training steps, mixed precision", &[&[16, 1, 28, 28]], Tolerance::new(2e-4, 2e-3), &|dev, t| {
-        let model = models::lenet5(dev, &mut Initializer::new(42, Init::PytorchDefault))?;
-        let opt = Optimizer::new(OptimizerConfig::Sgd(SgdConfig { momentum: 0.9, ..SgdConfig::new(0.05) }))?;
-        let cfg = TrainConfig { progress: false, batch_size: 16, precision: wgpu_cnn::nn::Precision::Mixed, ..TrainConfig::default() };
-        let mut trainer = Trainer::new(model, opt, cfg, dev.clone())?;
-        let labels: Vec<i64> = (0..16).map(|i| (i * 7) % 10).collect();
-        let mut out = Vec::new();
-        for _ in 0..3 {
-            out.push(trainer.train_step(&t[0], &labels)?);
-        }
-        out.extend(trainer.model.parameters("")?.iter().map(|p| p.value.clone()));
-        Ok(out)
+        lenet_steps(dev, &t[0], TrainConfig { precision: wgpu_cnn::nn::Precision::Mixed, ..TrainConfig::default() })
     });
     (out, built)
+}
+
+/// Three LeNet-5 training steps on `x` (batch 16) from fixed weights under
+/// `cfg`: the losses, then the weights.
+fn lenet_steps(dev: &Device, x: &Tensor, cfg: TrainConfig) -> wgpu_cnn::Result<Vec<Tensor>> {
+    let model = models::lenet5(dev, &mut Initializer::new(42, Init::PytorchDefault))?;
+    let opt = Optimizer::new(OptimizerConfig::Sgd(SgdConfig { momentum: 0.9, ..SgdConfig::new(0.05) }))?;
+    let mut trainer = Trainer::new(model, opt, TrainConfig { progress: false, batch_size: 16, ..cfg }, dev.clone())?;
+    let labels: Vec<i64> = (0..16).map(|i| (i * 7) % 10).collect();
+    let mut out = Vec::new();
+    for _ in 0..3 {
+        out.push(trainer.train_step(x, &labels)?);
+    }
+    out.extend(trainer.model.parameters("")?.iter().map(|p| p.value.clone()));
+    Ok(out)
 }
 
 fn main() -> std::process::ExitCode {

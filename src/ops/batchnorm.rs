@@ -240,16 +240,12 @@ pub fn batchnorm_backward_half(
         HalfData::Gpu(buf) => buf.context().clone(),
         HalfData::Cpu(_) => return batchnorm_backward(&x.to_f32()?, dy, affine, stats, running, training, cfg),
     };
+    // The operands' checks, on dy (x's shape) in x's place.
     let (_, c, _) = dims_of(x.shape())?;
     check_shape("batchnorm", "dy", dy.shape(), x.shape())?;
+    check_operands(dy, affine, running, c)?;
     check_shape("batchnorm", "saved statistics", stats.shape(), &[3, c])?;
-    check_shape("batchnorm", "running statistics [mean; var]", running.shape(), &[2, c])?;
-    let mut operands = vec![dy, stats, running];
-    if let Some(a) = affine {
-        check_shape("batchnorm", "gamma", a.gamma.shape(), &[c])?;
-        operands.extend([a.gamma, a.beta]);
-    }
-    if !same_device("batchnorm", &operands)?.same(&x.device()) {
+    if !same_device("batchnorm", &[dy, stats])?.same(&x.device()) {
         return Err(Error::DeviceMismatch { op: OP, a: x.device().to_string(), b: dy.device().to_string() });
     }
     let HalfData::Gpu(buf) = &x.data else { unreachable!("matched above") };
