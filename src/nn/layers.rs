@@ -441,6 +441,22 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// dW [out, in] = dyᵀ [out, n] · x [n, in] (and db), accumulated; nothing when frozen.
+    fn weight_grads(&mut self, dy: &Tensor, x: &Tensor) -> Result<()> {
+        if !self.params.trains() {
+            return Ok(());
+        }
+        let cfg = GemmConfig { trans_a: true, ..GemmConfig::default() };
+        // The bias gradient (dy's column sums) comes from the same pass over dy.
+        let (dw, db) = match self.params.bias {
+            Some(_) => gemm_row_sums(dy, x, cfg).map(|(dw, db)| (dw, Some(db)))?,
+            None => (gemm(dy, x, cfg)?, None),
+        };
+        self.params.accumulate(Some(dw), db)
+    }
+}
+
 impl Layer for Linear {
     fn release(&mut self) {
         self.x = None;
@@ -479,8 +495,9 @@ impl Layer for Linear {
         if act != Activation::Relu {
             return Ok(None);
         }
-        let x = self.x.as_ref().ok_or_else(|| no_cache("Linear"))?.tensor()?;
-        self.backward_params(dy)?;
+        // x read back once (from f16 under mixed precision) serves both GEMMs.
+        let x = take_saved(&mut self.x, Saved::on_gpu, "Linear")?.tensor()?;
+        self.weight_grads(dy, &x)?;
         gemm_relu_backward(dy, &self.params.weight, &x, GemmConfig::default()).map(Some)
     }
     fn backward_params(&mut self, dy: &Tensor) -> Result<()> {
@@ -488,14 +505,7 @@ impl Layer for Linear {
         if !self.params.trains() {
             return Ok(());
         }
-        let x = &x.tensor()?;
-        let cfg = GemmConfig { trans_a: true, ..GemmConfig::default() };
-        // The bias gradient (dy's column sums) comes from the same pass over dy.
-        let (dw, db) = match self.params.bias {
-            Some(_) => gemm_row_sums(dy, x, cfg).map(|(dw, db)| (dw, Some(db)))?,
-            None => (gemm(dy, x, cfg)?, None),
-        };
-        self.params.accumulate(Some(dw), db)
+        self.weight_grads(dy, &x.tensor()?)
     }
     fn state(&mut self, prefix: &str) -> Vec<StateEntry<'_>> {
         self.params.state(prefix)

@@ -207,20 +207,7 @@ pub fn batchnorm_backward(
     training: bool,
     cfg: BatchNormConfig,
 ) -> Result<BatchNormGrads> {
-    const OP: &str = "batchnorm_backward";
-    let (n, c, inner) = dims(x)?;
-    check_operands(x, affine, running, c)?;
-    check_shape("batchnorm", "dy", dy.shape(), x.shape())?;
-    check_shape("batchnorm", "saved statistics", stats.shape(), &[3, c])?;
-    match same_device("batchnorm", &[x, dy, stats])? {
-        Device::Cpu => {
-            let (g, _) = affine_host(OP, affine)?;
-            let (dx, grads) = batchnorm_backward_cpu_tuned(x.host(OP)?, dy.host(OP)?, (n, c, inner), g, stats.host(OP)?, running.host(OP)?, training, cfg);
-            let dx = Tensor::from_cpu(x.shape(), dx);
-            Ok(BatchNormGrads { dx, dgamma: Tensor::from_cpu(&[c], grads[..c].to_vec()), dbeta: Tensor::from_cpu(&[c], grads[c..].to_vec()) })
-        }
-        Device::Gpu(ctx) => backward_gpu(&ctx, x.buffer(OP)?, false, x.shape(), dy, affine, stats, running, training, cfg),
-    }
+    backward(SavedX::F32(x), dy, affine, stats, running, training, cfg)
 }
 
 /// [`batchnorm_backward`] from x kept in f16 (mixed precision): the GPU
@@ -235,52 +222,68 @@ pub fn batchnorm_backward_half(
     training: bool,
     cfg: BatchNormConfig,
 ) -> Result<BatchNormGrads> {
-    const OP: &str = "batchnorm_backward";
-    let ctx = match &x.data {
-        HalfData::Gpu(buf) => buf.context().clone(),
-        HalfData::Cpu(_) => return batchnorm_backward(&x.to_f32()?, dy, affine, stats, running, training, cfg),
-    };
-    // The operands' checks, on dy (x's shape) in x's place.
-    let (_, c, _) = dims_of(x.shape())?;
-    check_shape("batchnorm", "dy", dy.shape(), x.shape())?;
-    check_operands(dy, affine, running, c)?;
-    check_shape("batchnorm", "saved statistics", stats.shape(), &[3, c])?;
-    if !same_device("batchnorm", &[dy, stats])?.same(&x.device()) {
-        return Err(Error::DeviceMismatch { op: OP, a: x.device().to_string(), b: dy.device().to_string() });
-    }
-    let HalfData::Gpu(buf) = &x.data else { unreachable!("matched above") };
-    backward_gpu(&ctx, buf.buffer(), true, x.shape(), dy, affine, stats, running, training, cfg)
+    backward(SavedX::F16(x), dy, affine, stats, running, training, cfg)
 }
 
-/// The two backward dispatches, x bound as f32 or as packed halves (`half`).
-#[allow(clippy::too_many_arguments)]
-fn backward_gpu(
-    ctx: &std::sync::Arc<crate::gpu::GpuContext>,
-    xb: Bind,
-    half: bool,
-    shape: &[usize],
-    dy: &Tensor,
-    affine: Option<Affine>,
-    stats: &Tensor,
-    running: &Tensor,
-    training: bool,
-    cfg: BatchNormConfig,
-) -> Result<BatchNormGrads> {
+/// Backward's x, as the forward kept it.
+#[derive(Clone, Copy)]
+enum SavedX<'a> {
+    F32(&'a Tensor),
+    F16(&'a HalfTensor),
+}
+
+fn backward(x: SavedX, dy: &Tensor, affine: Option<Affine>, stats: &Tensor, running: &Tensor, training: bool, cfg: BatchNormConfig) -> Result<BatchNormGrads> {
     const OP: &str = "batchnorm_backward";
+    let (shape, x_dev) = match x {
+        SavedX::F32(t) => (t.shape(), t.device()),
+        SavedX::F16(h) => (h.shape(), h.device()),
+    };
     let (n, c, inner) = dims_of(shape)?;
-    let dx = Tensor::uninit_gpu(ctx, OP, shape)?;
-    let (dgamma, dbeta) = (Tensor::uninit_gpu(ctx, OP, &[c])?, Tensor::uninit_gpu(ctx, OP, &[c])?);
-    let mut p = params(n, c, inner, training, affine.is_some(), cfg);
-    p.update_running = 0;
-    let (gb, bb) = affine_bufs(OP, affine, xb)?;
-    // `stats` and `running` are only read here; the layout declares them
-    // read-write, and binding read-only data that way is allowed.
-    // dγ and dβ go to their own tensors (no [2, c] buffer to split after).
-    let all = [xb, dy.buffer(OP)?, gb, bb, stats.buffer(OP)?, running.buffer(OP)?, dx.buffer(OP)?, dgamma.buffer(OP)?, dbeta.buffer(OP)?];
-    let (reduce, dxk) = if half { (&BATCHNORM_BACKWARD_REDUCE_F16, &BATCHNORM_BACKWARD_DX_F16) } else { (&BATCHNORM_BACKWARD_REDUCE, &BATCHNORM_BACKWARD_DX) };
-    ctx.dispatch(reduce, &p, &all, ctx.grid_1d(c, 1))?;
-    ctx.dispatch(dxk, &p, &all, ctx.grid_1d(n * c * inner, 256))?;
-    Ok(BatchNormGrads { dx, dgamma, dbeta })
+    // dy has x's shape and sits beside the other operands: checked in x's place.
+    check_shape("batchnorm", "dy", dy.shape(), shape)?;
+    check_operands(dy, affine, running, c)?;
+    check_shape("batchnorm", "saved statistics", stats.shape(), &[3, c])?;
+    let dev = same_device("batchnorm", &[dy, stats])?;
+    if !dev.same(&x_dev) {
+        return Err(Error::DeviceMismatch { op: OP, a: x_dev.to_string(), b: dev.to_string() });
+    }
+    match dev {
+        Device::Cpu => {
+            let decoded;
+            let xh = match x {
+                SavedX::F32(t) => t.host(OP)?,
+                SavedX::F16(h) => {
+                    decoded = h.to_f32()?;
+                    decoded.host(OP)?
+                }
+            };
+            let (g, _) = affine_host(OP, affine)?;
+            let (dx, grads) = batchnorm_backward_cpu_tuned(xh, dy.host(OP)?, (n, c, inner), g, stats.host(OP)?, running.host(OP)?, training, cfg);
+            Ok(BatchNormGrads { dx: Tensor::from_cpu(shape, dx), dgamma: Tensor::from_cpu(&[c], grads[..c].to_vec()), dbeta: Tensor::from_cpu(&[c], grads[c..].to_vec()) })
+        }
+        Device::Gpu(ctx) => {
+            let (xb, half) = match x {
+                SavedX::F32(t) => (t.buffer(OP)?, false),
+                SavedX::F16(h) => match &h.data {
+                    HalfData::Gpu(buf) => (buf.buffer(), true),
+                    HalfData::Cpu(_) => unreachable!("x is on the GPU (checked above)"),
+                },
+            };
+            let dx = Tensor::uninit_gpu(&ctx, OP, shape)?;
+            let (dgamma, dbeta) = (Tensor::uninit_gpu(&ctx, OP, &[c])?, Tensor::uninit_gpu(&ctx, OP, &[c])?);
+            let mut p = params(n, c, inner, training, affine.is_some(), cfg);
+            p.update_running = 0;
+            let (gb, bb) = affine_bufs(OP, affine, xb)?;
+            // `stats` and `running` are only read here; the layout declares them
+            // read-write, and binding read-only data that way is allowed.
+            // dγ and dβ go to their own tensors (no [2, c] buffer to split after).
+            let all = [xb, dy.buffer(OP)?, gb, bb, stats.buffer(OP)?, running.buffer(OP)?, dx.buffer(OP)?, dgamma.buffer(OP)?, dbeta.buffer(OP)?];
+            let (reduce, dxk) = if half { (&BATCHNORM_BACKWARD_REDUCE_F16, &BATCHNORM_BACKWARD_DX_F16) } else { (&BATCHNORM_BACKWARD_REDUCE, &BATCHNORM_BACKWARD_DX) };
+            ctx.dispatch(reduce, &p, &all, ctx.grid_1d(c, 1))?;
+            ctx.dispatch(dxk, &p, &all, ctx.grid_1d(n * c * inner, 256))?;
+            Ok(BatchNormGrads { dx, dgamma, dbeta })
+        }
+    }
 }
 
 /// γ and β on the host (CPU tensors).
