@@ -5,7 +5,7 @@
 //! `tests/parity/<stem>.rs`, entry points and public functions `<stem>_…`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::PathBuf;
 
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 use naga::{AddressSpace, StorageAccess};
@@ -25,8 +25,10 @@ fn shaders() -> BTreeMap<&'static str, &'static Shader> {
     wgpu_cnn::ops::kernels().iter().map(|k| (k.shader.stem, k.shader)).collect()
 }
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+/// The checkout: cargo sets `CARGO_MANIFEST_DIR` when it runs a test (a
+/// binary from a cached target directory may have been compiled elsewhere).
+fn root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
 }
 
 #[test]

@@ -33,10 +33,16 @@ impl Split {
 ///
 /// `WGPU_CNN_MNIST_DIR` overrides it: a binary built here and run from
 /// another checkout (the device kit, `benches/device/run.sh`) points it there.
+/// When the checkout it was compiled in is gone (a cached target directory),
+/// the one cargo runs it from (`CARGO_MANIFEST_DIR` at run time) serves.
 pub fn embedded_dir() -> PathBuf {
-    match std::env::var_os("WGPU_CNN_MNIST_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist"),
+    if let Some(dir) = std::env::var_os("WGPU_CNN_MNIST_DIR") {
+        return PathBuf::from(dir);
+    }
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist");
+    match std::env::var_os("CARGO_MANIFEST_DIR") {
+        Some(run) if !built.is_dir() => PathBuf::from(run).join("data/mnist"),
+        _ => built,
     }
 }
 

@@ -84,11 +84,20 @@ pub fn numeric_grad(v: &[f32], eps: f32, f: &dyn Fn(&[f32]) -> f64) -> Vec<f32> 
         .collect()
 }
 
+/// A path in the checkout. Cargo sets `CARGO_MANIFEST_DIR` when it runs a
+/// test, so a test binary compiled in another checkout (a cached target
+/// directory) still reads this one's fixtures; the compile-time value is
+/// the fallback for running the binary by hand.
+pub fn repo_path(p: &str) -> std::path::PathBuf {
+    let root = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")), std::path::PathBuf::from);
+    root.join(p)
+}
+
 /// A tensor from `tests/fixtures/ops.safetensors` (PyTorch reference values,
 /// made by `tests/fixtures/make_ops.py`): its shape and values.
 pub fn torch_value(key: &str) -> (Vec<usize>, Vec<f32>) {
     static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
-    let bytes = BYTES.get_or_init(|| std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ops.safetensors")).expect("tests/fixtures/ops.safetensors"));
+    let bytes = BYTES.get_or_init(|| std::fs::read(repo_path("tests/fixtures/ops.safetensors")).expect("tests/fixtures/ops.safetensors"));
     let st = safetensors::SafeTensors::deserialize(bytes).expect("a safetensors file");
     let v = st.tensor(key).unwrap_or_else(|_| panic!("fixture `{key}` is missing; rerun tests/fixtures/make_ops.py"));
     (v.shape().to_vec(), bytemuck::pod_collect_to_vec::<u8, f32>(v.data()))

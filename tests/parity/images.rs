@@ -21,7 +21,7 @@ use crate::test_device;
 use crate::training::tmp;
 
 fn repo(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+    crate::harness::repo_path(p)
 }
 
 fn digits() -> folder::ImageFolder {

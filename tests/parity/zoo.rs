@@ -3,7 +3,6 @@
 //! `tests/fixtures/torchvision_zoo.json`, made by `make_zoo.py`); one training
 //! step of each on the CPU path at a small input, and of the small ones on the GPU.
 
-use std::path::Path;
 
 use wgpu_cnn::nn::models::{self, ModelSpec, ZOO};
 use wgpu_cnn::nn::{Init, Initializer, Layer};
@@ -16,7 +15,7 @@ use wgpu_cnn::{Device, Tensor};
 use crate::harness::{random, with_gpu};
 
 fn fixture() -> serde_json::Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torchvision_zoo.json");
+    let path = crate::harness::repo_path("tests/fixtures/torchvision_zoo.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
